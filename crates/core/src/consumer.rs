@@ -1,0 +1,96 @@
+//! What a queue knows about a consumer: where to send deliveries and how much
+//! credit (prefetch) it has left.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use warren_store::Entry;
+
+use crate::message::MessageRef;
+use crate::queue::Queue;
+
+/// How many deliveries a no-ack consumer may have in its connection's
+/// outbound path before the queue waits. Without it a no-ack consumer on a
+/// slow socket would drain the queue into memory.
+pub const NO_ACK_WINDOW: u32 = 4096;
+
+/// One message on its way to a consumer.
+pub struct Delivery {
+    pub consumer: Arc<Consumer>,
+    pub queue: Arc<Queue>,
+    pub entry: Entry<MessageRef>,
+}
+
+/// The consumer's connection, as the queue sees it. Implemented by the
+/// server with a channel into the connection task.
+pub trait Outbox: Send + Sync {
+    /// Hands a delivery to the connection. Gives it back if the connection
+    /// is gone, so the queue can keep the message.
+    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery>;
+    /// The queue cancelled the consumer (it was deleted): the connection
+    /// sends `basic.cancel` if the client asked for such notifications.
+    fn cancelled(&self, consumer: &Arc<Consumer>);
+}
+
+/// Prefetch shared by every consumer of one channel (`basic.qos` with
+/// global=true), plus the channel's flow switch.
+#[derive(Debug, Default)]
+pub struct ChannelCredit {
+    /// 0 = unlimited.
+    pub limit: AtomicU32,
+    pub unacked: AtomicU32,
+}
+
+pub struct Consumer {
+    pub tag: Arc<str>,
+    pub channel: u16,
+    /// Connection that owns it.
+    pub connection: u64,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch (`basic.qos` global=false before consume); 0 = none.
+    pub prefetch: u32,
+    /// Deliveries not yet acked (or, for no-ack, not yet written out).
+    pub unacked: AtomicU32,
+    pub channel_credit: Arc<ChannelCredit>,
+    /// Set once the consumer is cancelled, so late deliveries are requeued.
+    pub cancelled: AtomicBool,
+    pub outbox: Arc<dyn Outbox>,
+}
+
+fn try_take(counter: &AtomicU32, limit: u32) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (limit == 0 || n < limit).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+impl Consumer {
+    /// Takes one unit of credit for a delivery, if both the consumer's and
+    /// the channel's prefetch allow it.
+    pub fn try_acquire(&self) -> bool {
+        if self.no_ack {
+            return try_take(&self.unacked, NO_ACK_WINDOW);
+        }
+        if !try_take(&self.unacked, self.prefetch) {
+            return false;
+        }
+        let limit = self.channel_credit.limit.load(Ordering::Acquire);
+        if !try_take(&self.channel_credit.unacked, limit) {
+            self.unacked.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back credit for `n` deliveries that were acked, rejected or
+    /// (no-ack) written out.
+    pub fn release(&self, n: u32) {
+        let before = self.unacked.fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(before >= n, "consumer credit underflow");
+        if !self.no_ack {
+            self.channel_credit.unacked.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}

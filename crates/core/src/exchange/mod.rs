@@ -1,0 +1,220 @@
+//! Exchanges and their bindings. Routing for each exchange type lives in its
+//! own file; this one holds what they share.
+
+mod headers;
+mod topic;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use warren_protocol::{AmqpError, FieldTable};
+
+use crate::message::Message;
+use crate::queue::Queue;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    pub fn parse(s: &str) -> Result<Self, AmqpError> {
+        match s {
+            "direct" => Ok(ExchangeKind::Direct),
+            "fanout" => Ok(ExchangeKind::Fanout),
+            "topic" => Ok(ExchangeKind::Topic),
+            "headers" => Ok(ExchangeKind::Headers),
+            other => Err(AmqpError::command_invalid(format_args!(
+                "unknown exchange type '{other}'"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+/// Where a binding leads.
+#[derive(Clone)]
+pub enum Destination {
+    Queue(Arc<Queue>),
+    /// Exchange-to-exchange binding, by name: resolved at routing time so
+    /// that cycles of bindings cannot form reference cycles.
+    Exchange(String),
+}
+
+impl Destination {
+    fn same(&self, other: &Destination) -> bool {
+        match (self, other) {
+            (Destination::Queue(a), Destination::Queue(b)) => Arc::ptr_eq(a, b),
+            (Destination::Exchange(a), Destination::Exchange(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Binding {
+    pub destination: Destination,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+#[derive(Default)]
+struct Bindings {
+    all: Vec<Binding>,
+    /// Direct exchanges only: routing key → destinations, for O(1) routing.
+    by_key: HashMap<String, Vec<Destination>>,
+}
+
+pub struct Exchange {
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    bindings: RwLock<Bindings>,
+}
+
+impl Exchange {
+    pub fn new(
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        Exchange {
+            name: name.to_owned(),
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            bindings: RwLock::new(Bindings::default()),
+        }
+    }
+
+    /// Name of the alternate exchange, if the `alternate-exchange` argument is set.
+    pub fn alternate_exchange(&self) -> Option<String> {
+        match self.arguments.inner().get("alternate-exchange") {
+            Some(warren_protocol::AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            Some(warren_protocol::AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Adds a binding; binding twice is a no-op, as in RabbitMQ.
+    pub fn bind(&self, binding: Binding) {
+        let mut b = self.bindings.write();
+        let exists = b.all.iter().any(|x| {
+            x.destination.same(&binding.destination)
+                && x.routing_key == binding.routing_key
+                && x.arguments == binding.arguments
+        });
+        if exists {
+            return;
+        }
+        if self.kind == ExchangeKind::Direct {
+            let dests = b.by_key.entry(binding.routing_key.clone()).or_default();
+            if !dests.iter().any(|d| d.same(&binding.destination)) {
+                dests.push(binding.destination.clone());
+            }
+        }
+        b.all.push(binding);
+    }
+
+    /// Removes a binding. Returns whether the exchange has no bindings left.
+    pub fn unbind(
+        &self,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
+        let mut b = self.bindings.write();
+        b.all.retain(|x| {
+            !(x.destination.same(destination)
+                && x.routing_key == routing_key
+                && &x.arguments == arguments)
+        });
+        Self::reindex(&mut b, self.kind);
+        b.all.is_empty()
+    }
+
+    /// Removes every binding to `destination`. Returns (removed any, now empty).
+    pub fn unbind_all(&self, destination: &Destination) -> (bool, bool) {
+        let mut b = self.bindings.write();
+        let before = b.all.len();
+        b.all.retain(|x| !x.destination.same(destination));
+        let removed = b.all.len() != before;
+        if removed {
+            Self::reindex(&mut b, self.kind);
+        }
+        (removed, b.all.is_empty())
+    }
+
+    fn reindex(b: &mut Bindings, kind: ExchangeKind) {
+        if kind != ExchangeKind::Direct {
+            return;
+        }
+        let mut by_key: HashMap<String, Vec<Destination>> = HashMap::new();
+        for x in &b.all {
+            let dests = by_key.entry(x.routing_key.clone()).or_default();
+            if !dests.iter().any(|d| d.same(&x.destination)) {
+                dests.push(x.destination.clone());
+            }
+        }
+        b.by_key = by_key;
+    }
+
+    pub fn has_bindings(&self) -> bool {
+        !self.bindings.read().all.is_empty()
+    }
+
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.bindings.read().all.clone()
+    }
+
+    /// Destinations this exchange's own bindings select for `message`.
+    pub fn route(&self, message: &Message, out: &mut Vec<Destination>) {
+        let b = self.bindings.read();
+        match self.kind {
+            ExchangeKind::Direct => {
+                if let Some(d) = b.by_key.get(&message.routing_key) {
+                    out.extend(d.iter().cloned());
+                }
+            }
+            ExchangeKind::Fanout => out.extend(b.all.iter().map(|x| x.destination.clone())),
+            ExchangeKind::Topic => {
+                for x in &b.all {
+                    if topic::matches(&x.routing_key, &message.routing_key) {
+                        out.push(x.destination.clone());
+                    }
+                }
+            }
+            ExchangeKind::Headers => {
+                let empty = FieldTable::default();
+                let headers = message.properties.headers().as_ref().unwrap_or(&empty);
+                for x in &b.all {
+                    if headers::matches(&x.arguments, headers) {
+                        out.push(x.destination.clone());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! A queue: its ready messages (in a [`QueueStore`]), its consumers, and
+//! dispatch to them round-robin as their prefetch allows.
+//!
+//! All state sits behind one mutex per queue. Every operation that can make
+//! a delivery possible (publish, ack, requeue, new consumer) ends by calling
+//! `dispatch` while still holding that lock.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use warren_protocol::{AmqpError, FieldTable};
+use warren_store::{Entry, MemoryStore, QueueStore};
+
+use crate::consumer::{Consumer, Delivery};
+use crate::message::MessageRef;
+
+pub struct Queue {
+    pub name: String,
+    pub vhost: String,
+    pub durable: bool,
+    /// Connection that declared it exclusive, if it did.
+    pub exclusive_owner: Option<u64>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+    state: Mutex<QueueState>,
+}
+
+struct QueueState {
+    ready: Box<dyn QueueStore<MessageRef>>,
+    consumers: Vec<Arc<Consumer>>,
+    /// Where round-robin dispatch resumes.
+    next_consumer: usize,
+    /// Delivered to a consumer or `basic.get`, not yet acked.
+    unacked: usize,
+    /// Auto-delete queues go only after they have had a consumer.
+    had_consumer: bool,
+    deleted: bool,
+}
+
+/// What `remove_consumer` tells the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterCancel {
+    Keep,
+    /// Auto-delete queue lost its last consumer: delete it.
+    AutoDelete,
+}
+
+impl Queue {
+    pub fn new(
+        name: &str,
+        vhost: &str,
+        durable: bool,
+        exclusive_owner: Option<u64>,
+        auto_delete: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        Queue {
+            name: name.to_owned(),
+            vhost: vhost.to_owned(),
+            durable,
+            exclusive_owner,
+            auto_delete,
+            arguments,
+            state: Mutex::new(QueueState {
+                ready: Box::new(MemoryStore::default()),
+                consumers: Vec::new(),
+                next_consumer: 0,
+                unacked: 0,
+                had_consumer: false,
+                deleted: false,
+            }),
+        }
+    }
+
+    /// 405 unless `connection` may use this queue.
+    pub fn check_access(&self, connection: u64) -> Result<(), AmqpError> {
+        match self.exclusive_owner {
+            Some(owner) if owner != connection => Err(AmqpError::resource_locked(format_args!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+                 originally declared on another connection or the exclusive property value does \
+                 not match that of the original declaration.",
+                self.name, self.vhost
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn message_count(&self) -> u32 {
+        self.state.lock().ready.len() as u32
+    }
+
+    pub fn consumer_count(&self) -> u32 {
+        self.state.lock().consumers.len() as u32
+    }
+
+    pub fn unacked_count(&self) -> usize {
+        self.state.lock().unacked
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.state.lock().deleted
+    }
+
+    /// Enqueues a routed message and delivers what it can.
+    pub fn publish(self: &Arc<Self>, message: MessageRef) {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return;
+        }
+        st.ready.push(message);
+        self.dispatch(&mut st);
+    }
+
+    /// Delivers ready messages to consumers with credit, round-robin.
+    fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
+        while !st.ready.is_empty() && !st.consumers.is_empty() {
+            let n = st.consumers.len();
+            let Some(idx) = (0..n)
+                .map(|i| (st.next_consumer + i) % n)
+                .find(|&i| st.consumers[i].try_acquire())
+            else {
+                break;
+            };
+            st.next_consumer = (idx + 1) % n;
+            let consumer = st.consumers[idx].clone();
+            let mut entry = st.ready.pop().expect("checked non-empty");
+            entry.delivery_count += 1;
+            if !consumer.no_ack {
+                st.unacked += 1;
+            }
+            let outbox = consumer.outbox.clone();
+            if let Err(back) = outbox.deliver(Delivery {
+                consumer,
+                queue: self.clone(),
+                entry,
+            }) {
+                // The connection is gone; it will cancel this consumer.
+                back.consumer.release(1);
+                if !back.consumer.no_ack {
+                    st.unacked -= 1;
+                }
+                let mut entry = back.entry;
+                entry.delivery_count -= 1;
+                st.ready.requeue(entry);
+                st.consumers.retain(|c| !Arc::ptr_eq(c, &back.consumer));
+                st.next_consumer = 0;
+            }
+        }
+    }
+
+    /// Asks the queue to deliver again (credit was freed).
+    pub fn wake(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        self.dispatch(&mut st);
+    }
+
+    /// `basic.get`: the head message and how many remain after it.
+    pub fn get(&self, no_ack: bool) -> Option<(Entry<MessageRef>, u32)> {
+        let mut st = self.state.lock();
+        let mut entry = st.ready.pop()?;
+        entry.delivery_count += 1;
+        if !no_ack {
+            st.unacked += 1;
+        }
+        Some((entry, st.ready.len() as u32))
+    }
+
+    /// `n` delivered messages were acked (or rejected without requeue).
+    pub fn settled(&self, n: usize) {
+        let mut st = self.state.lock();
+        debug_assert!(
+            st.unacked >= n,
+            "queue '{}': more acks than deliveries",
+            self.name
+        );
+        st.unacked = st.unacked.saturating_sub(n);
+    }
+
+    /// Puts delivered-but-unacked messages back at their place, flagged
+    /// redelivered, and delivers again.
+    pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry<MessageRef>>) {
+        let mut st = self.state.lock();
+        for mut e in entries {
+            st.unacked = st.unacked.saturating_sub(1);
+            if !st.deleted {
+                e.redelivered = true;
+                st.ready.requeue(e);
+            }
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// A delivery that never reached the client (its channel closed while it
+    /// was in flight) goes back unchanged.
+    pub fn undeliver(self: &Arc<Self>, mut entry: Entry<MessageRef>, was_acked_mode: bool) {
+        let mut st = self.state.lock();
+        if was_acked_mode {
+            st.unacked = st.unacked.saturating_sub(1);
+        }
+        if !st.deleted {
+            entry.delivery_count = entry.delivery_count.saturating_sub(1);
+            st.ready.requeue(entry);
+        }
+        self.dispatch(&mut st);
+    }
+
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), AmqpError> {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return Err(AmqpError::not_found(format_args!(
+                "no queue '{}' in vhost '{}'",
+                self.name, self.vhost
+            )));
+        }
+        if !st.consumers.is_empty()
+            && (consumer.exclusive || st.consumers.iter().any(|c| c.exclusive))
+        {
+            return Err(AmqpError::access_refused(format_args!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.name, self.vhost
+            )));
+        }
+        st.consumers.push(consumer);
+        st.had_consumer = true;
+        self.dispatch(&mut st);
+        Ok(())
+    }
+
+    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> AfterCancel {
+        consumer.cancelled.store(true, Ordering::Release);
+        let mut st = self.state.lock();
+        let before = st.consumers.len();
+        st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+        if st.consumers.len() != before {
+            st.next_consumer = 0;
+        }
+        if self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted {
+            AfterCancel::AutoDelete
+        } else {
+            AfterCancel::Keep
+        }
+    }
+
+    pub fn purge(&self) -> u32 {
+        self.state.lock().ready.purge() as u32
+    }
+
+    /// Checks `queue.delete`'s if-unused / if-empty conditions.
+    pub fn check_delete(&self, if_unused: bool, if_empty: bool) -> Result<(), AmqpError> {
+        let st = self.state.lock();
+        if if_unused && !st.consumers.is_empty() {
+            return Err(AmqpError::precondition(format_args!(
+                "queue '{}' in vhost '{}' in use",
+                self.name, self.vhost
+            )));
+        }
+        if if_empty && !st.ready.is_empty() {
+            return Err(AmqpError::precondition(format_args!(
+                "queue '{}' in vhost '{}' is not empty",
+                self.name, self.vhost
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks the queue deleted, cancels its consumers and drops its
+    /// messages. Returns how many ready messages it had.
+    pub fn mark_deleted(&self) -> u32 {
+        let (consumers, count) = {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return 0;
+            }
+            st.deleted = true;
+            let count = st.ready.purge() as u32;
+            (std::mem::take(&mut st.consumers), count)
+        };
+        for c in consumers {
+            c.cancelled.store(true, Ordering::Release);
+            c.outbox.clone().cancelled(&c);
+        }
+        count
+    }
+}
+
+impl Queue {
+    /// The 405 RabbitMQ sends when a redeclaration's exclusive flag or
+    /// owner does not match.
+    pub fn check_access_strict(q: &Queue) -> AmqpError {
+        AmqpError::resource_locked(format_args!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+             originally declared on another connection or the exclusive property value does \
+             not match that of the original declaration.",
+            q.name, q.vhost
+        ))
+    }
+}

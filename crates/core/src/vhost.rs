@@ -1,0 +1,631 @@
+//! A virtual host: its exchanges and queues, declared, bound, deleted and
+//! routed to with RabbitMQ's rules and error texts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use warren_protocol::{AMQPValue, AmqpError, FieldTable};
+
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::message::Message;
+use crate::queue::Queue;
+
+/// Exchanges every vhost has from the start.
+const PREDECLARED: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+/// Queue arguments compared when a queue is declared again.
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+pub struct VHost {
+    pub name: String,
+    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+}
+
+/// What `queue.declare` reports.
+pub struct DeclaredQueue {
+    pub queue: Arc<Queue>,
+    pub message_count: u32,
+    pub consumer_count: u32,
+}
+
+fn type_name(v: &AMQPValue) -> &'static str {
+    use AMQPValue::*;
+    match v {
+        Boolean(_) => "bool",
+        ShortShortInt(_) => "byte",
+        ShortShortUInt(_) => "unsignedbyte",
+        ShortInt(_) => "short",
+        ShortUInt(_) => "unsignedshort",
+        LongInt(_) => "signedint",
+        LongUInt(_) => "unsignedint",
+        LongLongInt(_) => "long",
+        Float(_) => "float",
+        Double(_) => "double",
+        DecimalValue(_) => "decimal",
+        ShortString(_) => "shortstr",
+        LongString(_) => "longstr",
+        FieldArray(_) => "array",
+        Timestamp(_) => "timestamp",
+        FieldTable(_) => "table",
+        ByteArray(_) => "binary",
+        Void => "void",
+    }
+}
+
+fn value_text(v: &AMQPValue) -> String {
+    use AMQPValue::*;
+    match v {
+        Boolean(b) => b.to_string(),
+        ShortShortInt(i) => i.to_string(),
+        ShortShortUInt(i) => i.to_string(),
+        ShortInt(i) => i.to_string(),
+        ShortUInt(i) => i.to_string(),
+        LongInt(i) => i.to_string(),
+        LongUInt(i) => i.to_string(),
+        LongLongInt(i) => i.to_string(),
+        Timestamp(i) => i.to_string(),
+        Float(f) => f.to_string(),
+        Double(f) => f.to_string(),
+        ShortString(s) => s.as_str().to_owned(),
+        LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn describe(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".to_owned(),
+        Some(v) => format!("the value '{}' of type '{}'", value_text(v), type_name(v)),
+    }
+}
+
+fn inequivalent(
+    what: &str,
+    kind: &str,
+    name: &str,
+    vhost: &str,
+    received: impl std::fmt::Display,
+    current: impl std::fmt::Display,
+) -> AmqpError {
+    AmqpError::precondition(format_args!(
+        "inequivalent arg '{what}' for {kind} '{name}' in vhost '{vhost}': received {received} but current is {current}"
+    ))
+}
+
+fn quoted(b: bool) -> String {
+    format!("'{b}'")
+}
+
+/// `x-queue-type` absent means classic.
+fn queue_arg<'a>(args: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
+    args.inner().get(key)
+}
+
+fn same_queue_arg(key: &str, a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
+    if key == "x-queue-type" {
+        let t = |v: Option<&AMQPValue>| v.map(value_text).unwrap_or_else(|| "classic".to_owned());
+        return t(a) == t(b);
+    }
+    a == b
+}
+
+impl VHost {
+    pub fn new(name: &str) -> Self {
+        let exchanges = PREDECLARED
+            .iter()
+            .map(|(n, k)| {
+                (
+                    n.to_string(),
+                    Arc::new(Exchange::new(
+                        n,
+                        *k,
+                        true,
+                        false,
+                        false,
+                        FieldTable::default(),
+                    )),
+                )
+            })
+            .collect();
+        VHost {
+            name: name.to_owned(),
+            exchanges: RwLock::new(exchanges),
+            queues: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format_args!(
+            "no exchange '{name}' in vhost '{}'",
+            self.name
+        ))
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format_args!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    fn default_exchange_refused() -> AmqpError {
+        AmqpError::access_refused("operation not permitted on the default exchange")
+    }
+
+    pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
+        self.exchanges
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.no_exchange(name))
+    }
+
+    pub fn queue(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
+        self.queues
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.no_queue(name))
+    }
+
+    /// A queue that `connection` may use (404 / 405 otherwise).
+    pub fn queue_for(&self, connection: u64, name: &str) -> Result<Arc<Queue>, AmqpError> {
+        let q = self.queue(name)?;
+        q.check_access(connection)?;
+        Ok(q)
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        if name.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        if passive {
+            return self.exchange(name).map(|_| ());
+        }
+        let kind_parsed = ExchangeKind::parse(kind)?;
+        let mut exchanges = self.exchanges.write();
+        if let Some(x) = exchanges.get(name) {
+            let n = &self.name;
+            if x.kind != kind_parsed {
+                return Err(inequivalent(
+                    "type",
+                    "exchange",
+                    name,
+                    n,
+                    format_args!("'{kind}'"),
+                    format_args!("'{}'", x.kind.as_str()),
+                ));
+            }
+            if x.durable != durable {
+                return Err(inequivalent(
+                    "durable",
+                    "exchange",
+                    name,
+                    n,
+                    quoted(durable),
+                    quoted(x.durable),
+                ));
+            }
+            if x.auto_delete != auto_delete {
+                return Err(inequivalent(
+                    "auto_delete",
+                    "exchange",
+                    name,
+                    n,
+                    quoted(auto_delete),
+                    quoted(x.auto_delete),
+                ));
+            }
+            if x.internal != internal {
+                return Err(inequivalent(
+                    "internal",
+                    "exchange",
+                    name,
+                    n,
+                    quoted(internal),
+                    quoted(x.internal),
+                ));
+            }
+            let key = "alternate-exchange";
+            let (new, cur) = (arguments.inner().get(key), x.arguments.inner().get(key));
+            if new != cur {
+                return Err(inequivalent(
+                    key,
+                    "exchange",
+                    name,
+                    n,
+                    describe(new),
+                    describe(cur),
+                ));
+            }
+            return Ok(());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        exchanges.insert(
+            name.to_owned(),
+            Arc::new(Exchange::new(
+                name,
+                kind_parsed,
+                durable,
+                auto_delete,
+                internal,
+                arguments,
+            )),
+        );
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format_args!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let mut exchanges = self.exchanges.write();
+        let Some(x) = exchanges.get(name).cloned() else {
+            // Deleting what is not there succeeds, as in RabbitMQ 3.x.
+            return Ok(());
+        };
+        if if_unused && x.has_bindings() {
+            return Err(AmqpError::precondition(format_args!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        exchanges.remove(name);
+        let dest = Destination::Exchange(name.to_owned());
+        let mut emptied = vec![];
+        for other in exchanges.values() {
+            let (removed, empty) = other.unbind_all(&dest);
+            if removed && empty && other.auto_delete {
+                emptied.push(other.name.clone());
+            }
+        }
+        for n in emptied {
+            exchanges.remove(&n);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_queue(
+        &self,
+        connection: u64,
+        name: &str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+    ) -> Result<DeclaredQueue, AmqpError> {
+        let report = |q: &Arc<Queue>| DeclaredQueue {
+            queue: q.clone(),
+            message_count: q.message_count(),
+            consumer_count: q.consumer_count(),
+        };
+        if passive {
+            let q = self.queue_for(connection, name)?;
+            return Ok(report(&q));
+        }
+        let mut queues = self.queues.write();
+        if let Some(q) = queues.get(name) {
+            let owner = exclusive.then_some(connection);
+            if q.exclusive_owner != owner {
+                // RabbitMQ's strict check: the exclusive flag must match too.
+                return Err(Queue::check_access_strict(q));
+            }
+            let n = &self.name;
+            if q.durable != durable {
+                return Err(inequivalent(
+                    "durable",
+                    "queue",
+                    name,
+                    n,
+                    quoted(durable),
+                    quoted(q.durable),
+                ));
+            }
+            if q.auto_delete != auto_delete {
+                return Err(inequivalent(
+                    "auto_delete",
+                    "queue",
+                    name,
+                    n,
+                    quoted(auto_delete),
+                    quoted(q.auto_delete),
+                ));
+            }
+            for key in EQUIVALENT_QUEUE_ARGS {
+                let (new, cur) = (queue_arg(&arguments, key), queue_arg(&q.arguments, key));
+                if !same_queue_arg(key, new, cur) {
+                    return Err(inequivalent(
+                        key,
+                        "queue",
+                        name,
+                        n,
+                        describe(new),
+                        describe(cur),
+                    ));
+                }
+            }
+            return Ok(report(q));
+        }
+        if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
+            return Err(AmqpError::access_refused(format_args!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let q = Arc::new(Queue::new(
+            name,
+            &self.name,
+            durable,
+            exclusive.then_some(connection),
+            auto_delete,
+            arguments,
+        ));
+        queues.insert(name.to_owned(), q.clone());
+        drop(queues);
+        // Every queue is bound to the default exchange by its name; that
+        // binding is implicit (see `route`).
+        Ok(report(&q))
+    }
+
+    /// Deletes a queue by name for `queue.delete`. Returns its message count.
+    pub fn delete_queue(
+        &self,
+        connection: u64,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, AmqpError> {
+        let q = match self.queue(name) {
+            Ok(q) => q,
+            // Deleting what is not there succeeds, as in RabbitMQ 3.x.
+            Err(_) => return Ok(0),
+        };
+        q.check_access(connection)?;
+        q.check_delete(if_unused, if_empty)?;
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Removes a queue and all bindings to it; cancels its consumers.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        {
+            let mut queues = self.queues.write();
+            match queues.get(&q.name) {
+                Some(existing) if Arc::ptr_eq(existing, q) => {
+                    queues.remove(&q.name);
+                }
+                _ => return 0,
+            }
+        }
+        let dest = Destination::Queue(q.clone());
+        let mut exchanges = self.exchanges.write();
+        let mut emptied = vec![];
+        for x in exchanges.values() {
+            let (removed, empty) = x.unbind_all(&dest);
+            if removed && empty && x.auto_delete {
+                emptied.push(x.name.clone());
+            }
+        }
+        for n in emptied {
+            exchanges.remove(&n);
+        }
+        drop(exchanges);
+        q.mark_deleted()
+    }
+
+    /// Deletes the exclusive queues of a closed connection.
+    pub fn connection_closed(&self, connection: u64) {
+        let owned: Vec<_> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.exclusive_owner == Some(connection))
+            .cloned()
+            .collect();
+        for q in owned {
+            self.remove_queue(&q);
+        }
+    }
+
+    pub fn bind_queue(
+        &self,
+        connection: u64,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let q = self.queue_for(connection, queue)?;
+        let x = self.exchange(exchange)?;
+        x.bind(Binding {
+            destination: Destination::Queue(q),
+            routing_key: routing_key.to_owned(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    pub fn unbind_queue(
+        &self,
+        connection: u64,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        if exchange.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        let q = self.queue_for(connection, queue)?;
+        let x = self.exchange(exchange)?;
+        let empty = x.unbind(&Destination::Queue(q), routing_key, arguments);
+        if empty && x.auto_delete {
+            self.exchanges.write().remove(exchange);
+        }
+        Ok(())
+    }
+
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), AmqpError> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        self.exchange(destination)?;
+        let x = self.exchange(source)?;
+        x.bind(Binding {
+            destination: Destination::Exchange(destination.to_owned()),
+            routing_key: routing_key.to_owned(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), AmqpError> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(Self::default_exchange_refused());
+        }
+        self.exchange(destination)?;
+        let x = self.exchange(source)?;
+        let empty = x.unbind(
+            &Destination::Exchange(destination.to_owned()),
+            routing_key,
+            arguments,
+        );
+        if empty && x.auto_delete {
+            self.exchanges.write().remove(source);
+        }
+        Ok(())
+    }
+
+    /// The queues a message published to `exchange` reaches: its bindings,
+    /// exchange-to-exchange bindings followed once each, and the alternate
+    /// exchange when nothing else matched. Each queue appears once.
+    pub fn route(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
+        if exchange.name.is_empty() {
+            if let Some(q) = self.queues.read().get(&message.routing_key) {
+                out.push(q.clone());
+            }
+            return;
+        }
+        let mut dests = Vec::new();
+        exchange.route(message, &mut dests);
+        if dests.is_empty() {
+            if let Some(ae) = exchange.alternate_exchange() {
+                if let Ok(x) = self.exchange(&ae) {
+                    let mut visited = vec![exchange.name.clone()];
+                    self.route_via(&x, message, out, &mut visited);
+                }
+            }
+            return;
+        }
+        let mut visited = vec![exchange.name.clone()];
+        self.collect(dests, message, out, &mut visited);
+    }
+
+    fn route_via(
+        &self,
+        x: &Exchange,
+        message: &Message,
+        out: &mut Vec<Arc<Queue>>,
+        visited: &mut Vec<String>,
+    ) {
+        if visited.contains(&x.name) {
+            return;
+        }
+        visited.push(x.name.clone());
+        let mut dests = Vec::new();
+        x.route(message, &mut dests);
+        if dests.is_empty() {
+            if let Some(ae) = x.alternate_exchange() {
+                if let Ok(ax) = self.exchange(&ae) {
+                    self.route_via(&ax, message, out, visited);
+                }
+            }
+            return;
+        }
+        self.collect(dests, message, out, visited);
+    }
+
+    fn collect(
+        &self,
+        dests: Vec<Destination>,
+        message: &Message,
+        out: &mut Vec<Arc<Queue>>,
+        visited: &mut Vec<String>,
+    ) {
+        for d in dests {
+            match d {
+                Destination::Queue(q) => {
+                    if !out.iter().any(|o| Arc::ptr_eq(o, &q)) {
+                        out.push(q);
+                    }
+                }
+                Destination::Exchange(name) => {
+                    if let Ok(x) = self.exchange(&name) {
+                        self.route_via(&x, message, out, visited);
+                    }
+                }
+            }
+        }
+    }
+}

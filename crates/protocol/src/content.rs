@@ -1,0 +1,220 @@
+//! Content assembly: `basic.publish` + content header + body frames → one
+//! message.
+//!
+//! A single body frame is kept as the slice of the read buffer it arrived in
+//! (no copy); several are gathered into one buffer sized from the header.
+
+use amq_protocol::protocol::basic::{parse_properties, AMQPProperties};
+use bytes::{Bytes, BytesMut};
+
+use crate::error::AmqpError;
+
+/// A content header as received.
+#[derive(Debug, Clone)]
+pub struct ContentHeader {
+    pub body_size: u64,
+    /// Property flags and list exactly as the publisher encoded them.
+    pub properties_raw: Bytes,
+    pub properties: AMQPProperties,
+}
+
+/// Parses a content header frame's payload.
+pub fn parse_header(payload: &Bytes) -> Result<ContentHeader, AmqpError> {
+    if payload.len() < 14 {
+        return Err(AmqpError::frame_error("content header frame too short"));
+    }
+    let class_id = u16::from_be_bytes([payload[0], payload[1]]);
+    if class_id != 60 {
+        return Err(AmqpError::frame_error(format_args!(
+            "content header for class {class_id}, expected 60"
+        )));
+    }
+    let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
+    let properties_raw = payload.slice(12..);
+    let properties = match parse_properties(&properties_raw[..]) {
+        Ok((_, p)) => p,
+        Err(_) => {
+            return Err(AmqpError::frame_error(
+                "cannot decode content header properties",
+            ))
+        }
+    };
+    Ok(ContentHeader {
+        body_size,
+        properties_raw,
+        properties,
+    })
+}
+
+/// A complete message content.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub header: ContentHeader,
+    pub body: Bytes,
+}
+
+/// Where a channel is in receiving one message's content.
+#[derive(Debug, Default)]
+pub enum Assembler {
+    #[default]
+    Idle,
+    /// `basic.publish` seen, waiting for its header.
+    AwaitingHeader,
+    /// Header seen, `received` of `header.body_size` bytes in.
+    AwaitingBody {
+        header: ContentHeader,
+        first: Option<Bytes>,
+        rest: BytesMut,
+        received: u64,
+    },
+}
+
+/// Bodies below this are copied out of the read buffer so that a small
+/// message sitting in a queue does not pin a whole read buffer in memory.
+const COPY_BELOW: usize = 4096;
+
+impl Assembler {
+    pub fn is_idle(&self) -> bool {
+        matches!(self, Assembler::Idle)
+    }
+
+    /// A `basic.publish` arrived; its content follows.
+    pub fn start(&mut self) {
+        *self = Assembler::AwaitingHeader;
+    }
+
+    /// Feeds the header. Returns the content when the body is empty.
+    /// `max_size` is the largest body accepted (406, as RabbitMQ).
+    pub fn header(&mut self, payload: &Bytes, max_size: u64) -> Result<Option<Content>, AmqpError> {
+        if !matches!(self, Assembler::AwaitingHeader) {
+            return Err(
+                AmqpError::unexpected_frame("expected content body, got content header")
+                    .during(60, 40),
+            );
+        }
+        let header = parse_header(payload)?;
+        if header.body_size > max_size {
+            *self = Assembler::Idle;
+            return Err(AmqpError::precondition(format_args!(
+                "message size {} is larger than configured max size {max_size}",
+                header.body_size
+            ))
+            .during(60, 40));
+        }
+        if header.body_size == 0 {
+            *self = Assembler::Idle;
+            return Ok(Some(Content {
+                header,
+                body: Bytes::new(),
+            }));
+        }
+        *self = Assembler::AwaitingBody {
+            header,
+            first: None,
+            rest: BytesMut::new(),
+            received: 0,
+        };
+        Ok(None)
+    }
+
+    /// Feeds one body frame. Returns the content once it is complete.
+    pub fn body(&mut self, payload: Bytes) -> Result<Option<Content>, AmqpError> {
+        let Assembler::AwaitingBody {
+            header,
+            first,
+            rest,
+            received,
+        } = self
+        else {
+            return Err(AmqpError::unexpected_frame("unexpected content body frame").during(60, 40));
+        };
+        *received += payload.len() as u64;
+        if *received > header.body_size {
+            return Err(AmqpError::frame_error(format_args!(
+                "content body of {} bytes exceeds the {} the header announced",
+                received, header.body_size
+            )));
+        }
+        if first.is_none() && rest.is_empty() {
+            if *received == header.body_size {
+                let body = if payload.len() < COPY_BELOW {
+                    Bytes::copy_from_slice(&payload)
+                } else {
+                    payload
+                };
+                let Assembler::AwaitingBody { header, .. } = std::mem::take(self) else {
+                    unreachable!()
+                };
+                return Ok(Some(Content { header, body }));
+            }
+            rest.reserve(header.body_size as usize);
+        }
+        if let Some(f) = first.take() {
+            rest.extend_from_slice(&f);
+        }
+        rest.extend_from_slice(&payload);
+        if *received == header.body_size {
+            let Assembler::AwaitingBody { header, rest, .. } = std::mem::take(self) else {
+                unreachable!()
+            };
+            return Ok(Some(Content {
+                header,
+                body: rest.freeze(),
+            }));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{parse_frame, write_content};
+
+    fn frames(body: &[u8], frame_max: u32) -> Vec<Bytes> {
+        let mut out = BytesMut::new();
+        write_content(&mut out, 1, frame_max, &[0, 0], body);
+        let mut v = vec![];
+        while let Some(f) = parse_frame(&mut out, 0).unwrap() {
+            v.push(f.payload);
+        }
+        v
+    }
+
+    #[test]
+    fn assembles_multi_frame_body() {
+        let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        let fs = frames(&body, 4096);
+        let mut a = Assembler::default();
+        a.start();
+        assert!(a.header(&fs[0], u64::MAX).unwrap().is_none());
+        let mut done = None;
+        for f in &fs[1..] {
+            done = a.body(f.clone()).unwrap();
+        }
+        assert_eq!(&done.unwrap().body[..], &body[..]);
+        assert!(a.is_idle());
+    }
+
+    #[test]
+    fn empty_body_completes_on_header() {
+        let fs = frames(b"", 4096);
+        let mut a = Assembler::default();
+        a.start();
+        assert!(a.header(&fs[0], 10).unwrap().is_some());
+    }
+
+    #[test]
+    fn body_without_header_is_unexpected() {
+        let mut a = Assembler::default();
+        assert_eq!(a.body(Bytes::from_static(b"x")).unwrap_err().code(), 505);
+    }
+
+    #[test]
+    fn oversize_message_is_refused() {
+        let fs = frames(&[0u8; 100], 4096);
+        let mut a = Assembler::default();
+        a.start();
+        assert_eq!(a.header(&fs[0], 10).unwrap_err().code(), 406);
+    }
+}

@@ -1,0 +1,910 @@
+//! One AMQP channel: its methods, publishing (content assembly, routing,
+//! confirms, transactions), consumers, deliveries and acknowledgements.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use amq_protocol::protocol::{
+    access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass,
+};
+use bytes::{Bytes, BytesMut};
+use warren_core::queue::AfterCancel;
+use warren_core::{
+    generated_name, ChannelCredit, Consumer, Delivery, Message, MessageRef, Outbox, Queue, VHost,
+};
+use warren_protocol::content::{Assembler, Content};
+use warren_protocol::frame;
+use warren_protocol::AmqpError;
+use warren_store::Entry;
+
+/// What a channel borrows from its connection while handling a frame.
+pub struct Ctx<'a> {
+    pub vhost: &'a Arc<VHost>,
+    pub connection: u64,
+    pub out: &'a mut BytesMut,
+    pub outbox: &'a Arc<dyn Outbox>,
+    pub frame_max: u32,
+    pub max_message_size: u64,
+    pub to_wake: &'a mut Vec<Arc<Queue>>,
+}
+
+/// A delivery awaiting its ack.
+struct Unacked {
+    queue: Arc<Queue>,
+    entry: Entry<MessageRef>,
+    /// None for `basic.get`: no consumer credit to give back.
+    consumer: Option<Arc<Consumer>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Confirm,
+    Tx,
+}
+
+/// An ack, reject or nack, as buffered by a transaction.
+#[derive(Clone, Copy)]
+struct Settle {
+    tag: u64,
+    multiple: bool,
+    /// None = ack; Some(requeue) = reject/nack.
+    requeue: Option<bool>,
+}
+
+struct Publish {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+}
+
+pub struct Channel {
+    id: u16,
+    /// We sent channel.close and wait for close-ok.
+    closing: bool,
+    /// Done: the connection drops it.
+    closed: bool,
+    assembler: Assembler,
+    publish: Option<Publish>,
+    consumers: HashMap<String, (Arc<Consumer>, Arc<Queue>)>,
+    /// Prefetch given to consumers created from now on (qos global=false).
+    consumer_prefetch: u32,
+    /// Channel-wide prefetch (qos global=true), shared with its consumers.
+    credit: Arc<ChannelCredit>,
+    /// Tag the next delivery or get-ok will carry.
+    next_tag: u64,
+    /// Deliveries by tag: `unacked[i]` has tag `first_tag + i`; None where
+    /// the delivery needed no ack or was settled out of order.
+    unacked: VecDeque<Option<Unacked>>,
+    first_tag: u64,
+    mode: Mode,
+    /// Confirm mode: sequence number of the last publish.
+    publish_seq: u64,
+    /// Confirms decided but not yet written: tags `confirm_from..=confirm_to`.
+    confirm_from: u64,
+    confirm_to: u64,
+    tx_publishes: Vec<(Publish, MessageRef)>,
+    tx_settles: Vec<Settle>,
+    /// The queue named by an empty queue name (last one declared here).
+    last_queue: Option<String>,
+}
+
+fn reply(out: &mut BytesMut, channel: u16, m: AMQPClass) {
+    frame::write_method(out, channel, &m);
+}
+
+impl Channel {
+    pub fn new(id: u16) -> Self {
+        Channel {
+            id,
+            closing: false,
+            closed: false,
+            assembler: Assembler::default(),
+            publish: None,
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            credit: Arc::new(ChannelCredit::default()),
+            next_tag: 1,
+            unacked: VecDeque::new(),
+            first_tag: 1,
+            mode: Mode::Plain,
+            publish_seq: 0,
+            confirm_from: 0,
+            confirm_to: 0,
+            tx_publishes: Vec::new(),
+            tx_settles: Vec::new(),
+            last_queue: None,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether a delivery for `consumer` still belongs here.
+    pub fn owns(&self, consumer: &Arc<Consumer>) -> bool {
+        !self.closing
+            && !consumer.cancelled.load(Ordering::Acquire)
+            && self
+                .consumers
+                .get(&*consumer.tag)
+                .is_some_and(|(c, _)| Arc::ptr_eq(c, consumer))
+    }
+
+    /// A soft error: close the channel with it and give back its messages.
+    pub fn fail(&mut self, ctx: &mut Ctx<'_>, e: AmqpError) {
+        tracing::debug!(channel = self.id, code = e.code(), text = %e.text, "channel error");
+        reply(
+            ctx.out,
+            self.id,
+            AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                reply_code: e.code(),
+                reply_text: e.text.as_str().into(),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+        self.closing = true;
+        self.assembler = Assembler::Idle;
+        self.release_all(ctx.vhost);
+    }
+
+    /// Cancels every consumer and requeues every unacked delivery, in order.
+    pub fn release_all(&mut self, vhost: &Arc<VHost>) {
+        for (_, (consumer, q)) in self.consumers.drain() {
+            if q.remove_consumer(&consumer) == AfterCancel::AutoDelete {
+                vhost.remove_queue(&q);
+            }
+        }
+        let all: Vec<Unacked> = self.unacked.drain(..).flatten().collect();
+        self.first_tag = self.next_tag;
+        Self::requeue(all);
+        self.tx_publishes.clear();
+        self.tx_settles.clear();
+    }
+
+    fn requeue(taken: Vec<Unacked>) {
+        for (q, group) in group_by_queue(taken) {
+            let entries: Vec<_> = group
+                .into_iter()
+                .map(|u| {
+                    if let Some(c) = &u.consumer {
+                        c.release(1);
+                    }
+                    u.entry
+                })
+                .collect();
+            q.requeue(entries);
+        }
+    }
+
+    /// Writes one delivery from a queue to the client.
+    pub fn deliver(
+        &mut self,
+        out: &mut BytesMut,
+        frame_max: u32,
+        d: Delivery,
+        to_wake: &mut Vec<Arc<Queue>>,
+    ) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let msg = &d.entry.message;
+        frame::write_deliver(
+            out,
+            self.id,
+            &d.consumer.tag,
+            tag,
+            d.entry.redelivered,
+            &msg.exchange,
+            &msg.routing_key,
+        );
+        frame::write_content(out, self.id, frame_max, &msg.properties_raw, &msg.body);
+        if d.consumer.no_ack {
+            d.consumer.release(1);
+            to_wake.push(d.queue);
+            self.push_unacked(tag, None);
+        } else {
+            self.push_unacked(
+                tag,
+                Some(Unacked {
+                    queue: d.queue,
+                    entry: d.entry,
+                    consumer: Some(d.consumer),
+                }),
+            );
+        }
+    }
+
+    fn push_unacked(&mut self, tag: u64, u: Option<Unacked>) {
+        if self.unacked.is_empty() {
+            if u.is_none() {
+                self.first_tag = tag + 1;
+                return;
+            }
+            self.first_tag = tag;
+        }
+        debug_assert_eq!(
+            self.first_tag + self.unacked.len() as u64,
+            tag,
+            "delivery tags out of step"
+        );
+        self.unacked.push_back(u);
+    }
+
+    /// The queue deleted this consumer: tell the client if it asked.
+    pub fn server_cancel(&mut self, out: &mut BytesMut, consumer: &Arc<Consumer>, notify: bool) {
+        let ours = self
+            .consumers
+            .get(&*consumer.tag)
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, consumer));
+        if !ours || self.closing {
+            return;
+        }
+        self.consumers.remove(&*consumer.tag);
+        if notify {
+            reply(
+                out,
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: consumer.tag.as_ref().into(),
+                    nowait: true,
+                })),
+            );
+        }
+    }
+
+    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
+        if self.confirm_to == 0 {
+            return;
+        }
+        frame::write_confirm(
+            out,
+            self.id,
+            self.confirm_to,
+            self.confirm_to > self.confirm_from,
+            true,
+        );
+        self.confirm_from = 0;
+        self.confirm_to = 0;
+    }
+
+    fn confirm(&mut self, seq: u64) {
+        if self.confirm_to == 0 {
+            self.confirm_from = seq;
+        }
+        self.confirm_to = seq;
+    }
+
+    fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    pub fn on_header(&mut self, ctx: &mut Ctx<'_>, payload: &Bytes) -> Result<(), AmqpError> {
+        if self.closing {
+            return Ok(());
+        }
+        if let Some(content) = self.assembler.header(payload, ctx.max_message_size)? {
+            self.published(ctx, content)?;
+        }
+        Ok(())
+    }
+
+    pub fn on_body(&mut self, ctx: &mut Ctx<'_>, payload: Bytes) -> Result<(), AmqpError> {
+        if self.closing {
+            return Ok(());
+        }
+        if let Some(content) = self.assembler.body(payload)? {
+            self.published(ctx, content)?;
+        }
+        Ok(())
+    }
+
+    fn published(&mut self, ctx: &mut Ctx<'_>, content: Content) -> Result<(), AmqpError> {
+        let p = self
+            .publish
+            .take()
+            .expect("content follows a basic.publish");
+        let msg = Arc::new(Message {
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key.clone(),
+            properties_raw: content.header.properties_raw,
+            properties: content.header.properties,
+            body: content.body,
+        });
+        if self.mode == Mode::Tx {
+            // Checked now, as RabbitMQ does; routed on commit.
+            self.publishable(ctx, &p.exchange)?;
+            self.tx_publishes.push((p, msg));
+            return Ok(());
+        }
+        self.route(ctx, &p, msg)?;
+        if self.mode == Mode::Confirm {
+            self.publish_seq += 1;
+            self.confirm(self.publish_seq);
+        }
+        Ok(())
+    }
+
+    fn publishable(
+        &self,
+        ctx: &Ctx<'_>,
+        exchange: &str,
+    ) -> Result<Arc<warren_core::Exchange>, AmqpError> {
+        let x = ctx.vhost.exchange(exchange).map_err(|e| e.during(60, 40))?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format_args!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                ctx.vhost.name
+            ))
+            .during(60, 40));
+        }
+        Ok(x)
+    }
+
+    fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(), AmqpError> {
+        let x = self.publishable(ctx, &p.exchange)?;
+        let mut queues = Vec::new();
+        ctx.vhost.route(&x, &msg, &mut queues);
+        if queues.is_empty() {
+            if p.mandatory {
+                frame::write_return(
+                    ctx.out,
+                    self.id,
+                    312,
+                    "NO_ROUTE",
+                    &p.exchange,
+                    &p.routing_key,
+                );
+                frame::write_content(
+                    ctx.out,
+                    self.id,
+                    ctx.frame_max,
+                    &msg.properties_raw,
+                    &msg.body,
+                );
+            }
+            return Ok(());
+        }
+        for q in queues {
+            q.publish(msg.clone());
+        }
+        Ok(())
+    }
+
+    /// Takes the deliveries an ack/reject/nack names (RabbitMQ's rules: the
+    /// tag must be outstanding; multiple takes every one up to it; tag 0
+    /// with multiple means all).
+    fn take_unacked(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+        let unknown = || AmqpError::precondition(format_args!("unknown delivery tag {tag}"));
+        if multiple && tag == 0 {
+            let all = self.unacked.drain(..).flatten().collect();
+            self.first_tag = self.next_tag;
+            return Ok(all);
+        }
+        if tag < self.first_tag {
+            return Err(unknown());
+        }
+        let idx = (tag - self.first_tag) as usize;
+        if !self.unacked.get(idx).is_some_and(|u| u.is_some()) {
+            return Err(unknown());
+        }
+        let taken = if multiple {
+            let t: Vec<_> = self.unacked.drain(..=idx).flatten().collect();
+            self.first_tag = tag + 1;
+            t
+        } else {
+            vec![self.unacked[idx].take().expect("checked")]
+        };
+        while let Some(None) = self.unacked.front() {
+            self.unacked.pop_front();
+            self.first_tag += 1;
+        }
+        if self.unacked.is_empty() {
+            self.first_tag = self.next_tag;
+        }
+        Ok(taken)
+    }
+
+    fn settle(&mut self, ctx: &mut Ctx<'_>, s: Settle) -> Result<(), AmqpError> {
+        let taken = self.take_unacked(s.tag, s.multiple)?;
+        match s.requeue {
+            Some(true) => Self::requeue(taken),
+            _ => {
+                for (q, group) in group_by_queue(taken) {
+                    for u in &group {
+                        if let Some(c) = &u.consumer {
+                            c.release(1);
+                        }
+                    }
+                    q.settled(group.len());
+                    ctx.to_wake.push(q);
+                }
+            }
+        }
+        if self.credit.limit.load(Ordering::Acquire) > 0 {
+            // Channel-wide credit was freed: any of our queues may deliver.
+            ctx.to_wake
+                .extend(self.consumers.values().map(|(_, q)| q.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn on_method(&mut self, ctx: &mut Ctx<'_>, m: AMQPClass) -> Result<(), AmqpError> {
+        if self.closing {
+            match m {
+                AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => self.closed = true,
+                AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
+                    reply(
+                        ctx.out,
+                        self.id,
+                        AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                    );
+                    self.closed = true;
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        if !self.assembler.is_idle() {
+            return Err(AmqpError::unexpected_frame(format_args!(
+                "expected content header for class 60, got non content header frame instead"
+            )));
+        }
+        let ids = (m.get_amqp_class_id(), m.get_amqp_method_id());
+        self.method(ctx, m).map_err(|e| e.during(ids.0, ids.1))
+    }
+
+    fn method(&mut self, ctx: &mut Ctx<'_>, m: AMQPClass) -> Result<(), AmqpError> {
+        let id = self.id;
+        match m {
+            AMQPClass::Channel(m) => match m {
+                chan::AMQPMethod::Open(_) => {
+                    Err(AmqpError::channel_error("second 'channel.open' seen"))
+                }
+                chan::AMQPMethod::Close(_) => {
+                    self.release_all(ctx.vhost);
+                    reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                    );
+                    self.closed = true;
+                    Ok(())
+                }
+                chan::AMQPMethod::CloseOk(_) | chan::AMQPMethod::FlowOk(_) => Ok(()),
+                chan::AMQPMethod::Flow(f) => {
+                    if !f.active {
+                        return Err(AmqpError::not_implemented("active=false"));
+                    }
+                    reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: true })),
+                    );
+                    Ok(())
+                }
+                chan::AMQPMethod::OpenOk(_) => {
+                    Err(AmqpError::command_invalid("unexpected channel.open-ok"))
+                }
+            },
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                reply(
+                    ctx.out,
+                    id,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Access(_) => Err(AmqpError::command_invalid("unexpected access method")),
+            AMQPClass::Exchange(m) => self.exchange_method(ctx, m),
+            AMQPClass::Queue(m) => self.queue_method(ctx, m),
+            AMQPClass::Basic(m) => self.basic_method(ctx, m),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                if self.mode == Mode::Tx {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                self.mode = Mode::Confirm;
+                if !s.nowait {
+                    reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            AMQPClass::Confirm(_) => Err(AmqpError::command_invalid("unexpected confirm method")),
+            AMQPClass::Tx(m) => self.tx_method(ctx, m),
+            AMQPClass::Connection(_) => {
+                Err(AmqpError::command_invalid("connection method on a channel"))
+            }
+        }
+    }
+
+    fn exchange_method(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        m: exchange::AMQPMethod,
+    ) -> Result<(), AmqpError> {
+        use exchange::AMQPMethod as M;
+        let id = self.id;
+        let (nowait, ok) = match m {
+            M::Declare(d) => {
+                ctx.vhost.declare_exchange(
+                    d.exchange.as_str(),
+                    d.kind.as_str(),
+                    d.passive,
+                    d.durable,
+                    d.auto_delete,
+                    d.internal,
+                    d.arguments,
+                )?;
+                (d.nowait, M::DeclareOk(exchange::DeclareOk {}))
+            }
+            M::Delete(d) => {
+                ctx.vhost
+                    .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                (d.nowait, M::DeleteOk(exchange::DeleteOk {}))
+            }
+            M::Bind(b) => {
+                ctx.vhost.bind_exchange(
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )?;
+                (b.nowait, M::BindOk(exchange::BindOk {}))
+            }
+            M::Unbind(b) => {
+                ctx.vhost.unbind_exchange(
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )?;
+                (b.nowait, M::UnbindOk(exchange::UnbindOk {}))
+            }
+            _ => return Err(AmqpError::command_invalid("unexpected exchange method")),
+        };
+        if !nowait {
+            reply(ctx.out, id, AMQPClass::Exchange(ok));
+        }
+        Ok(())
+    }
+
+    fn queue_method(&mut self, ctx: &mut Ctx<'_>, m: queue::AMQPMethod) -> Result<(), AmqpError> {
+        use queue::AMQPMethod as M;
+        let id = self.id;
+        let (nowait, ok) = match m {
+            M::Declare(d) => {
+                let mut name = d.queue.as_str().to_owned();
+                if name.is_empty() && !d.passive {
+                    name = generated_name("amq.gen-");
+                } else if name.is_empty() {
+                    name = self.queue_name("")?;
+                }
+                let r = ctx.vhost.declare_queue(
+                    ctx.connection,
+                    &name,
+                    d.passive,
+                    d.durable,
+                    d.exclusive,
+                    d.auto_delete,
+                    d.arguments,
+                )?;
+                self.last_queue = Some(name.clone());
+                (
+                    d.nowait,
+                    M::DeclareOk(queue::DeclareOk {
+                        queue: name.into(),
+                        message_count: r.message_count,
+                        consumer_count: r.consumer_count,
+                    }),
+                )
+            }
+            M::Bind(b) => {
+                let q = self.queue_name(b.queue.as_str())?;
+                let mut key = b.routing_key.as_str().to_owned();
+                if b.queue.as_str().is_empty() && key.is_empty() {
+                    key = q.clone();
+                }
+                ctx.vhost
+                    .bind_queue(ctx.connection, &q, b.exchange.as_str(), &key, b.arguments)?;
+                (b.nowait, M::BindOk(queue::BindOk {}))
+            }
+            M::Unbind(b) => {
+                let q = self.queue_name(b.queue.as_str())?;
+                ctx.vhost.unbind_queue(
+                    ctx.connection,
+                    &q,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )?;
+                (false, M::UnbindOk(queue::UnbindOk {}))
+            }
+            M::Purge(p) => {
+                let name = self.queue_name(p.queue.as_str())?;
+                let q = ctx.vhost.queue_for(ctx.connection, &name)?;
+                let message_count = q.purge();
+                (p.nowait, M::PurgeOk(queue::PurgeOk { message_count }))
+            }
+            M::Delete(d) => {
+                let name = self.queue_name(d.queue.as_str())?;
+                let message_count =
+                    ctx.vhost
+                        .delete_queue(ctx.connection, &name, d.if_unused, d.if_empty)?;
+                (d.nowait, M::DeleteOk(queue::DeleteOk { message_count }))
+            }
+            _ => return Err(AmqpError::command_invalid("unexpected queue method")),
+        };
+        if !nowait {
+            reply(ctx.out, id, AMQPClass::Queue(ok));
+        }
+        Ok(())
+    }
+
+    fn basic_method(&mut self, ctx: &mut Ctx<'_>, m: basic::AMQPMethod) -> Result<(), AmqpError> {
+        use basic::AMQPMethod as M;
+        let id = self.id;
+        match m {
+            M::Publish(p) => {
+                if p.immediate {
+                    return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                self.publish = Some(Publish {
+                    exchange: p.exchange.as_str().to_owned(),
+                    routing_key: p.routing_key.as_str().to_owned(),
+                    mandatory: p.mandatory,
+                });
+                self.assembler.start();
+                Ok(())
+            }
+            M::Qos(q) => {
+                if q.global {
+                    self.credit
+                        .limit
+                        .store(q.prefetch_count as u32, Ordering::Release);
+                    ctx.to_wake
+                        .extend(self.consumers.values().map(|(_, q)| q.clone()));
+                } else {
+                    self.consumer_prefetch = q.prefetch_count as u32;
+                }
+                reply(ctx.out, id, AMQPClass::Basic(M::QosOk(basic::QosOk {})));
+                Ok(())
+            }
+            M::Consume(c) => {
+                let name = self.queue_name(c.queue.as_str())?;
+                let q = ctx.vhost.queue_for(ctx.connection, &name)?;
+                let tag = if c.consumer_tag.as_str().is_empty() {
+                    generated_name("amq.ctag-")
+                } else {
+                    c.consumer_tag.as_str().to_owned()
+                };
+                if self.consumers.contains_key(&tag) {
+                    return Err(AmqpError::not_allowed(format_args!(
+                        "attempt to reuse consumer tag '{tag}'"
+                    )));
+                }
+                let consumer = Arc::new(Consumer {
+                    tag: tag.as_str().into(),
+                    channel: id,
+                    connection: ctx.connection,
+                    no_ack: c.no_ack,
+                    exclusive: c.exclusive,
+                    prefetch: self.consumer_prefetch,
+                    unacked: Default::default(),
+                    channel_credit: self.credit.clone(),
+                    cancelled: Default::default(),
+                    outbox: ctx.outbox.clone(),
+                });
+                // consume-ok must precede the first delivery: deliveries go
+                // through the connection's event queue, handled after this.
+                if !c.nowait {
+                    reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Basic(M::ConsumeOk(basic::ConsumeOk {
+                            consumer_tag: tag.as_str().into(),
+                        })),
+                    );
+                }
+                if let Err(e) = q.add_consumer(consumer.clone()) {
+                    ctx.out.clear();
+                    return Err(e);
+                }
+                self.consumers.insert(tag, (consumer, q));
+                Ok(())
+            }
+            M::Cancel(c) => {
+                if let Some((consumer, q)) = self.consumers.remove(c.consumer_tag.as_str()) {
+                    if q.remove_consumer(&consumer) == AfterCancel::AutoDelete {
+                        ctx.vhost.remove_queue(&q);
+                    }
+                }
+                if !c.nowait {
+                    reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Basic(M::CancelOk(basic::CancelOk {
+                            consumer_tag: c.consumer_tag,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            M::Get(g) => {
+                let name = self.queue_name(g.queue.as_str())?;
+                let q = ctx.vhost.queue_for(ctx.connection, &name)?;
+                match q.get(g.no_ack) {
+                    None => reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {})),
+                    ),
+                    Some((entry, remaining)) => {
+                        let tag = self.next_tag;
+                        self.next_tag += 1;
+                        let msg = &entry.message;
+                        frame::write_get_ok(
+                            ctx.out,
+                            id,
+                            tag,
+                            entry.redelivered,
+                            &msg.exchange,
+                            &msg.routing_key,
+                            remaining,
+                        );
+                        frame::write_content(
+                            ctx.out,
+                            id,
+                            ctx.frame_max,
+                            &msg.properties_raw,
+                            &msg.body,
+                        );
+                        let u = (!g.no_ack).then_some(Unacked {
+                            queue: q,
+                            entry,
+                            consumer: None,
+                        });
+                        self.push_unacked(tag, u);
+                    }
+                }
+                Ok(())
+            }
+            M::Ack(a) => self.settle_or_buffer(
+                ctx,
+                Settle {
+                    tag: a.delivery_tag,
+                    multiple: a.multiple,
+                    requeue: None,
+                },
+            ),
+            M::Reject(r) => self.settle_or_buffer(
+                ctx,
+                Settle {
+                    tag: r.delivery_tag,
+                    multiple: false,
+                    requeue: Some(r.requeue),
+                },
+            ),
+            M::Nack(n) => self.settle_or_buffer(
+                ctx,
+                Settle {
+                    tag: n.delivery_tag,
+                    multiple: n.multiple,
+                    requeue: Some(n.requeue),
+                },
+            ),
+            M::Recover(r) => {
+                self.recover(r.requeue)?;
+                reply(
+                    ctx.out,
+                    id,
+                    AMQPClass::Basic(M::RecoverOk(basic::RecoverOk {})),
+                );
+                Ok(())
+            }
+            M::RecoverAsync(r) => self.recover(r.requeue),
+            _ => Err(AmqpError::command_invalid("unexpected basic method")),
+        }
+    }
+
+    fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        let all: Vec<Unacked> = self.unacked.drain(..).flatten().collect();
+        self.first_tag = self.next_tag;
+        Self::requeue(all);
+        Ok(())
+    }
+
+    fn settle_or_buffer(&mut self, ctx: &mut Ctx<'_>, s: Settle) -> Result<(), AmqpError> {
+        if self.mode == Mode::Tx {
+            // Validate now so a bad tag fails where it was sent.
+            if !(s.multiple && s.tag == 0) {
+                let known = s.tag >= self.first_tag
+                    && self
+                        .unacked
+                        .get((s.tag - self.first_tag) as usize)
+                        .is_some_and(|u| u.is_some());
+                if !known {
+                    return Err(AmqpError::precondition(format_args!(
+                        "unknown delivery tag {}",
+                        s.tag
+                    )));
+                }
+            }
+            self.tx_settles.push(s);
+            return Ok(());
+        }
+        self.settle(ctx, s)
+    }
+
+    fn tx_method(&mut self, ctx: &mut Ctx<'_>, m: tx::AMQPMethod) -> Result<(), AmqpError> {
+        use tx::AMQPMethod as M;
+        let id = self.id;
+        let not_tx = || AmqpError::precondition("channel is not transactional");
+        match m {
+            M::Select(_) => {
+                if self.mode == Mode::Confirm {
+                    return Err(AmqpError::precondition(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.mode = Mode::Tx;
+                reply(ctx.out, id, AMQPClass::Tx(M::SelectOk(tx::SelectOk {})));
+                Ok(())
+            }
+            M::Commit(_) => {
+                if self.mode != Mode::Tx {
+                    return Err(not_tx());
+                }
+                for (p, msg) in std::mem::take(&mut self.tx_publishes) {
+                    self.route(ctx, &p, msg)?;
+                }
+                for s in std::mem::take(&mut self.tx_settles) {
+                    // A tag settled twice in one transaction is gone by now.
+                    match self.settle(ctx, s) {
+                        Ok(()) => {}
+                        Err(e) if e.code() == 406 => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                reply(ctx.out, id, AMQPClass::Tx(M::CommitOk(tx::CommitOk {})));
+                Ok(())
+            }
+            M::Rollback(_) => {
+                if self.mode != Mode::Tx {
+                    return Err(not_tx());
+                }
+                self.tx_publishes.clear();
+                self.tx_settles.clear();
+                reply(ctx.out, id, AMQPClass::Tx(M::RollbackOk(tx::RollbackOk {})));
+                Ok(())
+            }
+            _ => Err(AmqpError::command_invalid("unexpected tx method")),
+        }
+    }
+}
+
+/// Splits settled deliveries into runs by queue, keeping their order.
+fn group_by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Unacked>)> {
+    let mut groups: Vec<(Arc<Queue>, Vec<Unacked>)> = Vec::new();
+    for u in taken {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, g)) => g.push(u),
+            None => groups.push((u.queue.clone(), vec![u])),
+        }
+    }
+    groups
+}

@@ -1,0 +1,53 @@
+//! Configuration: one typed struct, fed by defaults, environment variables
+//! (`WARREN_*`) and command-line flags, in that order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "warren", version, about)]
+pub struct Config {
+    /// Address the AMQP listener binds to.
+    #[arg(long, env = "WARREN_AMQP_LISTEN", default_value = "127.0.0.1:5672")]
+    pub amqp_listen: SocketAddr,
+
+    /// Directory for the broker's data. Defaults to $XDG_DATA_HOME/warren,
+    /// else ~/.local/share/warren, else ./warren-data.
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Heartbeat interval (seconds) proposed in connection.tune; 0 disables.
+    #[arg(long, env = "WARREN_HEARTBEAT", default_value_t = warren_protocol::DEFAULT_HEARTBEAT)]
+    pub heartbeat: u16,
+
+    /// Largest frame (bytes) proposed in connection.tune.
+    #[arg(long, env = "WARREN_FRAME_MAX", default_value_t = warren_protocol::DEFAULT_FRAME_MAX)]
+    pub frame_max: u32,
+
+    /// Highest channel number proposed in connection.tune.
+    #[arg(long, env = "WARREN_CHANNEL_MAX", default_value_t = warren_protocol::DEFAULT_CHANNEL_MAX)]
+    pub channel_max: u16,
+
+    /// Largest message body accepted (bytes), as RabbitMQ's max_message_size.
+    #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 134_217_728)]
+    pub max_message_size: u64,
+}
+
+impl Config {
+    /// The data directory in effect.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(x).join("warren");
+        }
+        if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(h).join(".local/share/warren");
+        }
+        PathBuf::from("warren-data")
+    }
+}

@@ -1,0 +1,661 @@
+//! One client connection: the handshake, the frame loop, heartbeats, and the
+//! hand-off of deliveries from queues into the outbound byte stream.
+//!
+//! The connection task owns all channel state. Queues reach it through an
+//! unbounded event channel ([`Event`]); bounded in practice by prefetch
+//! credit (and by `NO_ACK_WINDOW` for no-ack consumers). Bytes go out
+//! through a separate writer task so that a client that stops reading never
+//! stops us from reading its frames (RabbitMQ has a writer process for the
+//! same reason). Everything produced while handling one read or one batch of
+//! events is flushed as one chunk.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{channel as chan, connection as conn, AMQPClass};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, info, warn};
+use warren_core::{Consumer, Delivery, Outbox, Queue, VHost};
+use warren_protocol::frame::{self, Frame, FrameKind};
+use warren_protocol::method::decode_method;
+use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, PROTOCOL_HEADER};
+
+use crate::channel::{Channel, Ctx};
+use crate::server::Shared;
+
+/// What queues send to a connection.
+pub enum Event {
+    Deliver(Delivery),
+    Cancelled(Arc<Consumer>),
+}
+
+/// The [`Outbox`] queues use to reach this connection.
+pub struct ConnOutbox {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Outbox for ConnOutbox {
+    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
+        self.tx
+            .send(Event::Deliver(delivery))
+            .map_err(|e| match e.0 {
+                Event::Deliver(d) => d,
+                Event::Cancelled(_) => unreachable!("sent a delivery"),
+            })
+    }
+
+    fn cancelled(&self, consumer: &Arc<Consumer>) {
+        let _ = self.tx.send(Event::Cancelled(consumer.clone()));
+    }
+}
+
+/// Outbound bytes queued for the writer above which the connection stops
+/// taking deliveries until the writer catches up.
+const OUT_HIGH_WATER: usize = 8 << 20;
+/// Events handled per turn of the loop before the socket is read again.
+const EVENT_BATCH: usize = 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for connection.close-ok after sending connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    AwaitStartOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+    /// We sent connection.close and wait for close-ok.
+    Closing,
+    /// Nothing more to read: flush and hang up.
+    Done,
+}
+
+pub struct Conn {
+    pub id: u64,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    stage: Stage,
+    user: String,
+    vhost: Option<Arc<VHost>>,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    channels: HashMap<u16, Channel>,
+    /// Bytes produced since the last flush.
+    out: BytesMut,
+    outbox: Arc<dyn Outbox>,
+    /// Whether the client wants server-sent basic.cancel.
+    cancel_notify: bool,
+    /// Queues that may deliver again once this turn's work is done.
+    to_wake: Vec<Arc<Queue>>,
+    started: Instant,
+    closing_since: Option<Instant>,
+}
+
+pub async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut rd, mut wr) = socket.into_split();
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let header = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        while rbuf.len() < 8 {
+            if rd.read_buf(&mut rbuf).await.ok()? == 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    if !matches!(header, Ok(Some(()))) {
+        debug!(%peer, "closed before sending a protocol header");
+        return;
+    }
+    if &rbuf[..8] != PROTOCOL_HEADER {
+        // As the spec asks: answer with the protocol we speak, then hang up.
+        let _ = wr.write_all(PROTOCOL_HEADER).await;
+        let _ = wr.shutdown().await;
+        info!(%peer, "refused connection: bad protocol header");
+        return;
+    }
+    rbuf.advance(8);
+
+    let (event_tx, mut events) = mpsc::unbounded_channel();
+    let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let drained = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_loop(wr, write_rx, pending.clone(), drained.clone()));
+
+    let id = shared.broker.next_connection_id();
+    let mut c = Conn {
+        id,
+        shared: shared.clone(),
+        peer,
+        stage: Stage::AwaitStartOk,
+        user: String::new(),
+        vhost: None,
+        frame_max: frame::FRAME_OVERHEAD as u32 + 4088,
+        channel_max: shared.config.channel_max,
+        heartbeat: 0,
+        channels: HashMap::new(),
+        out: BytesMut::with_capacity(64 * 1024),
+        outbox: Arc::new(ConnOutbox { tx: event_tx }),
+        cancel_notify: false,
+        to_wake: Vec::new(),
+        started: Instant::now(),
+        closing_since: None,
+    };
+    c.send_start();
+
+    let mut last_read = Instant::now();
+    let mut last_write = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if !c.out.is_empty() {
+            let chunk = c.out.split().freeze();
+            pending.fetch_add(chunk.len(), Ordering::AcqRel);
+            if write_tx.send(chunk).is_err() {
+                break;
+            }
+            last_write = Instant::now();
+        }
+        if c.stage == Stage::Done {
+            break;
+        }
+        let backpressured = pending.load(Ordering::Acquire) > OUT_HIGH_WATER;
+        tokio::select! {
+            read = rd.read_buf(&mut rbuf) => {
+                match read {
+                    Ok(0) | Err(_) => {
+                        if c.stage == Stage::Open {
+                            info!(peer = %c.peer, "client closed the connection without connection.close");
+                        }
+                        break;
+                    }
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        c.on_bytes(&mut rbuf);
+                    }
+                }
+            }
+            ev = events.recv(), if !backpressured => {
+                if let Some(ev) = ev {
+                    c.on_event(ev);
+                    for _ in 0..EVENT_BATCH {
+                        match events.try_recv() {
+                            Ok(ev) => c.on_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                    c.after_turn();
+                }
+            }
+            _ = drained.notified(), if backpressured => {}
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if c.stage < Stage::Open && now - c.started > HANDSHAKE_TIMEOUT {
+                    info!(peer = %c.peer, "handshake timeout");
+                    break;
+                }
+                if let Some(since) = c.closing_since {
+                    if now - since > CLOSE_TIMEOUT {
+                        break;
+                    }
+                }
+                if c.heartbeat > 0 {
+                    let hb = Duration::from_secs(c.heartbeat as u64);
+                    if now - last_read > hb * 2 {
+                        warn!(peer = %c.peer, timeout = c.heartbeat, "missed heartbeats from client, closing");
+                        break;
+                    }
+                    if now - last_write >= hb / 2 {
+                        frame::write_heartbeat(&mut c.out);
+                    }
+                }
+            }
+            _ = shutdown.changed() => {
+                if c.stage < Stage::Closing {
+                    c.close(AmqpError::new(
+                        ErrorKind::ConnectionForced,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    c.cleanup(&mut events);
+    drop(write_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    pending: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+) {
+    while let Some(chunk) = rx.recv().await {
+        if wr.write_all(&chunk).await.is_err() {
+            break;
+        }
+        let left = pending.fetch_sub(chunk.len(), Ordering::AcqRel) - chunk.len();
+        if left <= OUT_HIGH_WATER {
+            drained.notify_one();
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn server_properties() -> FieldTable {
+    let mut caps = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        caps.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let s = |v: &str| AMQPValue::LongString(v.into());
+    let mut p = FieldTable::default();
+    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    p.insert("cluster_name".into(), s("warren"));
+    // kombu and celery choose their prefetch semantics from product and
+    // version (see README, "Compatibility"): advertise the RabbitMQ release
+    // whose behaviour Warren reproduces.
+    p.insert("product".into(), s("RabbitMQ"));
+    p.insert("version".into(), s("3.10.0"));
+    p.insert(
+        "platform".into(),
+        s(concat!("Warren ", env!("CARGO_PKG_VERSION"))),
+    );
+    p.insert(
+        "information".into(),
+        s("Warren, an AMQP 0-9-1 broker compatible with RabbitMQ clients"),
+    );
+    p.insert("copyright".into(), s("The Warren authors"));
+    p
+}
+
+/// Extracts (user, password) from a start-ok response.
+fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|b| *b == 0);
+            let _authzid = parts.next()?;
+            let user = parts.next()?;
+            let pass = parts.next()?;
+            Some((
+                String::from_utf8(user.to_vec()).ok()?,
+                String::from_utf8(pass.to_vec()).ok()?,
+            ))
+        }
+        "AMQPLAIN" => {
+            // A field table without its length prefix.
+            let mut framed = Vec::with_capacity(response.len() + 4);
+            framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
+            framed.extend_from_slice(response);
+            let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+            let get = |k: &str| match table.inner().get(k)? {
+                AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
+                AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                _ => None,
+            };
+            Some((get("LOGIN")?, get("PASSWORD")?))
+        }
+        _ => None,
+    }
+}
+
+impl Conn {
+    fn send_start(&mut self) {
+        let start = AMQPClass::Connection(conn::AMQPMethod::Start(conn::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(),
+            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            locales: LongString::from("en_US"),
+        }));
+        frame::write_method(&mut self.out, 0, &start);
+    }
+
+    /// Sends connection.close for a hard error and waits for close-ok.
+    fn close(&mut self, err: AmqpError) {
+        if self.stage >= Stage::Closing {
+            return;
+        }
+        info!(peer = %self.peer, code = err.code(), text = %err.text, "closing connection");
+        let m = AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+            reply_code: err.code(),
+            reply_text: err.text.as_str().into(),
+            class_id: err.class_id,
+            method_id: err.method_id,
+        }));
+        frame::write_method(&mut self.out, 0, &m);
+        self.stage = Stage::Closing;
+        self.closing_since = Some(Instant::now());
+        self.close_all_channels();
+    }
+
+    fn on_bytes(&mut self, rbuf: &mut BytesMut) {
+        loop {
+            if self.stage == Stage::Done {
+                return;
+            }
+            let frame_max = if self.stage == Stage::Open || self.stage == Stage::Closing {
+                self.frame_max
+            } else {
+                // Before tune-ok the spec's minimum applies.
+                warren_protocol::FRAME_MIN_SIZE.max(self.shared.config.frame_max)
+            };
+            match frame::parse_frame(rbuf, frame_max) {
+                Ok(Some(f)) => {
+                    if let Err(e) = self.on_frame(f) {
+                        if self.stage == Stage::Closing {
+                            self.stage = Stage::Done;
+                        } else {
+                            self.close(e);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // The stream is out of sync: say why, then stop reading.
+                    self.close(e);
+                    rbuf.clear();
+                    break;
+                }
+            }
+        }
+        self.after_turn();
+    }
+
+    /// Work left over from a turn: deliver again where credit was freed and
+    /// flush pending publisher confirms.
+    fn after_turn(&mut self) {
+        for ch in self.channels.values_mut() {
+            ch.flush_confirms(&mut self.out);
+        }
+        let mut seen: Vec<*const Queue> = Vec::new();
+        for q in std::mem::take(&mut self.to_wake) {
+            let p = Arc::as_ptr(&q);
+            if !seen.contains(&p) {
+                seen.push(p);
+                q.wake();
+            }
+        }
+    }
+
+    fn on_frame(&mut self, f: Frame) -> Result<(), AmqpError> {
+        if f.kind == FrameKind::Heartbeat {
+            return Ok(());
+        }
+        if self.stage == Stage::Closing {
+            // Only close / close-ok matter now.
+            if f.kind == FrameKind::Method && f.channel == 0 {
+                match decode_method(&f.payload) {
+                    Ok(AMQPClass::Connection(conn::AMQPMethod::CloseOk(_))) => {
+                        self.stage = Stage::Done
+                    }
+                    Ok(AMQPClass::Connection(conn::AMQPMethod::Close(_))) => {
+                        frame::write_method(
+                            &mut self.out,
+                            0,
+                            &AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                        );
+                        self.stage = Stage::Done;
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        if f.channel == 0 {
+            if f.kind != FrameKind::Method {
+                return Err(AmqpError::unexpected_frame("content frame on channel 0"));
+            }
+            let m = decode_method(&f.payload)?;
+            return self.on_connection_method(m);
+        }
+        if self.stage != Stage::Open {
+            return Err(AmqpError::channel_error(
+                "channel frame before connection.open",
+            ));
+        }
+        if f.channel > self.channel_max {
+            return Err(AmqpError::channel_error(format_args!(
+                "channel {} exceeds channel_max {}",
+                f.channel, self.channel_max
+            )));
+        }
+        let vhost = self.vhost.clone().expect("open connection has a vhost");
+        let method = match f.kind {
+            FrameKind::Method => Some(decode_method(&f.payload)?),
+            _ => None,
+        };
+        let Some(ch) = self.channels.get_mut(&f.channel) else {
+            return match method {
+                Some(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
+                    self.channels.insert(f.channel, Channel::new(f.channel));
+                    frame::write_method(
+                        &mut self.out,
+                        f.channel,
+                        &AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+                    );
+                    Ok(())
+                }
+                Some(AMQPClass::Channel(chan::AMQPMethod::CloseOk(_))) => Ok(()),
+                _ => Err(AmqpError::channel_error("expected 'channel.open'")),
+            };
+        };
+        let mut ctx = Ctx {
+            vhost: &vhost,
+            connection: self.id,
+            out: &mut self.out,
+            outbox: &self.outbox,
+            frame_max: self.frame_max,
+            max_message_size: self.shared.config.max_message_size,
+            to_wake: &mut self.to_wake,
+        };
+        let result = match method {
+            Some(m) => ch.on_method(&mut ctx, m),
+            None if f.kind == FrameKind::Header => ch.on_header(&mut ctx, &f.payload),
+            None => ch.on_body(&mut ctx, f.payload),
+        };
+        match result {
+            Ok(()) => {
+                if ch.is_closed() {
+                    self.channels.remove(&f.channel);
+                }
+                Ok(())
+            }
+            Err(e) if e.is_hard() => Err(e),
+            Err(e) => {
+                ch.fail(&mut ctx, e);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_connection_method(&mut self, m: AMQPClass) -> Result<(), AmqpError> {
+        use conn::AMQPMethod as M;
+        let AMQPClass::Connection(m) = m else {
+            return Err(AmqpError::command_invalid(
+                "non-connection method on channel 0",
+            ));
+        };
+        match (self.stage, m) {
+            (Stage::AwaitStartOk, M::StartOk(ok)) => {
+                if let Some(AMQPValue::FieldTable(caps)) =
+                    ok.client_properties.inner().get("capabilities")
+                {
+                    self.cancel_notify = matches!(
+                        caps.inner().get("consumer_cancel_notify"),
+                        Some(AMQPValue::Boolean(true))
+                    );
+                }
+                let mechanism = ok.mechanism.as_str();
+                let creds = credentials(mechanism, ok.response.as_bytes());
+                let refused = || {
+                    AmqpError::access_refused(format_args!(
+                        "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                    ))
+                };
+                let Some((user, pass)) = creds else {
+                    return Err(refused());
+                };
+                if !self.shared.broker.authenticate(&user, &pass) {
+                    warn!(peer = %self.peer, user, mechanism, "authentication failed");
+                    return Err(refused());
+                }
+                self.user = user;
+                let tune = AMQPClass::Connection(M::Tune(conn::Tune {
+                    channel_max: self.shared.config.channel_max,
+                    frame_max: self.shared.config.frame_max,
+                    heartbeat: self.shared.config.heartbeat,
+                }));
+                frame::write_method(&mut self.out, 0, &tune);
+                self.stage = Stage::AwaitTuneOk;
+                Ok(())
+            }
+            (Stage::AwaitTuneOk, M::TuneOk(ok)) => {
+                let server_max = self.shared.config.frame_max;
+                let frame_max = if ok.frame_max == 0 {
+                    server_max
+                } else {
+                    ok.frame_max
+                };
+                if frame_max > server_max {
+                    return Err(AmqpError::not_allowed(format_args!(
+                        "frame_max={frame_max} > {server_max} max size"
+                    )));
+                }
+                if frame_max < warren_protocol::FRAME_MIN_SIZE {
+                    return Err(AmqpError::not_allowed(format_args!(
+                        "frame_max={frame_max} < {} min size",
+                        warren_protocol::FRAME_MIN_SIZE
+                    )));
+                }
+                let server_channels = self.shared.config.channel_max;
+                let channel_max = if ok.channel_max == 0 {
+                    server_channels
+                } else {
+                    ok.channel_max
+                };
+                if channel_max > server_channels {
+                    return Err(AmqpError::not_allowed(format_args!(
+                        "channel_max={channel_max} > {server_channels} max"
+                    )));
+                }
+                self.frame_max = frame_max;
+                self.channel_max = channel_max;
+                self.heartbeat = ok.heartbeat;
+                self.stage = Stage::AwaitOpen;
+                Ok(())
+            }
+            (Stage::AwaitOpen, M::Open(open)) => {
+                let name = open.virtual_host.as_str();
+                let Some(vhost) = self.shared.broker.vhost(name) else {
+                    return Err(
+                        AmqpError::not_allowed(format_args!("vhost {name} not found"))
+                            .during(10, 40),
+                    );
+                };
+                self.vhost = Some(vhost);
+                frame::write_method(
+                    &mut self.out,
+                    0,
+                    &AMQPClass::Connection(M::OpenOk(conn::OpenOk {})),
+                );
+                self.stage = Stage::Open;
+                debug!(peer = %self.peer, user = %self.user, vhost = name, "connection open");
+                Ok(())
+            }
+            (_, M::Close(_)) => {
+                frame::write_method(
+                    &mut self.out,
+                    0,
+                    &AMQPClass::Connection(M::CloseOk(conn::CloseOk {})),
+                );
+                self.close_all_channels();
+                self.stage = Stage::Done;
+                Ok(())
+            }
+            (Stage::Open, M::Blocked(_) | M::Unblocked(_) | M::UpdateSecretOk(_)) => Ok(()),
+            (Stage::Open, M::UpdateSecret(_)) => {
+                frame::write_method(
+                    &mut self.out,
+                    0,
+                    &AMQPClass::Connection(M::UpdateSecretOk(conn::UpdateSecretOk {})),
+                );
+                Ok(())
+            }
+            (_, m) => Err(AmqpError::command_invalid(format_args!(
+                "unexpected method {m:?} on channel 0"
+            ))),
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Deliver(d) => match self.channels.get_mut(&d.consumer.channel) {
+                Some(ch) if ch.owns(&d.consumer) => {
+                    ch.deliver(&mut self.out, self.frame_max, d, &mut self.to_wake);
+                }
+                _ => {
+                    let acked = !d.consumer.no_ack;
+                    d.consumer.release(1);
+                    d.queue.undeliver(d.entry, acked);
+                }
+            },
+            Event::Cancelled(consumer) => {
+                if let Some(ch) = self.channels.get_mut(&consumer.channel) {
+                    ch.server_cancel(&mut self.out, &consumer, self.cancel_notify);
+                }
+            }
+        }
+    }
+
+    fn close_all_channels(&mut self) {
+        if let Some(vhost) = self.vhost.clone() {
+            for (_, mut ch) in self.channels.drain() {
+                ch.release_all(&vhost);
+            }
+        }
+    }
+
+    /// The connection is over: channels give back their messages, in-flight
+    /// deliveries go back to their queues, exclusive queues are deleted.
+    fn cleanup(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
+        self.close_all_channels();
+        events.close();
+        while let Ok(ev) = events.try_recv() {
+            if let Event::Deliver(d) = ev {
+                let acked = !d.consumer.no_ack;
+                d.consumer.release(1);
+                d.queue.undeliver(d.entry, acked);
+            }
+        }
+        if let Some(vhost) = &self.vhost {
+            vhost.connection_closed(self.id);
+        }
+        debug!(peer = %self.peer, "connection closed");
+    }
+}

@@ -1,0 +1,23 @@
+//! `warren`: the broker binary.
+
+mod channel;
+mod config;
+mod connection;
+mod server;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let config = config::Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(server::run(config))
+}

@@ -1,0 +1,70 @@
+//! The listener: accepts connections, spawns one task per connection, and
+//! shuts down gracefully on SIGTERM/SIGINT (every client gets
+//! 320 CONNECTION_FORCED, then the process exits 0).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use warren_core::Broker;
+
+use crate::config::Config;
+use crate::connection;
+
+/// Settings every connection reads.
+pub struct Shared {
+    pub broker: Arc<Broker>,
+    pub config: Config,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let listener = TcpListener::bind(config.amqp_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.amqp_listen))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
+    let shared = Arc::new(Shared {
+        broker: Arc::new(Broker::new()),
+        config,
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Each connection task holds a sender; when all are dropped, they are done.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let shared = shared.clone();
+                    let shutdown = shutdown_rx.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        connection::serve(socket, peer, shared, shutdown).await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    info!("shutting down: closing client connections");
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    drop(done_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+    info!("stopped");
+    Ok(())
+}
