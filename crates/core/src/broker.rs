@@ -35,10 +35,7 @@ impl Broker {
     }
 
     pub fn add_vhost(&self, name: &str) {
-        self.vhosts
-            .write()
-            .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(VHost::new(name)));
+        self.vhosts.write().entry(name.to_owned()).or_insert_with(|| Arc::new(VHost::new(name)));
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

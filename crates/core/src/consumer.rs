@@ -59,11 +59,7 @@ pub struct Consumer {
 }
 
 fn try_take(counter: &AtomicU32, limit: u32) -> bool {
-    counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (limit == 0 || n < limit).then_some(n + 1)
-        })
-        .is_ok()
+    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (limit == 0 || n < limit).then_some(n + 1)).is_ok()
 }
 
 impl Consumer {

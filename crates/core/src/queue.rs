@@ -116,10 +116,7 @@ impl Queue {
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
-            let Some(idx) = (0..n)
-                .map(|i| (st.next_consumer + i) % n)
-                .find(|&i| st.consumers[i].try_acquire())
-            else {
+            let Some(idx) = (0..n).map(|i| (st.next_consumer + i) % n).find(|&i| st.consumers[i].try_acquire()) else {
                 break;
             };
             st.next_consumer = (idx + 1) % n;
@@ -130,11 +127,7 @@ impl Queue {
                 st.unacked += 1;
             }
             let outbox = consumer.outbox.clone();
-            if let Err(back) = outbox.deliver(Delivery {
-                consumer,
-                queue: self.clone(),
-                entry,
-            }) {
+            if let Err(back) = outbox.deliver(Delivery { consumer, queue: self.clone(), entry }) {
                 // The connection is gone; it will cancel this consumer.
                 back.consumer.release(1);
                 if !back.consumer.no_ack {
@@ -169,11 +162,7 @@ impl Queue {
     /// `n` delivered messages were acked (or rejected without requeue).
     pub fn settled(&self, n: usize) {
         let mut st = self.state.lock();
-        debug_assert!(
-            st.unacked >= n,
-            "queue '{}': more acks than deliveries",
-            self.name
-        );
+        debug_assert!(st.unacked >= n, "queue '{}': more acks than deliveries", self.name);
         st.unacked = st.unacked.saturating_sub(n);
     }
 
@@ -208,14 +197,9 @@ impl Queue {
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), AmqpError> {
         let mut st = self.state.lock();
         if st.deleted {
-            return Err(AmqpError::not_found(format_args!(
-                "no queue '{}' in vhost '{}'",
-                self.name, self.vhost
-            )));
+            return Err(AmqpError::not_found(format_args!("no queue '{}' in vhost '{}'", self.name, self.vhost)));
         }
-        if !st.consumers.is_empty()
-            && (consumer.exclusive || st.consumers.iter().any(|c| c.exclusive))
-        {
+        if !st.consumers.is_empty() && (consumer.exclusive || st.consumers.iter().any(|c| c.exclusive)) {
             return Err(AmqpError::access_refused(format_args!(
                 "queue '{}' in vhost '{}' in exclusive use",
                 self.name, self.vhost
@@ -257,7 +241,7 @@ impl Queue {
         }
         if if_empty && !st.ready.is_empty() {
             return Err(AmqpError::precondition(format_args!(
-                "queue '{}' in vhost '{}' is not empty",
+                "queue '{}' in vhost '{}' not empty",
                 self.name, self.vhost
             )));
         }

@@ -134,32 +134,13 @@ impl VHost {
     pub fn new(name: &str) -> Self {
         let exchanges = PREDECLARED
             .iter()
-            .map(|(n, k)| {
-                (
-                    n.to_string(),
-                    Arc::new(Exchange::new(
-                        n,
-                        *k,
-                        true,
-                        false,
-                        false,
-                        FieldTable::default(),
-                    )),
-                )
-            })
+            .map(|(n, k)| (n.to_string(), Arc::new(Exchange::new(n, *k, true, false, false, FieldTable::default()))))
             .collect();
-        VHost {
-            name: name.to_owned(),
-            exchanges: RwLock::new(exchanges),
-            queues: RwLock::new(HashMap::new()),
-        }
+        VHost { name: name.to_owned(), exchanges: RwLock::new(exchanges), queues: RwLock::new(HashMap::new()) }
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
-        AmqpError::not_found(format_args!(
-            "no exchange '{name}' in vhost '{}'",
-            self.name
-        ))
+        AmqpError::not_found(format_args!("no exchange '{name}' in vhost '{}'", self.name))
     }
 
     fn no_queue(&self, name: &str) -> AmqpError {
@@ -171,19 +152,11 @@ impl VHost {
     }
 
     pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
-        self.exchanges
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| self.no_exchange(name))
+        self.exchanges.read().get(name).cloned().ok_or_else(|| self.no_exchange(name))
     }
 
     pub fn queue(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
-        self.queues
-            .read()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| self.no_queue(name))
+        self.queues.read().get(name).cloned().ok_or_else(|| self.no_queue(name))
     }
 
     /// A queue that `connection` may use (404 / 405 otherwise).
@@ -233,14 +206,7 @@ impl VHost {
                 ));
             }
             if x.durable != durable {
-                return Err(inequivalent(
-                    "durable",
-                    "exchange",
-                    name,
-                    n,
-                    quoted(durable),
-                    quoted(x.durable),
-                ));
+                return Err(inequivalent("durable", "exchange", name, n, quoted(durable), quoted(x.durable)));
             }
             if x.auto_delete != auto_delete {
                 return Err(inequivalent(
@@ -253,26 +219,12 @@ impl VHost {
                 ));
             }
             if x.internal != internal {
-                return Err(inequivalent(
-                    "internal",
-                    "exchange",
-                    name,
-                    n,
-                    quoted(internal),
-                    quoted(x.internal),
-                ));
+                return Err(inequivalent("internal", "exchange", name, n, quoted(internal), quoted(x.internal)));
             }
             let key = "alternate-exchange";
             let (new, cur) = (arguments.inner().get(key), x.arguments.inner().get(key));
             if new != cur {
-                return Err(inequivalent(
-                    key,
-                    "exchange",
-                    name,
-                    n,
-                    describe(new),
-                    describe(cur),
-                ));
+                return Err(inequivalent(key, "exchange", name, n, describe(new), describe(cur)));
             }
             return Ok(());
         }
@@ -283,14 +235,7 @@ impl VHost {
         }
         exchanges.insert(
             name.to_owned(),
-            Arc::new(Exchange::new(
-                name,
-                kind_parsed,
-                durable,
-                auto_delete,
-                internal,
-                arguments,
-            )),
+            Arc::new(Exchange::new(name, kind_parsed, durable, auto_delete, internal, arguments)),
         );
         Ok(())
     }
@@ -311,10 +256,7 @@ impl VHost {
             return Ok(());
         };
         if if_unused && x.has_bindings() {
-            return Err(AmqpError::precondition(format_args!(
-                "exchange '{name}' in vhost '{}' in use",
-                self.name
-            )));
+            return Err(AmqpError::precondition(format_args!("exchange '{name}' in vhost '{}' in use", self.name)));
         }
         exchanges.remove(name);
         let dest = Destination::Exchange(name.to_owned());
@@ -360,36 +302,15 @@ impl VHost {
             }
             let n = &self.name;
             if q.durable != durable {
-                return Err(inequivalent(
-                    "durable",
-                    "queue",
-                    name,
-                    n,
-                    quoted(durable),
-                    quoted(q.durable),
-                ));
+                return Err(inequivalent("durable", "queue", name, n, quoted(durable), quoted(q.durable)));
             }
             if q.auto_delete != auto_delete {
-                return Err(inequivalent(
-                    "auto_delete",
-                    "queue",
-                    name,
-                    n,
-                    quoted(auto_delete),
-                    quoted(q.auto_delete),
-                ));
+                return Err(inequivalent("auto_delete", "queue", name, n, quoted(auto_delete), quoted(q.auto_delete)));
             }
             for key in EQUIVALENT_QUEUE_ARGS {
                 let (new, cur) = (queue_arg(&arguments, key), queue_arg(&q.arguments, key));
                 if !same_queue_arg(key, new, cur) {
-                    return Err(inequivalent(
-                        key,
-                        "queue",
-                        name,
-                        n,
-                        describe(new),
-                        describe(cur),
-                    ));
+                    return Err(inequivalent(key, "queue", name, n, describe(new), describe(cur)));
                 }
             }
             return Ok(report(q));
@@ -399,14 +320,8 @@ impl VHost {
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let q = Arc::new(Queue::new(
-            name,
-            &self.name,
-            durable,
-            exclusive.then_some(connection),
-            auto_delete,
-            arguments,
-        ));
+        let q =
+            Arc::new(Queue::new(name, &self.name, durable, exclusive.then_some(connection), auto_delete, arguments));
         queues.insert(name.to_owned(), q.clone());
         drop(queues);
         // Every queue is bound to the default exchange by its name; that
@@ -415,13 +330,7 @@ impl VHost {
     }
 
     /// Deletes a queue by name for `queue.delete`. Returns its message count.
-    pub fn delete_queue(
-        &self,
-        connection: u64,
-        name: &str,
-        if_unused: bool,
-        if_empty: bool,
-    ) -> Result<u32, AmqpError> {
+    pub fn delete_queue(&self, connection: u64, name: &str, if_unused: bool, if_empty: bool) -> Result<u32, AmqpError> {
         let q = match self.queue(name) {
             Ok(q) => q,
             // Deleting what is not there succeeds, as in RabbitMQ 3.x.
@@ -461,13 +370,8 @@ impl VHost {
 
     /// Deletes the exclusive queues of a closed connection.
     pub fn connection_closed(&self, connection: u64) {
-        let owned: Vec<_> = self
-            .queues
-            .read()
-            .values()
-            .filter(|q| q.exclusive_owner == Some(connection))
-            .cloned()
-            .collect();
+        let owned: Vec<_> =
+            self.queues.read().values().filter(|q| q.exclusive_owner == Some(connection)).cloned().collect();
         for q in owned {
             self.remove_queue(&q);
         }
@@ -486,11 +390,7 @@ impl VHost {
         }
         let q = self.queue_for(connection, queue)?;
         let x = self.exchange(exchange)?;
-        x.bind(Binding {
-            destination: Destination::Queue(q),
-            routing_key: routing_key.to_owned(),
-            arguments,
-        });
+        x.bind(Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments });
         Ok(())
     }
 
@@ -546,11 +446,7 @@ impl VHost {
         }
         self.exchange(destination)?;
         let x = self.exchange(source)?;
-        let empty = x.unbind(
-            &Destination::Exchange(destination.to_owned()),
-            routing_key,
-            arguments,
-        );
+        let empty = x.unbind(&Destination::Exchange(destination.to_owned()), routing_key, arguments);
         if empty && x.auto_delete {
             self.exchanges.write().remove(source);
         }
@@ -582,13 +478,7 @@ impl VHost {
         self.collect(dests, message, out, &mut visited);
     }
 
-    fn route_via(
-        &self,
-        x: &Exchange,
-        message: &Message,
-        out: &mut Vec<Arc<Queue>>,
-        visited: &mut Vec<String>,
-    ) {
+    fn route_via(&self, x: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>, visited: &mut Vec<String>) {
         if visited.contains(&x.name) {
             return;
         }

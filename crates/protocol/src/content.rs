@@ -25,25 +25,15 @@ pub fn parse_header(payload: &Bytes) -> Result<ContentHeader, AmqpError> {
     }
     let class_id = u16::from_be_bytes([payload[0], payload[1]]);
     if class_id != 60 {
-        return Err(AmqpError::frame_error(format_args!(
-            "content header for class {class_id}, expected 60"
-        )));
+        return Err(AmqpError::frame_error(format_args!("content header for class {class_id}, expected 60")));
     }
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
     let properties_raw = payload.slice(12..);
     let properties = match parse_properties(&properties_raw[..]) {
         Ok((_, p)) => p,
-        Err(_) => {
-            return Err(AmqpError::frame_error(
-                "cannot decode content header properties",
-            ))
-        }
+        Err(_) => return Err(AmqpError::frame_error("cannot decode content header properties")),
     };
-    Ok(ContentHeader {
-        body_size,
-        properties_raw,
-        properties,
-    })
+    Ok(ContentHeader { body_size, properties_raw, properties })
 }
 
 /// A complete message content.
@@ -61,12 +51,7 @@ pub enum Assembler {
     /// `basic.publish` seen, waiting for its header.
     AwaitingHeader,
     /// Header seen, `received` of `header.body_size` bytes in.
-    AwaitingBody {
-        header: ContentHeader,
-        first: Option<Bytes>,
-        rest: BytesMut,
-        received: u64,
-    },
+    AwaitingBody { header: Box<ContentHeader>, first: Option<Bytes>, rest: BytesMut, received: u64 },
 }
 
 /// Bodies below this are copied out of the read buffer so that a small
@@ -87,10 +72,7 @@ impl Assembler {
     /// `max_size` is the largest body accepted (406, as RabbitMQ).
     pub fn header(&mut self, payload: &Bytes, max_size: u64) -> Result<Option<Content>, AmqpError> {
         if !matches!(self, Assembler::AwaitingHeader) {
-            return Err(
-                AmqpError::unexpected_frame("expected content body, got content header")
-                    .during(60, 40),
-            );
+            return Err(AmqpError::unexpected_frame("expected content body, got content header").during(60, 40));
         }
         let header = parse_header(payload)?;
         if header.body_size > max_size {
@@ -103,29 +85,15 @@ impl Assembler {
         }
         if header.body_size == 0 {
             *self = Assembler::Idle;
-            return Ok(Some(Content {
-                header,
-                body: Bytes::new(),
-            }));
+            return Ok(Some(Content { header, body: Bytes::new() }));
         }
-        *self = Assembler::AwaitingBody {
-            header,
-            first: None,
-            rest: BytesMut::new(),
-            received: 0,
-        };
+        *self = Assembler::AwaitingBody { header: Box::new(header), first: None, rest: BytesMut::new(), received: 0 };
         Ok(None)
     }
 
     /// Feeds one body frame. Returns the content once it is complete.
     pub fn body(&mut self, payload: Bytes) -> Result<Option<Content>, AmqpError> {
-        let Assembler::AwaitingBody {
-            header,
-            first,
-            rest,
-            received,
-        } = self
-        else {
+        let Assembler::AwaitingBody { header, first, rest, received } = self else {
             return Err(AmqpError::unexpected_frame("unexpected content body frame").during(60, 40));
         };
         *received += payload.len() as u64;
@@ -137,15 +105,9 @@ impl Assembler {
         }
         if first.is_none() && rest.is_empty() {
             if *received == header.body_size {
-                let body = if payload.len() < COPY_BELOW {
-                    Bytes::copy_from_slice(&payload)
-                } else {
-                    payload
-                };
-                let Assembler::AwaitingBody { header, .. } = std::mem::take(self) else {
-                    unreachable!()
-                };
-                return Ok(Some(Content { header, body }));
+                let body = if payload.len() < COPY_BELOW { Bytes::copy_from_slice(&payload) } else { payload };
+                let Assembler::AwaitingBody { header, .. } = std::mem::take(self) else { unreachable!() };
+                return Ok(Some(Content { header: *header, body }));
             }
             rest.reserve(header.body_size as usize);
         }
@@ -154,13 +116,8 @@ impl Assembler {
         }
         rest.extend_from_slice(&payload);
         if *received == header.body_size {
-            let Assembler::AwaitingBody { header, rest, .. } = std::mem::take(self) else {
-                unreachable!()
-            };
-            return Ok(Some(Content {
-                header,
-                body: rest.freeze(),
-            }));
+            let Assembler::AwaitingBody { header, rest, .. } = std::mem::take(self) else { unreachable!() };
+            return Ok(Some(Content { header: *header, body: rest.freeze() }));
         }
         Ok(None)
     }

@@ -93,12 +93,7 @@ pub struct AmqpError {
 impl AmqpError {
     /// Builds the error with RabbitMQ's `NAME - detail` text.
     pub fn new(kind: ErrorKind, detail: impl fmt::Display) -> Self {
-        AmqpError {
-            kind,
-            text: format!("{} - {}", kind.name(), detail),
-            class_id: 0,
-            method_id: 0,
-        }
+        AmqpError { kind, text: format!("{} - {}", kind.name(), detail), class_id: 0, method_id: 0 }
     }
 
     /// Attaches the class/method ids of the method being handled, unless

@@ -49,11 +49,7 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
         FRAME_HEADER => FrameKind::Header,
         FRAME_BODY => FrameKind::Body,
         FRAME_HEARTBEAT => FrameKind::Heartbeat,
-        other => {
-            return Err(AmqpError::frame_error(format_args!(
-                "unknown frame type {other} on channel {channel}"
-            )))
-        }
+        other => return Err(AmqpError::frame_error(format_args!("unknown frame type {other} on channel {channel}"))),
     };
     if frame_max != 0 && size + FRAME_OVERHEAD > frame_max as usize {
         return Err(AmqpError::frame_error(format_args!(
@@ -74,11 +70,7 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     buf.advance(7);
     let payload = buf.split_to(size).freeze();
     buf.advance(1);
-    Ok(Some(Frame {
-        kind,
-        channel,
-        payload,
-    }))
+    Ok(Some(Frame { kind, channel, payload }))
 }
 
 /// Writes the 7-byte frame header, reserving the size to be patched by
@@ -176,13 +168,7 @@ pub fn write_return(
 }
 
 /// Publisher confirm (`basic.ack` / `basic.nack` from the server).
-pub fn write_confirm(
-    buf: &mut BytesMut,
-    channel: u16,
-    delivery_tag: u64,
-    multiple: bool,
-    ack: bool,
-) {
+pub fn write_confirm(buf: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool, ack: bool) {
     let at = begin_frame(buf, FRAME_METHOD, channel);
     buf.put_u16(60);
     if ack {
@@ -200,13 +186,7 @@ pub fn write_confirm(
 
 /// Content header and body frames. `properties` is the encoded property
 /// flags and list exactly as the publisher sent them.
-pub fn write_content(
-    buf: &mut BytesMut,
-    channel: u16,
-    frame_max: u32,
-    properties: &[u8],
-    body: &[u8],
-) {
+pub fn write_content(buf: &mut BytesMut, channel: u16, frame_max: u32, properties: &[u8], body: &[u8]) {
     let at = begin_frame(buf, FRAME_HEADER, channel);
     buf.put_u16(60);
     buf.put_u16(0);
@@ -303,15 +283,8 @@ mod tests {
                 exchange: "x".into(),
                 routing_key: "k".into(),
             }),
-            basic::AMQPMethod::Ack(basic::Ack {
-                delivery_tag: 5,
-                multiple: true,
-            }),
-            basic::AMQPMethod::Nack(basic::Nack {
-                delivery_tag: 6,
-                multiple: false,
-                requeue: false,
-            }),
+            basic::AMQPMethod::Ack(basic::Ack { delivery_tag: 5, multiple: true }),
+            basic::AMQPMethod::Nack(basic::Nack { delivery_tag: 6, multiple: false, requeue: false }),
         ] {
             write_method(&mut theirs, 1, &AMQPClass::Basic(m));
         }
@@ -329,12 +302,7 @@ mod tests {
         }
         assert_eq!(
             sizes,
-            vec![
-                (FrameKind::Header, 14),
-                (FrameKind::Body, 4088),
-                (FrameKind::Body, 4088),
-                (FrameKind::Body, 1824)
-            ]
+            vec![(FrameKind::Header, 14), (FrameKind::Body, 4088), (FrameKind::Body, 4088), (FrameKind::Body, 1824)]
         );
     }
 }

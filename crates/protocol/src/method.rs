@@ -11,42 +11,20 @@ pub fn method_ids(payload: &[u8]) -> Option<(u16, u16)> {
     if payload.len() < 4 {
         return None;
     }
-    Some((
-        u16::from_be_bytes([payload[0], payload[1]]),
-        u16::from_be_bytes([payload[2], payload[3]]),
-    ))
+    Some((u16::from_be_bytes([payload[0], payload[1]]), u16::from_be_bytes([payload[2], payload[3]])))
 }
 
 /// Whether `class.method` exists in AMQP 0-9-1 as RabbitMQ implements it.
 fn is_known(class: u16, method: u16) -> bool {
     match class {
-        10 => matches!(
-            method,
-            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61
-        ),
+        10 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61),
         20 => matches!(method, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method, 10 | 11),
         40 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
         50 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
         60 => matches!(
             method,
-            10 | 11
-                | 20
-                | 21
-                | 30
-                | 31
-                | 40
-                | 50
-                | 60
-                | 70
-                | 71
-                | 72
-                | 80
-                | 90
-                | 100
-                | 110
-                | 111
-                | 120
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120
         ),
         85 => matches!(method, 10 | 11),
         90 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31),
@@ -63,17 +41,15 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         return Err(AmqpError::syntax_error("method frame too short"));
     };
     if !is_known(class_id, method_id) {
-        return Err(AmqpError::not_implemented(format_args!(
-            "unknown method {class_id}.{method_id}"
-        ))
-        .during(class_id, method_id));
+        return Err(AmqpError::not_implemented(format_args!("unknown method {class_id}.{method_id}"))
+            .during(class_id, method_id));
     }
     match parse_class(payload) {
         Ok((_, class)) => Ok(class),
-        Err(_) => Err(AmqpError::syntax_error(format_args!(
-            "cannot decode arguments of method {class_id}.{method_id}"
-        ))
-        .during(class_id, method_id)),
+        Err(_) => {
+            Err(AmqpError::syntax_error(format_args!("cannot decode arguments of method {class_id}.{method_id}"))
+                .during(class_id, method_id))
+        }
     }
 }
 

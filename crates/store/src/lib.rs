@@ -51,10 +51,7 @@ pub struct MemoryStore<M> {
 
 impl<M> Default for MemoryStore<M> {
     fn default() -> Self {
-        MemoryStore {
-            ready: VecDeque::new(),
-            next_seq: 1,
-        }
+        MemoryStore { ready: VecDeque::new(), next_seq: 1 }
     }
 }
 
@@ -62,12 +59,7 @@ impl<M: Send> QueueStore<M> for MemoryStore<M> {
     fn push(&mut self, message: M) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready.push_back(Entry {
-            seq,
-            message,
-            redelivered: false,
-            delivery_count: 0,
-        });
+        self.ready.push_back(Entry { seq, message, redelivered: false, delivery_count: 0 });
         seq
     }
 
@@ -134,21 +126,8 @@ pub mod conformance {
             e.redelivered = true;
             s.requeue(e);
         }
-        let order: Vec<_> = std::iter::from_fn(|| s.pop())
-            .map(|e| (e.message, e.redelivered))
-            .collect();
-        assert_eq!(
-            order,
-            vec![
-                (0, true),
-                (2, true),
-                (4, true),
-                (6, false),
-                (7, false),
-                (8, false),
-                (9, false)
-            ]
-        );
+        let order: Vec<_> = std::iter::from_fn(|| s.pop()).map(|e| (e.message, e.redelivered)).collect();
+        assert_eq!(order, vec![(0, true), (2, true), (4, true), (6, false), (7, false), (8, false), (9, false)]);
     }
 
     pub fn requeue_into_middle<S: QueueStore<u32>>(mut s: S) {

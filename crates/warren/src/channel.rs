@@ -5,14 +5,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use amq_protocol::protocol::{
-    access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass,
-};
+use amq_protocol::protocol::{access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use warren_core::queue::AfterCancel;
-use warren_core::{
-    generated_name, ChannelCredit, Consumer, Delivery, Message, MessageRef, Outbox, Queue, VHost,
-};
+use warren_core::{generated_name, ChannelCredit, Consumer, Delivery, Message, MessageRef, Outbox, Queue, VHost};
 use warren_protocol::content::{Assembler, Content};
 use warren_protocol::frame;
 use warren_protocol::AmqpError;
@@ -126,10 +122,7 @@ impl Channel {
     pub fn owns(&self, consumer: &Arc<Consumer>) -> bool {
         !self.closing
             && !consumer.cancelled.load(Ordering::Acquire)
-            && self
-                .consumers
-                .get(&*consumer.tag)
-                .is_some_and(|(c, _)| Arc::ptr_eq(c, consumer))
+            && self.consumers.get(&*consumer.tag).is_some_and(|(c, _)| Arc::ptr_eq(c, consumer))
     }
 
     /// A soft error: close the channel with it and give back its messages.
@@ -180,39 +173,18 @@ impl Channel {
     }
 
     /// Writes one delivery from a queue to the client.
-    pub fn deliver(
-        &mut self,
-        out: &mut BytesMut,
-        frame_max: u32,
-        d: Delivery,
-        to_wake: &mut Vec<Arc<Queue>>,
-    ) {
+    pub fn deliver(&mut self, out: &mut BytesMut, frame_max: u32, d: Delivery, to_wake: &mut Vec<Arc<Queue>>) {
         let tag = self.next_tag;
         self.next_tag += 1;
         let msg = &d.entry.message;
-        frame::write_deliver(
-            out,
-            self.id,
-            &d.consumer.tag,
-            tag,
-            d.entry.redelivered,
-            &msg.exchange,
-            &msg.routing_key,
-        );
+        frame::write_deliver(out, self.id, &d.consumer.tag, tag, d.entry.redelivered, &msg.exchange, &msg.routing_key);
         frame::write_content(out, self.id, frame_max, &msg.properties_raw, &msg.body);
         if d.consumer.no_ack {
             d.consumer.release(1);
             to_wake.push(d.queue);
             self.push_unacked(tag, None);
         } else {
-            self.push_unacked(
-                tag,
-                Some(Unacked {
-                    queue: d.queue,
-                    entry: d.entry,
-                    consumer: Some(d.consumer),
-                }),
-            );
+            self.push_unacked(tag, Some(Unacked { queue: d.queue, entry: d.entry, consumer: Some(d.consumer) }));
         }
     }
 
@@ -224,20 +196,13 @@ impl Channel {
             }
             self.first_tag = tag;
         }
-        debug_assert_eq!(
-            self.first_tag + self.unacked.len() as u64,
-            tag,
-            "delivery tags out of step"
-        );
+        debug_assert_eq!(self.first_tag + self.unacked.len() as u64, tag, "delivery tags out of step");
         self.unacked.push_back(u);
     }
 
     /// The queue deleted this consumer: tell the client if it asked.
     pub fn server_cancel(&mut self, out: &mut BytesMut, consumer: &Arc<Consumer>, notify: bool) {
-        let ours = self
-            .consumers
-            .get(&*consumer.tag)
-            .is_some_and(|(c, _)| Arc::ptr_eq(c, consumer));
+        let ours = self.consumers.get(&*consumer.tag).is_some_and(|(c, _)| Arc::ptr_eq(c, consumer));
         if !ours || self.closing {
             return;
         }
@@ -258,13 +223,7 @@ impl Channel {
         if self.confirm_to == 0 {
             return;
         }
-        frame::write_confirm(
-            out,
-            self.id,
-            self.confirm_to,
-            self.confirm_to > self.confirm_from,
-            true,
-        );
+        frame::write_confirm(out, self.id, self.confirm_to, self.confirm_to > self.confirm_from, true);
         self.confirm_from = 0;
         self.confirm_to = 0;
     }
@@ -280,9 +239,7 @@ impl Channel {
         if !name.is_empty() {
             return Ok(name.to_owned());
         }
-        self.last_queue
-            .clone()
-            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
     pub fn on_header(&mut self, ctx: &mut Ctx<'_>, payload: &Bytes) -> Result<(), AmqpError> {
@@ -306,10 +263,7 @@ impl Channel {
     }
 
     fn published(&mut self, ctx: &mut Ctx<'_>, content: Content) -> Result<(), AmqpError> {
-        let p = self
-            .publish
-            .take()
-            .expect("content follows a basic.publish");
+        let p = self.publish.take().expect("content follows a basic.publish");
         let msg = Arc::new(Message {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
@@ -331,11 +285,7 @@ impl Channel {
         Ok(())
     }
 
-    fn publishable(
-        &self,
-        ctx: &Ctx<'_>,
-        exchange: &str,
-    ) -> Result<Arc<warren_core::Exchange>, AmqpError> {
+    fn publishable(&self, ctx: &Ctx<'_>, exchange: &str) -> Result<Arc<warren_core::Exchange>, AmqpError> {
         let x = ctx.vhost.exchange(exchange).map_err(|e| e.during(60, 40))?;
         if x.internal {
             return Err(AmqpError::access_refused(format_args!(
@@ -353,21 +303,8 @@ impl Channel {
         ctx.vhost.route(&x, &msg, &mut queues);
         if queues.is_empty() {
             if p.mandatory {
-                frame::write_return(
-                    ctx.out,
-                    self.id,
-                    312,
-                    "NO_ROUTE",
-                    &p.exchange,
-                    &p.routing_key,
-                );
-                frame::write_content(
-                    ctx.out,
-                    self.id,
-                    ctx.frame_max,
-                    &msg.properties_raw,
-                    &msg.body,
-                );
+                frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
+                frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
             }
             return Ok(());
         }
@@ -429,8 +366,7 @@ impl Channel {
         }
         if self.credit.limit.load(Ordering::Acquire) > 0 {
             // Channel-wide credit was freed: any of our queues may deliver.
-            ctx.to_wake
-                .extend(self.consumers.values().map(|(_, q)| q.clone()));
+            ctx.to_wake.extend(self.consumers.values().map(|(_, q)| q.clone()));
         }
         Ok(())
     }
@@ -440,11 +376,7 @@ impl Channel {
             match m {
                 AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => self.closed = true,
                 AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
-                    reply(
-                        ctx.out,
-                        self.id,
-                        AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
-                    );
+                    reply(ctx.out, self.id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
                     self.closed = true;
                 }
                 _ => {}
@@ -464,16 +396,10 @@ impl Channel {
         let id = self.id;
         match m {
             AMQPClass::Channel(m) => match m {
-                chan::AMQPMethod::Open(_) => {
-                    Err(AmqpError::channel_error("second 'channel.open' seen"))
-                }
+                chan::AMQPMethod::Open(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
                 chan::AMQPMethod::Close(_) => {
                     self.release_all(ctx.vhost);
-                    reply(
-                        ctx.out,
-                        id,
-                        AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
-                    );
+                    reply(ctx.out, id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
                     self.closed = true;
                     Ok(())
                 }
@@ -482,23 +408,13 @@ impl Channel {
                     if !f.active {
                         return Err(AmqpError::not_implemented("active=false"));
                     }
-                    reply(
-                        ctx.out,
-                        id,
-                        AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: true })),
-                    );
+                    reply(ctx.out, id, AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: true })));
                     Ok(())
                 }
-                chan::AMQPMethod::OpenOk(_) => {
-                    Err(AmqpError::command_invalid("unexpected channel.open-ok"))
-                }
+                chan::AMQPMethod::OpenOk(_) => Err(AmqpError::command_invalid("unexpected channel.open-ok")),
             },
             AMQPClass::Access(access::AMQPMethod::Request(_)) => {
-                reply(
-                    ctx.out,
-                    id,
-                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
-                );
+                reply(ctx.out, id, AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
                 Ok(())
             }
             AMQPClass::Access(_) => Err(AmqpError::command_invalid("unexpected access method")),
@@ -507,33 +423,21 @@ impl Channel {
             AMQPClass::Basic(m) => self.basic_method(ctx, m),
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 if self.mode == Mode::Tx {
-                    return Err(AmqpError::precondition(
-                        "cannot switch from tx to confirm mode",
-                    ));
+                    return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
                 }
                 self.mode = Mode::Confirm;
                 if !s.nowait {
-                    reply(
-                        ctx.out,
-                        id,
-                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                    );
+                    reply(ctx.out, id, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
                 }
                 Ok(())
             }
             AMQPClass::Confirm(_) => Err(AmqpError::command_invalid("unexpected confirm method")),
             AMQPClass::Tx(m) => self.tx_method(ctx, m),
-            AMQPClass::Connection(_) => {
-                Err(AmqpError::command_invalid("connection method on a channel"))
-            }
+            AMQPClass::Connection(_) => Err(AmqpError::command_invalid("connection method on a channel")),
         }
     }
 
-    fn exchange_method(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        m: exchange::AMQPMethod,
-    ) -> Result<(), AmqpError> {
+    fn exchange_method(&mut self, ctx: &mut Ctx<'_>, m: exchange::AMQPMethod) -> Result<(), AmqpError> {
         use exchange::AMQPMethod as M;
         let id = self.id;
         let (nowait, ok) = match m {
@@ -550,8 +454,7 @@ impl Channel {
                 (d.nowait, M::DeclareOk(exchange::DeclareOk {}))
             }
             M::Delete(d) => {
-                ctx.vhost
-                    .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                ctx.vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 (d.nowait, M::DeleteOk(exchange::DeleteOk {}))
             }
             M::Bind(b) => {
@@ -616,8 +519,7 @@ impl Channel {
                 if b.queue.as_str().is_empty() && key.is_empty() {
                     key = q.clone();
                 }
-                ctx.vhost
-                    .bind_queue(ctx.connection, &q, b.exchange.as_str(), &key, b.arguments)?;
+                ctx.vhost.bind_queue(ctx.connection, &q, b.exchange.as_str(), &key, b.arguments)?;
                 (b.nowait, M::BindOk(queue::BindOk {}))
             }
             M::Unbind(b) => {
@@ -639,9 +541,7 @@ impl Channel {
             }
             M::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
-                let message_count =
-                    ctx.vhost
-                        .delete_queue(ctx.connection, &name, d.if_unused, d.if_empty)?;
+                let message_count = ctx.vhost.delete_queue(ctx.connection, &name, d.if_unused, d.if_empty)?;
                 (d.nowait, M::DeleteOk(queue::DeleteOk { message_count }))
             }
             _ => return Err(AmqpError::command_invalid("unexpected queue method")),
@@ -670,11 +570,8 @@ impl Channel {
             }
             M::Qos(q) => {
                 if q.global {
-                    self.credit
-                        .limit
-                        .store(q.prefetch_count as u32, Ordering::Release);
-                    ctx.to_wake
-                        .extend(self.consumers.values().map(|(_, q)| q.clone()));
+                    self.credit.limit.store(q.prefetch_count as u32, Ordering::Release);
+                    ctx.to_wake.extend(self.consumers.values().map(|(_, q)| q.clone()));
                 } else {
                     self.consumer_prefetch = q.prefetch_count as u32;
                 }
@@ -690,9 +587,7 @@ impl Channel {
                     c.consumer_tag.as_str().to_owned()
                 };
                 if self.consumers.contains_key(&tag) {
-                    return Err(AmqpError::not_allowed(format_args!(
-                        "attempt to reuse consumer tag '{tag}'"
-                    )));
+                    return Err(AmqpError::not_allowed(format_args!("attempt to reuse consumer tag '{tag}'")));
                 }
                 let consumer = Arc::new(Consumer {
                     tag: tag.as_str().into(),
@@ -712,9 +607,7 @@ impl Channel {
                     reply(
                         ctx.out,
                         id,
-                        AMQPClass::Basic(M::ConsumeOk(basic::ConsumeOk {
-                            consumer_tag: tag.as_str().into(),
-                        })),
+                        AMQPClass::Basic(M::ConsumeOk(basic::ConsumeOk { consumer_tag: tag.as_str().into() })),
                     );
                 }
                 if let Err(e) = q.add_consumer(consumer.clone()) {
@@ -731,13 +624,7 @@ impl Channel {
                     }
                 }
                 if !c.nowait {
-                    reply(
-                        ctx.out,
-                        id,
-                        AMQPClass::Basic(M::CancelOk(basic::CancelOk {
-                            consumer_tag: c.consumer_tag,
-                        })),
-                    );
+                    reply(ctx.out, id, AMQPClass::Basic(M::CancelOk(basic::CancelOk { consumer_tag: c.consumer_tag })));
                 }
                 Ok(())
             }
@@ -745,11 +632,7 @@ impl Channel {
                 let name = self.queue_name(g.queue.as_str())?;
                 let q = ctx.vhost.queue_for(ctx.connection, &name)?;
                 match q.get(g.no_ack) {
-                    None => reply(
-                        ctx.out,
-                        id,
-                        AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {})),
-                    ),
+                    None => reply(ctx.out, id, AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {}))),
                     Some((entry, remaining)) => {
                         let tag = self.next_tag;
                         self.next_tag += 1;
@@ -763,54 +646,24 @@ impl Channel {
                             &msg.routing_key,
                             remaining,
                         );
-                        frame::write_content(
-                            ctx.out,
-                            id,
-                            ctx.frame_max,
-                            &msg.properties_raw,
-                            &msg.body,
-                        );
-                        let u = (!g.no_ack).then_some(Unacked {
-                            queue: q,
-                            entry,
-                            consumer: None,
-                        });
+                        frame::write_content(ctx.out, id, ctx.frame_max, &msg.properties_raw, &msg.body);
+                        let u = (!g.no_ack).then_some(Unacked { queue: q, entry, consumer: None });
                         self.push_unacked(tag, u);
                     }
                 }
                 Ok(())
             }
-            M::Ack(a) => self.settle_or_buffer(
-                ctx,
-                Settle {
-                    tag: a.delivery_tag,
-                    multiple: a.multiple,
-                    requeue: None,
-                },
-            ),
-            M::Reject(r) => self.settle_or_buffer(
-                ctx,
-                Settle {
-                    tag: r.delivery_tag,
-                    multiple: false,
-                    requeue: Some(r.requeue),
-                },
-            ),
-            M::Nack(n) => self.settle_or_buffer(
-                ctx,
-                Settle {
-                    tag: n.delivery_tag,
-                    multiple: n.multiple,
-                    requeue: Some(n.requeue),
-                },
-            ),
+            M::Ack(a) => {
+                self.settle_or_buffer(ctx, Settle { tag: a.delivery_tag, multiple: a.multiple, requeue: None })
+            }
+            M::Reject(r) => {
+                self.settle_or_buffer(ctx, Settle { tag: r.delivery_tag, multiple: false, requeue: Some(r.requeue) })
+            }
+            M::Nack(n) => self
+                .settle_or_buffer(ctx, Settle { tag: n.delivery_tag, multiple: n.multiple, requeue: Some(n.requeue) }),
             M::Recover(r) => {
                 self.recover(r.requeue)?;
-                reply(
-                    ctx.out,
-                    id,
-                    AMQPClass::Basic(M::RecoverOk(basic::RecoverOk {})),
-                );
+                reply(ctx.out, id, AMQPClass::Basic(M::RecoverOk(basic::RecoverOk {})));
                 Ok(())
             }
             M::RecoverAsync(r) => self.recover(r.requeue),
@@ -833,15 +686,9 @@ impl Channel {
             // Validate now so a bad tag fails where it was sent.
             if !(s.multiple && s.tag == 0) {
                 let known = s.tag >= self.first_tag
-                    && self
-                        .unacked
-                        .get((s.tag - self.first_tag) as usize)
-                        .is_some_and(|u| u.is_some());
+                    && self.unacked.get((s.tag - self.first_tag) as usize).is_some_and(|u| u.is_some());
                 if !known {
-                    return Err(AmqpError::precondition(format_args!(
-                        "unknown delivery tag {}",
-                        s.tag
-                    )));
+                    return Err(AmqpError::precondition(format_args!("unknown delivery tag {}", s.tag)));
                 }
             }
             self.tx_settles.push(s);
@@ -857,9 +704,7 @@ impl Channel {
         match m {
             M::Select(_) => {
                 if self.mode == Mode::Confirm {
-                    return Err(AmqpError::precondition(
-                        "cannot switch from confirm to tx mode",
-                    ));
+                    return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
                 }
                 self.mode = Mode::Tx;
                 reply(ctx.out, id, AMQPClass::Tx(M::SelectOk(tx::SelectOk {})));

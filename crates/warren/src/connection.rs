@@ -43,12 +43,10 @@ pub struct ConnOutbox {
 
 impl Outbox for ConnOutbox {
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
-        self.tx
-            .send(Event::Deliver(delivery))
-            .map_err(|e| match e.0 {
-                Event::Deliver(d) => d,
-                Event::Cancelled(_) => unreachable!("sent a delivery"),
-            })
+        self.tx.send(Event::Deliver(delivery)).map_err(|e| match e.0 {
+            Event::Deliver(d) => d,
+            Event::Cancelled(_) => unreachable!("sent a delivery"),
+        })
     }
 
     fn cancelled(&self, consumer: &Arc<Consumer>) {
@@ -99,12 +97,7 @@ pub struct Conn {
     closing_since: Option<Instant>,
 }
 
-pub async fn serve(
-    socket: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let (mut rd, mut wr) = socket.into_split();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let header = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -282,14 +275,8 @@ fn server_properties() -> FieldTable {
     // whose behaviour Warren reproduces.
     p.insert("product".into(), s("RabbitMQ"));
     p.insert("version".into(), s("3.10.0"));
-    p.insert(
-        "platform".into(),
-        s(concat!("Warren ", env!("CARGO_PKG_VERSION"))),
-    );
-    p.insert(
-        "information".into(),
-        s("Warren, an AMQP 0-9-1 broker compatible with RabbitMQ clients"),
-    );
+    p.insert("platform".into(), s(concat!("Warren ", env!("CARGO_PKG_VERSION"))));
+    p.insert("information".into(), s("Warren, an AMQP 0-9-1 broker compatible with RabbitMQ clients"));
     p.insert("copyright".into(), s("The Warren authors"));
     p
 }
@@ -302,10 +289,7 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             let _authzid = parts.next()?;
             let user = parts.next()?;
             let pass = parts.next()?;
-            Some((
-                String::from_utf8(user.to_vec()).ok()?,
-                String::from_utf8(pass.to_vec()).ok()?,
-            ))
+            Some((String::from_utf8(user.to_vec()).ok()?, String::from_utf8(pass.to_vec()).ok()?))
         }
         "AMQPLAIN" => {
             // A field table without its length prefix.
@@ -411,9 +395,7 @@ impl Conn {
             // Only close / close-ok matter now.
             if f.kind == FrameKind::Method && f.channel == 0 {
                 match decode_method(&f.payload) {
-                    Ok(AMQPClass::Connection(conn::AMQPMethod::CloseOk(_))) => {
-                        self.stage = Stage::Done
-                    }
+                    Ok(AMQPClass::Connection(conn::AMQPMethod::CloseOk(_))) => self.stage = Stage::Done,
                     Ok(AMQPClass::Connection(conn::AMQPMethod::Close(_))) => {
                         frame::write_method(
                             &mut self.out,
@@ -435,9 +417,7 @@ impl Conn {
             return self.on_connection_method(m);
         }
         if self.stage != Stage::Open {
-            return Err(AmqpError::channel_error(
-                "channel frame before connection.open",
-            ));
+            return Err(AmqpError::channel_error("channel frame before connection.open"));
         }
         if f.channel > self.channel_max {
             return Err(AmqpError::channel_error(format_args!(
@@ -497,19 +477,13 @@ impl Conn {
     fn on_connection_method(&mut self, m: AMQPClass) -> Result<(), AmqpError> {
         use conn::AMQPMethod as M;
         let AMQPClass::Connection(m) = m else {
-            return Err(AmqpError::command_invalid(
-                "non-connection method on channel 0",
-            ));
+            return Err(AmqpError::command_invalid("non-connection method on channel 0"));
         };
         match (self.stage, m) {
             (Stage::AwaitStartOk, M::StartOk(ok)) => {
-                if let Some(AMQPValue::FieldTable(caps)) =
-                    ok.client_properties.inner().get("capabilities")
-                {
-                    self.cancel_notify = matches!(
-                        caps.inner().get("consumer_cancel_notify"),
-                        Some(AMQPValue::Boolean(true))
-                    );
+                if let Some(AMQPValue::FieldTable(caps)) = ok.client_properties.inner().get("capabilities") {
+                    self.cancel_notify =
+                        matches!(caps.inner().get("consumer_cancel_notify"), Some(AMQPValue::Boolean(true)));
                 }
                 let mechanism = ok.mechanism.as_str();
                 let creds = credentials(mechanism, ok.response.as_bytes());
@@ -537,15 +511,9 @@ impl Conn {
             }
             (Stage::AwaitTuneOk, M::TuneOk(ok)) => {
                 let server_max = self.shared.config.frame_max;
-                let frame_max = if ok.frame_max == 0 {
-                    server_max
-                } else {
-                    ok.frame_max
-                };
+                let frame_max = if ok.frame_max == 0 { server_max } else { ok.frame_max };
                 if frame_max > server_max {
-                    return Err(AmqpError::not_allowed(format_args!(
-                        "frame_max={frame_max} > {server_max} max size"
-                    )));
+                    return Err(AmqpError::not_allowed(format_args!("frame_max={frame_max} > {server_max} max size")));
                 }
                 if frame_max < warren_protocol::FRAME_MIN_SIZE {
                     return Err(AmqpError::not_allowed(format_args!(
@@ -554,11 +522,7 @@ impl Conn {
                     )));
                 }
                 let server_channels = self.shared.config.channel_max;
-                let channel_max = if ok.channel_max == 0 {
-                    server_channels
-                } else {
-                    ok.channel_max
-                };
+                let channel_max = if ok.channel_max == 0 { server_channels } else { ok.channel_max };
                 if channel_max > server_channels {
                     return Err(AmqpError::not_allowed(format_args!(
                         "channel_max={channel_max} > {server_channels} max"
@@ -573,27 +537,16 @@ impl Conn {
             (Stage::AwaitOpen, M::Open(open)) => {
                 let name = open.virtual_host.as_str();
                 let Some(vhost) = self.shared.broker.vhost(name) else {
-                    return Err(
-                        AmqpError::not_allowed(format_args!("vhost {name} not found"))
-                            .during(10, 40),
-                    );
+                    return Err(AmqpError::not_allowed(format_args!("vhost {name} not found")).during(10, 40));
                 };
                 self.vhost = Some(vhost);
-                frame::write_method(
-                    &mut self.out,
-                    0,
-                    &AMQPClass::Connection(M::OpenOk(conn::OpenOk {})),
-                );
+                frame::write_method(&mut self.out, 0, &AMQPClass::Connection(M::OpenOk(conn::OpenOk {})));
                 self.stage = Stage::Open;
                 debug!(peer = %self.peer, user = %self.user, vhost = name, "connection open");
                 Ok(())
             }
             (_, M::Close(_)) => {
-                frame::write_method(
-                    &mut self.out,
-                    0,
-                    &AMQPClass::Connection(M::CloseOk(conn::CloseOk {})),
-                );
+                frame::write_method(&mut self.out, 0, &AMQPClass::Connection(M::CloseOk(conn::CloseOk {})));
                 self.close_all_channels();
                 self.stage = Stage::Done;
                 Ok(())
@@ -607,9 +560,7 @@ impl Conn {
                 );
                 Ok(())
             }
-            (_, m) => Err(AmqpError::command_invalid(format_args!(
-                "unexpected method {m:?} on channel 0"
-            ))),
+            (_, m) => Err(AmqpError::command_invalid(format_args!("unexpected method {m:?} on channel 0"))),
         }
     }
 

@@ -28,10 +28,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.amqp_listen))?;
     let addr = listener.local_addr()?;
     info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
-    let shared = Arc::new(Shared {
-        broker: Arc::new(Broker::new()),
-        config,
-    });
+    let shared = Arc::new(Shared { broker: Arc::new(Broker::new()), config });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Each connection task holds a sender; when all are dropped, they are done.

@@ -82,36 +82,18 @@ mod tests {
     #[test]
     fn all_and_any() {
         let h = table(&[("a", s("1")), ("b", AMQPValue::LongInt(2))]);
-        assert!(matches(
-            &table(&[("a", s("1")), ("b", AMQPValue::ShortShortInt(2))]),
-            &h
-        ));
+        assert!(matches(&table(&[("a", s("1")), ("b", AMQPValue::ShortShortInt(2))]), &h));
         assert!(!matches(&table(&[("a", s("1")), ("c", s("3"))]), &h));
-        assert!(matches(
-            &table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]),
-            &h
-        ));
-        assert!(!matches(
-            &table(&[("x-match", s("any")), ("c", s("3"))]),
-            &h
-        ));
+        assert!(matches(&table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]), &h));
+        assert!(!matches(&table(&[("x-match", s("any")), ("c", s("3"))]), &h));
         assert!(matches(&table(&[("a", AMQPValue::Void)]), &h));
     }
 
     #[test]
     fn with_x_considers_x_keys() {
         let h = table(&[("x-a", s("1"))]);
-        assert!(matches(
-            &table(&[("x-match", s("all")), ("x-a", s("2"))]),
-            &h
-        ));
-        assert!(!matches(
-            &table(&[("x-match", s("all-with-x")), ("x-a", s("2"))]),
-            &h
-        ));
-        assert!(matches(
-            &table(&[("x-match", s("any-with-x")), ("x-a", s("1"))]),
-            &h
-        ));
+        assert!(matches(&table(&[("x-match", s("all")), ("x-a", s("2"))]), &h));
+        assert!(!matches(&table(&[("x-match", s("all-with-x")), ("x-a", s("2"))]), &h));
+        assert!(matches(&table(&[("x-match", s("any-with-x")), ("x-a", s("1"))]), &h));
     }
 }

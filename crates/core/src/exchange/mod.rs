@@ -28,9 +28,7 @@ impl ExchangeKind {
             "fanout" => Ok(ExchangeKind::Fanout),
             "topic" => Ok(ExchangeKind::Topic),
             "headers" => Ok(ExchangeKind::Headers),
-            other => Err(AmqpError::command_invalid(format_args!(
-                "unknown exchange type '{other}'"
-            ))),
+            other => Err(AmqpError::command_invalid(format_args!("unknown exchange type '{other}'"))),
         }
     }
 
@@ -110,9 +108,7 @@ impl Exchange {
     /// Name of the alternate exchange, if the `alternate-exchange` argument is set.
     pub fn alternate_exchange(&self) -> Option<String> {
         match self.arguments.inner().get("alternate-exchange") {
-            Some(warren_protocol::AMQPValue::LongString(s)) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
+            Some(warren_protocol::AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
             Some(warren_protocol::AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,
         }
@@ -139,17 +135,10 @@ impl Exchange {
     }
 
     /// Removes a binding. Returns whether the exchange has no bindings left.
-    pub fn unbind(
-        &self,
-        destination: &Destination,
-        routing_key: &str,
-        arguments: &FieldTable,
-    ) -> bool {
+    pub fn unbind(&self, destination: &Destination, routing_key: &str, arguments: &FieldTable) -> bool {
         let mut b = self.bindings.write();
         b.all.retain(|x| {
-            !(x.destination.same(destination)
-                && x.routing_key == routing_key
-                && &x.arguments == arguments)
+            !(x.destination.same(destination) && x.routing_key == routing_key && &x.arguments == arguments)
         });
         Self::reindex(&mut b, self.kind);
         b.all.is_empty()

@@ -1,0 +1,107 @@
+//! Test harness: a broker to talk to.
+//!
+//! With `WARREN_TEST_ADDR=host:port` set, tests use that broker (a running
+//! Warren or RabbitMQ, for the differential run). Otherwise each test starts
+//! the real `warren` binary on a free port with a temporary data directory.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+
+pub struct TestBroker {
+    pub addr: String,
+    pub child: Option<Child>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl TestBroker {
+    pub fn start() -> TestBroker {
+        if let Ok(addr) = std::env::var("WARREN_TEST_ADDR") {
+            return TestBroker { addr, child: None, data_dir: None };
+        }
+        Self::spawn()
+    }
+
+    /// Always a fresh Warren process, for tests about the process itself.
+    pub fn spawn() -> TestBroker {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("warren-test-{}-{port}", std::process::id()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["--amqp-listen", &addr, "--data-dir"])
+            .arg(&dir)
+            .env("WARREN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start warren");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent && line.contains("listening") {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+                eprintln!("[warren] {line}");
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20)).expect("warren did not log 'listening'");
+        TestBroker { addr, child: Some(child), data_dir: Some(dir) }
+    }
+
+    pub fn is_warren(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url(), ConnectionProperties::default()).await.expect("connect")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("own process").id() as i32;
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(d) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A name no other test (or earlier run against a shared broker) uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The (reply code, reply text) of an AMQP error, if it is one.
+pub fn amqp_error(e: &lapin::Error) -> Option<(u16, String)> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(a) => Some((a.get_id(), a.get_message().to_string())),
+        _ => None,
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Warren's whole test suite, as CI runs it:
+#   1. formatting and lints,
+#   2. Rust unit tests and integration tests (the real binary, driven by lapin),
+#   3. Python behaviour tests (pika, py-amqp, kombu, celery) in the project's venv,
+#   4. kombu's and py-amqp's own upstream integration suites.
+# Set WARREN_TEST_ADDR=host:port to run the behaviour tests against a broker
+# that is already running (e.g. RabbitMQ, for the differential run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo build --workspace --quiet
+cargo test --workspace
+
+venv=$(scripts/python-env.sh)
+export WARREN_BIN=${WARREN_BIN:-$PWD/target/debug/warren}
+"$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider --timeout 300
+scripts/upstream-suites.sh

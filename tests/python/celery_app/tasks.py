@@ -1,0 +1,41 @@
+"""Celery tasks for the end-to-end tests. The broker URL and queue come from
+the environment, set by the test that starts the worker."""
+import os
+import pathlib
+import time
+
+from celery import Celery
+
+app = Celery("warren_tests", broker=os.environ["WARREN_CELERY_BROKER"], backend="rpc://")
+app.conf.update(
+    task_default_queue=os.environ.get("WARREN_CELERY_QUEUE", "celery"),
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    result_expires=300,
+)
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task(acks_late=True)
+def slow_once(marker):
+    """First run: leave a marker and hang (the test kills the worker).
+    Second run (redelivered): finish at once."""
+    p = pathlib.Path(marker)
+    if p.exists():
+        return "second run"
+    p.write_text(str(os.getpid()))
+    time.sleep(120)
+    return "first run"
+
+
+@app.task(bind=True, max_retries=3)
+def flaky(self, marker):
+    p = pathlib.Path(marker)
+    if not p.exists():
+        p.write_text("1")
+        raise self.retry(countdown=1)
+    return "ok after retry"

@@ -1,0 +1,113 @@
+"""Pytest fixtures: a broker to test against.
+
+With WARREN_TEST_ADDR=host:port the tests use that broker (Warren or
+RabbitMQ: the differential run). Otherwise one real `warren` binary is
+started for the session on a free port with a temporary data directory.
+WARREN_BIN names the binary (default: target/debug/warren).
+"""
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+class Broker:
+    def __init__(self, host, port, proc=None):
+        self.host = host
+        self.port = port
+        self.proc = proc
+
+    @property
+    def is_warren(self):
+        return self.proc is not None
+
+    @property
+    def url(self):
+        return f"amqp://guest:guest@{self.host}:{self.port}//"
+
+    def params(self, **kw):
+        import pika
+
+        return pika.ConnectionParameters(host=self.host, port=self.port, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_warren():
+    binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="warren-pytest-")
+    proc = subprocess.Popen(
+        [binary, "--amqp-listen", f"127.0.0.1:{port}", "--data-dir", data],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ready = threading.Event()
+
+    def pump():
+        for line in proc.stdout:
+            if "listening" in line:
+                ready.set()
+            print("[warren]", line, end="")
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(20):
+        proc.kill()
+        raise RuntimeError("warren did not start")
+    return proc, port, data
+
+
+@pytest.fixture(scope="session")
+def broker():
+    addr = os.environ.get("WARREN_TEST_ADDR")
+    if addr:
+        host, port = addr.rsplit(":", 1)
+        yield Broker(host, int(port))
+        return
+    proc, port, data = start_warren()
+    yield Broker("127.0.0.1", port, proc)
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def name():
+    """A unique name, so tests never collide on a shared broker."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def conn(broker):
+    import pika
+
+    c = pika.BlockingConnection(broker.params())
+    yield c
+    if c.is_open:
+        c.close()
+
+
+def wait_for(pred, timeout=10.0, interval=0.02):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return False

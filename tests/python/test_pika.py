@@ -1,0 +1,299 @@
+"""Behaviour tests with pika (BlockingConnection). Each passes against
+RabbitMQ 3.10 too (WARREN_TEST_ADDR)."""
+import socket
+import struct
+import time
+
+import pika
+import pika.exceptions as pe
+import pytest
+
+
+def declare(ch, name, **kw):
+    return ch.queue_declare(name, **kw).method
+
+
+def publish_n(ch, q, n, prefix="m"):
+    for i in range(n):
+        ch.basic_publish("", q, f"{prefix}{i}".encode())
+
+
+def get_all(ch, q):
+    out = []
+    while True:
+        m, p, b = ch.basic_get(q, auto_ack=True)
+        if m is None:
+            return out
+        out.append((b.decode(), m.redelivered))
+
+
+def test_declare_ok_counts_and_server_named_queue(conn):
+    ch = conn.channel()
+    ok = declare(ch, "", exclusive=True)
+    assert ok.queue.startswith("amq.gen-")
+    publish_n(ch, ok.queue, 3)
+    ch.basic_consume(ok.queue, lambda *a: None)
+    again = declare(ch, ok.queue, passive=True)
+    assert again.consumer_count == 1
+    assert again.message_count == 0  # all three went to the consumer
+
+
+def test_nack_requeue_and_reject_drop(conn, name):
+    ch = conn.channel()
+    declare(ch, name, auto_delete=False)
+    publish_n(ch, name, 3)
+    m1, _, b1 = ch.basic_get(name)
+    m2, _, b2 = ch.basic_get(name)
+    ch.basic_nack(m2.delivery_tag, multiple=True, requeue=True)
+    m3, _, b3 = ch.basic_get(name)
+    assert (b3, m3.redelivered) == (b"m0", True)
+    ch.basic_reject(m3.delivery_tag, requeue=False)
+    assert get_all(ch, name) == [("m1", True), ("m2", False)]
+    assert ch.queue_delete(name).method.message_count == 0
+
+
+def test_recover_requeues_unacked(conn, name):
+    ch = conn.channel()
+    declare(ch, name, exclusive=True)
+    publish_n(ch, name, 2)
+    ch.basic_get(name)
+    ch.basic_get(name)
+    ch.basic_recover(requeue=True)
+    assert get_all(ch, name) == [("m0", True), ("m1", True)]
+
+
+def test_global_qos_limits_the_whole_channel(conn, name):
+    ch = conn.channel()
+    q1, q2 = name + "-a", name + "-b"
+    for q in (q1, q2):
+        declare(ch, q, exclusive=True)
+        publish_n(ch, q, 5)
+    ch.basic_qos(prefetch_count=3, global_qos=True)
+    got = []
+    ch.basic_consume(q1, lambda c, m, p, b: got.append(m))
+    ch.basic_consume(q2, lambda c, m, p, b: got.append(m))
+    conn.process_data_events(time_limit=0.5)
+    assert len(got) == 3
+    ch.basic_ack(got[-1].delivery_tag, multiple=True)
+    conn.process_data_events(time_limit=0.5)
+    assert len(got) == 6
+
+
+def test_per_consumer_qos(conn, name):
+    ch = conn.channel()
+    q1, q2 = name + "-a", name + "-b"
+    for q in (q1, q2):
+        declare(ch, q, exclusive=True)
+        publish_n(ch, q, 5)
+    ch.basic_qos(prefetch_count=2)
+    got = []
+    ch.basic_consume(q1, lambda c, m, p, b: got.append(m))
+    ch.basic_consume(q2, lambda c, m, p, b: got.append(m))
+    conn.process_data_events(time_limit=0.5)
+    assert len(got) == 4
+
+
+def test_purge_and_delete_conditions(conn, name):
+    ch = conn.channel()
+    declare(ch, name)
+    publish_n(ch, name, 4)
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.queue_delete(name, if_empty=True)
+    assert e.value.reply_code == 406
+    assert e.value.reply_text == f"PRECONDITION_FAILED - queue '{name}' in vhost '/' not empty"
+    ch = conn.channel()
+    ch.basic_consume(name, lambda *a: None, auto_ack=False)
+    ch2 = conn.channel()
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch2.queue_delete(name, if_unused=True)
+    assert e.value.reply_text == f"PRECONDITION_FAILED - queue '{name}' in vhost '/' in use"
+    ch.close()
+    ch = conn.channel()
+    assert ch.queue_purge(name).method.message_count == 4
+    assert ch.queue_delete(name).method.message_count == 0
+
+
+def test_exchange_equivalence_and_in_use(conn, name):
+    ch = conn.channel()
+    ch.exchange_declare(name, "direct", auto_delete=True)
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.exchange_declare(name, "fanout", auto_delete=True)
+    assert e.value.reply_code == 406
+    assert e.value.reply_text == (
+        f"PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{name}' in vhost '/': "
+        "received 'fanout' but current is 'direct'"
+    )
+    ch = conn.channel()
+    q = declare(ch, "", exclusive=True).queue
+    ch.queue_bind(q, name, "k")
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.exchange_delete(name, if_unused=True)
+    assert e.value.reply_text == f"PRECONDITION_FAILED - exchange '{name}' in vhost '/' in use"
+
+
+def test_publish_to_missing_exchange_closes_channel_404(conn, name):
+    ch = conn.channel()
+    ch.confirm_delivery()
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.basic_publish(name, "k", b"x")
+    assert e.value.reply_code == 404
+    assert e.value.reply_text == f"NOT_FOUND - no exchange '{name}' in vhost '/'"
+    assert conn.is_open
+
+
+def test_exclusive_consumer_refuses_others(conn, name):
+    ch = conn.channel()
+    declare(ch, name, exclusive=True)
+    ch.basic_consume(name, lambda *a: None, exclusive=True)
+    ch2 = conn.channel()
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch2.basic_consume(name, lambda *a: None)
+    assert e.value.reply_code == 403
+    assert e.value.reply_text == f"ACCESS_REFUSED - queue '{name}' in vhost '/' in exclusive use"
+
+
+def test_reusing_a_consumer_tag_is_a_connection_error(broker, name):
+    # pika refuses a duplicate tag itself; py-amqp sends it.
+    import amqp
+
+    c = amqp.Connection(f"{broker.host}:{broker.port}")
+    c.connect()
+    ch = c.channel()
+    ch.queue_declare(name, exclusive=True)
+    ch.basic_consume(name, consumer_tag="dup", callback=lambda m: None)
+    with pytest.raises(amqp.exceptions.NotAllowed) as e:
+        ch.basic_consume(name, consumer_tag="dup", callback=lambda m: None)
+    assert e.value.reply_code == 530
+    assert e.value.reply_text == "NOT_ALLOWED - attempt to reuse consumer tag 'dup'"
+
+
+def test_immediate_is_not_implemented(broker):
+    # pika refuses to send immediate=true itself; py-amqp does not.
+    import amqp
+
+    c = amqp.Connection(f"{broker.host}:{broker.port}")
+    c.connect()
+    ch = c.channel()
+    ch.basic_publish(amqp.Message(b"x"), exchange="", routing_key="q", immediate=True)
+    with pytest.raises(amqp.exceptions.AMQPNotImplementedError) as e:
+        c.drain_events(timeout=5)
+    assert e.value.reply_code == 540
+    assert e.value.reply_text == "NOT_IMPLEMENTED - immediate=true"
+
+
+def test_confirm_and_tx_do_not_mix(conn):
+    ch = conn.channel()
+    ch.confirm_delivery()
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.tx_select()
+    assert e.value.reply_text == "PRECONDITION_FAILED - cannot switch from confirm to tx mode"
+    ch = conn.channel()
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.tx_commit()
+    assert e.value.reply_text == "PRECONDITION_FAILED - channel is not transactional"
+
+
+def test_wrong_password_is_refused(broker):
+    params = pika.ConnectionParameters(
+        host=broker.host, port=broker.port, credentials=pika.PlainCredentials("guest", "wrong")
+    )
+    with pytest.raises(pe.ProbableAuthenticationError) as e:
+        pika.BlockingConnection(params)
+    assert "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN" in str(e.value)
+
+
+def test_unknown_vhost_is_not_allowed(broker):
+    with pytest.raises(pe.ProbableAccessDeniedError) as e:
+        pika.BlockingConnection(broker.params(virtual_host="no-such-vhost"))
+    assert "NOT_ALLOWED - vhost no-such-vhost not found" in str(e.value)
+
+
+def test_amqplain_login_with_py_amqp(broker):
+    import amqp
+
+    c = amqp.Connection(f"{broker.host}:{broker.port}", login_method="AMQPLAIN")
+    c.connect()
+    assert c.server_properties["capabilities"]["publisher_confirms"] is True
+    c.close()
+
+
+def test_bad_protocol_header_gets_ours_back(broker):
+    s = socket.create_connection((broker.host, broker.port), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass  # RabbitMQ resets: it never read what we sent
+    assert data == b"AMQP\x00\x00\x09\x01"
+
+
+def _handshake(s, heartbeat):
+    """Minimal raw client: protocol header, start-ok (PLAIN), tune-ok, open."""
+
+    def frame(ftype, ch, payload):
+        return struct.pack(">BHI", ftype, ch, len(payload)) + payload + b"\xce"
+
+    def shortstr(x):
+        return bytes([len(x)]) + x
+
+    def longstr(x):
+        return struct.pack(">I", len(x)) + x
+
+    def read_frame():
+        hdr = b""
+        while len(hdr) < 7:
+            hdr += s.recv(7 - len(hdr))
+        t, ch, size = struct.unpack(">BHI", hdr)
+        body = b""
+        while len(body) < size + 1:
+            body += s.recv(size + 1 - len(body))
+        return t, body[:-1]
+
+    s.sendall(b"AMQP\x00\x00\x09\x01")
+    read_frame()  # start
+    start_ok = struct.pack(">HH", 10, 11) + struct.pack(">I", 0) + shortstr(b"PLAIN") + longstr(b"\0guest\0guest") + shortstr(b"en_US")
+    s.sendall(frame(1, 0, start_ok))
+    read_frame()  # tune
+    s.sendall(frame(1, 0, struct.pack(">HHHIH", 10, 31, 2047, 131072, heartbeat)))
+    s.sendall(frame(1, 0, struct.pack(">HH", 10, 40) + shortstr(b"/") + shortstr(b"") + b"\0"))
+    t, payload = read_frame()
+    assert payload[:4] == struct.pack(">HH", 10, 41)
+    return read_frame
+
+
+def test_silent_client_is_dropped_after_missed_heartbeats(broker):
+    s = socket.create_connection((broker.host, broker.port), timeout=15)
+    _handshake(s, heartbeat=1)
+    start = time.time()
+    got_heartbeat = False
+    try:
+        while True:
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            if chunk[0] == 8:
+                got_heartbeat = True
+    except ConnectionResetError:
+        pass
+    elapsed = time.time() - start
+    assert got_heartbeat
+    assert elapsed < 10
+
+
+def test_heartbeating_client_stays_connected(broker):
+    c = pika.BlockingConnection(broker.params(heartbeat=1))
+    c.sleep(3.5)
+    assert c.is_open
+    c.channel().queue_declare("", exclusive=True)
+    c.close()
+
+
+def test_channel_flow_active_true(conn):
+    ch = conn.channel()
+    ch.flow(True)
+    assert ch.is_open
