@@ -6,8 +6,6 @@
 #
 # Deselected, with the reason:
 # - py-amqp's TLS variants: Warren has no TLS listener yet.
-# - kombu's TTL and priority classes until Warren has per-message TTL and
-#   x-max-priority (see README "Not yet").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$("$root/scripts/python-env.sh")
@@ -49,7 +47,7 @@ fi
 export RABBITMQ_HOST=$host RABBITMQ_5672_TCP=$port
 echo "== kombu $(pin kombu): t/integration/test_py_amqp.py"
 (cd "$kombu_dir" && "$py" -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning \
-    t/integration/test_py_amqp.py -k "not TimeToLive and not Priority")
+    t/integration/test_py_amqp.py)
 echo "== py-amqp $(pin amqp): t/integration/test_rmq.py"
 (cd "$amqp_dir" && "$py" -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning \
     t/integration/test_rmq.py -k "not tls")

@@ -1,6 +1,6 @@
 //! The broker: its virtual hosts and users.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -25,8 +25,8 @@ impl Broker {
     /// A broker with vhost `/` and user guest/guest, as RabbitMQ starts.
     pub fn new() -> Self {
         let b = Broker {
-            vhosts: RwLock::new(HashMap::new()),
-            users: RwLock::new(HashMap::new()),
+            vhosts: RwLock::new(HashMap::default()),
+            users: RwLock::new(HashMap::default()),
             next_connection: AtomicU64::new(1),
         };
         b.add_vhost("/");
@@ -36,6 +36,10 @@ impl Broker {
 
     pub fn add_vhost(&self, name: &str) {
         self.vhosts.write().entry(name.to_owned()).or_insert_with(|| Arc::new(VHost::new(name)));
+    }
+
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.read().values().cloned().collect()
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -5,6 +5,7 @@
 //! to its own task through the [`consumer::Outbox`] trait, so this crate is
 //! tested with plain threads and in-memory outboxes.
 
+pub mod arguments;
 pub mod broker;
 pub mod consumer;
 pub mod exchange;
@@ -35,4 +36,9 @@ pub fn generated_name(prefix: &str) -> String {
         s.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
     }
     s
+}
+
+/// Wall-clock milliseconds since the Unix epoch (TTLs and expiry times).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

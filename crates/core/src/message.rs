@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::Bytes;
+use warren_protocol::AmqpError;
 
 #[derive(Debug)]
 pub struct Message {
@@ -24,5 +25,23 @@ impl Message {
     /// delivery_mode 2 asks for the message to survive a broker restart.
     pub fn is_persistent(&self) -> bool {
         self.properties.delivery_mode() == &Some(2)
+    }
+
+    /// The per-message TTL from the `expiration` property, in milliseconds.
+    /// Invalid values are refused at publish time ([`Message::check_expiration`]).
+    pub fn expiration_ms(&self) -> Option<u64> {
+        self.properties.expiration().as_ref().and_then(|e| e.as_str().parse().ok())
+    }
+
+    /// 406 for an `expiration` that is not a non-negative integer, with
+    /// RabbitMQ's text.
+    pub fn check_expiration(&self) -> Result<(), AmqpError> {
+        let Some(e) = self.properties.expiration() else { return Ok(()) };
+        let s = e.as_str();
+        match s.parse::<i64>() {
+            Ok(v) if v >= 0 => Ok(()),
+            Ok(v) => Err(AmqpError::precondition(format_args!("invalid expiration '{s}': {{value_negative,{v}}}"))),
+            Err(_) => Err(AmqpError::precondition(format_args!("invalid expiration '{s}': no_integer"))),
+        }
     }
 }

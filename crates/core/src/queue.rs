@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use warren_protocol::{AmqpError, FieldTable};
-use warren_store::{Entry, MemoryStore, QueueStore};
+use warren_store::{Entry, MemoryStore, Meta, PriorityStore, QueueStore};
 
 use crate::consumer::{Consumer, Delivery};
 use crate::message::MessageRef;
@@ -23,6 +23,8 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// `x-message-ttl`, in milliseconds.
+    pub message_ttl: Option<u64>,
     state: Mutex<QueueState>,
 }
 
@@ -36,6 +38,8 @@ struct QueueState {
     /// Auto-delete queues go only after they have had a consumer.
     had_consumer: bool,
     deleted: bool,
+    /// Set once any entry had an expiry: only then is the head checked.
+    may_expire: bool,
 }
 
 /// What `remove_consumer` tells the caller.
@@ -61,15 +65,20 @@ impl Queue {
             durable,
             exclusive_owner,
             auto_delete,
-            arguments,
+            message_ttl: crate::arguments::int_arg(&arguments, "x-message-ttl").map(|v| v.max(0) as u64),
             state: Mutex::new(QueueState {
-                ready: Box::new(MemoryStore::default()),
+                ready: match crate::arguments::int_arg(&arguments, "x-max-priority") {
+                    Some(p) if p > 0 => Box::new(PriorityStore::new(p.min(255) as u8)),
+                    _ => Box::new(MemoryStore::default()),
+                },
                 consumers: Vec::new(),
                 next_consumer: 0,
                 unacked: 0,
                 had_consumer: false,
                 deleted: false,
+                may_expire: false,
             }),
+            arguments,
         }
     }
 
@@ -87,7 +96,9 @@ impl Queue {
     }
 
     pub fn message_count(&self) -> u32 {
-        self.state.lock().ready.len() as u32
+        let mut st = self.state.lock();
+        Self::drop_expired(&mut st);
+        st.ready.len() as u32
     }
 
     pub fn consumer_count(&self) -> u32 {
@@ -104,17 +115,65 @@ impl Queue {
 
     /// Enqueues a routed message and delivers what it can.
     pub fn publish(self: &Arc<Self>, message: MessageRef) {
+        let ttl = match (self.message_ttl, message.expiration_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let meta = Meta {
+            priority: message.properties.priority().unwrap_or(0),
+            expires_at: ttl.map(|t| crate::now_ms().saturating_add(t)),
+        };
         let mut st = self.state.lock();
         if st.deleted {
             return;
         }
-        st.ready.push(message);
+        if ttl == Some(0) {
+            // TTL 0: delivered if a consumer can take it right now, else expired.
+            if !st.ready.is_empty() {
+                return;
+            }
+            st.ready.push(message, Meta { expires_at: None, ..meta });
+            self.dispatch(&mut st);
+            st.ready.purge();
+            return;
+        }
+        st.may_expire |= meta.expires_at.is_some();
+        st.ready.push(message, meta);
         self.dispatch(&mut st);
+    }
+
+    /// Drops expired messages at the head, as RabbitMQ does: a message
+    /// behind a longer-lived one waits until it reaches the head.
+    fn drop_expired(st: &mut QueueState) -> usize {
+        if !st.may_expire {
+            return 0;
+        }
+        let now = crate::now_ms();
+        let mut n = 0;
+        while st.ready.peek().is_some_and(|e| e.expires_at.is_some_and(|t| t <= now)) {
+            st.ready.pop();
+            n += 1;
+        }
+        n
+    }
+
+    /// Timer entry point: drops expired messages at the head. Returns how
+    /// many were dropped.
+    pub fn expire(&self) -> usize {
+        Self::drop_expired(&mut self.state.lock())
+    }
+
+    /// Whether this queue has ever held a message with an expiry.
+    pub fn may_expire(&self) -> bool {
+        self.state.lock().may_expire
     }
 
     /// Delivers ready messages to consumers with credit, round-robin.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
+            if Self::drop_expired(st) > 0 {
+                continue;
+            }
             let n = st.consumers.len();
             let Some(idx) = (0..n).map(|i| (st.next_consumer + i) % n).find(|&i| st.consumers[i].try_acquire()) else {
                 break;
@@ -151,6 +210,7 @@ impl Queue {
     /// `basic.get`: the head message and how many remain after it.
     pub fn get(&self, no_ack: bool) -> Option<(Entry<MessageRef>, u32)> {
         let mut st = self.state.lock();
+        Self::drop_expired(&mut st);
         let mut entry = st.ready.pop()?;
         entry.delivery_count += 1;
         if !no_ack {

@@ -1,12 +1,13 @@
 //! A virtual host: its exchanges and queues, declared, bound, deleted and
 //! routed to with RabbitMQ's rules and error texts.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use warren_protocol::{AMQPValue, AmqpError, FieldTable};
 
+use crate::arguments::type_name;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::queue::Queue;
@@ -47,30 +48,6 @@ pub struct DeclaredQueue {
     pub queue: Arc<Queue>,
     pub message_count: u32,
     pub consumer_count: u32,
-}
-
-fn type_name(v: &AMQPValue) -> &'static str {
-    use AMQPValue::*;
-    match v {
-        Boolean(_) => "bool",
-        ShortShortInt(_) => "byte",
-        ShortShortUInt(_) => "unsignedbyte",
-        ShortInt(_) => "short",
-        ShortUInt(_) => "unsignedshort",
-        LongInt(_) => "signedint",
-        LongUInt(_) => "unsignedint",
-        LongLongInt(_) => "long",
-        Float(_) => "float",
-        Double(_) => "double",
-        DecimalValue(_) => "decimal",
-        ShortString(_) => "shortstr",
-        LongString(_) => "longstr",
-        FieldArray(_) => "array",
-        Timestamp(_) => "timestamp",
-        FieldTable(_) => "table",
-        ByteArray(_) => "binary",
-        Void => "void",
-    }
 }
 
 fn value_text(v: &AMQPValue) -> String {
@@ -136,7 +113,7 @@ impl VHost {
             .iter()
             .map(|(n, k)| (n.to_string(), Arc::new(Exchange::new(n, *k, true, false, false, FieldTable::default()))))
             .collect();
-        VHost { name: name.to_owned(), exchanges: RwLock::new(exchanges), queues: RwLock::new(HashMap::new()) }
+        VHost { name: name.to_owned(), exchanges: RwLock::new(exchanges), queues: RwLock::new(HashMap::default()) }
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -320,6 +297,7 @@ impl VHost {
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
+        crate::arguments::validate_queue_args(&arguments, name, &self.name)?;
         let q =
             Arc::new(Queue::new(name, &self.name, durable, exclusive.then_some(connection), auto_delete, arguments));
         queues.insert(name.to_owned(), q.clone());

@@ -70,3 +70,64 @@ mod tests {
         assert_eq!((e.code(), e.class_id, e.method_id), (502, 50, 10));
     }
 }
+
+/// `basic.publish` arguments, parsed by hand: it arrives once per message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishArgs {
+    pub exchange: String,
+    pub routing_key: String,
+    pub mandatory: bool,
+    pub immediate: bool,
+}
+
+/// Parses a method payload if it is `basic.publish`; `None` for any other
+/// method (decode those with [`decode_method`]).
+pub fn parse_publish(payload: &[u8]) -> Option<Result<PublishArgs, AmqpError>> {
+    if payload.len() < 4 || payload[..4] != [0, 60, 0, 40] {
+        return None;
+    }
+    let bad = || AmqpError::syntax_error("cannot decode arguments of method 60.40").during(60, 40);
+    let mut p = &payload[6..payload.len().max(6)];
+    if payload.len() < 6 {
+        return Some(Err(bad()));
+    }
+    let short = |p: &mut &[u8]| -> Option<String> {
+        let (&len, rest) = p.split_first()?;
+        let s = rest.get(..len as usize)?;
+        let s = std::str::from_utf8(s).ok()?.to_owned();
+        *p = &rest[len as usize..];
+        Some(s)
+    };
+    let Some(exchange) = short(&mut p) else { return Some(Err(bad())) };
+    let Some(routing_key) = short(&mut p) else { return Some(Err(bad())) };
+    let Some(&bits) = p.first() else { return Some(Err(bad())) };
+    Some(Ok(PublishArgs { exchange, routing_key, mandatory: bits & 1 != 0, immediate: bits & 2 != 0 }))
+}
+
+#[cfg(test)]
+mod publish_tests {
+    use super::*;
+    use crate::frame::{parse_frame, write_method};
+    use amq_protocol::protocol::basic;
+    use bytes::BytesMut;
+
+    #[test]
+    fn hand_parse_matches_generated() {
+        let mut b = BytesMut::new();
+        let m = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "ex".into(),
+            routing_key: "a.b".into(),
+            mandatory: true,
+            immediate: false,
+        }));
+        write_method(&mut b, 1, &m);
+        let f = parse_frame(&mut b, 0).unwrap().unwrap();
+        let p = parse_publish(&f.payload).unwrap().unwrap();
+        assert_eq!(
+            p,
+            PublishArgs { exchange: "ex".into(), routing_key: "a.b".into(), mandatory: true, immediate: false }
+        );
+        assert!(parse_publish(&[0, 60, 0, 40, 0, 0, 5, b'a']).unwrap().is_err());
+        assert!(parse_publish(&[0, 60, 0, 41]).is_none());
+    }
+}

@@ -5,8 +5,9 @@
 //! Requeued messages go back to the place their sequence number gives them,
 //! which is how RabbitMQ restores order after a consumer goes away.
 //!
-//! [`MemoryStore`] is the in-memory implementation. The on-disk segment log
-//! implements the same trait and passes the same [`conformance`] suite.
+//! [`MemoryStore`] is the in-memory implementation; [`PriorityStore`] keeps
+//! one per priority level for `x-max-priority` queues. Every implementation
+//! passes the same [`conformance`] suite.
 
 use std::collections::VecDeque;
 
@@ -20,12 +21,23 @@ pub struct Entry<M> {
     pub redelivered: bool,
     /// How many times it has been delivered.
     pub delivery_count: u32,
+    /// Priority level in a priority queue (0 elsewhere).
+    pub priority: u8,
+    /// When it expires, in milliseconds since the Unix epoch (TTL).
+    pub expires_at: Option<u64>,
+}
+
+/// What a publish says about a new entry besides the message itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub priority: u8,
+    pub expires_at: Option<u64>,
 }
 
 /// The ready messages of one queue, in order.
 pub trait QueueStore<M>: Send {
     /// Appends a new message at the tail and returns its entry's sequence.
-    fn push(&mut self, message: M) -> u64;
+    fn push(&mut self, message: M, meta: Meta) -> u64;
     /// Takes the message at the head.
     fn pop(&mut self) -> Option<Entry<M>>;
     /// Looks at the message at the head.
@@ -56,10 +68,17 @@ impl<M> Default for MemoryStore<M> {
 }
 
 impl<M: Send> QueueStore<M> for MemoryStore<M> {
-    fn push(&mut self, message: M) -> u64 {
+    fn push(&mut self, message: M, meta: Meta) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready.push_back(Entry { seq, message, redelivered: false, delivery_count: 0 });
+        self.ready.push_back(Entry {
+            seq,
+            message,
+            redelivered: false,
+            delivery_count: 0,
+            priority: meta.priority,
+            expires_at: meta.expires_at,
+        });
         seq
     }
 
@@ -100,14 +119,81 @@ impl<M: Send> QueueStore<M> for MemoryStore<M> {
     }
 }
 
+/// A priority queue (`x-max-priority`): one FIFO per level, highest first.
+#[derive(Debug)]
+pub struct PriorityStore<M> {
+    /// `levels[p]` holds the entries of priority `p`.
+    levels: Vec<MemoryStore<M>>,
+    next_seq: u64,
+    len: usize,
+}
+
+impl<M> PriorityStore<M> {
+    /// Levels 0..=max_priority.
+    pub fn new(max_priority: u8) -> Self {
+        PriorityStore {
+            levels: (0..=max_priority as usize).map(|_| MemoryStore::default()).collect(),
+            next_seq: 1,
+            len: 0,
+        }
+    }
+}
+
+impl<M: Send> QueueStore<M> for PriorityStore<M> {
+    fn push(&mut self, message: M, mut meta: Meta) -> u64 {
+        meta.priority = meta.priority.min((self.levels.len() - 1) as u8);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.len += 1;
+        self.levels[meta.priority as usize].ready.push_back(Entry {
+            seq,
+            message,
+            redelivered: false,
+            delivery_count: 0,
+            priority: meta.priority,
+            expires_at: meta.expires_at,
+        });
+        seq
+    }
+
+    fn pop(&mut self) -> Option<Entry<M>> {
+        let e = self.levels.iter_mut().rev().find_map(|l| l.ready.pop_front())?;
+        self.len -= 1;
+        Some(e)
+    }
+
+    fn peek(&self) -> Option<&Entry<M>> {
+        self.levels.iter().rev().find_map(|l| l.ready.front())
+    }
+
+    fn requeue(&mut self, entry: Entry<M>) {
+        let level = (entry.priority as usize).min(self.levels.len() - 1);
+        self.len += 1;
+        self.levels[level].requeue(entry);
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn purge(&mut self) -> usize {
+        let n = self.len;
+        for l in &mut self.levels {
+            l.purge();
+        }
+        self.len = 0;
+        n
+    }
+}
+
 /// The behaviour every [`QueueStore`] implementation must show. Each
 /// implementation's tests call every function here.
 pub mod conformance {
-    use super::QueueStore;
+    use super::{Meta, QueueStore};
 
     pub fn fifo<S: QueueStore<u32>>(mut s: S) {
         for i in 0..100 {
-            s.push(i);
+            s.push(i, Meta::default());
         }
         assert_eq!(s.len(), 100);
         for i in 0..100 {
@@ -118,7 +204,7 @@ pub mod conformance {
 
     pub fn requeue_restores_order<S: QueueStore<u32>>(mut s: S) {
         for i in 0..10 {
-            s.push(i);
+            s.push(i, Meta::default());
         }
         let taken: Vec<_> = (0..6).map(|_| s.pop().unwrap()).collect();
         // Give back out of order; the store must restore sequence order.
@@ -132,20 +218,28 @@ pub mod conformance {
 
     pub fn requeue_into_middle<S: QueueStore<u32>>(mut s: S) {
         for i in 0..5 {
-            s.push(i);
+            s.push(i, Meta::default());
         }
         let a = s.pop().unwrap();
         let b = s.pop().unwrap();
         s.requeue(b);
-        s.push(5);
+        s.push(5, Meta::default());
         s.requeue(a);
         let order: Vec<_> = std::iter::from_fn(|| s.pop()).map(|e| e.message).collect();
         assert_eq!(order, vec![0, 1, 2, 3, 4, 5]);
     }
 
+    pub fn keeps_meta<S: QueueStore<u32>>(mut s: S) {
+        s.push(1, Meta { priority: 0, expires_at: Some(42) });
+        let e = s.pop().unwrap();
+        assert_eq!((e.message, e.expires_at, e.delivery_count), (1, Some(42), 0));
+        s.requeue(e);
+        assert_eq!(s.peek().unwrap().expires_at, Some(42));
+    }
+
     pub fn purge_empties<S: QueueStore<u32>>(mut s: S) {
         for i in 0..7 {
-            s.push(i);
+            s.push(i, Meta::default());
         }
         assert_eq!(s.purge(), 7);
         assert!(s.is_empty());
@@ -157,11 +251,46 @@ pub mod conformance {
 mod tests {
     use super::*;
 
+    fn all<S: QueueStore<u32>>(new: impl Fn() -> S) {
+        conformance::fifo(new());
+        conformance::requeue_restores_order(new());
+        conformance::requeue_into_middle(new());
+        conformance::keeps_meta(new());
+        conformance::purge_empties(new());
+    }
+
     #[test]
     fn memory_store_conforms() {
-        conformance::fifo(MemoryStore::default());
-        conformance::requeue_restores_order(MemoryStore::default());
-        conformance::requeue_into_middle(MemoryStore::default());
-        conformance::purge_empties(MemoryStore::default());
+        all(MemoryStore::default);
+    }
+
+    #[test]
+    fn priority_store_conforms() {
+        // With every message at one level it must behave as a plain FIFO.
+        all(|| PriorityStore::new(5));
+    }
+
+    #[test]
+    fn priority_store_serves_highest_first_fifo_within_level() {
+        let mut s = PriorityStore::new(9);
+        for (m, p) in [(1, 1), (2, 5), (3, 1), (4, 9), (5, 5), (6, 200)] {
+            s.push(m, Meta { priority: p, expires_at: None });
+        }
+        let order: Vec<_> = std::iter::from_fn(|| s.pop()).map(|e| e.message).collect();
+        // 200 is capped to the maximum, 9, and queued after 4.
+        assert_eq!(order, vec![4, 6, 2, 5, 1, 3]);
+    }
+
+    #[test]
+    fn priority_store_requeues_into_its_level() {
+        let mut s = PriorityStore::new(3);
+        s.push(1, Meta { priority: 3, expires_at: None });
+        s.push(2, Meta { priority: 0, expires_at: None });
+        let hi = s.pop().unwrap();
+        s.push(3, Meta { priority: 3, expires_at: None });
+        s.requeue(hi);
+        let order: Vec<_> = std::iter::from_fn(|| s.pop()).map(|e| e.message).collect();
+        assert_eq!(order, vec![1, 3, 2]);
+        assert!(s.is_empty());
     }
 }

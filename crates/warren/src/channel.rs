@@ -11,6 +11,7 @@ use warren_core::queue::AfterCancel;
 use warren_core::{generated_name, ChannelCredit, Consumer, Delivery, Message, MessageRef, Outbox, Queue, VHost};
 use warren_protocol::content::{Assembler, Content};
 use warren_protocol::frame;
+use warren_protocol::method::PublishArgs;
 use warren_protocol::AmqpError;
 use warren_store::Entry;
 
@@ -84,6 +85,8 @@ pub struct Channel {
     tx_settles: Vec<Settle>,
     /// The queue named by an empty queue name (last one declared here).
     last_queue: Option<String>,
+    /// Reused for every publish's routing result, to save an allocation.
+    routed: Vec<Arc<Queue>>,
 }
 
 fn reply(out: &mut BytesMut, channel: u16, m: AMQPClass) {
@@ -111,6 +114,7 @@ impl Channel {
             tx_publishes: Vec::new(),
             tx_settles: Vec::new(),
             last_queue: None,
+            routed: Vec::new(),
         }
     }
 
@@ -118,11 +122,11 @@ impl Channel {
         self.closed
     }
 
-    /// Whether a delivery for `consumer` still belongs here.
-    pub fn owns(&self, consumer: &Arc<Consumer>) -> bool {
-        !self.closing
-            && !consumer.cancelled.load(Ordering::Acquire)
-            && self.consumers.get(&*consumer.tag).is_some_and(|(c, _)| Arc::ptr_eq(c, consumer))
+    /// Whether a delivery for `consumer` still belongs here. Every path that
+    /// drops a consumer from a channel (cancel, queue deletion, channel
+    /// close) sets its `cancelled` flag first, so no map lookup is needed.
+    pub fn owns(&self, consumer: &Consumer) -> bool {
+        !self.closing && !consumer.cancelled.load(Ordering::Acquire)
     }
 
     /// A soft error: close the channel with it and give back its messages.
@@ -242,6 +246,25 @@ impl Channel {
         self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
+    /// `basic.publish`: its content follows.
+    pub fn on_publish(&mut self, ctx: &mut Ctx<'_>, p: PublishArgs) -> Result<(), AmqpError> {
+        if self.closing {
+            return Ok(());
+        }
+        if !self.assembler.is_idle() {
+            return Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            ));
+        }
+        let _ = ctx;
+        if p.immediate {
+            return Err(AmqpError::not_implemented("immediate=true").during(60, 40));
+        }
+        self.publish = Some(Publish { exchange: p.exchange, routing_key: p.routing_key, mandatory: p.mandatory });
+        self.assembler.start();
+        Ok(())
+    }
+
     pub fn on_header(&mut self, ctx: &mut Ctx<'_>, payload: &Bytes) -> Result<(), AmqpError> {
         if self.closing {
             return Ok(());
@@ -271,6 +294,7 @@ impl Channel {
             properties: content.header.properties,
             body: content.body,
         });
+        msg.check_expiration().map_err(|e| e.during(60, 40))?;
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
             self.publishable(ctx, &p.exchange)?;
@@ -299,18 +323,16 @@ impl Channel {
 
     fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(), AmqpError> {
         let x = self.publishable(ctx, &p.exchange)?;
-        let mut queues = Vec::new();
+        let mut queues = std::mem::take(&mut self.routed);
         ctx.vhost.route(&x, &msg, &mut queues);
-        if queues.is_empty() {
-            if p.mandatory {
-                frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
-                frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
-            }
-            return Ok(());
+        if queues.is_empty() && p.mandatory {
+            frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
+            frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
         }
-        for q in queues {
+        for q in queues.drain(..) {
             q.publish(msg.clone());
         }
+        self.routed = queues;
         Ok(())
     }
 
@@ -556,18 +578,7 @@ impl Channel {
         use basic::AMQPMethod as M;
         let id = self.id;
         match m {
-            M::Publish(p) => {
-                if p.immediate {
-                    return Err(AmqpError::not_implemented("immediate=true"));
-                }
-                self.publish = Some(Publish {
-                    exchange: p.exchange.as_str().to_owned(),
-                    routing_key: p.routing_key.as_str().to_owned(),
-                    mandatory: p.mandatory,
-                });
-                self.assembler.start();
-                Ok(())
-            }
+            M::Publish(_) => unreachable!("basic.publish is parsed by hand (on_publish)"),
             M::Qos(q) => {
                 if q.global {
                     self.credit.limit.store(q.prefetch_count as u32, Ordering::Release);

@@ -31,6 +31,10 @@ pub struct Config {
     #[arg(long, env = "WARREN_CHANNEL_MAX", default_value_t = warren_protocol::DEFAULT_CHANNEL_MAX)]
     pub channel_max: u16,
 
+    /// Runtime worker threads; 0 = one per CPU core.
+    #[arg(long, env = "WARREN_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
     /// Largest message body accepted (bytes), as RabbitMQ's max_message_size.
     #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 134_217_728)]
     pub max_message_size: u64,

@@ -59,6 +59,10 @@ impl Outbox for ConnOutbox {
 const OUT_HIGH_WATER: usize = 8 << 20;
 /// Events handled per turn of the loop before the socket is read again.
 const EVENT_BATCH: usize = 1024;
+/// A read that yields this many frames ends the task's turn: a publisher
+/// with a full socket must not starve the consumers it feeds (without this,
+/// one runtime worker delivered ~3k msg/s to a consumer while taking ~700k/s).
+const YIELD_AFTER_FRAMES: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for connection.close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -98,7 +102,7 @@ pub struct Conn {
 }
 
 pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let (mut rd, mut wr) = socket.into_split();
+    let (mut rd, mut wr_owned) = socket.into_split();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let header = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         while rbuf.len() < 8 {
@@ -115,8 +119,8 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
     }
     if &rbuf[..8] != PROTOCOL_HEADER {
         // As the spec asks: answer with the protocol we speak, then hang up.
-        let _ = wr.write_all(PROTOCOL_HEADER).await;
-        let _ = wr.shutdown().await;
+        let _ = wr_owned.write_all(PROTOCOL_HEADER).await;
+        let _ = wr_owned.shutdown().await;
         info!(%peer, "refused connection: bad protocol header");
         return;
     }
@@ -126,7 +130,8 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
     let pending = Arc::new(AtomicUsize::new(0));
     let drained = Arc::new(Notify::new());
-    let writer = tokio::spawn(write_loop(wr, write_rx, pending.clone(), drained.clone()));
+    let wr = Arc::new(wr_owned);
+    let writer = tokio::spawn(write_loop(wr.clone(), write_rx, pending.clone(), drained.clone()));
 
     let id = shared.broker.next_connection_id();
     let mut c = Conn {
@@ -153,17 +158,39 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
     let mut last_write = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Set when a turn handled many frames: after flushing, let other
+    // connections (consumers of what we just published) run before reading more.
+    let mut flush_pending = false;
     loop {
         if !c.out.is_empty() {
-            let chunk = c.out.split().freeze();
-            pending.fetch_add(chunk.len(), Ordering::AcqRel);
-            if write_tx.send(chunk).is_err() {
-                break;
+            // Write straight from this task while the writer is idle (no
+            // hand-off, no wake-up); give the writer only what would block.
+            let mut written = 0;
+            if pending.load(Ordering::Acquire) == 0 {
+                match wr.try_write(&c.out) {
+                    Ok(n) => written = n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            if written == c.out.len() {
+                c.out.clear();
+            } else {
+                c.out.advance(written);
+                let chunk = c.out.split().freeze();
+                pending.fetch_add(chunk.len(), Ordering::AcqRel);
+                if write_tx.send(chunk).is_err() {
+                    break;
+                }
             }
             last_write = Instant::now();
         }
         if c.stage == Stage::Done {
             break;
+        }
+        if flush_pending {
+            flush_pending = false;
+            tokio::task::yield_now().await;
         }
         let backpressured = pending.load(Ordering::Acquire) > OUT_HIGH_WATER;
         tokio::select! {
@@ -177,7 +204,9 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
                     }
                     Ok(_) => {
                         last_read = Instant::now();
-                        c.on_bytes(&mut rbuf);
+                        if c.on_bytes(&mut rbuf) >= YIELD_AFTER_FRAMES {
+                            flush_pending = true;
+                        }
                     }
                 }
             }
@@ -233,22 +262,30 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
+/// Writes what the connection task could not write without blocking.
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    wr: Arc<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     pending: Arc<AtomicUsize>,
     drained: Arc<Notify>,
 ) {
     while let Some(chunk) = rx.recv().await {
-        if wr.write_all(&chunk).await.is_err() {
-            break;
+        let mut off = 0;
+        while off < chunk.len() {
+            if wr.writable().await.is_err() {
+                return;
+            }
+            match wr.try_write(&chunk[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
         }
         let left = pending.fetch_sub(chunk.len(), Ordering::AcqRel) - chunk.len();
         if left <= OUT_HIGH_WATER {
             drained.notify_one();
         }
     }
-    let _ = wr.shutdown().await;
 }
 
 fn server_properties() -> FieldTable {
@@ -338,10 +375,12 @@ impl Conn {
         self.close_all_channels();
     }
 
-    fn on_bytes(&mut self, rbuf: &mut BytesMut) {
+    /// Handles every complete frame in `rbuf`; returns how many there were.
+    fn on_bytes(&mut self, rbuf: &mut BytesMut) -> usize {
+        let mut frames = 0;
         loop {
             if self.stage == Stage::Done {
-                return;
+                return frames;
             }
             let frame_max = if self.stage == Stage::Open || self.stage == Stage::Closing {
                 self.frame_max
@@ -351,6 +390,7 @@ impl Conn {
             };
             match frame::parse_frame(rbuf, frame_max) {
                 Ok(Some(f)) => {
+                    frames += 1;
                     if let Err(e) = self.on_frame(f) {
                         if self.stage == Stage::Closing {
                             self.stage = Stage::Done;
@@ -369,6 +409,7 @@ impl Conn {
             }
         }
         self.after_turn();
+        frames
     }
 
     /// Work left over from a turn: deliver again where credit was freed and
@@ -426,6 +467,31 @@ impl Conn {
             )));
         }
         let vhost = self.vhost.clone().expect("open connection has a vhost");
+        // basic.publish is parsed by hand: it comes once per message.
+        if f.kind == FrameKind::Method {
+            if let Some(publish) = warren_protocol::method::parse_publish(&f.payload) {
+                let publish = publish?;
+                if let Some(ch) = self.channels.get_mut(&f.channel) {
+                    let mut ctx = Ctx {
+                        vhost: &vhost,
+                        connection: self.id,
+                        out: &mut self.out,
+                        outbox: &self.outbox,
+                        frame_max: self.frame_max,
+                        max_message_size: self.shared.config.max_message_size,
+                        to_wake: &mut self.to_wake,
+                    };
+                    return match ch.on_publish(&mut ctx, publish) {
+                        Err(e) if !e.is_hard() => {
+                            ch.fail(&mut ctx, e);
+                            Ok(())
+                        }
+                        r => r,
+                    };
+                }
+                return Err(AmqpError::channel_error("expected 'channel.open'"));
+            }
+        }
         let method = match f.kind {
             FrameKind::Method => Some(decode_method(&f.payload)?),
             _ => None,

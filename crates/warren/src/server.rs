@@ -30,6 +30,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
     let shared = Arc::new(Shared { broker: Arc::new(Broker::new()), config });
 
+    tokio::spawn(expiry_timer(shared.broker.clone()));
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Each connection task holds a sender; when all are dropped, they are done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -64,4 +66,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
     info!("stopped");
     Ok(())
+}
+
+/// How often queues drop expired messages at their head, so that a queue of
+/// expired messages shrinks without a consumer (as RabbitMQ's TTL timers do).
+const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
+
+async fn expiry_timer(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for vhost in broker.vhosts() {
+            for q in vhost.queues() {
+                if q.may_expire() {
+                    q.expire();
+                }
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 mod headers;
 mod topic;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -160,7 +160,7 @@ impl Exchange {
         if kind != ExchangeKind::Direct {
             return;
         }
-        let mut by_key: HashMap<String, Vec<Destination>> = HashMap::new();
+        let mut by_key: HashMap<String, Vec<Destination>> = HashMap::default();
         for x in &b.all {
             let dests = by_key.entry(x.routing_key.clone()).or_default();
             if !dests.iter().any(|d| d.same(&x.destination)) {

@@ -1,0 +1,87 @@
+//! Queue arguments (`x-…`): reading them and validating them as RabbitMQ
+//! does on `queue.declare`.
+
+use warren_protocol::{AMQPValue, AmqpError, FieldTable};
+
+/// An integer argument of any AMQP integer type.
+pub fn int_arg(args: &FieldTable, key: &str) -> Option<i64> {
+    as_int(args.inner().get(key)?)
+}
+
+fn as_int(v: &AMQPValue) -> Option<i64> {
+    use AMQPValue::*;
+    Some(match v {
+        ShortShortInt(i) => *i as i64,
+        ShortShortUInt(i) => *i as i64,
+        ShortInt(i) => *i as i64,
+        ShortUInt(i) => *i as i64,
+        LongInt(i) => *i as i64,
+        LongUInt(i) => *i as i64,
+        LongLongInt(i) => *i,
+        _ => return None,
+    })
+}
+
+/// RabbitMQ's name for a field type, as its error texts use it.
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    use AMQPValue::*;
+    match v {
+        Boolean(_) => "bool",
+        ShortShortInt(_) => "byte",
+        ShortShortUInt(_) => "unsignedbyte",
+        ShortInt(_) => "short",
+        ShortUInt(_) => "unsignedshort",
+        LongInt(_) => "signedint",
+        LongUInt(_) => "unsignedint",
+        LongLongInt(_) => "long",
+        Float(_) => "float",
+        Double(_) => "double",
+        DecimalValue(_) => "decimal",
+        ShortString(_) => "shortstr",
+        LongString(_) => "longstr",
+        FieldArray(_) => "array",
+        Timestamp(_) => "timestamp",
+        FieldTable(_) => "table",
+        ByteArray(_) => "binary",
+        Void => "void",
+    }
+}
+
+/// How an integer argument is bounded.
+#[derive(Clone, Copy)]
+enum Bound {
+    NonNegative,
+    Positive,
+    Priority,
+}
+
+fn check_int(v: &AMQPValue, bound: Bound) -> Result<(), String> {
+    let Some(i) = as_int(v) else {
+        return Err(format!("\"expected integer, got {}\"", type_name(v)));
+    };
+    match bound {
+        Bound::Positive if i == 0 => Err("{value_zero,0}".to_owned()),
+        Bound::NonNegative | Bound::Positive if i < 0 => Err(format!("{{value_negative,{i}}}")),
+        Bound::Priority if i < 0 => Err(format!("{{value_negative,{i}}}")),
+        Bound::Priority if i > 255 => Err(format!("{{max_value_exceeded,{i}}}")),
+        _ => Ok(()),
+    }
+}
+
+/// Validates the arguments Warren acts on; 406 with RabbitMQ's text.
+pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Result<(), AmqpError> {
+    for (key, v) in args.inner() {
+        let bound = match key.as_str() {
+            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" => Bound::NonNegative,
+            "x-expires" => Bound::Positive,
+            "x-max-priority" => Bound::Priority,
+            _ => continue,
+        };
+        if let Err(why) = check_int(v, bound) {
+            return Err(AmqpError::precondition(format_args!(
+                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
+            )));
+        }
+    }
+    Ok(())
+}
