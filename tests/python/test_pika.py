@@ -297,3 +297,32 @@ def test_channel_flow_active_true(conn):
     ch = conn.channel()
     ch.flow(True)
     assert ch.is_open
+
+
+def _amqp(broker):
+    import amqp
+
+    c = amqp.Connection(f"{broker.host}:{broker.port}")
+    c.connect()
+    return c
+
+
+def test_recover_without_requeue_is_not_implemented(broker):
+    import amqp
+
+    c = _amqp(broker)
+    ch = c.channel()
+    ch.basic_recover(requeue=False)  # py-amqp sends basic.recover-async
+    with pytest.raises(amqp.exceptions.AMQPNotImplementedError) as e:
+        ch.queue_declare("", exclusive=True)
+    assert e.value.reply_text == "NOT_IMPLEMENTED - requeue=false"
+
+
+def test_channel_flow_inactive_is_not_implemented(broker):
+    import amqp
+
+    c = _amqp(broker)
+    ch = c.channel()
+    with pytest.raises(amqp.exceptions.AMQPNotImplementedError) as e:
+        ch.flow(False)
+    assert e.value.reply_text == "NOT_IMPLEMENTED - active=false"
