@@ -6,10 +6,22 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use std::path::{Path, PathBuf};
+
+use amq_protocol::protocol::basic::parse_properties;
+use bytes::Bytes;
+use warren_store::log::MessageLog;
+
+use crate::definitions;
+use crate::message::{Message, MessageRef};
 use crate::vhost::VHost;
 
 pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    /// The message log, when the broker stores data (`Broker::open`).
+    log: Option<MessageLog>,
+    /// Directory of the per-vhost definition snapshots.
+    definitions_dir: Option<PathBuf>,
     /// user → password. Hashed storage and permissions come with access control.
     users: RwLock<HashMap<String, String>>,
     next_connection: AtomicU64,
@@ -26,6 +38,8 @@ impl Broker {
     pub fn new() -> Self {
         let b = Broker {
             vhosts: RwLock::new(HashMap::default()),
+            log: None,
+            definitions_dir: None,
             users: RwLock::new(HashMap::default()),
             next_connection: AtomicU64::new(1),
         };
@@ -35,7 +49,86 @@ impl Broker {
     }
 
     pub fn add_vhost(&self, name: &str) {
-        self.vhosts.write().entry(name.to_owned()).or_insert_with(|| Arc::new(VHost::new(name)));
+        self.vhosts.write().entry(name.to_owned()).or_insert_with(|| Arc::new(self.make_vhost(name)));
+    }
+
+    fn make_vhost(&self, name: &str) -> VHost {
+        match (&self.log, &self.definitions_dir) {
+            (Some(log), Some(dir)) => VHost::with_storage(name, log.clone(), definitions::path_for(dir, name)),
+            _ => VHost::new(name),
+        }
+    }
+
+    /// A broker that keeps durable definitions and persistent messages under
+    /// `data_dir`, recovering what an earlier run left there.
+    pub fn open(data_dir: &Path) -> std::io::Result<Broker> {
+        let started = std::time::Instant::now();
+        let (log, recovered) = MessageLog::open(&data_dir.join("messages"))?;
+        let definitions_dir = data_dir.join("definitions");
+        let mut b = Broker::new();
+        b.vhosts.write().clear();
+        b.log = Some(log.clone());
+        b.definitions_dir = Some(definitions_dir.clone());
+        b.add_vhost("/");
+        for d in definitions::load_all(&definitions_dir) {
+            b.add_vhost(&d.vhost);
+            if let Some(v) = b.vhost(&d.vhost) {
+                v.restore(&d);
+            }
+        }
+        // One Message per stored message, shared by the queues holding it.
+        let mut shared: HashMap<u64, MessageRef> = HashMap::default();
+        let mut restored = 0usize;
+        let mut orphaned = 0usize;
+        for (key, entries) in recovered.queues {
+            let queue = key.split_once('\0').and_then(|(vh, q)| b.vhost(vh)?.queue(q).ok());
+            let Some(queue) = queue else {
+                // Its queue is gone: let the messages go so segments can be reclaimed.
+                for e in entries {
+                    log.ack(&key, e.persisted);
+                    orphaned += 1;
+                }
+                continue;
+            };
+            let items: Vec<(MessageRef, u32)> = entries
+                .into_iter()
+                .map(|e| {
+                    let m = shared
+                        .entry(e.persisted.msg_id)
+                        .or_insert_with(|| {
+                            let props = parse_properties(&e.message.properties[..]).map(|(_, p)| p).unwrap_or_default();
+                            let m = Message::new(
+                                e.message.exchange.clone(),
+                                e.message.routing_key.clone(),
+                                Bytes::from(e.message.properties.clone()),
+                                props,
+                                Bytes::from(e.message.body.clone()),
+                            );
+                            let _ = m.persisted.set(e.persisted);
+                            Arc::new(m)
+                        })
+                        .clone();
+                    (m, e.delivery_count)
+                })
+                .collect();
+            restored += items.len();
+            queue.restore(items);
+        }
+        tracing::info!(
+            messages = restored,
+            orphaned,
+            dropped_records = recovered.dropped_records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered durable state"
+        );
+        if recovered.dropped_records > 0 {
+            tracing::warn!("dropped {} corrupt records from the message log", recovered.dropped_records);
+        }
+        Ok(b)
+    }
+
+    pub fn log(&self) -> Option<&MessageLog> {
+        self.log.as_ref()
     }
 
     pub fn vhosts(&self) -> Vec<Arc<VHost>> {

@@ -1,10 +1,11 @@
 //! A published message, shared by every queue it was routed to.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::Bytes;
 use warren_protocol::AmqpError;
+use warren_store::log::Persisted;
 
 #[derive(Debug)]
 pub struct Message {
@@ -17,11 +18,23 @@ pub struct Message {
     pub properties: AMQPProperties,
     /// Reference-counted: routing to N queues never copies it.
     pub body: Bytes,
+    /// Set when the message log holds it (persistent, in a durable queue).
+    pub persisted: OnceLock<Persisted>,
 }
 
 pub type MessageRef = Arc<Message>;
 
 impl Message {
+    pub fn new(
+        exchange: String,
+        routing_key: String,
+        properties_raw: Bytes,
+        properties: AMQPProperties,
+        body: Bytes,
+    ) -> Self {
+        Message { exchange, routing_key, properties_raw, properties, body, persisted: OnceLock::new() }
+    }
+
     /// delivery_mode 2 asks for the message to survive a broker restart.
     pub fn is_persistent(&self) -> bool {
         self.properties.delivery_mode() == &Some(2)

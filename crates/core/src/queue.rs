@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use warren_protocol::{AmqpError, FieldTable};
+use warren_store::log::MessageLog;
 use warren_store::{Entry, MemoryStore, Meta, PriorityStore, QueueStore};
 
 use crate::consumer::{Consumer, Delivery};
@@ -25,6 +26,10 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// `x-message-ttl`, in milliseconds.
     pub message_ttl: Option<u64>,
+    /// The message log, for durable queues when the broker has one.
+    pub log: Option<MessageLog>,
+    /// This queue's name in the message log (vhost and name).
+    pub log_key: String,
     state: Mutex<QueueState>,
 }
 
@@ -66,6 +71,8 @@ impl Queue {
             exclusive_owner,
             auto_delete,
             message_ttl: crate::arguments::int_arg(&arguments, "x-message-ttl").map(|v| v.max(0) as u64),
+            log: None,
+            log_key: log_key(vhost, name),
             state: Mutex::new(QueueState {
                 ready: match crate::arguments::int_arg(&arguments, "x-max-priority") {
                     Some(p) if p > 0 => Box::new(PriorityStore::new(p.min(255) as u8)),
@@ -97,7 +104,7 @@ impl Queue {
 
     pub fn message_count(&self) -> u32 {
         let mut st = self.state.lock();
-        Self::drop_expired(&mut st);
+        self.drop_expired(&mut st);
         st.ready.len() as u32
     }
 
@@ -122,6 +129,7 @@ impl Queue {
         let meta = Meta {
             priority: message.properties.priority().unwrap_or(0),
             expires_at: ttl.map(|t| crate::now_ms().saturating_add(t)),
+            delivery_count: 0,
         };
         let mut st = self.state.lock();
         if st.deleted {
@@ -134,7 +142,9 @@ impl Queue {
             }
             st.ready.push(message, Meta { expires_at: None, ..meta });
             self.dispatch(&mut st);
-            st.ready.purge();
+            if let Some(e) = st.ready.pop() {
+                self.discard(&e.message);
+            }
             return;
         }
         st.may_expire |= meta.expires_at.is_some();
@@ -142,16 +152,27 @@ impl Queue {
         self.dispatch(&mut st);
     }
 
+    /// A message leaves this queue for good (acked, expired, purged,
+    /// rejected, or its queue deleted). Every (queue, message) pair passes
+    /// here exactly once: the log counts live pairs per segment.
+    pub fn discard(&self, message: &MessageRef) {
+        if let (Some(log), Some(p)) = (&self.log, message.persisted.get()) {
+            log.ack(&self.log_key, *p);
+        }
+    }
+
     /// Drops expired messages at the head, as RabbitMQ does: a message
     /// behind a longer-lived one waits until it reaches the head.
-    fn drop_expired(st: &mut QueueState) -> usize {
+    fn drop_expired(&self, st: &mut QueueState) -> usize {
         if !st.may_expire {
             return 0;
         }
         let now = crate::now_ms();
         let mut n = 0;
         while st.ready.peek().is_some_and(|e| e.expires_at.is_some_and(|t| t <= now)) {
-            st.ready.pop();
+            if let Some(e) = st.ready.pop() {
+                self.discard(&e.message);
+            }
             n += 1;
         }
         n
@@ -160,7 +181,16 @@ impl Queue {
     /// Timer entry point: drops expired messages at the head. Returns how
     /// many were dropped.
     pub fn expire(&self) -> usize {
-        Self::drop_expired(&mut self.state.lock())
+        self.drop_expired(&mut self.state.lock())
+    }
+
+    /// Puts recovered messages back (startup only), in log order.
+    pub fn restore(&self, entries: impl IntoIterator<Item = (MessageRef, u32)>) {
+        let mut st = self.state.lock();
+        for (message, delivery_count) in entries {
+            let meta = Meta { priority: message.properties.priority().unwrap_or(0), expires_at: None, delivery_count };
+            st.ready.push(message, meta);
+        }
     }
 
     /// Whether this queue has ever held a message with an expiry.
@@ -171,7 +201,7 @@ impl Queue {
     /// Delivers ready messages to consumers with credit, round-robin.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
-            if Self::drop_expired(st) > 0 {
+            if self.drop_expired(st) > 0 {
                 continue;
             }
             let n = st.consumers.len();
@@ -182,7 +212,11 @@ impl Queue {
             let consumer = st.consumers[idx].clone();
             let mut entry = st.ready.pop().expect("checked non-empty");
             entry.delivery_count += 1;
-            if !consumer.no_ack {
+            self.log_delivery(&entry);
+            if consumer.no_ack {
+                // No ack will come: it leaves the queue now.
+                self.discard(&entry.message);
+            } else {
                 st.unacked += 1;
             }
             let outbox = consumer.outbox.clone();
@@ -210,13 +244,22 @@ impl Queue {
     /// `basic.get`: the head message and how many remain after it.
     pub fn get(&self, no_ack: bool) -> Option<(Entry<MessageRef>, u32)> {
         let mut st = self.state.lock();
-        Self::drop_expired(&mut st);
+        self.drop_expired(&mut st);
         let mut entry = st.ready.pop()?;
         entry.delivery_count += 1;
-        if !no_ack {
+        self.log_delivery(&entry);
+        if no_ack {
+            self.discard(&entry.message);
+        } else {
             st.unacked += 1;
         }
         Some((entry, st.ready.len() as u32))
+    }
+
+    fn log_delivery(&self, entry: &Entry<MessageRef>) {
+        if let (Some(log), Some(p)) = (&self.log, entry.message.persisted.get()) {
+            log.delivered(&self.log_key, *p, entry.delivery_count);
+        }
     }
 
     /// `n` delivered messages were acked (or rejected without requeue).
@@ -232,7 +275,9 @@ impl Queue {
         let mut st = self.state.lock();
         for mut e in entries {
             st.unacked = st.unacked.saturating_sub(1);
-            if !st.deleted {
+            if st.deleted {
+                self.discard(&e.message);
+            } else {
                 e.redelivered = true;
                 st.ready.requeue(e);
             }
@@ -247,7 +292,9 @@ impl Queue {
         if was_acked_mode {
             st.unacked = st.unacked.saturating_sub(1);
         }
-        if !st.deleted {
+        if st.deleted {
+            self.discard(&entry.message);
+        } else {
             entry.delivery_count = entry.delivery_count.saturating_sub(1);
             st.ready.requeue(entry);
         }
@@ -287,7 +334,13 @@ impl Queue {
     }
 
     pub fn purge(&self) -> u32 {
-        self.state.lock().ready.purge() as u32
+        let mut st = self.state.lock();
+        let mut n = 0;
+        while let Some(e) = st.ready.pop() {
+            self.discard(&e.message);
+            n += 1;
+        }
+        n
     }
 
     /// Checks `queue.delete`'s if-unused / if-empty conditions.
@@ -317,7 +370,14 @@ impl Queue {
                 return 0;
             }
             st.deleted = true;
-            let count = st.ready.purge() as u32;
+            if let Some(log) = &self.log {
+                log.queue_deleted(&self.log_key);
+            }
+            let mut count = 0;
+            while let Some(e) = st.ready.pop() {
+                self.discard(&e.message);
+                count += 1;
+            }
             (std::mem::take(&mut st.consumers), count)
         };
         for c in consumers {
@@ -339,4 +399,9 @@ impl Queue {
             q.name, q.vhost
         ))
     }
+}
+
+/// A queue's name in the message log: vhost and queue, NUL-separated.
+pub fn log_key(vhost: &str, queue: &str) -> String {
+    format!("{vhost}\0{queue}")
 }

@@ -7,7 +7,12 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use warren_protocol::{AMQPValue, AmqpError, FieldTable};
 
+use std::path::PathBuf;
+
+use warren_store::log::MessageLog;
+
 use crate::arguments::type_name;
+use crate::definitions::{self, BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::Message;
 use crate::queue::Queue;
@@ -41,6 +46,12 @@ pub struct VHost {
     pub name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Message log given to durable queues (None: memory only).
+    log: Option<MessageLog>,
+    /// Where durable definitions are saved (None: not saved).
+    definitions: Option<PathBuf>,
+    /// Serializes snapshot writes so an older one never lands last.
+    save_lock: parking_lot::Mutex<()>,
 }
 
 /// What `queue.declare` reports.
@@ -113,7 +124,113 @@ impl VHost {
             .iter()
             .map(|(n, k)| (n.to_string(), Arc::new(Exchange::new(n, *k, true, false, false, FieldTable::default()))))
             .collect();
-        VHost { name: name.to_owned(), exchanges: RwLock::new(exchanges), queues: RwLock::new(HashMap::default()) }
+        VHost {
+            name: name.to_owned(),
+            exchanges: RwLock::new(exchanges),
+            queues: RwLock::new(HashMap::default()),
+            log: None,
+            definitions: None,
+            save_lock: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// A vhost whose durable definitions and messages are stored.
+    pub fn with_storage(name: &str, log: MessageLog, definitions: PathBuf) -> Self {
+        VHost { log: Some(log), definitions: Some(definitions), ..Self::new(name) }
+    }
+
+    /// The durable part of this vhost, as saved.
+    pub fn snapshot(&self) -> Definitions {
+        let exchanges = self.exchanges.read();
+        let queues = self.queues.read();
+        let durable_queue = |q: &Queue| q.durable && q.exclusive_owner.is_none();
+        let mut d =
+            Definitions { version: definitions::FORMAT_VERSION, vhost: self.name.clone(), ..Default::default() };
+        for x in exchanges.values().filter(|x| x.durable) {
+            if !PREDECLARED.iter().any(|(n, _)| *n == x.name) {
+                d.exchanges.push(ExchangeDef {
+                    name: x.name.clone(),
+                    kind: x.kind.as_str().to_owned(),
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: definitions::encode_table(&x.arguments),
+                });
+            }
+            for b in x.bindings() {
+                let (destination, destination_type) = match &b.destination {
+                    Destination::Queue(q) if durable_queue(q) => (q.name.clone(), "queue"),
+                    Destination::Exchange(n) if exchanges.get(n).is_some_and(|e| e.durable) => (n.clone(), "exchange"),
+                    _ => continue,
+                };
+                d.bindings.push(BindingDef {
+                    source: x.name.clone(),
+                    destination,
+                    destination_type: destination_type.to_owned(),
+                    routing_key: b.routing_key.clone(),
+                    arguments: definitions::encode_table(&b.arguments),
+                });
+            }
+        }
+        for q in queues.values().filter(|q| durable_queue(q)) {
+            d.queues.push(QueueDef {
+                name: q.name.clone(),
+                auto_delete: q.auto_delete,
+                arguments: definitions::encode_table(&q.arguments),
+            });
+        }
+        d
+    }
+
+    /// Saves the durable definitions if `touched_durable`. A failed save is
+    /// logged; the change stays in effect in memory.
+    fn persist(&self, touched_durable: bool) {
+        let Some(path) = &self.definitions else { return };
+        if !touched_durable {
+            return;
+        }
+        let _guard = self.save_lock.lock();
+        if let Err(e) = definitions::save(path, &self.snapshot()) {
+            tracing::error!(vhost = %self.name, error = %e, "cannot save definitions");
+        }
+    }
+
+    /// Recreates saved definitions (startup only).
+    pub fn restore(&self, d: &Definitions) {
+        for x in &d.exchanges {
+            let args = definitions::decode_table(&x.arguments).unwrap_or_default();
+            if let Ok(kind) = ExchangeKind::parse(&x.kind) {
+                self.exchanges.write().insert(
+                    x.name.clone(),
+                    Arc::new(Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, args)),
+                );
+            }
+        }
+        for q in &d.queues {
+            let args = definitions::decode_table(&q.arguments).unwrap_or_default();
+            self.queues
+                .write()
+                .insert(q.name.clone(), Arc::new(self.new_queue(&q.name, true, None, q.auto_delete, args)));
+        }
+        for b in &d.bindings {
+            let args = definitions::decode_table(&b.arguments).unwrap_or_default();
+            let Ok(source) = self.exchange(&b.source) else { continue };
+            let destination = match b.destination_type.as_str() {
+                "queue" => match self.queue(&b.destination) {
+                    Ok(q) => Destination::Queue(q),
+                    Err(_) => continue,
+                },
+                _ => Destination::Exchange(b.destination.clone()),
+            };
+            source.bind(Binding { destination, routing_key: b.routing_key.clone(), arguments: args });
+        }
+    }
+
+    fn new_queue(&self, name: &str, durable: bool, owner: Option<u64>, auto_delete: bool, args: FieldTable) -> Queue {
+        let mut q = Queue::new(name, &self.name, durable, owner, auto_delete, args);
+        if durable {
+            q.log = self.log.clone();
+        }
+        q
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -214,6 +331,8 @@ impl VHost {
             name.to_owned(),
             Arc::new(Exchange::new(name, kind_parsed, durable, auto_delete, internal, arguments)),
         );
+        drop(exchanges);
+        self.persist(durable);
         Ok(())
     }
 
@@ -247,6 +366,8 @@ impl VHost {
         for n in emptied {
             exchanges.remove(&n);
         }
+        drop(exchanges);
+        self.persist(x.durable);
         Ok(())
     }
 
@@ -298,10 +419,10 @@ impl VHost {
             )));
         }
         crate::arguments::validate_queue_args(&arguments, name, &self.name)?;
-        let q =
-            Arc::new(Queue::new(name, &self.name, durable, exclusive.then_some(connection), auto_delete, arguments));
+        let q = Arc::new(self.new_queue(name, durable, exclusive.then_some(connection), auto_delete, arguments));
         queues.insert(name.to_owned(), q.clone());
         drop(queues);
+        self.persist(durable && !exclusive);
         // Every queue is bound to the default exchange by its name; that
         // binding is implicit (see `route`).
         Ok(report(&q))
@@ -343,7 +464,9 @@ impl VHost {
             exchanges.remove(&n);
         }
         drop(exchanges);
-        q.mark_deleted()
+        let count = q.mark_deleted();
+        self.persist(q.durable && q.exclusive_owner.is_none());
+        count
     }
 
     /// Deletes the exclusive queues of a closed connection.
@@ -368,7 +491,9 @@ impl VHost {
         }
         let q = self.queue_for(connection, queue)?;
         let x = self.exchange(exchange)?;
+        let durable = q.durable && x.durable;
         x.bind(Binding { destination: Destination::Queue(q), routing_key: routing_key.to_owned(), arguments });
+        self.persist(durable);
         Ok(())
     }
 
@@ -385,10 +510,12 @@ impl VHost {
         }
         let q = self.queue_for(connection, queue)?;
         let x = self.exchange(exchange)?;
+        let durable = q.durable && x.durable;
         let empty = x.unbind(&Destination::Queue(q), routing_key, arguments);
         if empty && x.auto_delete {
             self.exchanges.write().remove(exchange);
         }
+        self.persist(durable);
         Ok(())
     }
 
@@ -402,13 +529,14 @@ impl VHost {
         if destination.is_empty() || source.is_empty() {
             return Err(Self::default_exchange_refused());
         }
-        self.exchange(destination)?;
+        let d = self.exchange(destination)?;
         let x = self.exchange(source)?;
         x.bind(Binding {
             destination: Destination::Exchange(destination.to_owned()),
             routing_key: routing_key.to_owned(),
             arguments,
         });
+        self.persist(d.durable && x.durable);
         Ok(())
     }
 
@@ -422,12 +550,13 @@ impl VHost {
         if destination.is_empty() || source.is_empty() {
             return Err(Self::default_exchange_refused());
         }
-        self.exchange(destination)?;
+        let d = self.exchange(destination)?;
         let x = self.exchange(source)?;
         let empty = x.unbind(&Destination::Exchange(destination.to_owned()), routing_key, arguments);
         if empty && x.auto_delete {
             self.exchanges.write().remove(source);
         }
+        self.persist(d.durable && x.durable);
         Ok(())
     }
 

@@ -9,6 +9,8 @@
 //! one per priority level for `x-max-priority` queues. Every implementation
 //! passes the same [`conformance`] suite.
 
+pub mod log;
+
 use std::collections::VecDeque;
 
 /// One message in a queue's store.
@@ -32,6 +34,9 @@ pub struct Entry<M> {
 pub struct Meta {
     pub priority: u8,
     pub expires_at: Option<u64>,
+    /// Deliveries before this push (recovery after a restart); a non-zero
+    /// count marks the entry redelivered.
+    pub delivery_count: u32,
 }
 
 /// The ready messages of one queue, in order.
@@ -74,8 +79,8 @@ impl<M: Send> QueueStore<M> for MemoryStore<M> {
         self.ready.push_back(Entry {
             seq,
             message,
-            redelivered: false,
-            delivery_count: 0,
+            redelivered: meta.delivery_count > 0,
+            delivery_count: meta.delivery_count,
             priority: meta.priority,
             expires_at: meta.expires_at,
         });
@@ -148,8 +153,8 @@ impl<M: Send> QueueStore<M> for PriorityStore<M> {
         self.levels[meta.priority as usize].ready.push_back(Entry {
             seq,
             message,
-            redelivered: false,
-            delivery_count: 0,
+            redelivered: meta.delivery_count > 0,
+            delivery_count: meta.delivery_count,
             priority: meta.priority,
             expires_at: meta.expires_at,
         });
@@ -230,7 +235,7 @@ pub mod conformance {
     }
 
     pub fn keeps_meta<S: QueueStore<u32>>(mut s: S) {
-        s.push(1, Meta { priority: 0, expires_at: Some(42) });
+        s.push(1, Meta { priority: 0, expires_at: Some(42), delivery_count: 0 });
         let e = s.pop().unwrap();
         assert_eq!((e.message, e.expires_at, e.delivery_count), (1, Some(42), 0));
         s.requeue(e);
@@ -274,7 +279,7 @@ mod tests {
     fn priority_store_serves_highest_first_fifo_within_level() {
         let mut s = PriorityStore::new(9);
         for (m, p) in [(1, 1), (2, 5), (3, 1), (4, 9), (5, 5), (6, 200)] {
-            s.push(m, Meta { priority: p, expires_at: None });
+            s.push(m, Meta { priority: p, expires_at: None, delivery_count: 0 });
         }
         let order: Vec<_> = std::iter::from_fn(|| s.pop()).map(|e| e.message).collect();
         // 200 is capped to the maximum, 9, and queued after 4.
@@ -284,10 +289,10 @@ mod tests {
     #[test]
     fn priority_store_requeues_into_its_level() {
         let mut s = PriorityStore::new(3);
-        s.push(1, Meta { priority: 3, expires_at: None });
-        s.push(2, Meta { priority: 0, expires_at: None });
+        s.push(1, Meta { priority: 3, expires_at: None, delivery_count: 0 });
+        s.push(2, Meta { priority: 0, expires_at: None, delivery_count: 0 });
         let hi = s.pop().unwrap();
-        s.push(3, Meta { priority: 3, expires_at: None });
+        s.push(3, Meta { priority: 3, expires_at: None, delivery_count: 0 });
         s.requeue(hi);
         let order: Vec<_> = std::iter::from_fn(|| s.pop()).map(|e| e.message).collect();
         assert_eq!(order, vec![1, 3, 2]);

@@ -24,6 +24,8 @@ pub struct Ctx<'a> {
     pub frame_max: u32,
     pub max_message_size: u64,
     pub to_wake: &'a mut Vec<Arc<Queue>>,
+    /// Message-log position known to be on disk.
+    pub synced: u64,
 }
 
 /// A delivery awaiting its ack.
@@ -32,6 +34,13 @@ struct Unacked {
     entry: Entry<MessageRef>,
     /// None for `basic.get`: no consumer credit to give back.
     consumer: Option<Arc<Consumer>>,
+}
+
+/// A reply that may only go out once the message log is synced.
+enum Held {
+    /// Publisher confirm for this publish sequence number.
+    Confirm(u64),
+    CommitOk,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +96,9 @@ pub struct Channel {
     last_queue: Option<String>,
     /// Reused for every publish's routing result, to save an allocation.
     routed: Vec<Arc<Queue>>,
+    /// Replies waiting for the message log to sync past their position,
+    /// in the order they must be sent.
+    held: VecDeque<(u64, Held)>,
 }
 
 fn reply(out: &mut BytesMut, channel: u16, m: AMQPClass) {
@@ -115,6 +127,7 @@ impl Channel {
             tx_settles: Vec::new(),
             last_queue: None,
             routed: Vec::new(),
+            held: VecDeque::new(),
         }
     }
 
@@ -223,7 +236,25 @@ impl Channel {
         }
     }
 
-    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
+    /// Whether replies wait for a sync of the message log.
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Sends what the log's progress allows: held replies up to `synced`,
+    /// then the pending confirms as one ack.
+    pub fn flush_confirms(&mut self, out: &mut BytesMut, synced: u64) {
+        while self.held.front().is_some_and(|(pos, _)| *pos <= synced) {
+            match self.held.pop_front().expect("checked").1 {
+                Held::Confirm(seq) => {
+                    if self.confirm_to == 0 {
+                        self.confirm_from = seq;
+                    }
+                    self.confirm_to = seq;
+                }
+                Held::CommitOk => reply(out, self.id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))),
+            }
+        }
         if self.confirm_to == 0 {
             return;
         }
@@ -232,7 +263,13 @@ impl Channel {
         self.confirm_to = 0;
     }
 
-    fn confirm(&mut self, seq: u64) {
+    /// Confirms publish `seq` once the log is synced to `pos` (0: nothing
+    /// to wait for). Confirms leave in publish order.
+    fn confirm(&mut self, seq: u64, pos: u64, synced: u64) {
+        if pos > synced || !self.held.is_empty() {
+            self.held.push_back((pos, Held::Confirm(seq)));
+            return;
+        }
         if self.confirm_to == 0 {
             self.confirm_from = seq;
         }
@@ -287,13 +324,13 @@ impl Channel {
 
     fn published(&mut self, ctx: &mut Ctx<'_>, content: Content) -> Result<(), AmqpError> {
         let p = self.publish.take().expect("content follows a basic.publish");
-        let msg = Arc::new(Message {
-            exchange: p.exchange.clone(),
-            routing_key: p.routing_key.clone(),
-            properties_raw: content.header.properties_raw,
-            properties: content.header.properties,
-            body: content.body,
-        });
+        let msg = Arc::new(Message::new(
+            p.exchange.clone(),
+            p.routing_key.clone(),
+            content.header.properties_raw,
+            content.header.properties,
+            content.body,
+        ));
         msg.check_expiration().map_err(|e| e.during(60, 40))?;
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
@@ -301,10 +338,10 @@ impl Channel {
             self.tx_publishes.push((p, msg));
             return Ok(());
         }
-        self.route(ctx, &p, msg)?;
+        let pos = self.route(ctx, &p, msg)?;
         if self.mode == Mode::Confirm {
             self.publish_seq += 1;
-            self.confirm(self.publish_seq);
+            self.confirm(self.publish_seq, pos, ctx.synced);
         }
         Ok(())
     }
@@ -321,7 +358,9 @@ impl Channel {
         Ok(x)
     }
 
-    fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(), AmqpError> {
+    /// Routes and enqueues a message. Returns the message-log position that
+    /// must be synced before it may be confirmed (0 if none).
+    fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<u64, AmqpError> {
         let x = self.publishable(ctx, &p.exchange)?;
         let mut queues = std::mem::take(&mut self.routed);
         ctx.vhost.route(&x, &msg, &mut queues);
@@ -329,11 +368,23 @@ impl Channel {
             frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
             frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
         }
+        let mut pos = 0;
+        if msg.is_persistent() {
+            // Written once for all its durable queues, before any of them
+            // can deliver it (so no ack record can precede it in the log).
+            let durable: Vec<&str> = queues.iter().filter(|q| q.log.is_some()).map(|q| q.log_key.as_str()).collect();
+            if let Some(log) = queues.iter().find_map(|q| q.log.as_ref()) {
+                let (persisted, at) =
+                    log.publish(&durable, &msg.exchange, &msg.routing_key, &msg.properties_raw, &msg.body);
+                let _ = msg.persisted.set(persisted);
+                pos = at;
+            }
+        }
         for q in queues.drain(..) {
             q.publish(msg.clone());
         }
         self.routed = queues;
-        Ok(())
+        Ok(pos)
     }
 
     /// Takes the deliveries an ack/reject/nack names (RabbitMQ's rules: the
@@ -380,6 +431,7 @@ impl Channel {
                         if let Some(c) = &u.consumer {
                             c.release(1);
                         }
+                        q.discard(&u.entry.message);
                     }
                     q.settled(group.len());
                     ctx.to_wake.push(q);
@@ -725,8 +777,9 @@ impl Channel {
                 if self.mode != Mode::Tx {
                     return Err(not_tx());
                 }
+                let mut pos = 0;
                 for (p, msg) in std::mem::take(&mut self.tx_publishes) {
-                    self.route(ctx, &p, msg)?;
+                    pos = pos.max(self.route(ctx, &p, msg)?);
                 }
                 for s in std::mem::take(&mut self.tx_settles) {
                     // A tag settled twice in one transaction is gone by now.
@@ -736,7 +789,12 @@ impl Channel {
                         Err(e) => return Err(e),
                     }
                 }
-                reply(ctx.out, id, AMQPClass::Tx(M::CommitOk(tx::CommitOk {})));
+                if pos > ctx.synced {
+                    // commit-ok only once the persistent messages are on disk.
+                    self.held.push_back((pos, Held::CommitOk));
+                } else {
+                    reply(ctx.out, id, AMQPClass::Tx(M::CommitOk(tx::CommitOk {})));
+                }
                 Ok(())
             }
             M::Rollback(_) => {

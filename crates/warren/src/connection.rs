@@ -154,6 +154,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
     };
     c.send_start();
 
+    let mut synced_rx = shared.synced.clone();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -223,6 +224,11 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
                 }
             }
             _ = drained.notified(), if backpressured => {}
+            changed = synced_rx.changed(), if c.has_held() => {
+                if changed.is_ok() {
+                    c.after_turn();
+                }
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 if c.stage < Stage::Open && now - c.started > HANDSHAKE_TIMEOUT {
@@ -414,9 +420,19 @@ impl Conn {
 
     /// Work left over from a turn: deliver again where credit was freed and
     /// flush pending publisher confirms.
+    /// Message-log position known on disk (everything, without a log).
+    fn synced(&self) -> u64 {
+        self.shared.broker.log().map_or(u64::MAX, |l| l.synced())
+    }
+
+    fn has_held(&self) -> bool {
+        self.channels.values().any(|c| c.has_held())
+    }
+
     fn after_turn(&mut self) {
+        let synced = self.synced();
         for ch in self.channels.values_mut() {
-            ch.flush_confirms(&mut self.out);
+            ch.flush_confirms(&mut self.out, synced);
         }
         let mut seen: Vec<*const Queue> = Vec::new();
         for q in std::mem::take(&mut self.to_wake) {
@@ -468,6 +484,7 @@ impl Conn {
         }
         let vhost = self.vhost.clone().expect("open connection has a vhost");
         // basic.publish is parsed by hand: it comes once per message.
+        let synced = self.synced();
         if f.kind == FrameKind::Method {
             if let Some(publish) = warren_protocol::method::parse_publish(&f.payload) {
                 let publish = publish?;
@@ -480,6 +497,7 @@ impl Conn {
                         frame_max: self.frame_max,
                         max_message_size: self.shared.config.max_message_size,
                         to_wake: &mut self.to_wake,
+                        synced,
                     };
                     return match ch.on_publish(&mut ctx, publish) {
                         Err(e) if !e.is_hard() => {
@@ -519,6 +537,7 @@ impl Conn {
             frame_max: self.frame_max,
             max_message_size: self.shared.config.max_message_size,
             to_wake: &mut self.to_wake,
+            synced,
         };
         let result = match method {
             Some(m) => ch.on_method(&mut ctx, m),

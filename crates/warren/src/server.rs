@@ -17,18 +17,30 @@ use crate::connection;
 pub struct Shared {
     pub broker: Arc<Broker>,
     pub config: Config,
+    /// Position up to which the message log is on disk; changes after every sync.
+    pub synced: watch::Receiver<u64>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let broker = Arc::new(
+        Broker::open(&data_dir).map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", data_dir.display()))?,
+    );
+    let (sync_tx, synced) = watch::channel(0u64);
+    if let Some(log) = broker.log() {
+        log.on_sync(move |pos| {
+            sync_tx.send_replace(pos);
+        });
+    }
+    // Listen only once recovery is done: 'listening' means ready to serve.
     let listener = TcpListener::bind(config.amqp_listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.amqp_listen))?;
     let addr = listener.local_addr()?;
     info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
-    let shared = Arc::new(Shared { broker: Arc::new(Broker::new()), config });
+    let shared = Arc::new(Shared { broker, config, synced });
 
     tokio::spawn(expiry_timer(shared.broker.clone()));
 
@@ -64,6 +76,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     drop(done_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+    if let Some(log) = shared.broker.log() {
+        log.close();
+    }
     info!("stopped");
     Ok(())
 }

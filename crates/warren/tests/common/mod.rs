@@ -31,8 +31,13 @@ impl TestBroker {
     /// Always a fresh Warren process, for tests about the process itself.
     pub fn spawn() -> TestBroker {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
         let dir = std::env::temp_dir().join(format!("warren-test-{}-{port}", std::process::id()));
+        Self::spawn_at(dir, port)
+    }
+
+    /// A Warren process on `port` with data in `dir` (kept across restarts).
+    pub fn spawn_at(dir: PathBuf, port: u16) -> TestBroker {
+        let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .args(["--amqp-listen", &addr, "--data-dir"])
             .arg(&dir)
@@ -75,6 +80,30 @@ impl TestBroker {
         unsafe {
             libc::kill(pid, sig);
         }
+    }
+}
+
+impl TestBroker {
+    fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// kill -9, then start again on the same port and data directory.
+    pub fn crash_and_restart(&mut self) {
+        let mut child = self.child.take().expect("own process");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let dir = self.data_dir.take().unwrap();
+        *self = Self::spawn_at(dir, self.port());
+    }
+
+    /// SIGTERM (clean shutdown), then start again.
+    pub fn stop_and_restart(&mut self) {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("own process");
+        assert!(child.wait().unwrap().success());
+        let dir = self.data_dir.take().unwrap();
+        *self = Self::spawn_at(dir, self.port());
     }
 }
 
