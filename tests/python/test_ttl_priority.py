@@ -88,6 +88,11 @@ def test_priority_requeue_goes_back_to_its_level(conn, name):
         ({"x-expires": 0}, "{value_zero,0}"),
         ({"x-max-priority": 256}, "{max_value_exceeded,256}"),
         ({"x-max-length": -1}, "{value_negative,-1}"),
+        ({"x-overflow": "foo"}, "invalid_overflow"),
+        ({"x-overflow": 5}, "{unacceptable_type,signedint}"),
+        ({"x-single-active-consumer": "yes"}, "{unacceptable_type,longstr}"),
+        ({"x-dead-letter-routing-key": "k"}, "routing_key_but_no_dlx_defined"),
+        ({"x-queue-type": "bogus"}, "\"unsupported queue type 'bogus'\""),
     ],
 )
 def test_invalid_queue_arguments(conn, name, args, detail):
@@ -107,3 +112,12 @@ def test_invalid_expiration(conn, expiration, detail):
         ch.basic_publish("", "nowhere", b"x", pika.BasicProperties(expiration=expiration))
     assert e.value.reply_code == 406
     assert e.value.reply_text == f"PRECONDITION_FAILED - invalid expiration '{expiration}': {detail}"
+
+
+def test_dead_letter_exchange_must_be_a_string(conn, name):
+    ch = conn.channel()
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.queue_declare(name, exclusive=True, arguments={"x-dead-letter-exchange": 5})
+    assert e.value.reply_text == (
+        f"PRECONDITION_FAILED - invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue '{name}' in vhost '/'"
+    )

@@ -49,7 +49,7 @@ impl Broker {
     }
 
     pub fn add_vhost(&self, name: &str) {
-        self.vhosts.write().entry(name.to_owned()).or_insert_with(|| Arc::new(self.make_vhost(name)));
+        self.vhosts.write().entry(name.to_owned()).or_insert_with(|| self.make_vhost(name).into_arc());
     }
 
     fn make_vhost(&self, name: &str) -> VHost {

@@ -48,6 +48,8 @@ pub struct Consumer {
     pub connection: u64,
     pub no_ack: bool,
     pub exclusive: bool,
+    /// `x-priority` from basic.consume: higher is served first.
+    pub priority: i64,
     /// Per-consumer prefetch (`basic.qos` global=false before consume); 0 = none.
     pub prefetch: u32,
     /// Deliveries not yet acked (or, for no-ack, not yet written out).

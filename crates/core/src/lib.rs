@@ -8,6 +8,7 @@
 pub mod arguments;
 pub mod broker;
 pub mod consumer;
+pub mod dead_letter;
 pub mod definitions;
 pub mod exchange;
 pub mod message;

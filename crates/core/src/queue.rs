@@ -1,20 +1,37 @@
 //! A queue: its ready messages (in a [`QueueStore`]), its consumers, and
-//! dispatch to them round-robin as their prefetch allows.
+//! dispatch to them as their prefetch allows: highest consumer priority
+//! first, round-robin among equals, or only the first consumer when the
+//! queue has a single active consumer.
 //!
-//! All state sits behind one mutex per queue. Every operation that can make
-//! a delivery possible (publish, ack, requeue, new consumer) ends by calling
-//! `dispatch` while still holding that lock.
+//! All state sits behind one mutex per queue, taken through [`Queue::lock`].
+//! Every operation that can make a delivery possible (publish, ack, requeue,
+//! new consumer) ends by calling `dispatch` while still holding it. Messages
+//! that die under the lock (expired, pushed out by a length limit, over
+//! their delivery limit) are collected and dead-lettered only after the lock
+//! is released, so one queue's lock is never held while another's is taken.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
-use warren_protocol::{AmqpError, FieldTable};
+use parking_lot::{Mutex, MutexGuard};
+use warren_protocol::{AMQPValue, AmqpError, FieldTable};
 use warren_store::log::MessageLog;
 use warren_store::{Entry, MemoryStore, Meta, PriorityStore, QueueStore};
 
+use crate::arguments::int_arg;
 use crate::consumer::{Consumer, Delivery};
+use crate::dead_letter::Reason;
 use crate::message::MessageRef;
+use crate::vhost::VHost;
+
+/// What a queue does when a publish would exceed its length limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    DropHead,
+    RejectPublish,
+    RejectPublishDlx,
+}
 
 pub struct Queue {
     pub name: String,
@@ -26,15 +43,30 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// `x-message-ttl`, in milliseconds.
     pub message_ttl: Option<u64>,
+    /// `x-max-length` (ready messages) and `x-max-length-bytes` (ready bodies).
+    max_length: Option<u64>,
+    max_length_bytes: Option<u64>,
+    overflow: Overflow,
+    /// `x-expires`: delete after this many ms without use.
+    pub expires: Option<u64>,
+    /// `x-single-active-consumer`.
+    single_active: bool,
+    /// `x-delivery-limit` (quorum queues, as in RabbitMQ).
+    delivery_limit: Option<u32>,
     /// The message log, for durable queues when the broker has one.
     pub log: Option<MessageLog>,
     /// This queue's name in the message log (vhost and name).
     pub log_key: String,
+    /// Its vhost, for dead-lettering.
+    pub(crate) owner: Weak<VHost>,
     state: Mutex<QueueState>,
 }
 
 struct QueueState {
     ready: Box<dyn QueueStore<MessageRef>>,
+    /// Sum of the ready messages' body sizes.
+    ready_bytes: u64,
+    /// Highest consumer priority first; registration order within a priority.
     consumers: Vec<Arc<Consumer>>,
     /// Where round-robin dispatch resumes.
     next_consumer: usize,
@@ -45,6 +77,59 @@ struct QueueState {
     deleted: bool,
     /// Set once any entry had an expiry: only then is the head checked.
     may_expire: bool,
+    /// Last use (ms), for `x-expires`.
+    last_used: u64,
+    /// Messages that died under the lock, dead-lettered once it is released.
+    dead: Vec<(MessageRef, Reason)>,
+}
+
+impl QueueState {
+    fn push(&mut self, message: MessageRef, meta: Meta) {
+        self.ready_bytes += message.body.len() as u64;
+        self.ready.push(message, meta);
+    }
+
+    fn pop(&mut self) -> Option<Entry<MessageRef>> {
+        let e = self.ready.pop()?;
+        self.ready_bytes -= e.message.body.len() as u64;
+        Some(e)
+    }
+
+    fn requeue(&mut self, e: Entry<MessageRef>) {
+        self.ready_bytes += e.message.body.len() as u64;
+        self.ready.requeue(e);
+    }
+}
+
+/// The queue's state, locked. Dropping it releases the lock and then
+/// dead-letters what died meanwhile.
+struct Locked<'a> {
+    queue: &'a Queue,
+    guard: Option<MutexGuard<'a, QueueState>>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = QueueState;
+    fn deref(&self) -> &QueueState {
+        self.guard.as_ref().expect("held until drop")
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut QueueState {
+        self.guard.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let mut guard = self.guard.take().expect("held until drop");
+        let dead = std::mem::take(&mut guard.dead);
+        drop(guard);
+        if !dead.is_empty() {
+            self.queue.dead_letter(dead);
+        }
+    }
 }
 
 /// What `remove_consumer` tells the caller.
@@ -53,6 +138,23 @@ pub enum AfterCancel {
     Keep,
     /// Auto-delete queue lost its last consumer: delete it.
     AutoDelete,
+}
+
+fn overflow_arg(args: &FieldTable) -> Overflow {
+    let mode = match args.inner().get("x-overflow") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => String::new(),
+    };
+    match mode.as_str() {
+        "reject-publish" => Overflow::RejectPublish,
+        "reject-publish-dlx" => Overflow::RejectPublishDlx,
+        _ => Overflow::DropHead,
+    }
+}
+
+fn is_quorum(args: &FieldTable) -> bool {
+    matches!(args.inner().get("x-queue-type"), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"quorum")
 }
 
 impl Queue {
@@ -64,64 +166,98 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
     ) -> Self {
+        let nonneg = |k| int_arg(&arguments, k).map(|v| v.max(0) as u64);
         Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
             durable,
             exclusive_owner,
             auto_delete,
-            message_ttl: crate::arguments::int_arg(&arguments, "x-message-ttl").map(|v| v.max(0) as u64),
+            message_ttl: nonneg("x-message-ttl"),
+            max_length: nonneg("x-max-length"),
+            max_length_bytes: nonneg("x-max-length-bytes"),
+            overflow: overflow_arg(&arguments),
+            expires: nonneg("x-expires"),
+            single_active: matches!(arguments.inner().get("x-single-active-consumer"), Some(AMQPValue::Boolean(true))),
+            delivery_limit: if is_quorum(&arguments) { nonneg("x-delivery-limit").map(|v| v as u32) } else { None },
             log: None,
             log_key: log_key(vhost, name),
+            owner: Weak::new(),
             state: Mutex::new(QueueState {
-                ready: match crate::arguments::int_arg(&arguments, "x-max-priority") {
+                ready: match int_arg(&arguments, "x-max-priority") {
                     Some(p) if p > 0 => Box::new(PriorityStore::new(p.min(255) as u8)),
                     _ => Box::new(MemoryStore::default()),
                 },
+                ready_bytes: 0,
                 consumers: Vec::new(),
                 next_consumer: 0,
                 unacked: 0,
                 had_consumer: false,
                 deleted: false,
                 may_expire: false,
+                last_used: crate::now_ms(),
+                dead: Vec::new(),
             }),
             arguments,
         }
     }
 
+    fn lock(&self) -> Locked<'_> {
+        Locked { queue: self, guard: Some(self.state.lock()) }
+    }
+
     /// 405 unless `connection` may use this queue.
     pub fn check_access(&self, connection: u64) -> Result<(), AmqpError> {
         match self.exclusive_owner {
-            Some(owner) if owner != connection => Err(AmqpError::resource_locked(format_args!(
-                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
-                 originally declared on another connection or the exclusive property value does \
-                 not match that of the original declaration.",
-                self.name, self.vhost
-            ))),
+            Some(owner) if owner != connection => Err(Self::check_access_strict(self)),
             _ => Ok(()),
         }
     }
 
+    /// The 405 RabbitMQ sends when a queue is exclusive to another
+    /// connection, or a redeclaration's exclusive flag does not match.
+    pub fn check_access_strict(q: &Queue) -> AmqpError {
+        AmqpError::resource_locked(format_args!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
+             originally declared on another connection or the exclusive property value does \
+             not match that of the original declaration.",
+            q.name, q.vhost
+        ))
+    }
+
     pub fn message_count(&self) -> u32 {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         self.drop_expired(&mut st);
         st.ready.len() as u32
     }
 
     pub fn consumer_count(&self) -> u32 {
-        self.state.lock().consumers.len() as u32
+        self.lock().consumers.len() as u32
     }
 
     pub fn unacked_count(&self) -> usize {
-        self.state.lock().unacked
+        self.lock().unacked
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.state.lock().deleted
+        self.lock().deleted
     }
 
-    /// Enqueues a routed message and delivers what it can.
-    pub fn publish(self: &Arc<Self>, message: MessageRef) {
+    /// Marks the queue used now (declare, get, consume), for `x-expires`.
+    pub fn touch(&self) {
+        self.lock().last_used = crate::now_ms();
+    }
+
+    /// Whether `x-expires` has run out: unused, without consumers, for that long.
+    pub fn is_expired(&self, now: u64) -> bool {
+        let Some(expires) = self.expires else { return false };
+        let st = self.lock();
+        !st.deleted && st.consumers.is_empty() && now.saturating_sub(st.last_used) >= expires
+    }
+
+    /// Enqueues a routed message and delivers what it can. Returns false if
+    /// the queue refused it (length limit with a reject-publish overflow).
+    pub fn publish(self: &Arc<Self>, message: MessageRef) -> bool {
         let ttl = match (self.message_ttl, message.expiration_ms()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -131,33 +267,82 @@ impl Queue {
             expires_at: ttl.map(|t| crate::now_ms().saturating_add(t)),
             delivery_count: 0,
         };
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         if st.deleted {
-            return;
+            return true;
+        }
+        if self.overflow != Overflow::DropHead {
+            let full = self.max_length.is_some_and(|m| st.ready.len() as u64 >= m)
+                || self.max_length_bytes.is_some_and(|m| st.ready_bytes + message.body.len() as u64 > m);
+            if full {
+                self.discard(&message);
+                if self.overflow == Overflow::RejectPublishDlx {
+                    st.dead.push((message, Reason::MaxLen));
+                }
+                return false;
+            }
         }
         if ttl == Some(0) {
             // TTL 0: delivered if a consumer can take it right now, else expired.
             if !st.ready.is_empty() {
-                return;
+                self.remove(&mut st, message, Some(Reason::Expired));
+                return true;
             }
-            st.ready.push(message, Meta { expires_at: None, ..meta });
+            st.push(message, Meta { expires_at: None, ..meta });
             self.dispatch(&mut st);
-            if let Some(e) = st.ready.pop() {
-                self.discard(&e.message);
+            if let Some(e) = st.pop() {
+                self.remove(&mut st, e.message, Some(Reason::Expired));
             }
-            return;
+            return true;
         }
         st.may_expire |= meta.expires_at.is_some();
-        st.ready.push(message, meta);
+        st.push(message, meta);
         self.dispatch(&mut st);
+        self.enforce_drop_head(&mut st);
+        true
     }
 
-    /// A message leaves this queue for good (acked, expired, purged,
-    /// rejected, or its queue deleted). Every (queue, message) pair passes
-    /// here exactly once: the log counts live pairs per segment.
+    fn enforce_drop_head(&self, st: &mut QueueState) {
+        if self.overflow != Overflow::DropHead {
+            return;
+        }
+        while self.max_length.is_some_and(|m| st.ready.len() as u64 > m)
+            || self.max_length_bytes.is_some_and(|m| st.ready_bytes > m)
+        {
+            let Some(e) = st.pop() else { break };
+            self.remove(st, e.message, Some(Reason::MaxLen));
+        }
+    }
+
+    /// A message leaves this queue for good. Every (queue, message) pair
+    /// passes here (or through [`Queue::discard`]) exactly once: the log
+    /// counts live pairs per segment. With a reason and a dead-letter
+    /// exchange, the message is dead-lettered once the lock is released.
+    fn remove(&self, st: &mut QueueState, message: MessageRef, reason: Option<Reason>) {
+        self.discard(&message);
+        if let Some(reason) = reason {
+            if crate::dead_letter::target(&self.arguments).is_some() {
+                st.dead.push((message, reason));
+            }
+        }
+    }
+
+    /// Logs that a message left this queue (acked, dropped).
     pub fn discard(&self, message: &MessageRef) {
         if let (Some(log), Some(p)) = (&self.log, message.persisted.get()) {
             log.ack(&self.log_key, *p);
+        }
+    }
+
+    /// Rejected without requeue: logged, and dead-lettered if configured.
+    pub fn reject(&self, message: MessageRef) {
+        let mut st = self.lock();
+        self.remove(&mut st, message, Some(Reason::Rejected));
+    }
+
+    fn dead_letter(&self, dead: Vec<(MessageRef, Reason)>) {
+        if let Some(vhost) = self.owner.upgrade() {
+            vhost.dead_letter(self, dead);
         }
     }
 
@@ -170,8 +355,8 @@ impl Queue {
         let now = crate::now_ms();
         let mut n = 0;
         while st.ready.peek().is_some_and(|e| e.expires_at.is_some_and(|t| t <= now)) {
-            if let Some(e) = st.ready.pop() {
-                self.discard(&e.message);
+            if let Some(e) = st.pop() {
+                self.remove(st, e.message, Some(Reason::Expired));
             }
             n += 1;
         }
@@ -181,36 +366,58 @@ impl Queue {
     /// Timer entry point: drops expired messages at the head. Returns how
     /// many were dropped.
     pub fn expire(&self) -> usize {
-        self.drop_expired(&mut self.state.lock())
-    }
-
-    /// Puts recovered messages back (startup only), in log order.
-    pub fn restore(&self, entries: impl IntoIterator<Item = (MessageRef, u32)>) {
-        let mut st = self.state.lock();
-        for (message, delivery_count) in entries {
-            let meta = Meta { priority: message.properties.priority().unwrap_or(0), expires_at: None, delivery_count };
-            st.ready.push(message, meta);
-        }
+        let mut st = self.lock();
+        self.drop_expired(&mut st)
     }
 
     /// Whether this queue has ever held a message with an expiry.
     pub fn may_expire(&self) -> bool {
-        self.state.lock().may_expire
+        self.lock().may_expire
     }
 
-    /// Delivers ready messages to consumers with credit, round-robin.
+    /// Puts recovered messages back (startup only), in log order.
+    pub fn restore(&self, entries: impl IntoIterator<Item = (MessageRef, u32)>) {
+        let mut st = self.lock();
+        for (message, delivery_count) in entries {
+            let meta = Meta { priority: message.properties.priority().unwrap_or(0), expires_at: None, delivery_count };
+            st.push(message, meta);
+        }
+    }
+
+    /// Picks the consumer for the next delivery and takes its credit:
+    /// the highest priority with credit, round-robin among equals; with a
+    /// single active consumer, only the first.
+    fn pick(st: &mut QueueState, single_active: bool) -> Option<usize> {
+        let n = st.consumers.len();
+        if single_active {
+            return (n > 0 && st.consumers[0].try_acquire()).then_some(0);
+        }
+        let mut start = 0;
+        while start < n {
+            let p = st.consumers[start].priority;
+            let end = start + st.consumers[start..].iter().take_while(|c| c.priority == p).count();
+            let len = end - start;
+            for i in 0..len {
+                let idx = start + (st.next_consumer + i) % len;
+                if st.consumers[idx].try_acquire() {
+                    st.next_consumer = idx + 1;
+                    return Some(idx);
+                }
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// Delivers ready messages to consumers with credit.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             if self.drop_expired(st) > 0 {
                 continue;
             }
-            let n = st.consumers.len();
-            let Some(idx) = (0..n).map(|i| (st.next_consumer + i) % n).find(|&i| st.consumers[i].try_acquire()) else {
-                break;
-            };
-            st.next_consumer = (idx + 1) % n;
+            let Some(idx) = Self::pick(st, self.single_active) else { break };
             let consumer = st.consumers[idx].clone();
-            let mut entry = st.ready.pop().expect("checked non-empty");
+            let mut entry = st.pop().expect("checked non-empty");
             entry.delivery_count += 1;
             self.log_delivery(&entry);
             if consumer.no_ack {
@@ -228,7 +435,7 @@ impl Queue {
                 }
                 let mut entry = back.entry;
                 entry.delivery_count -= 1;
-                st.ready.requeue(entry);
+                st.requeue(entry);
                 st.consumers.retain(|c| !Arc::ptr_eq(c, &back.consumer));
                 st.next_consumer = 0;
             }
@@ -237,15 +444,16 @@ impl Queue {
 
     /// Asks the queue to deliver again (credit was freed).
     pub fn wake(self: &Arc<Self>) {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         self.dispatch(&mut st);
     }
 
     /// `basic.get`: the head message and how many remain after it.
     pub fn get(&self, no_ack: bool) -> Option<(Entry<MessageRef>, u32)> {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
+        st.last_used = crate::now_ms();
         self.drop_expired(&mut st);
-        let mut entry = st.ready.pop()?;
+        let mut entry = st.pop()?;
         entry.delivery_count += 1;
         self.log_delivery(&entry);
         if no_ack {
@@ -253,7 +461,8 @@ impl Queue {
         } else {
             st.unacked += 1;
         }
-        Some((entry, st.ready.len() as u32))
+        let remaining = st.ready.len() as u32;
+        Some((entry, remaining))
     }
 
     fn log_delivery(&self, entry: &Entry<MessageRef>) {
@@ -264,22 +473,25 @@ impl Queue {
 
     /// `n` delivered messages were acked (or rejected without requeue).
     pub fn settled(&self, n: usize) {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         debug_assert!(st.unacked >= n, "queue '{}': more acks than deliveries", self.name);
         st.unacked = st.unacked.saturating_sub(n);
     }
 
     /// Puts delivered-but-unacked messages back at their place, flagged
-    /// redelivered, and delivers again.
+    /// redelivered, and delivers again. Past `x-delivery-limit` they are
+    /// dead-lettered (or dropped) instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry<MessageRef>>) {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         for mut e in entries {
             st.unacked = st.unacked.saturating_sub(1);
             if st.deleted {
                 self.discard(&e.message);
+            } else if self.delivery_limit.is_some_and(|l| e.delivery_count > l) {
+                self.remove(&mut st, e.message, Some(Reason::DeliveryLimit));
             } else {
                 e.redelivered = true;
-                st.ready.requeue(e);
+                st.requeue(e);
             }
         }
         self.dispatch(&mut st);
@@ -288,7 +500,7 @@ impl Queue {
     /// A delivery that never reached the client (its channel closed while it
     /// was in flight) goes back unchanged.
     pub fn undeliver(self: &Arc<Self>, mut entry: Entry<MessageRef>, was_acked_mode: bool) {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         if was_acked_mode {
             st.unacked = st.unacked.saturating_sub(1);
         }
@@ -296,13 +508,13 @@ impl Queue {
             self.discard(&entry.message);
         } else {
             entry.delivery_count = entry.delivery_count.saturating_sub(1);
-            st.ready.requeue(entry);
+            st.requeue(entry);
         }
         self.dispatch(&mut st);
     }
 
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> Result<(), AmqpError> {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         if st.deleted {
             return Err(AmqpError::not_found(format_args!("no queue '{}' in vhost '{}'", self.name, self.vhost)));
         }
@@ -312,19 +524,24 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        st.consumers.push(consumer);
+        let at = st.consumers.iter().take_while(|c| c.priority >= consumer.priority).count();
+        st.consumers.insert(at, consumer);
         st.had_consumer = true;
+        st.last_used = crate::now_ms();
         self.dispatch(&mut st);
         Ok(())
     }
 
-    pub fn remove_consumer(&self, consumer: &Arc<Consumer>) -> AfterCancel {
+    pub fn remove_consumer(self: &Arc<Self>, consumer: &Arc<Consumer>) -> AfterCancel {
         consumer.cancelled.store(true, Ordering::Release);
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         let before = st.consumers.len();
         st.consumers.retain(|c| !Arc::ptr_eq(c, consumer));
+        st.last_used = crate::now_ms();
         if st.consumers.len() != before {
             st.next_consumer = 0;
+            // With a single active consumer, the next one may take over.
+            self.dispatch(&mut st);
         }
         if self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted {
             AfterCancel::AutoDelete
@@ -334,9 +551,9 @@ impl Queue {
     }
 
     pub fn purge(&self) -> u32 {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         let mut n = 0;
-        while let Some(e) = st.ready.pop() {
+        while let Some(e) = st.pop() {
             self.discard(&e.message);
             n += 1;
         }
@@ -345,7 +562,7 @@ impl Queue {
 
     /// Checks `queue.delete`'s if-unused / if-empty conditions.
     pub fn check_delete(&self, if_unused: bool, if_empty: bool) -> Result<(), AmqpError> {
-        let st = self.state.lock();
+        let st = self.lock();
         if if_unused && !st.consumers.is_empty() {
             return Err(AmqpError::precondition(format_args!(
                 "queue '{}' in vhost '{}' in use",
@@ -365,7 +582,7 @@ impl Queue {
     /// messages. Returns how many ready messages it had.
     pub fn mark_deleted(&self) -> u32 {
         let (consumers, count) = {
-            let mut st = self.state.lock();
+            let mut st = self.lock();
             if st.deleted {
                 return 0;
             }
@@ -374,7 +591,7 @@ impl Queue {
                 log.queue_deleted(&self.log_key);
             }
             let mut count = 0;
-            while let Some(e) = st.ready.pop() {
+            while let Some(e) = st.pop() {
                 self.discard(&e.message);
                 count += 1;
             }
@@ -385,19 +602,6 @@ impl Queue {
             c.outbox.clone().cancelled(&c);
         }
         count
-    }
-}
-
-impl Queue {
-    /// The 405 RabbitMQ sends when a redeclaration's exclusive flag or
-    /// owner does not match.
-    pub fn check_access_strict(q: &Queue) -> AmqpError {
-        AmqpError::resource_locked(format_args!(
-            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be \
-             originally declared on another connection or the exclusive property value does \
-             not match that of the original declaration.",
-            q.name, q.vhost
-        ))
     }
 }
 

@@ -2,7 +2,7 @@
 //! routed to with RabbitMQ's rules and error texts.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 use warren_protocol::{AMQPValue, AmqpError, FieldTable};
@@ -14,7 +14,7 @@ use warren_store::log::MessageLog;
 use crate::arguments::type_name;
 use crate::definitions::{self, BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::message::Message;
+use crate::message::{Message, MessageRef};
 use crate::queue::Queue;
 
 /// Exchanges every vhost has from the start.
@@ -52,6 +52,8 @@ pub struct VHost {
     definitions: Option<PathBuf>,
     /// Serializes snapshot writes so an older one never lands last.
     save_lock: parking_lot::Mutex<()>,
+    /// Itself, handed to its queues for dead-lettering.
+    me: Weak<VHost>,
 }
 
 /// What `queue.declare` reports.
@@ -131,7 +133,13 @@ impl VHost {
             log: None,
             definitions: None,
             save_lock: parking_lot::Mutex::new(()),
+            me: Weak::new(),
         }
+    }
+
+    /// Wraps a vhost in an `Arc` that its queues can reach back to.
+    pub fn into_arc(self) -> Arc<VHost> {
+        Arc::new_cyclic(|me| VHost { me: me.clone(), ..self })
     }
 
     /// A vhost whose durable definitions and messages are stored.
@@ -230,6 +238,7 @@ impl VHost {
         if durable {
             q.log = self.log.clone();
         }
+        q.owner = self.me.clone();
         q
     }
 
@@ -411,6 +420,7 @@ impl VHost {
                     return Err(inequivalent(key, "queue", name, n, describe(new), describe(cur)));
                 }
             }
+            q.touch();
             return Ok(report(q));
         }
         if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
@@ -622,6 +632,61 @@ impl VHost {
                         self.route_via(&x, message, out, visited);
                     }
                 }
+            }
+        }
+    }
+}
+
+impl VHost {
+    /// Enqueues a routed message in `queues`. A persistent message is first
+    /// written to the message log once for all its durable queues (before
+    /// any of them can deliver it, so no ack record can precede it). Returns
+    /// the log position to sync before confirming (0 if none) and whether
+    /// every queue took it (false: a length limit refused it).
+    pub fn enqueue(&self, msg: MessageRef, queues: &mut Vec<Arc<Queue>>) -> (u64, bool) {
+        let mut pos = 0;
+        if msg.is_persistent() {
+            if let Some(log) = queues.iter().find_map(|q| q.log.as_ref()) {
+                let durable: Vec<&str> =
+                    queues.iter().filter(|q| q.log.is_some()).map(|q| q.log_key.as_str()).collect();
+                let (persisted, at) =
+                    log.publish(&durable, &msg.exchange, &msg.routing_key, &msg.properties_raw, &msg.body);
+                let _ = msg.persisted.set(persisted);
+                pos = at;
+            }
+        }
+        let mut accepted = true;
+        for q in queues.drain(..) {
+            accepted &= q.publish(msg.clone());
+        }
+        (pos, accepted)
+    }
+
+    /// Republishes messages that died in `from` to its dead-letter exchange.
+    pub fn dead_letter(&self, from: &Queue, dead: Vec<(MessageRef, crate::dead_letter::Reason)>) {
+        let Some((dlx, key)) = crate::dead_letter::target(&from.arguments) else { return };
+        // A missing dead-letter exchange drops the message, as in RabbitMQ.
+        let Ok(x) = self.exchange(&dlx) else { return };
+        let mut queues = Vec::new();
+        for (msg, reason) in dead {
+            let rk = key.clone().unwrap_or_else(|| msg.routing_key.clone());
+            let new = crate::dead_letter::dead_lettered(&msg, reason, &from.name, &rk);
+            self.route(&x, &new, &mut queues);
+            queues.retain(|q| !crate::dead_letter::is_cycle(&new, &q.name));
+            self.enqueue(new, &mut queues);
+        }
+    }
+
+    /// Timer work: expired messages at queue heads, and queues whose
+    /// `x-expires` ran out.
+    pub fn tick(&self) {
+        let now = crate::now_ms();
+        for q in self.queues() {
+            if q.may_expire() {
+                q.expire();
+            }
+            if q.is_expired(now) {
+                self.remove_queue(&q);
             }
         }
     }

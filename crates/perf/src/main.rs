@@ -67,6 +67,12 @@ struct Args {
     /// via the default exchange).
     #[arg(long, default_value_t = 0)]
     fanout: usize,
+    /// Each publisher stops after this many messages (0 = run for --duration).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Keep the queues as they are (no delete/redeclare before the run).
+    #[arg(long)]
+    keep: bool,
     /// Queue name prefix.
     #[arg(long, default_value = "perf")]
     queue: String,
@@ -256,7 +262,7 @@ async fn publisher(
     let mut sent: u64 = 0;
     let mut confirmed: u64 = 0;
     let start = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && (args.count == 0 || sent < args.count) {
         if let Some(offset) = (sent * 1_000_000_000).checked_div(rate) {
             let due = start + Duration::from_nanos(offset);
             let now = Instant::now();
@@ -276,6 +282,7 @@ async fn publisher(
                 }
             }
         }
+        let batch = if args.count > 0 { batch.min(args.count - sent) } else { batch };
         for _ in 0..batch {
             body[..8].copy_from_slice(&now_nanos(base).to_be_bytes());
             buf.extend_from_slice(&publish);
@@ -285,6 +292,19 @@ async fn publisher(
         buf.clear();
         sent += batch;
         stats.published.fetch_add(batch, Ordering::Relaxed);
+    }
+    // With --count and confirms, wait until everything is confirmed.
+    while args.count > 0 && args.confirm > 0 && confirmed < sent {
+        let f = c.next_frame().await?;
+        if f.kind == FrameKind::Method {
+            if let AMQPClass::Basic(basic::AMQPMethod::Ack(a)) =
+                decode_method(&f.payload).map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                let n = if a.multiple { a.delivery_tag - confirmed } else { 1 };
+                confirmed += n;
+                stats.confirmed.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
     Ok(())
 }
@@ -419,6 +439,24 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per_rate = if args.rate > 0 { (args.rate / args.publishers as u64).max(1) } else { 0 };
+    if args.count > 0 {
+        // Publish exactly --count per publisher, report how long it took.
+        let t0 = Instant::now();
+        let pubs: Vec<_> = (0..args.publishers)
+            .map(|_| tokio::spawn(publisher(args.clone(), stats.clone(), stop.clone(), base, per_rate)))
+            .collect();
+        for p in pubs {
+            p.await??;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let n = stats.published.load(Ordering::Relaxed);
+        println!(
+            "{}",
+            serde_json::json!({"addr": args.addr, "published": n, "confirmed": stats.confirmed.load(Ordering::Relaxed), "seconds": secs, "published_per_s": (n as f64 / secs).round()})
+        );
+        stop.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
     for _ in 0..args.publishers {
         tasks.push(tokio::spawn(publisher(args.clone(), stats.clone(), stop.clone(), base, per_rate)));
     }

@@ -40,6 +40,8 @@ struct Unacked {
 enum Held {
     /// Publisher confirm for this publish sequence number.
     Confirm(u64),
+    /// Publisher nack (a queue refused the message), kept in order.
+    Nack(u64),
     CommitOk,
 }
 
@@ -252,6 +254,10 @@ impl Channel {
                     }
                     self.confirm_to = seq;
                 }
+                Held::Nack(seq) => {
+                    self.write_pending_acks(out);
+                    frame::write_confirm(out, self.id, seq, false, false);
+                }
                 Held::CommitOk => reply(out, self.id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))),
             }
         }
@@ -261,6 +267,24 @@ impl Channel {
         frame::write_confirm(out, self.id, self.confirm_to, self.confirm_to > self.confirm_from, true);
         self.confirm_from = 0;
         self.confirm_to = 0;
+    }
+
+    fn write_pending_acks(&mut self, out: &mut BytesMut) {
+        if self.confirm_to != 0 {
+            frame::write_confirm(out, self.id, self.confirm_to, self.confirm_to > self.confirm_from, true);
+            self.confirm_from = 0;
+            self.confirm_to = 0;
+        }
+    }
+
+    /// Nacks publish `seq`, after every confirm before it.
+    fn nack(&mut self, out: &mut BytesMut, seq: u64) {
+        if !self.held.is_empty() {
+            self.held.push_back((0, Held::Nack(seq)));
+            return;
+        }
+        self.write_pending_acks(out);
+        frame::write_confirm(out, self.id, seq, false, false);
     }
 
     /// Confirms publish `seq` once the log is synced to `pos` (0: nothing
@@ -338,10 +362,14 @@ impl Channel {
             self.tx_publishes.push((p, msg));
             return Ok(());
         }
-        let pos = self.route(ctx, &p, msg)?;
+        let (pos, accepted) = self.route(ctx, &p, msg)?;
         if self.mode == Mode::Confirm {
             self.publish_seq += 1;
-            self.confirm(self.publish_seq, pos, ctx.synced);
+            if accepted {
+                self.confirm(self.publish_seq, pos, ctx.synced);
+            } else {
+                self.nack(ctx.out, self.publish_seq);
+            }
         }
         Ok(())
     }
@@ -359,8 +387,9 @@ impl Channel {
     }
 
     /// Routes and enqueues a message. Returns the message-log position that
-    /// must be synced before it may be confirmed (0 if none).
-    fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<u64, AmqpError> {
+    /// must be synced before it may be confirmed (0 if none), and whether
+    /// every queue accepted it (a length limit may refuse it: nack).
+    fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(u64, bool), AmqpError> {
         let x = self.publishable(ctx, &p.exchange)?;
         let mut queues = std::mem::take(&mut self.routed);
         ctx.vhost.route(&x, &msg, &mut queues);
@@ -368,23 +397,9 @@ impl Channel {
             frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
             frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
         }
-        let mut pos = 0;
-        if msg.is_persistent() {
-            // Written once for all its durable queues, before any of them
-            // can deliver it (so no ack record can precede it in the log).
-            let durable: Vec<&str> = queues.iter().filter(|q| q.log.is_some()).map(|q| q.log_key.as_str()).collect();
-            if let Some(log) = queues.iter().find_map(|q| q.log.as_ref()) {
-                let (persisted, at) =
-                    log.publish(&durable, &msg.exchange, &msg.routing_key, &msg.properties_raw, &msg.body);
-                let _ = msg.persisted.set(persisted);
-                pos = at;
-            }
-        }
-        for q in queues.drain(..) {
-            q.publish(msg.clone());
-        }
+        let (pos, accepted) = ctx.vhost.enqueue(msg, &mut queues);
         self.routed = queues;
-        Ok(pos)
+        Ok((pos, accepted))
     }
 
     /// Takes the deliveries an ack/reject/nack names (RabbitMQ's rules: the
@@ -427,13 +442,18 @@ impl Channel {
             Some(true) => Self::requeue(taken),
             _ => {
                 for (q, group) in group_by_queue(taken) {
-                    for u in &group {
+                    let n = group.len();
+                    for u in group {
                         if let Some(c) = &u.consumer {
                             c.release(1);
                         }
-                        q.discard(&u.entry.message);
+                        if s.requeue.is_some() {
+                            q.reject(u.entry.message);
+                        } else {
+                            q.discard(&u.entry.message);
+                        }
                     }
-                    q.settled(group.len());
+                    q.settled(n);
                     ctx.to_wake.push(q);
                 }
             }
@@ -658,6 +678,7 @@ impl Channel {
                     connection: ctx.connection,
                     no_ack: c.no_ack,
                     exclusive: c.exclusive,
+                    priority: warren_core::arguments::int_arg(&c.arguments, "x-priority").unwrap_or(0),
                     prefetch: self.consumer_prefetch,
                     unacked: Default::default(),
                     channel_credit: self.credit.clone(),
@@ -779,7 +800,7 @@ impl Channel {
                 }
                 let mut pos = 0;
                 for (p, msg) in std::mem::take(&mut self.tx_publishes) {
-                    pos = pos.max(self.route(ctx, &p, msg)?);
+                    pos = pos.max(self.route(ctx, &p, msg)?.0);
                 }
                 for s in std::mem::take(&mut self.tx_settles) {
                     // A tag settled twice in one transaction is gone by now.

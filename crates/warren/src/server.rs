@@ -83,8 +83,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often queues drop expired messages at their head, so that a queue of
-/// expired messages shrinks without a consumer (as RabbitMQ's TTL timers do).
+/// How often queues drop expired messages at their head (so that a queue of
+/// expired messages shrinks without a consumer, as RabbitMQ's TTL timers do)
+/// and unused queues with `x-expires` are deleted.
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 
 async fn expiry_timer(broker: Arc<Broker>) {
@@ -93,11 +94,7 @@ async fn expiry_timer(broker: Arc<Broker>) {
     loop {
         tick.tick().await;
         for vhost in broker.vhosts() {
-            for q in vhost.queues() {
-                if q.may_expire() {
-                    q.expire();
-                }
-            }
+            vhost.tick();
         }
     }
 }
