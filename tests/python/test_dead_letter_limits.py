@@ -218,3 +218,40 @@ def test_consumer_priority_is_served_first(conn, name):
     pump(conn)
     # The high-priority consumer takes what its prefetch allows, the rest spills over.
     assert len(got["high"]) == 2 and len(got["low"]) == 1
+
+
+def test_alternate_exchange_takes_unroutable(conn, name):
+    ch = conn.channel()
+    ae = name + "-ae"
+    ch.exchange_declare(ae, "fanout", auto_delete=True)
+    ch.queue_declare(ae, exclusive=True)
+    ch.queue_bind(ae, ae)
+    ch.exchange_declare(name, "direct", auto_delete=True, arguments={"alternate-exchange": ae})
+    ch.queue_declare(name, exclusive=True)
+    ch.queue_bind(name, name, "known")
+    ch.confirm_delivery()
+    ch.basic_publish(name, "known", b"routed")
+    ch.basic_publish(name, "unknown", b"spilled", mandatory=True)  # not returned: the AE took it
+    assert get(ch, name)[2] == b"routed"
+    assert get(ch, ae)[2] == b"spilled"
+
+
+def test_delivery_limit_dead_letters_poison_message(conn, name):
+    ch = conn.channel()
+    dlq = name + "-dlq"
+    ch.queue_declare(dlq, exclusive=True)
+    args = {
+        "x-queue-type": "quorum", "x-delivery-limit": 2,
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq,
+    }
+    ch.queue_declare(name, durable=True, arguments=args)
+    ch.confirm_delivery()
+    ch.basic_publish("", name, b"poison")
+    for _ in range(3):
+        assert wait_for(lambda: ch.queue_declare(name, passive=True).method.message_count == 1)
+        m, _, _ = ch.basic_get(name)
+        ch.basic_nack(m.delivery_tag, requeue=True)
+    assert wait_for(lambda: ch.queue_declare(dlq, passive=True).method.message_count == 1)
+    m, props, body = get(ch, dlq)
+    assert body == b"poison" and death(props)["reason"] == "delivery_limit"
+    ch.queue_delete(name)

@@ -54,7 +54,12 @@ pub struct VHost {
     save_lock: parking_lot::Mutex<()>,
     /// Itself, handed to its queues for dead-lettering.
     me: Weak<VHost>,
+    /// Direct reply-to pseudo-queues by their `amq.rabbitmq.reply-to.…` name.
+    reply_queues: RwLock<HashMap<String, Weak<Queue>>>,
 }
+
+/// The pseudo-queue a requester consumes replies from.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// What `queue.declare` reports.
 pub struct DeclaredQueue {
@@ -134,7 +139,25 @@ impl VHost {
             definitions: None,
             save_lock: parking_lot::Mutex::new(()),
             me: Weak::new(),
+            reply_queues: RwLock::new(HashMap::default()),
         }
+    }
+
+    /// Creates a direct reply-to pseudo-queue for one consumer: not listed,
+    /// not bound, reachable only through the default exchange by its name.
+    pub fn new_reply_queue(&self, connection: u64) -> Arc<Queue> {
+        let name = crate::generated_name(&format!("{REPLY_TO}."));
+        let mut q = Queue::new(&name, &self.name, false, Some(connection), true, FieldTable::default());
+        q.owner = self.me.clone();
+        let q = Arc::new(q);
+        self.reply_queues.write().insert(name, Arc::downgrade(&q));
+        q
+    }
+
+    /// Forgets a reply queue (its channel closed or its consumer was cancelled).
+    pub fn drop_reply_queue(&self, q: &Arc<Queue>) {
+        self.reply_queues.write().remove(&q.name);
+        q.mark_deleted();
     }
 
     /// Wraps a vhost in an `Arc` that its queues can reach back to.
@@ -577,6 +600,10 @@ impl VHost {
         if exchange.name.is_empty() {
             if let Some(q) = self.queues.read().get(&message.routing_key) {
                 out.push(q.clone());
+            } else if message.routing_key.starts_with(REPLY_TO) {
+                if let Some(q) = self.reply_queues.read().get(&message.routing_key).and_then(Weak::upgrade) {
+                    out.push(q);
+                }
             }
             return;
         }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use warren_core::queue::AfterCancel;
+use warren_core::vhost::REPLY_TO;
 use warren_core::{generated_name, ChannelCredit, Consumer, Delivery, Message, MessageRef, Outbox, Queue, VHost};
 use warren_protocol::content::{Assembler, Content};
 use warren_protocol::frame;
@@ -101,6 +102,8 @@ pub struct Channel {
     /// Replies waiting for the message log to sync past their position,
     /// in the order they must be sent.
     held: VecDeque<(u64, Held)>,
+    /// Direct reply-to: this channel's reply pseudo-queue and consumer tag.
+    reply: Option<(Arc<Queue>, String)>,
 }
 
 fn reply(out: &mut BytesMut, channel: u16, m: AMQPClass) {
@@ -130,6 +133,7 @@ impl Channel {
             last_queue: None,
             routed: Vec::new(),
             held: VecDeque::new(),
+            reply: None,
         }
     }
 
@@ -164,6 +168,9 @@ impl Channel {
 
     /// Cancels every consumer and requeues every unacked delivery, in order.
     pub fn release_all(&mut self, vhost: &Arc<VHost>) {
+        if let Some((q, _)) = self.reply.take() {
+            vhost.drop_reply_queue(&q);
+        }
         for (_, (consumer, q)) in self.consumers.drain() {
             if q.remove_consumer(&consumer) == AfterCancel::AutoDelete {
                 vhost.remove_queue(&q);
@@ -348,13 +355,16 @@ impl Channel {
 
     fn published(&mut self, ctx: &mut Ctx<'_>, content: Content) -> Result<(), AmqpError> {
         let p = self.publish.take().expect("content follows a basic.publish");
-        let msg = Arc::new(Message::new(
-            p.exchange.clone(),
-            p.routing_key.clone(),
-            content.header.properties_raw,
-            content.header.properties,
-            content.body,
-        ));
+        let (mut props_raw, mut props) = (content.header.properties_raw, content.header.properties);
+        if props.reply_to().as_ref().is_some_and(|r| r.as_str() == REPLY_TO) {
+            // Direct reply-to: name this channel's reply queue instead.
+            let Some((q, _)) = &self.reply else {
+                return Err(AmqpError::precondition("fast reply consumer does not exist").during(60, 40));
+            };
+            props = props.with_reply_to(q.name.as_str().into());
+            props_raw = warren_protocol::content::encode_properties(&props);
+        }
+        let msg = Arc::new(Message::new(p.exchange.clone(), p.routing_key.clone(), props_raw, props, content.body));
         msg.check_expiration().map_err(|e| e.during(60, 40))?;
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
@@ -661,6 +671,32 @@ impl Channel {
                 reply(ctx.out, id, AMQPClass::Basic(M::QosOk(basic::QosOk {})));
                 Ok(())
             }
+            M::Consume(c) if c.queue.as_str() == REPLY_TO => {
+                if !c.no_ack {
+                    return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+                }
+                if self.reply.is_some() {
+                    return Err(AmqpError::precondition("reply consumer already set"));
+                }
+                let tag = if c.consumer_tag.as_str().is_empty() {
+                    generated_name("amq.ctag-")
+                } else {
+                    c.consumer_tag.as_str().to_owned()
+                };
+                let q = ctx.vhost.new_reply_queue(ctx.connection);
+                let consumer = self.new_consumer(ctx, &tag, true, false, 0);
+                if !c.nowait {
+                    reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Basic(M::ConsumeOk(basic::ConsumeOk { consumer_tag: tag.as_str().into() })),
+                    );
+                }
+                q.add_consumer(consumer.clone())?;
+                self.consumers.insert(tag.clone(), (consumer, q.clone()));
+                self.reply = Some((q, tag));
+                Ok(())
+            }
             M::Consume(c) => {
                 let name = self.queue_name(c.queue.as_str())?;
                 let q = ctx.vhost.queue_for(ctx.connection, &name)?;
@@ -672,19 +708,8 @@ impl Channel {
                 if self.consumers.contains_key(&tag) {
                     return Err(AmqpError::not_allowed(format_args!("attempt to reuse consumer tag '{tag}'")));
                 }
-                let consumer = Arc::new(Consumer {
-                    tag: tag.as_str().into(),
-                    channel: id,
-                    connection: ctx.connection,
-                    no_ack: c.no_ack,
-                    exclusive: c.exclusive,
-                    priority: warren_core::arguments::int_arg(&c.arguments, "x-priority").unwrap_or(0),
-                    prefetch: self.consumer_prefetch,
-                    unacked: Default::default(),
-                    channel_credit: self.credit.clone(),
-                    cancelled: Default::default(),
-                    outbox: ctx.outbox.clone(),
-                });
+                let priority = warren_core::arguments::int_arg(&c.arguments, "x-priority").unwrap_or(0);
+                let consumer = self.new_consumer(ctx, &tag, c.no_ack, c.exclusive, priority);
                 // consume-ok must precede the first delivery: deliveries go
                 // through the connection's event queue, handled after this.
                 if !c.nowait {
@@ -702,6 +727,11 @@ impl Channel {
                 Ok(())
             }
             M::Cancel(c) => {
+                if self.reply.as_ref().is_some_and(|(_, t)| t == c.consumer_tag.as_str()) {
+                    if let Some((q, _)) = self.reply.take() {
+                        ctx.vhost.drop_reply_queue(&q);
+                    }
+                }
                 if let Some((consumer, q)) = self.consumers.remove(c.consumer_tag.as_str()) {
                     if q.remove_consumer(&consumer) == AfterCancel::AutoDelete {
                         ctx.vhost.remove_queue(&q);
@@ -753,6 +783,22 @@ impl Channel {
             M::RecoverAsync(r) => self.recover(r.requeue),
             _ => Err(AmqpError::command_invalid("unexpected basic method")),
         }
+    }
+
+    fn new_consumer(&self, ctx: &Ctx<'_>, tag: &str, no_ack: bool, exclusive: bool, priority: i64) -> Arc<Consumer> {
+        Arc::new(Consumer {
+            tag: tag.into(),
+            channel: self.id,
+            connection: ctx.connection,
+            no_ack,
+            exclusive,
+            priority,
+            prefetch: self.consumer_prefetch,
+            unacked: Default::default(),
+            channel_credit: self.credit.clone(),
+            cancelled: Default::default(),
+            outbox: ctx.outbox.clone(),
+        })
     }
 
     fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
