@@ -90,7 +90,7 @@ impl Broker {
                 }
                 continue;
             };
-            let items: Vec<(MessageRef, u32)> = entries
+            let items: Vec<(MessageRef, u32, u64)> = entries
                 .into_iter()
                 .map(|e| {
                     let m = shared
@@ -108,7 +108,7 @@ impl Broker {
                             Arc::new(m)
                         })
                         .clone();
-                    (m, e.delivery_count)
+                    (m, e.delivery_count, e.published_at)
                 })
                 .collect();
             restored += items.len();

@@ -375,11 +375,19 @@ impl Queue {
         self.lock().may_expire
     }
 
-    /// Puts recovered messages back (startup only), in log order.
-    pub fn restore(&self, entries: impl IntoIterator<Item = (MessageRef, u32)>) {
+    /// Puts recovered messages back (startup only), in log order, with
+    /// their delivery counts and expiry times computed from when they were
+    /// published. Already expired ones go at the next expiry pass.
+    pub fn restore(&self, entries: impl IntoIterator<Item = (MessageRef, u32, u64)>) {
         let mut st = self.lock();
-        for (message, delivery_count) in entries {
-            let meta = Meta { priority: message.properties.priority().unwrap_or(0), expires_at: None, delivery_count };
+        for (message, delivery_count, published_at) in entries {
+            let ttl = match (self.message_ttl, message.expiration_ms()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let expires_at = ttl.map(|t| published_at.saturating_add(t));
+            st.may_expire |= expires_at.is_some();
+            let meta = Meta { priority: message.properties.priority().unwrap_or(0), expires_at, delivery_count };
             st.push(message, meta);
         }
     }

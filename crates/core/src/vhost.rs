@@ -676,8 +676,14 @@ impl VHost {
             if let Some(log) = queues.iter().find_map(|q| q.log.as_ref()) {
                 let durable: Vec<&str> =
                     queues.iter().filter(|q| q.log.is_some()).map(|q| q.log_key.as_str()).collect();
-                let (persisted, at) =
-                    log.publish(&durable, &msg.exchange, &msg.routing_key, &msg.properties_raw, &msg.body);
+                let (persisted, at) = log.publish(
+                    &durable,
+                    crate::now_ms(),
+                    &msg.exchange,
+                    &msg.routing_key,
+                    &msg.properties_raw,
+                    &msg.body,
+                );
                 let _ = msg.persisted.set(persisted);
                 pos = at;
             }

@@ -62,6 +62,8 @@ pub struct StoredMessage {
 #[derive(Debug, Clone)]
 pub struct RecoveredEntry {
     pub persisted: Persisted,
+    /// When it was published (ms since the Unix epoch), for TTLs.
+    pub published_at: u64,
     pub message: Arc<StoredMessage>,
     pub delivery_count: u32,
 }
@@ -103,7 +105,7 @@ type SyncCallback = Box<dyn Fn(u64) + Send>;
 
 /// During recovery: a message's segment, content, and the queues still
 /// holding it with their delivery counts.
-type Pending = (u32, Arc<StoredMessage>, Vec<(String, u32)>);
+type Pending = (u32, u64, Arc<StoredMessage>, Vec<(String, u32)>);
 
 struct Shared {
     dir: PathBuf,
@@ -190,6 +192,7 @@ impl MessageLog {
                 match kind {
                     T_PUBLISH => {
                         let Some(msg_id) = c.u64() else { return false };
+                        let Some(published_at) = c.u64() else { return false };
                         let Some(nq) = c.u16() else { return false };
                         let mut queues = Vec::with_capacity(nq as usize);
                         for _ in 0..nq {
@@ -203,14 +206,14 @@ impl MessageLog {
                         };
                         next_msg_id = next_msg_id.max(msg_id + 1);
                         let m = Arc::new(StoredMessage { exchange, routing_key, properties, body });
-                        pending.insert(msg_id, (seg, m, queues));
+                        pending.insert(msg_id, (seg, published_at, m, queues));
                         order.push(msg_id);
                     }
                     T_ACK | T_DELIVERED => {
                         let Some(msg_id) = c.u64() else { return false };
                         let count = if kind == T_DELIVERED { c.u32() } else { Some(0) };
                         let (Some(count), Some(q)) = (count, c.str16()) else { return false };
-                        if let Some((_, _, queues)) = pending.get_mut(&msg_id) {
+                        if let Some((_, _, _, queues)) = pending.get_mut(&msg_id) {
                             if kind == T_ACK {
                                 queues.retain(|(name, _)| *name != q);
                             } else if let Some(e) = queues.iter_mut().find(|(name, _)| *name == q) {
@@ -220,7 +223,7 @@ impl MessageLog {
                     }
                     T_QUEUE_DELETED => {
                         let Some(q) = c.str16() else { return false };
-                        for (_, _, queues) in pending.values_mut() {
+                        for (_, _, _, queues) in pending.values_mut() {
                             queues.retain(|(name, _)| *name != q);
                         }
                     }
@@ -238,11 +241,12 @@ impl MessageLog {
             }
         }
         for msg_id in order {
-            let Some((seg, m, queues)) = pending.remove(&msg_id) else { continue };
+            let Some((seg, published_at, m, queues)) = pending.remove(&msg_id) else { continue };
             for (q, count) in queues {
                 *live.entry(seg).or_default() += 1;
                 rec.queues.entry(q).or_default().push(RecoveredEntry {
                     persisted: Persisted { msg_id, segment: seg },
+                    published_at,
                     message: m.clone(),
                     delivery_count: count,
                 });
@@ -345,11 +349,13 @@ impl MessageLog {
         id
     }
 
-    /// Records a persistent message enqueued in `queues`. Returns where it
-    /// lives and the position that must be synced before it is confirmed.
+    /// Records a persistent message enqueued in `queues` at `published_at`
+    /// (ms since the Unix epoch). Returns where it lives and the position
+    /// that must be synced before it is confirmed.
     pub fn publish(
         &self,
         queues: &[&str],
+        published_at: u64,
         exchange: &str,
         routing_key: &str,
         properties: &[u8],
@@ -359,6 +365,7 @@ impl MessageLog {
         let mut p =
             Vec::with_capacity(32 + properties.len() + body.len() + queues.iter().map(|q| q.len() + 2).sum::<usize>());
         p.extend_from_slice(&msg_id.to_be_bytes());
+        p.extend_from_slice(&published_at.to_be_bytes());
         p.extend_from_slice(&(queues.len() as u16).to_be_bytes());
         for q in queues {
             put_str16(&mut p, q);
@@ -568,9 +575,9 @@ mod tests {
         let dir = tmp("recover");
         let (log, rec) = MessageLog::open(&dir).unwrap();
         assert!(rec.queues.is_empty());
-        let (a, _) = log.publish(&["q1", "q2"], "ex", "rk", &[0, 0], b"one");
-        let (b, _) = log.publish(&["q1"], "ex", "rk", &[0, 0], b"two");
-        let (_, pos) = log.publish(&["q1"], "", "q1", &[0x10, 0, 2], b"three");
+        let (a, _) = log.publish(&["q1", "q2"], 0, "ex", "rk", &[0, 0], b"one");
+        let (b, _) = log.publish(&["q1"], 0, "ex", "rk", &[0, 0], b"two");
+        let (_, pos) = log.publish(&["q1"], 0, "", "q1", &[0x10, 0, 2], b"three");
         log.ack("q1", a);
         log.delivered("q1", b, 2);
         wait_synced(&log, pos);
@@ -590,7 +597,7 @@ mod tests {
         let queues: Vec<String> = (0..8).map(|i| format!("q{i}")).collect();
         let refs: Vec<&str> = queues.iter().map(|s| s.as_str()).collect();
         let body = vec![7u8; 100_000];
-        let (_, pos) = log.publish(&refs, "amq.fanout", "", &[0, 0], &body);
+        let (_, pos) = log.publish(&refs, 0, "amq.fanout", "", &[0, 0], &body);
         wait_synced(&log, pos);
         log.close();
         let size: u64 = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
@@ -603,8 +610,8 @@ mod tests {
     fn torn_tail_is_truncated_and_the_rest_kept() {
         let dir = tmp("torn");
         let (log, _) = MessageLog::open(&dir).unwrap();
-        log.publish(&["q"], "", "q", &[0, 0], b"kept");
-        let (_, pos) = log.publish(&["q"], "", "q", &[0, 0], b"torn");
+        log.publish(&["q"], 0, "", "q", &[0, 0], b"kept");
+        let (_, pos) = log.publish(&["q"], 0, "", "q", &[0, 0], b"torn");
         wait_synced(&log, pos);
         log.close();
         let seg = segment_path(&dir, 1);
@@ -614,7 +621,7 @@ mod tests {
         assert_eq!(bodies(&rec, "q"), vec![b"kept".to_vec()]);
         assert!(rec.truncated_bytes > 0);
         // New writes go on and survive the next restart.
-        let (_, pos) = log.publish(&["q"], "", "q", &[0, 0], b"after");
+        let (_, pos) = log.publish(&["q"], 0, "", "q", &[0, 0], b"after");
         wait_synced(&log, pos);
         log.close();
         let (_log, rec) = MessageLog::open(&dir).unwrap();
@@ -625,9 +632,9 @@ mod tests {
     fn flipped_byte_drops_one_record_and_keeps_the_others() {
         let dir = tmp("flip");
         let (log, _) = MessageLog::open(&dir).unwrap();
-        log.publish(&["q"], "", "q", &[0, 0], b"first-message");
-        log.publish(&["q"], "", "q", &[0, 0], b"second-message");
-        let (_, pos) = log.publish(&["q"], "", "q", &[0, 0], b"third-message");
+        log.publish(&["q"], 0, "", "q", &[0, 0], b"first-message");
+        log.publish(&["q"], 0, "", "q", &[0, 0], b"second-message");
+        let (_, pos) = log.publish(&["q"], 0, "", "q", &[0, 0], b"third-message");
         wait_synced(&log, pos);
         log.close();
         let seg = segment_path(&dir, 1);
@@ -647,7 +654,7 @@ mod tests {
         fs::write(segment_path(&dir, 1), b"not a segment at all").unwrap();
         let (log, rec) = MessageLog::open(&dir).unwrap();
         assert!(rec.queues.is_empty());
-        let (_, pos) = log.publish(&["q"], "", "q", &[0, 0], b"x");
+        let (_, pos) = log.publish(&["q"], 0, "", "q", &[0, 0], b"x");
         wait_synced(&log, pos);
     }
 
@@ -660,7 +667,7 @@ mod tests {
         let mut pos = 0;
         // ~3 segments' worth.
         for _ in 0..(3 * SEGMENT_TARGET / body.len() as u64) {
-            let (m, p) = log.publish(&["q"], "", "q", &[0, 0], &body);
+            let (m, p) = log.publish(&["q"], 0, "", "q", &[0, 0], &body);
             ids.push(m);
             pos = p;
         }
@@ -671,7 +678,7 @@ mod tests {
             log.ack("q", m);
         }
         // One more publish forces a flush and a collection pass.
-        let (_, p) = log.publish(&["other"], "", "other", &[0, 0], b"x");
+        let (_, p) = log.publish(&["other"], 0, "", "other", &[0, 0], b"x");
         wait_synced(&log, p);
         // Collection runs right after the sync is reported.
         for _ in 0..1000 {

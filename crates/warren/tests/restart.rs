@@ -386,3 +386,50 @@ async fn crash_loop_loses_no_confirmed_message() {
     assert!(missing.is_empty(), "confirmed messages lost: {missing:?}");
     assert!(left.windows(2).all(|w| w[0] < w[1]), "messages out of publish order after restart");
 }
+
+#[tokio::test]
+async fn message_ttl_keeps_running_across_a_restart() {
+    let mut b = TestBroker::spawn();
+    with_timeout(async {
+        let conn = b.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongInt(2000));
+        ch.queue_declare("ttlq".into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+            .await
+            .unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        ch.basic_publish("".into(), "ttlq".into(), BasicPublishOptions::default(), b"short-lived", persistent())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    })
+    .await;
+    b.crash_and_restart();
+    with_timeout(async {
+        let conn = b.connect().await;
+        let ch = conn.create_channel().await.unwrap();
+        let count = || async {
+            ch.queue_declare(
+                "ttlq".into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+        };
+        assert_eq!(count().await, 1, "expired too early (or lost)");
+        let mut left = 1;
+        for _ in 0..100 {
+            left = count().await;
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(left, 0, "recovered message never expired");
+    })
+    .await;
+}
