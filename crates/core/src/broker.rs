@@ -9,8 +9,8 @@ use parking_lot::RwLock;
 use std::path::{Path, PathBuf};
 
 use amq_protocol::protocol::basic::parse_properties;
-use bytes::Bytes;
 use warren_store::log::MessageLog;
+use warren_store::MessageStore;
 
 use crate::definitions;
 use crate::message::{Message, MessageRef};
@@ -19,7 +19,7 @@ use crate::vhost::VHost;
 pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
     /// The message log, when the broker stores data (`Broker::open`).
-    log: Option<MessageLog>,
+    log: Option<Arc<dyn MessageStore>>,
     /// Directory of the per-vhost definition snapshots.
     definitions_dir: Option<PathBuf>,
     /// user → password. Hashed storage and permissions come with access control.
@@ -64,6 +64,7 @@ impl Broker {
     pub fn open(data_dir: &Path) -> std::io::Result<Broker> {
         let started = std::time::Instant::now();
         let (log, recovered) = MessageLog::open(&data_dir.join("messages"))?;
+        let log: Arc<dyn MessageStore> = Arc::new(log);
         let definitions_dir = data_dir.join("definitions");
         let mut b = Broker::new();
         b.vhosts.write().clear();
@@ -90,27 +91,33 @@ impl Broker {
                 }
                 continue;
             };
-            let items: Vec<(MessageRef, u32, u64)> = entries
-                .into_iter()
-                .map(|e| {
-                    let m = shared
-                        .entry(e.persisted.msg_id)
-                        .or_insert_with(|| {
-                            let props = parse_properties(&e.message.properties[..]).map(|(_, p)| p).unwrap_or_default();
-                            let m = Message::new(
-                                e.message.exchange.clone(),
-                                e.message.routing_key.clone(),
-                                Bytes::from(e.message.properties.clone()),
-                                props,
-                                Bytes::from(e.message.body.clone()),
-                            );
-                            let _ = m.persisted.set(e.persisted);
-                            Arc::new(m)
-                        })
-                        .clone();
-                    (m, e.delivery_count, e.published_at)
-                })
-                .collect();
+            let mut items: Vec<(MessageRef, u32, u64)> = Vec::with_capacity(entries.len());
+            for e in entries {
+                let build = || {
+                    let raw = &e.message.properties;
+                    let props = if raw[..] == [0, 0] {
+                        Default::default()
+                    } else {
+                        parse_properties(&raw[..]).map(|(_, p)| p).unwrap_or_default()
+                    };
+                    let m = Message::new(
+                        e.message.exchange.clone(),
+                        e.message.routing_key.clone(),
+                        raw.clone(),
+                        props,
+                        e.message.body.clone(),
+                    );
+                    let _ = m.persisted.set(e.persisted);
+                    Arc::new(m)
+                };
+                // Only a message held by several queues needs sharing.
+                let m = if Arc::strong_count(&e.message) > 1 {
+                    shared.entry(e.persisted.msg_id).or_insert_with(build).clone()
+                } else {
+                    build()
+                };
+                items.push((m, e.delivery_count, e.published_at));
+            }
             restored += items.len();
             queue.restore(items);
         }
@@ -127,7 +134,7 @@ impl Broker {
         Ok(b)
     }
 
-    pub fn log(&self) -> Option<&MessageLog> {
+    pub fn log(&self) -> Option<&Arc<dyn MessageStore>> {
         self.log.as_ref()
     }
 

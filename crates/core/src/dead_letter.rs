@@ -56,7 +56,7 @@ pub fn target(arguments: &FieldTable) -> Option<(String, Option<String>)> {
 
 /// The message as it is republished: headers updated with this death.
 pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, routing_key: &str) -> MessageRef {
-    let mut props = msg.properties.clone();
+    let mut props = msg.full_properties();
     let mut headers = props.headers().clone().unwrap_or_default();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
         Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),

@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::Bytes;
-use warren_protocol::AmqpError;
+use warren_protocol::{AmqpError, FieldTable, ShortString};
 use warren_store::log::Persisted;
 
 #[derive(Debug)]
@@ -14,8 +14,10 @@ pub struct Message {
     pub routing_key: String,
     /// Property flags and list exactly as published: consumers get these bytes.
     pub properties_raw: Bytes,
-    /// The same properties parsed, for routing and queue features.
-    pub properties: AMQPProperties,
+    /// The properties routing and queue features read, parsed. The rest
+    /// stay in `properties_raw` (see [`Message::full_properties`]): a full
+    /// `AMQPProperties` costs ~340 bytes per queued message.
+    pub properties: Props,
     /// Reference-counted: routing to N queues never copies it.
     pub body: Bytes,
     /// Set when the message log holds it (persistent, in a durable queue).
@@ -23,6 +25,41 @@ pub struct Message {
 }
 
 pub type MessageRef = Arc<Message>;
+
+/// The parsed properties a queued message keeps.
+#[derive(Debug, Default, Clone)]
+pub struct Props {
+    priority: Option<u8>,
+    delivery_mode: Option<u8>,
+    expiration: Option<ShortString>,
+    headers: Option<Box<FieldTable>>,
+}
+
+impl Props {
+    pub fn priority(&self) -> Option<u8> {
+        self.priority
+    }
+    pub fn delivery_mode(&self) -> Option<u8> {
+        self.delivery_mode
+    }
+    pub fn expiration(&self) -> Option<&ShortString> {
+        self.expiration.as_ref()
+    }
+    pub fn headers(&self) -> Option<&FieldTable> {
+        self.headers.as_deref()
+    }
+}
+
+impl From<AMQPProperties> for Props {
+    fn from(p: AMQPProperties) -> Self {
+        Props {
+            priority: *p.priority(),
+            delivery_mode: *p.delivery_mode(),
+            expiration: p.expiration().clone(),
+            headers: p.headers().clone().map(Box::new),
+        }
+    }
+}
 
 impl Message {
     pub fn new(
@@ -32,18 +69,29 @@ impl Message {
         properties: AMQPProperties,
         body: Bytes,
     ) -> Self {
-        Message { exchange, routing_key, properties_raw, properties, body, persisted: OnceLock::new() }
+        Message {
+            exchange,
+            routing_key,
+            properties_raw,
+            properties: properties.into(),
+            body,
+            persisted: OnceLock::new(),
+        }
     }
 
-    /// delivery_mode 2 asks for the message to survive a broker restart.
+    /// Every property, parsed from the raw bytes (dead-lettering rewrites them).
+    pub fn full_properties(&self) -> AMQPProperties {
+        amq_protocol::protocol::basic::parse_properties(&self.properties_raw[..]).map(|(_, p)| p).unwrap_or_default()
+    }
+
     pub fn is_persistent(&self) -> bool {
-        self.properties.delivery_mode() == &Some(2)
+        self.properties.delivery_mode() == Some(2)
     }
 
     /// The per-message TTL from the `expiration` property, in milliseconds.
     /// Invalid values are refused at publish time ([`Message::check_expiration`]).
     pub fn expiration_ms(&self) -> Option<u64> {
-        self.properties.expiration().as_ref().and_then(|e| e.as_str().parse().ok())
+        self.properties.expiration().and_then(|e| e.as_str().parse().ok())
     }
 
     /// 406 for an `expiration` that is not a non-negative integer, with

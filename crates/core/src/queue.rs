@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
 use warren_protocol::{AMQPValue, AmqpError, FieldTable};
-use warren_store::log::MessageLog;
+use warren_store::MessageStore;
 use warren_store::{Entry, MemoryStore, Meta, PriorityStore, QueueStore};
 
 use crate::arguments::int_arg;
@@ -54,7 +54,7 @@ pub struct Queue {
     /// `x-delivery-limit` (quorum queues, as in RabbitMQ).
     delivery_limit: Option<u32>,
     /// The message log, for durable queues when the broker has one.
-    pub log: Option<MessageLog>,
+    pub log: Option<Arc<dyn MessageStore>>,
     /// This queue's name in the message log (vhost and name).
     pub log_key: String,
     /// Its vhost, for dead-lettering.

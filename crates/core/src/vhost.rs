@@ -9,7 +9,7 @@ use warren_protocol::{AMQPValue, AmqpError, FieldTable};
 
 use std::path::PathBuf;
 
-use warren_store::log::MessageLog;
+use warren_store::MessageStore;
 
 use crate::arguments::type_name;
 use crate::definitions::{self, BindingDef, Definitions, ExchangeDef, QueueDef};
@@ -47,7 +47,7 @@ pub struct VHost {
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     /// Message log given to durable queues (None: memory only).
-    log: Option<MessageLog>,
+    log: Option<Arc<dyn MessageStore>>,
     /// Where durable definitions are saved (None: not saved).
     definitions: Option<PathBuf>,
     /// Serializes snapshot writes so an older one never lands last.
@@ -166,7 +166,7 @@ impl VHost {
     }
 
     /// A vhost whose durable definitions and messages are stored.
-    pub fn with_storage(name: &str, log: MessageLog, definitions: PathBuf) -> Self {
+    pub fn with_storage(name: &str, log: Arc<dyn MessageStore>, definitions: PathBuf) -> Self {
         VHost { log: Some(log), definitions: Some(definitions), ..Self::new(name) }
     }
 

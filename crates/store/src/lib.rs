@@ -10,8 +10,39 @@
 //! passes the same [`conformance`] suite.
 
 pub mod log;
+pub mod memory_log;
 
 use std::collections::VecDeque;
+
+/// Where persistent messages are recorded: the on-disk [`log::MessageLog`]
+/// or the in-memory [`memory_log::MemoryMessageStore`]. Both keep the same
+/// records with the same meaning (see `docs/storage.md`) and pass the same
+/// conformance suite (`memory_log::tests`).
+pub trait MessageStore: Send + Sync {
+    /// Records a message enqueued in `queues`; returns where it lives and the
+    /// position that must be synced before it is confirmed.
+    fn publish(
+        &self,
+        queues: &[&str],
+        published_at: u64,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+    ) -> (log::Persisted, u64);
+    /// The message left `queue` for good.
+    fn ack(&self, queue: &str, m: log::Persisted);
+    /// The message was delivered from `queue` for the `count`-th time.
+    fn delivered(&self, queue: &str, m: log::Persisted, count: u32);
+    /// A queue was deleted; returns the position to sync.
+    fn queue_deleted(&self, queue: &str) -> u64;
+    /// Position known durable.
+    fn synced(&self) -> u64;
+    /// Called with the new position after every sync.
+    fn on_sync(&self, f: Box<dyn Fn(u64) + Send>);
+    /// Makes everything recorded so far durable and stops.
+    fn close(&self);
+}
 
 /// One message in a queue's store.
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
+use bytes::Bytes;
 use tracing::{error, info, warn};
 
 /// Magic and version at the start of every segment file.
@@ -54,8 +55,9 @@ pub struct Persisted {
 pub struct StoredMessage {
     pub exchange: String,
     pub routing_key: String,
-    pub properties: Vec<u8>,
-    pub body: Vec<u8>,
+    /// Slices of the segment buffer they were read from (no copy).
+    pub properties: Bytes,
+    pub body: Bytes,
 }
 
 /// One message found in a queue during recovery, in log order.
@@ -105,7 +107,9 @@ type SyncCallback = Box<dyn Fn(u64) + Send>;
 
 /// During recovery: a message's segment, content, and the queues still
 /// holding it with their delivery counts.
-type Pending = (u32, u64, Arc<StoredMessage>, Vec<(String, u32)>);
+/// (segment, published_at, message, (queue index, delivery count) per queue
+/// still holding it).
+type Pending = (u32, u64, Arc<StoredMessage>, Vec<(u32, u32)>);
 
 struct Shared {
     dir: PathBuf,
@@ -160,13 +164,13 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn str16(&mut self) -> Option<String> {
+    fn str16(&mut self) -> Option<&'a str> {
         let n = self.u16()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
+        std::str::from_utf8(self.take(n)?).ok()
     }
-    fn bytes32(&mut self) -> Option<Vec<u8>> {
+    fn bytes32(&mut self) -> Option<&'a [u8]> {
         let n = self.u32()? as usize;
-        Some(self.take(n)?.to_vec())
+        self.take(n)
     }
 }
 
@@ -182,12 +186,17 @@ impl MessageLog {
         let mut rec = Recovered::default();
         let mut live: BTreeMap<u32, u64> = BTreeMap::new();
         let mut next_msg_id = 1;
-        let mut pending: HashMap<u64, Pending> = HashMap::new();
-        let mut order: Vec<u64> = Vec::new();
+        // Queue keys are interned: records name them by index from here on.
+        let mut queue_names: Vec<String> = Vec::new();
+        let mut queue_index: HashMap<String, u32> = HashMap::new();
+        // Messages by id (ids are assigned in log order): pending[id - base].
+        let mut base: Option<u64> = None;
+        let mut pending: Vec<Option<Pending>> = Vec::new();
         for &seg in &segments {
             let path = segment_path(dir, seg);
-            let mut data = Vec::new();
-            File::open(&path)?.read_to_end(&mut data)?;
+            let mut raw = Vec::new();
+            File::open(&path)?.read_to_end(&mut raw)?;
+            let data = Bytes::from(raw);
             let good = Self::scan(&data, seg, &mut rec, |kind, mut c| {
                 match kind {
                     T_PUBLISH => {
@@ -197,7 +206,15 @@ impl MessageLog {
                         let mut queues = Vec::with_capacity(nq as usize);
                         for _ in 0..nq {
                             let Some(q) = c.str16() else { return false };
-                            queues.push((q, 0));
+                            let idx = match queue_index.get(q) {
+                                Some(i) => *i,
+                                None => {
+                                    queue_names.push(q.to_owned());
+                                    queue_index.insert(q.to_owned(), queue_names.len() as u32 - 1);
+                                    queue_names.len() as u32 - 1
+                                }
+                            };
+                            queues.push((idx, 0));
                         }
                         let (Some(exchange), Some(routing_key), Some(properties), Some(body)) =
                             (c.str16(), c.str16(), c.bytes32(), c.bytes32())
@@ -205,26 +222,44 @@ impl MessageLog {
                             return false;
                         };
                         next_msg_id = next_msg_id.max(msg_id + 1);
-                        let m = Arc::new(StoredMessage { exchange, routing_key, properties, body });
-                        pending.insert(msg_id, (seg, published_at, m, queues));
-                        order.push(msg_id);
+                        let m = Arc::new(StoredMessage {
+                            exchange: exchange.to_owned(),
+                            routing_key: routing_key.to_owned(),
+                            properties: data.slice_ref(properties),
+                            body: data.slice_ref(body),
+                        });
+                        let b = *base.get_or_insert(msg_id);
+                        if msg_id < b {
+                            return false;
+                        }
+                        let at = (msg_id - b) as usize;
+                        if at >= pending.len() {
+                            pending.resize_with(at + 1, || None);
+                        }
+                        pending[at] = Some((seg, published_at, m, queues));
                     }
                     T_ACK | T_DELIVERED => {
                         let Some(msg_id) = c.u64() else { return false };
                         let count = if kind == T_DELIVERED { c.u32() } else { Some(0) };
                         let (Some(count), Some(q)) = (count, c.str16()) else { return false };
-                        if let Some((_, _, _, queues)) = pending.get_mut(&msg_id) {
-                            if kind == T_ACK {
-                                queues.retain(|(name, _)| *name != q);
-                            } else if let Some(e) = queues.iter_mut().find(|(name, _)| *name == q) {
-                                e.1 = e.1.max(count);
-                            }
+                        let (Some(&qi), Some(b)) = (queue_index.get(q), base) else { return true };
+                        let Some(Some((_, _, _, queues))) =
+                            msg_id.checked_sub(b).and_then(|i| pending.get_mut(i as usize))
+                        else {
+                            return true;
+                        };
+                        if kind == T_ACK {
+                            queues.retain(|(idx, _)| *idx != qi);
+                        } else if let Some(e) = queues.iter_mut().find(|(idx, _)| *idx == qi) {
+                            e.1 = e.1.max(count);
                         }
                     }
                     T_QUEUE_DELETED => {
                         let Some(q) = c.str16() else { return false };
-                        for (_, _, _, queues) in pending.values_mut() {
-                            queues.retain(|(name, _)| *name != q);
+                        if let Some(&qi) = queue_index.get(q) {
+                            for (_, _, _, queues) in pending.iter_mut().flatten() {
+                                queues.retain(|(idx, _)| *idx != qi);
+                            }
                         }
                     }
                     _ => return false,
@@ -240,16 +275,24 @@ impl MessageLog {
                 f.sync_all()?;
             }
         }
-        for msg_id in order {
-            let Some((seg, published_at, m, queues)) = pending.remove(&msg_id) else { continue };
-            for (q, count) in queues {
+        let mut by_queue: Vec<Vec<RecoveredEntry>> = queue_names.iter().map(|_| Vec::new()).collect();
+        let first = base.unwrap_or(0);
+        for (i, p) in pending.into_iter().enumerate() {
+            let Some((seg, published_at, m, queues)) = p else { continue };
+            let msg_id = first + i as u64;
+            for (qi, count) in queues {
                 *live.entry(seg).or_default() += 1;
-                rec.queues.entry(q).or_default().push(RecoveredEntry {
+                by_queue[qi as usize].push(RecoveredEntry {
                     persisted: Persisted { msg_id, segment: seg },
                     published_at,
                     message: m.clone(),
                     delivery_count: count,
                 });
+            }
+        }
+        for (name, entries) in queue_names.into_iter().zip(by_queue) {
+            if !entries.is_empty() {
+                rec.queues.insert(name, entries);
             }
         }
         if rec.dropped_records > 0 {
@@ -285,7 +328,7 @@ impl MessageLog {
 
     /// Walks the records of one segment, calling `f` for each good one.
     /// Returns the length of the good prefix (where a torn tail starts).
-    fn scan(data: &[u8], seg: u32, rec: &mut Recovered, mut f: impl FnMut(u8, Cursor<'_>) -> bool) -> usize {
+    fn scan(data: &Bytes, seg: u32, rec: &mut Recovered, mut f: impl FnMut(u8, Cursor<'_>) -> bool) -> usize {
         if data.len() < SEGMENT_MAGIC.len() || &data[..8] != SEGMENT_MAGIC {
             warn!(segment = seg, "segment without a valid header; ignoring its content");
             return 0;
@@ -306,9 +349,16 @@ impl MessageLog {
         at
     }
 
-    /// Appends one record; returns (segment, logical end position).
-    fn append(&self, kind: u8, payload: &[u8], durable: bool, live: u64) -> (u32, u64) {
+    /// Appends one record; returns (segment, logical end position). For a
+    /// publish record, the message id is assigned here, under the same lock
+    /// as the append, so that ids follow log order (recovery relies on it).
+    fn append(&self, kind: u8, payload: &mut [u8], durable: bool, live: u64) -> (u32, u64) {
         let mut st = self.shared.state.lock().unwrap();
+        if kind == T_PUBLISH {
+            let id = st.next_msg_id;
+            st.next_msg_id += 1;
+            payload[..8].copy_from_slice(&id.to_be_bytes());
+        }
         let size = (HEADER + 1 + payload.len()) as u64;
         if st.segment_size > 0 && st.segment_size + size > SEGMENT_TARGET {
             st.segment += 1;
@@ -341,14 +391,6 @@ impl MessageLog {
         (seg, pos)
     }
 
-    /// A fresh message id.
-    pub fn next_msg_id(&self) -> u64 {
-        let mut st = self.shared.state.lock().unwrap();
-        let id = st.next_msg_id;
-        st.next_msg_id += 1;
-        id
-    }
-
     /// Records a persistent message enqueued in `queues` at `published_at`
     /// (ms since the Unix epoch). Returns where it lives and the position
     /// that must be synced before it is confirmed.
@@ -361,10 +403,9 @@ impl MessageLog {
         properties: &[u8],
         body: &[u8],
     ) -> (Persisted, u64) {
-        let msg_id = self.next_msg_id();
         let mut p =
             Vec::with_capacity(32 + properties.len() + body.len() + queues.iter().map(|q| q.len() + 2).sum::<usize>());
-        p.extend_from_slice(&msg_id.to_be_bytes());
+        p.extend_from_slice(&0u64.to_be_bytes()); // msg_id, set by `append`
         p.extend_from_slice(&published_at.to_be_bytes());
         p.extend_from_slice(&(queues.len() as u16).to_be_bytes());
         for q in queues {
@@ -374,7 +415,8 @@ impl MessageLog {
         put_str16(&mut p, routing_key);
         put_bytes32(&mut p, properties);
         put_bytes32(&mut p, body);
-        let (segment, pos) = self.append(T_PUBLISH, &p, true, queues.len() as u64);
+        let (segment, pos) = self.append(T_PUBLISH, &mut p, true, queues.len() as u64);
+        let msg_id = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
         (Persisted { msg_id, segment }, pos)
     }
 
@@ -383,7 +425,7 @@ impl MessageLog {
         let mut p = Vec::with_capacity(10 + queue.len());
         p.extend_from_slice(&m.msg_id.to_be_bytes());
         put_str16(&mut p, queue);
-        self.append(T_ACK, &p, false, 0);
+        self.append(T_ACK, &mut p, false, 0);
         let mut st = self.shared.state.lock().unwrap();
         if let Some(n) = st.live.get_mut(&m.segment) {
             *n = n.saturating_sub(1);
@@ -396,7 +438,7 @@ impl MessageLog {
         p.extend_from_slice(&m.msg_id.to_be_bytes());
         p.extend_from_slice(&count.to_be_bytes());
         put_str16(&mut p, queue);
-        self.append(T_DELIVERED, &p, false, 0);
+        self.append(T_DELIVERED, &mut p, false, 0);
     }
 
     /// A durable queue was deleted: none of its messages come back. The
@@ -404,7 +446,7 @@ impl MessageLog {
     pub fn queue_deleted(&self, queue: &str) -> u64 {
         let mut p = Vec::with_capacity(2 + queue.len());
         put_str16(&mut p, queue);
-        self.append(T_QUEUE_DELETED, &p, true, 0).1
+        self.append(T_QUEUE_DELETED, &mut p, true, 0).1
     }
 
     /// Logical position known durable.
@@ -415,6 +457,14 @@ impl MessageLog {
     /// Called from the flusher thread after every sync with the new position.
     pub fn on_sync(&self, f: impl Fn(u64) + Send + 'static) {
         *self.shared.on_sync.lock().unwrap() = Some(Box::new(f));
+    }
+
+    /// Closes this log and opens it again, as a restart would.
+    pub fn reopen(&self) -> io::Result<(MessageLog, Recovered)> {
+        self.close();
+        // Give the flusher thread a moment to let go of its file.
+        thread::sleep(std::time::Duration::from_millis(5));
+        MessageLog::open(&self.shared.dir)
     }
 
     /// Whether the last write or sync failed (disk full, I/O error).
@@ -546,6 +596,38 @@ fn flush_loop(shared: Arc<Shared>) {
     }
 }
 
+impl crate::MessageStore for MessageLog {
+    fn publish(
+        &self,
+        queues: &[&str],
+        published_at: u64,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[u8],
+    ) -> (Persisted, u64) {
+        MessageLog::publish(self, queues, published_at, exchange, routing_key, properties, body)
+    }
+    fn ack(&self, queue: &str, m: Persisted) {
+        MessageLog::ack(self, queue, m)
+    }
+    fn delivered(&self, queue: &str, m: Persisted, count: u32) {
+        MessageLog::delivered(self, queue, m, count)
+    }
+    fn queue_deleted(&self, queue: &str) -> u64 {
+        MessageLog::queue_deleted(self, queue)
+    }
+    fn synced(&self) -> u64 {
+        MessageLog::synced(self)
+    }
+    fn on_sync(&self, f: Box<dyn Fn(u64) + Send>) {
+        *self.shared.on_sync.lock().unwrap() = Some(f);
+    }
+    fn close(&self) {
+        MessageLog::close(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,7 +649,7 @@ mod tests {
     }
 
     fn bodies(rec: &Recovered, q: &str) -> Vec<Vec<u8>> {
-        rec.queues.get(q).map(|v| v.iter().map(|e| e.message.body.clone()).collect()).unwrap_or_default()
+        rec.queues.get(q).map(|v| v.iter().map(|e| e.message.body.to_vec()).collect()).unwrap_or_default()
     }
 
     #[test]
@@ -586,7 +668,7 @@ mod tests {
         assert_eq!(bodies(&rec, "q1"), vec![b"two".to_vec(), b"three".to_vec()]);
         assert_eq!(bodies(&rec, "q2"), vec![b"one".to_vec()]);
         assert_eq!(rec.queues["q1"][0].delivery_count, 2);
-        assert_eq!(rec.queues["q1"][1].message.properties, vec![0x10, 0, 2]);
+        assert_eq!(&rec.queues["q1"][1].message.properties[..], &[0x10, 0, 2]);
         assert_eq!(rec.dropped_records, 0);
     }
 

@@ -30,9 +30,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let (sync_tx, synced) = watch::channel(0u64);
     if let Some(log) = broker.log() {
-        log.on_sync(move |pos| {
+        log.on_sync(Box::new(move |pos| {
             sync_tx.send_replace(pos);
-        });
+        }));
     }
     // Listen only once recovery is done: 'listening' means ready to serve.
     let listener = TcpListener::bind(config.amqp_listen)

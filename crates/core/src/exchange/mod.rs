@@ -197,7 +197,7 @@ impl Exchange {
             }
             ExchangeKind::Headers => {
                 let empty = FieldTable::default();
-                let headers = message.properties.headers().as_ref().unwrap_or(&empty);
+                let headers = message.properties.headers().unwrap_or(&empty);
                 for x in &b.all {
                     if headers::matches(&x.arguments, headers) {
                         out.push(x.destination.clone());
