@@ -63,6 +63,20 @@ impl Assembler {
         matches!(self, Assembler::Idle)
     }
 
+    /// The 505 for a frame that is not the content frame expected now.
+    pub fn expected(&self) -> AmqpError {
+        let what = match self {
+            Assembler::AwaitingBody { .. } => "content body",
+            _ => "content header for class 60",
+        };
+        let kind = if what == "content body" { "content body" } else { "content header" };
+        AmqpError::unexpected_frame(format_args!("expected {what}, got non {kind} frame instead")).during(60, 40)
+    }
+
+    fn expected_method() -> AmqpError {
+        AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+    }
+
     /// A `basic.publish` arrived; its content follows.
     pub fn start(&mut self) {
         *self = Assembler::AwaitingHeader;
@@ -71,8 +85,10 @@ impl Assembler {
     /// Feeds the header. Returns the content when the body is empty.
     /// `max_size` is the largest body accepted (406, as RabbitMQ).
     pub fn header(&mut self, payload: &Bytes, max_size: u64) -> Result<Option<Content>, AmqpError> {
-        if !matches!(self, Assembler::AwaitingHeader) {
-            return Err(AmqpError::unexpected_frame("expected content body, got content header").during(60, 40));
+        match self {
+            Assembler::AwaitingHeader => {}
+            Assembler::Idle => return Err(Self::expected_method()),
+            Assembler::AwaitingBody { .. } => return Err(self.expected()),
         }
         let header = parse_header(payload)?;
         if header.body_size > max_size {
@@ -93,9 +109,13 @@ impl Assembler {
 
     /// Feeds one body frame. Returns the content once it is complete.
     pub fn body(&mut self, payload: Bytes) -> Result<Option<Content>, AmqpError> {
-        let Assembler::AwaitingBody { header, first, rest, received } = self else {
-            return Err(AmqpError::unexpected_frame("unexpected content body frame").during(60, 40));
-        };
+        if !matches!(self, Assembler::AwaitingBody { .. }) {
+            return Err(match self {
+                Assembler::Idle => Self::expected_method(),
+                _ => self.expected(),
+            });
+        }
+        let Assembler::AwaitingBody { header, first, rest, received } = self else { unreachable!() };
         *received += payload.len() as u64;
         if *received > header.body_size {
             return Err(AmqpError::frame_error(format_args!(

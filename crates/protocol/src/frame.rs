@@ -34,6 +34,20 @@ pub struct Frame {
     pub payload: Bytes,
 }
 
+/// Renders bytes the way RabbitMQ's error texts show them (Erlang binary
+/// syntax): `<<"text">>` when printable, else `<<0,10,0,50>>`.
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    const MAX: usize = 128;
+    let shown = &bytes[..bytes.len().min(MAX)];
+    let more = if bytes.len() > MAX { ",..." } else { "" };
+    if !shown.is_empty() && shown.iter().all(|b| (0x20..0x7f).contains(b) && *b != b'"' && *b != b'\\') {
+        format!("<<\"{}\"{more}>>", String::from_utf8_lossy(shown))
+    } else {
+        let nums: Vec<String> = shown.iter().map(|b| b.to_string()).collect();
+        format!("<<{}{more}>>", nums.join(","))
+    }
+}
+
 /// Takes one complete frame off the front of `buf`, or returns `Ok(None)`
 /// when more bytes are needed. `frame_max` is the negotiated maximum size of
 /// a whole frame (0 = no limit beyond the protocol's).
@@ -44,29 +58,34 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
     let frame_type = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    let kind = match frame_type {
-        FRAME_METHOD => FrameKind::Method,
-        FRAME_HEADER => FrameKind::Header,
-        FRAME_BODY => FrameKind::Body,
-        FRAME_HEARTBEAT => FrameKind::Heartbeat,
-        other => return Err(AmqpError::frame_error(format_args!("unknown frame type {other} on channel {channel}"))),
-    };
+    // Checks in RabbitMQ's order, with its texts.
     if frame_max != 0 && size + FRAME_OVERHEAD > frame_max as usize {
         return Err(AmqpError::frame_error(format_args!(
-            "type {frame_type}, frame size {} larger than negotiated maximum {frame_max}",
-            size + FRAME_OVERHEAD
+            "type {frame_type}, all octets = <<>>: {{frame_too_large,{size},{}}}",
+            frame_max as usize - FRAME_OVERHEAD
         )));
     }
     if buf.len() < size + FRAME_OVERHEAD {
         buf.reserve(size + FRAME_OVERHEAD - buf.len());
         return Ok(None);
     }
+    let octets = || erlang_binary(&buf[7..7 + size]);
     if buf[7 + size] != FRAME_END {
         return Err(AmqpError::frame_error(format_args!(
-            "type {frame_type}, channel {channel}: invalid frame end byte {}",
+            "type {frame_type}, all octets = {}: {{invalid_frame_end_marker,{}}}",
+            octets(),
             buf[7 + size]
         )));
     }
+    let kind = match frame_type {
+        FRAME_METHOD => FrameKind::Method,
+        FRAME_HEADER => FrameKind::Header,
+        FRAME_BODY => FrameKind::Body,
+        FRAME_HEARTBEAT => FrameKind::Heartbeat,
+        other => {
+            return Err(AmqpError::frame_error(format_args!("type {other}, all octets = {}: unknown_frame", octets())))
+        }
+    };
     buf.advance(7);
     let payload = buf.split_to(size).freeze();
     buf.advance(1);
@@ -229,6 +248,13 @@ mod tests {
     fn bad_end_byte_is_frame_error() {
         let mut b = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xCD][..]);
         assert_eq!(parse_frame(&mut b, 0).unwrap_err().code(), 501);
+    }
+
+    #[test]
+    fn octets_render_like_erlang() {
+        assert_eq!(erlang_binary(b""), "<<>>");
+        assert_eq!(erlang_binary(b"zz"), "<<\"zz\">>");
+        assert_eq!(erlang_binary(&[0, 10, 0, 50]), "<<0,10,0,50>>");
     }
 
     #[test]

@@ -34,8 +34,10 @@ fn is_known(class: u16, method: u16) -> bool {
 
 /// Decodes a method frame's payload.
 ///
-/// An unknown class or method is a 540 NOT_IMPLEMENTED connection error; a
-/// known method whose arguments do not parse is a 502 SYNTAX_ERROR.
+/// An unknown class or method is a 540 NOT_IMPLEMENTED connection error
+/// (RabbitMQ drops the connection without a word); a known method whose
+/// arguments do not parse is 501 FRAME_ERROR "cannot decode <<…>>", as
+/// RabbitMQ words it.
 pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
     let Some((class_id, method_id)) = method_ids(payload) else {
         return Err(AmqpError::syntax_error("method frame too short"));
@@ -47,7 +49,7 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
     match parse_class(payload) {
         Ok((_, class)) => Ok(class),
         Err(_) => {
-            Err(AmqpError::syntax_error(format_args!("cannot decode arguments of method {class_id}.{method_id}"))
+            Err(AmqpError::frame_error(format_args!("cannot decode {}", crate::frame::erlang_binary(&payload[4..])))
                 .during(class_id, method_id))
         }
     }
@@ -64,10 +66,11 @@ mod tests {
     }
 
     #[test]
-    fn truncated_arguments_are_syntax_error() {
+    fn truncated_arguments_cannot_be_decoded() {
         // queue.declare with its arguments cut short.
-        let e = decode_method(&[0, 50, 0, 10, 0, 0, 5, b'a']).unwrap_err();
-        assert_eq!((e.code(), e.class_id, e.method_id), (502, 50, 10));
+        let e = decode_method(&[0, 50, 0, 10, 0, 0, 5, b'a', b'b']).unwrap_err();
+        assert_eq!((e.code(), e.class_id, e.method_id), (501, 50, 10));
+        assert_eq!(e.text, "FRAME_ERROR - cannot decode <<0,0,5,97,98>>");
     }
 }
 
@@ -86,7 +89,10 @@ pub fn parse_publish(payload: &[u8]) -> Option<Result<PublishArgs, AmqpError>> {
     if payload.len() < 4 || payload[..4] != [0, 60, 0, 40] {
         return None;
     }
-    let bad = || AmqpError::syntax_error("cannot decode arguments of method 60.40").during(60, 40);
+    let bad = || {
+        AmqpError::frame_error(format_args!("cannot decode {}", crate::frame::erlang_binary(&payload[4..])))
+            .during(60, 40)
+    };
     let mut p = &payload[6..payload.len().max(6)];
     if payload.len() < 6 {
         return Some(Err(bad()));

@@ -320,9 +320,7 @@ impl Channel {
             return Ok(());
         }
         if !self.assembler.is_idle() {
-            return Err(AmqpError::unexpected_frame(
-                "expected content header for class 60, got non content header frame instead",
-            ));
+            return Err(self.assembler.expected());
         }
         let _ = ctx;
         if p.immediate {
@@ -488,9 +486,7 @@ impl Channel {
             return Ok(());
         }
         if !self.assembler.is_idle() {
-            return Err(AmqpError::unexpected_frame(format_args!(
-                "expected content header for class 60, got non content header frame instead"
-            )));
+            return Err(self.assembler.expected());
         }
         let ids = (m.get_amqp_class_id(), m.get_amqp_method_id());
         self.method(ctx, m).map_err(|e| e.during(ids.0, ids.1))

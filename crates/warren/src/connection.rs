@@ -446,6 +446,12 @@ impl Conn {
 
     fn on_frame(&mut self, f: Frame) -> Result<(), AmqpError> {
         if f.kind == FrameKind::Heartbeat {
+            if f.channel != 0 {
+                return Err(AmqpError::unexpected_frame(format_args!(
+                    "type 8, all octets = {}",
+                    frame::erlang_binary(&f.payload)
+                )));
+            }
             return Ok(());
         }
         if self.stage == Stage::Closing {
@@ -468,7 +474,11 @@ impl Conn {
         }
         if f.channel == 0 {
             if f.kind != FrameKind::Method {
-                return Err(AmqpError::unexpected_frame("content frame on channel 0"));
+                let t = if f.kind == FrameKind::Header { frame::FRAME_HEADER } else { frame::FRAME_BODY };
+                return Err(AmqpError::unexpected_frame(format_args!(
+                    "type {t}, all octets = {}",
+                    frame::erlang_binary(&f.payload)
+                )));
             }
             let m = decode_method(&f.payload)?;
             return self.on_connection_method(m);
@@ -507,7 +517,7 @@ impl Conn {
                         r => r,
                     };
                 }
-                return Err(AmqpError::channel_error("expected 'channel.open'"));
+                return Err(AmqpError::channel_error("expected 'channel.open'").during(60, 40));
             }
         }
         let method = match f.kind {
@@ -526,7 +536,9 @@ impl Conn {
                     Ok(())
                 }
                 Some(AMQPClass::Channel(chan::AMQPMethod::CloseOk(_))) => Ok(()),
-                _ => Err(AmqpError::channel_error("expected 'channel.open'")),
+                Some(m) => Err(AmqpError::channel_error("expected 'channel.open'")
+                    .during(m.get_amqp_class_id(), m.get_amqp_method_id())),
+                None => Err(AmqpError::channel_error("expected 'channel.open'")),
             };
         };
         let mut ctx = Ctx {
