@@ -49,13 +49,13 @@ class Raw:
             if t == 1:
                 return ch, struct.unpack(">HH", p[:4]), p[4:]
 
-    def handshake(self):
+    def handshake(self, heartbeat=0):
         self.send(b"AMQP\x00\x00\x09\x01")
         self.read_method()  # start
         start_ok = struct.pack(">I", 0) + shortstr(b"PLAIN") + longstr(b"\0guest\0guest") + shortstr(b"en_US")
         self.send(method(0, 10, 11, start_ok))
         self.read_method()  # tune
-        self.send(method(0, 10, 31, struct.pack(">HIH", 2047, 131072, 0)))
+        self.send(method(0, 10, 31, struct.pack(">HIH", 2047, 131072, heartbeat)))
         self.send(method(0, 10, 40, shortstr(b"/") + shortstr(b"") + b"\0"))
         assert self.read_method()[1] == (10, 41)
 

@@ -1,7 +1,6 @@
 """Behaviour tests with pika (BlockingConnection). Each passes against
 RabbitMQ 3.10 too (WARREN_TEST_ADDR)."""
 import socket
-import struct
 import time
 
 import pika
@@ -232,43 +231,13 @@ def test_bad_protocol_header_gets_ours_back(broker):
     assert data == b"AMQP\x00\x00\x09\x01"
 
 
-def _handshake(s, heartbeat):
-    """Minimal raw client: protocol header, start-ok (PLAIN), tune-ok, open."""
-
-    def frame(ftype, ch, payload):
-        return struct.pack(">BHI", ftype, ch, len(payload)) + payload + b"\xce"
-
-    def shortstr(x):
-        return bytes([len(x)]) + x
-
-    def longstr(x):
-        return struct.pack(">I", len(x)) + x
-
-    def read_frame():
-        hdr = b""
-        while len(hdr) < 7:
-            hdr += s.recv(7 - len(hdr))
-        t, ch, size = struct.unpack(">BHI", hdr)
-        body = b""
-        while len(body) < size + 1:
-            body += s.recv(size + 1 - len(body))
-        return t, body[:-1]
-
-    s.sendall(b"AMQP\x00\x00\x09\x01")
-    read_frame()  # start
-    start_ok = struct.pack(">HH", 10, 11) + struct.pack(">I", 0) + shortstr(b"PLAIN") + longstr(b"\0guest\0guest") + shortstr(b"en_US")
-    s.sendall(frame(1, 0, start_ok))
-    read_frame()  # tune
-    s.sendall(frame(1, 0, struct.pack(">HHHIH", 10, 31, 2047, 131072, heartbeat)))
-    s.sendall(frame(1, 0, struct.pack(">HH", 10, 40) + shortstr(b"/") + shortstr(b"") + b"\0"))
-    t, payload = read_frame()
-    assert payload[:4] == struct.pack(">HH", 10, 41)
-    return read_frame
-
-
 def test_silent_client_is_dropped_after_missed_heartbeats(broker):
-    s = socket.create_connection((broker.host, broker.port), timeout=15)
-    _handshake(s, heartbeat=1)
+    from rawamqp import Raw
+
+    r = Raw(broker.host, broker.port)
+    r.s.settimeout(15)
+    r.handshake(heartbeat=1)
+    s = r.s
     start = time.time()
     got_heartbeat = False
     try:

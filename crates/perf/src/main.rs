@@ -271,16 +271,7 @@ async fn publisher(
             }
         }
         while args.confirm > 0 && sent - confirmed >= args.confirm {
-            let f = c.next_frame().await?;
-            if f.kind == FrameKind::Method {
-                if let AMQPClass::Basic(basic::AMQPMethod::Ack(a)) =
-                    decode_method(&f.payload).map_err(|e| anyhow::anyhow!("{e}"))?
-                {
-                    let n = if a.multiple { a.delivery_tag - confirmed } else { 1 };
-                    confirmed += n;
-                    stats.confirmed.fetch_add(n, Ordering::Relaxed);
-                }
-            }
+            read_confirm(&mut c, &mut confirmed, &stats).await?;
         }
         let batch = if args.count > 0 { batch.min(args.count - sent) } else { batch };
         for _ in 0..batch {
@@ -295,15 +286,21 @@ async fn publisher(
     }
     // With --count and confirms, wait until everything is confirmed.
     while args.count > 0 && args.confirm > 0 && confirmed < sent {
-        let f = c.next_frame().await?;
-        if f.kind == FrameKind::Method {
-            if let AMQPClass::Basic(basic::AMQPMethod::Ack(a)) =
-                decode_method(&f.payload).map_err(|e| anyhow::anyhow!("{e}"))?
-            {
-                let n = if a.multiple { a.delivery_tag - confirmed } else { 1 };
-                confirmed += n;
-                stats.confirmed.fetch_add(n, Ordering::Relaxed);
-            }
+        read_confirm(&mut c, &mut confirmed, &stats).await?;
+    }
+    Ok(())
+}
+
+/// Reads one frame; counts the publisher confirms it carries.
+async fn read_confirm(c: &mut Client, confirmed: &mut u64, stats: &Stats) -> anyhow::Result<()> {
+    let f = c.next_frame().await?;
+    if f.kind == FrameKind::Method {
+        if let AMQPClass::Basic(basic::AMQPMethod::Ack(a)) =
+            decode_method(&f.payload).map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            let n = if a.multiple { a.delivery_tag - *confirmed } else { 1 };
+            *confirmed += n;
+            stats.confirmed.fetch_add(n, Ordering::Relaxed);
         }
     }
     Ok(())

@@ -30,6 +30,14 @@ use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, P
 use crate::channel::{Channel, Ctx};
 use crate::server::Shared;
 
+/// A channel frame, decoded.
+enum Input {
+    Publish(warren_protocol::method::PublishArgs),
+    Method(AMQPClass),
+    Header(Bytes),
+    Body(Bytes),
+}
+
 /// What queues send to a connection.
 pub enum Event {
     Deliver(Delivery),
@@ -493,52 +501,29 @@ impl Conn {
             )));
         }
         let vhost = self.vhost.clone().expect("open connection has a vhost");
-        // basic.publish is parsed by hand: it comes once per message.
         let synced = self.synced();
-        if f.kind == FrameKind::Method {
-            if let Some(publish) = warren_protocol::method::parse_publish(&f.payload) {
-                let publish = publish?;
-                if let Some(ch) = self.channels.get_mut(&f.channel) {
-                    let mut ctx = Ctx {
-                        vhost: &vhost,
-                        connection: self.id,
-                        out: &mut self.out,
-                        outbox: &self.outbox,
-                        frame_max: self.frame_max,
-                        max_message_size: self.shared.config.max_message_size,
-                        to_wake: &mut self.to_wake,
-                        synced,
-                    };
-                    return match ch.on_publish(&mut ctx, publish) {
-                        Err(e) if !e.is_hard() => {
-                            ch.fail(&mut ctx, e);
-                            Ok(())
-                        }
-                        r => r,
-                    };
-                }
-                return Err(AmqpError::channel_error("expected 'channel.open'").during(60, 40));
-            }
-        }
-        let method = match f.kind {
-            FrameKind::Method => Some(decode_method(&f.payload)?),
-            _ => None,
+        // basic.publish is parsed by hand: it comes once per message.
+        let input = match f.kind {
+            FrameKind::Method => match warren_protocol::method::parse_publish(&f.payload) {
+                Some(publish) => Input::Publish(publish?),
+                None => Input::Method(decode_method(&f.payload)?),
+            },
+            FrameKind::Header => Input::Header(f.payload),
+            _ => Input::Body(f.payload),
         };
         let Some(ch) = self.channels.get_mut(&f.channel) else {
-            return match method {
-                Some(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
+            let expected = AmqpError::channel_error("expected 'channel.open'");
+            return match input {
+                Input::Method(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
                     self.channels.insert(f.channel, Channel::new(f.channel));
-                    frame::write_method(
-                        &mut self.out,
-                        f.channel,
-                        &AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
-                    );
+                    let ok = AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {}));
+                    frame::write_method(&mut self.out, f.channel, &ok);
                     Ok(())
                 }
-                Some(AMQPClass::Channel(chan::AMQPMethod::CloseOk(_))) => Ok(()),
-                Some(m) => Err(AmqpError::channel_error("expected 'channel.open'")
-                    .during(m.get_amqp_class_id(), m.get_amqp_method_id())),
-                None => Err(AmqpError::channel_error("expected 'channel.open'")),
+                Input::Method(AMQPClass::Channel(chan::AMQPMethod::CloseOk(_))) => Ok(()),
+                Input::Method(m) => Err(expected.during(m.get_amqp_class_id(), m.get_amqp_method_id())),
+                Input::Publish(_) => Err(expected.during(60, 40)),
+                Input::Header(_) | Input::Body(_) => Err(expected),
             };
         };
         let mut ctx = Ctx {
@@ -551,10 +536,11 @@ impl Conn {
             to_wake: &mut self.to_wake,
             synced,
         };
-        let result = match method {
-            Some(m) => ch.on_method(&mut ctx, m),
-            None if f.kind == FrameKind::Header => ch.on_header(&mut ctx, &f.payload),
-            None => ch.on_body(&mut ctx, f.payload),
+        let result = match input {
+            Input::Publish(p) => ch.on_publish(&mut ctx, p),
+            Input::Method(m) => ch.on_method(&mut ctx, m),
+            Input::Header(payload) => ch.on_header(&mut ctx, &payload),
+            Input::Body(payload) => ch.on_body(&mut ctx, payload),
         };
         match result {
             Ok(()) => {
