@@ -42,6 +42,9 @@ pub trait MessageStore: Send + Sync {
     fn on_sync(&self, f: Box<dyn Fn(u64) + Send>);
     /// Makes everything recorded so far durable and stops.
     fn close(&self);
+    /// Whether the last write or sync failed (disk full, I/O error): the
+    /// broker raises its disk alarm while this holds.
+    fn is_failed(&self) -> bool;
 }
 
 /// One message in a queue's store.

@@ -121,6 +121,10 @@ struct Shared {
     failed: AtomicBool,
     on_sync: Mutex<Option<SyncCallback>>,
     shutdown: AtomicBool,
+    /// Fault injection for tests (`WARREN_FAULT_LOG_WRITE_LIMIT`): writes
+    /// past this many bytes (this process) fail as if the disk were full.
+    write_limit: Option<u64>,
+    written: AtomicU64,
 }
 
 /// Handle to the message log; cheap to clone.
@@ -316,6 +320,8 @@ impl MessageLog {
             failed: AtomicBool::new(false),
             on_sync: Mutex::new(None),
             shutdown: AtomicBool::new(false),
+            write_limit: std::env::var("WARREN_FAULT_LOG_WRITE_LIMIT").ok().and_then(|v| v.parse().ok()),
+            written: AtomicU64::new(0),
         });
         let log = MessageLog { shared };
         log.collect_garbage();
@@ -565,9 +571,21 @@ fn flush_loop(shared: Arc<Shared>) {
             }
             (std::mem::take(&mut st.chunks), st.appended)
         };
-        match write_batch(&shared.dir, &mut file, &chunks) {
+        let size: u64 = chunks.iter().map(|c| c.bytes.len() as u64).sum();
+        let injected = shared.write_limit.is_some_and(|l| shared.written.load(Ordering::Acquire) + size > l);
+        let result = if injected {
+            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device (injected fault)"))
+        } else {
+            write_batch(&shared.dir, &mut file, &chunks)
+        };
+        if result.is_ok() {
+            shared.written.fetch_add(size, Ordering::AcqRel);
+        }
+        match result {
             Ok(()) => {
-                shared.failed.store(false, Ordering::Release);
+                if shared.failed.swap(false, Ordering::AcqRel) {
+                    info!("message log writes succeed again");
+                }
                 shared.synced.store(pos, Ordering::Release);
                 if let Some(cb) = shared.on_sync.lock().unwrap().as_ref() {
                     cb(pos);
@@ -576,8 +594,9 @@ fn flush_loop(shared: Arc<Shared>) {
             }
             Err(e) => {
                 // Nothing past the last sync is confirmed; retry the batch.
-                error!(error = %e, "message log write failed; confirms wait until it succeeds");
-                shared.failed.store(true, Ordering::Release);
+                if !shared.failed.swap(true, Ordering::AcqRel) {
+                    error!(error = %e, "message log write failed; confirms wait until it succeeds (retrying)");
+                }
                 {
                     let mut st = shared.state.lock().unwrap();
                     let newer = std::mem::take(&mut st.chunks);
@@ -625,6 +644,9 @@ impl crate::MessageStore for MessageLog {
     }
     fn close(&self) {
         MessageLog::close(self)
+    }
+    fn is_failed(&self) -> bool {
+        MessageLog::is_failed(self)
     }
 }
 

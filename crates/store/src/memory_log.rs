@@ -127,6 +127,10 @@ impl MessageStore for MemoryMessageStore {
     fn on_sync(&self, _f: Box<dyn Fn(u64) + Send>) {}
 
     fn close(&self) {}
+
+    fn is_failed(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

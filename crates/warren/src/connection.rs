@@ -103,6 +103,12 @@ pub struct Conn {
     outbox: Arc<dyn Outbox>,
     /// Whether the client wants server-sent basic.cancel.
     cancel_notify: bool,
+    /// Whether the client understands connection.blocked.
+    blocked_notify: bool,
+    /// Whether it has published: only publishers are blocked by an alarm.
+    published: bool,
+    /// Whether it is blocked by the disk alarm (and was told, if it can hear it).
+    blocked_sent: bool,
     /// Queues that may deliver again once this turn's work is done.
     to_wake: Vec<Arc<Queue>>,
     started: Instant,
@@ -156,6 +162,9 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         out: BytesMut::with_capacity(64 * 1024),
         outbox: Arc::new(ConnOutbox { tx: event_tx }),
         cancel_notify: false,
+        blocked_notify: false,
+        published: false,
+        blocked_sent: false,
         to_wake: Vec::new(),
         started: Instant::now(),
         closing_since: None,
@@ -163,6 +172,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
     c.send_start();
 
     let mut synced_rx = shared.synced.clone();
+    let mut alarm_rx = shared.alarm.clone();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -202,8 +212,25 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
             tokio::task::yield_now().await;
         }
         let backpressured = pending.load(Ordering::Acquire) > OUT_HIGH_WATER;
+        // Under the disk alarm a publisher is not read from (its heartbeats
+        // are not held against it meanwhile).
+        let alarmed = c.published && alarm_rx.borrow().is_some();
+        if alarmed {
+            last_read = Instant::now();
+            if !c.blocked_sent {
+                let reason = alarm_rx.borrow().clone();
+                c.on_alarm(reason);
+                continue; // flush the notification first
+            }
+        }
         tokio::select! {
-            read = rd.read_buf(&mut rbuf) => {
+            changed = alarm_rx.changed() => {
+                if changed.is_ok() {
+                    let reason = alarm_rx.borrow().clone();
+                    c.on_alarm(reason);
+                }
+            }
+            read = rd.read_buf(&mut rbuf), if !alarmed => {
                 match read {
                     Ok(0) | Err(_) => {
                         if c.stage == Stage::Open {
@@ -526,6 +553,7 @@ impl Conn {
                 Input::Header(_) | Input::Body(_) => Err(expected),
             };
         };
+        self.published |= matches!(input, Input::Publish(_));
         let mut ctx = Ctx {
             vhost: &vhost,
             connection: self.id,
@@ -567,6 +595,8 @@ impl Conn {
                 if let Some(AMQPValue::FieldTable(caps)) = ok.client_properties.inner().get("capabilities") {
                     self.cancel_notify =
                         matches!(caps.inner().get("consumer_cancel_notify"), Some(AMQPValue::Boolean(true)));
+                    self.blocked_notify =
+                        matches!(caps.inner().get("connection.blocked"), Some(AMQPValue::Boolean(true)));
                 }
                 let mechanism = ok.mechanism.as_str();
                 let creds = credentials(mechanism, ok.response.as_bytes());
@@ -664,6 +694,29 @@ impl Conn {
                     ch.server_cancel(&mut self.out, &consumer, self.cancel_notify);
                 }
             }
+        }
+    }
+
+    /// The disk alarm changed. A publishing connection is blocked (and told
+    /// so, if it understands connection.blocked) until the alarm clears.
+    fn on_alarm(&mut self, reason: Option<String>) {
+        let notify = self.blocked_notify && self.stage == Stage::Open;
+        match reason {
+            Some(reason) if self.published && !self.blocked_sent => {
+                self.blocked_sent = true;
+                if notify {
+                    let m = conn::Blocked { reason: reason.as_str().into() };
+                    frame::write_method(&mut self.out, 0, &AMQPClass::Connection(conn::AMQPMethod::Blocked(m)));
+                }
+            }
+            None if self.blocked_sent => {
+                self.blocked_sent = false;
+                if notify {
+                    let m = AMQPClass::Connection(conn::AMQPMethod::Unblocked(conn::Unblocked {}));
+                    frame::write_method(&mut self.out, 0, &m);
+                }
+            }
+            _ => {}
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Shared {
     pub config: Config,
     /// Position up to which the message log is on disk; changes after every sync.
     pub synced: watch::Receiver<u64>,
+    /// The disk alarm: Some(reason) while the message log cannot write.
+    pub alarm: watch::Receiver<Option<String>>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -40,7 +42,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.amqp_listen))?;
     let addr = listener.local_addr()?;
     info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
-    let shared = Arc::new(Shared { broker, config, synced });
+    let (alarm_tx, alarm) = watch::channel(None);
+    tokio::spawn(disk_alarm(broker.clone(), alarm_tx));
+    let shared = Arc::new(Shared { broker, config, synced, alarm });
 
     tokio::spawn(expiry_timer(shared.broker.clone()));
 
@@ -95,6 +99,27 @@ async fn expiry_timer(broker: Arc<Broker>) {
         tick.tick().await;
         for vhost in broker.vhosts() {
             vhost.tick();
+        }
+    }
+}
+
+/// Raises the disk alarm while the message log fails to write (disk full or
+/// an I/O error), and clears it when writes succeed again. Connections send
+/// `connection.blocked` / `connection.unblocked` and stop reading from
+/// publishers meanwhile, as RabbitMQ does for its disk alarm.
+async fn disk_alarm(broker: Arc<Broker>, alarm: watch::Sender<Option<String>>) {
+    let Some(log) = broker.log().cloned() else { return };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let failed = log.is_failed();
+        if failed != alarm.borrow().is_some() {
+            if failed {
+                warn!("disk alarm: the message log cannot write; blocking publishers");
+            } else {
+                info!("disk alarm cleared");
+            }
+            alarm.send_replace(failed.then(|| "low on disk".to_owned()));
         }
     }
 }

@@ -30,15 +30,27 @@ impl TestBroker {
 
     /// Always a fresh Warren process, for tests about the process itself.
     pub fn spawn() -> TestBroker {
+        let (dir, port) = Self::fresh();
+        Self::spawn_at(dir, port)
+    }
+
+    /// A free port and a data directory path for it.
+    pub fn fresh() -> (PathBuf, u16) {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("warren-test-{}-{port}", std::process::id()));
-        Self::spawn_at(dir, port)
+        (dir, port)
     }
 
     /// A Warren process on `port` with data in `dir` (kept across restarts).
     pub fn spawn_at(dir: PathBuf, port: u16) -> TestBroker {
+        Self::spawn_env(dir, port, &[])
+    }
+
+    /// Same, with extra environment variables (fault injection).
+    pub fn spawn_env(dir: PathBuf, port: u16, env: &[(&str, &str)]) -> TestBroker {
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .envs(env.iter().copied())
             .args(["--amqp-listen", &addr, "--data-dir"])
             .arg(&dir)
             .env("WARREN_LOG", "info")
