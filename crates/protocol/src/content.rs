@@ -129,7 +129,10 @@ impl Assembler {
                 let Assembler::AwaitingBody { header, .. } = std::mem::take(self) else { unreachable!() };
                 return Ok(Some(Content { header: *header, body }));
             }
-            rest.reserve(header.body_size as usize);
+            // Reserve what the header announced, up to 1 MiB: a client that
+            // announces a huge body and trickles it in must not make us
+            // allocate it all up front (per channel, per connection).
+            rest.reserve((header.body_size as usize).min(1 << 20));
         }
         if let Some(f) = first.take() {
             rest.extend_from_slice(&f);
