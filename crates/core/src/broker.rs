@@ -101,8 +101,8 @@ impl Broker {
                         parse_properties(&raw[..]).map(|(_, p)| p).unwrap_or_default()
                     };
                     let m = Message::new(
-                        e.message.exchange.clone(),
-                        e.message.routing_key.clone(),
+                        e.message.exchange.as_str().into(),
+                        e.message.routing_key.as_str().into(),
                         raw.clone(),
                         props,
                         e.message.body.clone(),

@@ -103,7 +103,7 @@ pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, routing_key: &s
     for (k, v) in [
         ("x-first-death-reason", reason.as_str()),
         ("x-first-death-queue", queue),
-        ("x-first-death-exchange", msg.exchange.as_str()),
+        ("x-first-death-exchange", &*msg.exchange),
     ] {
         if !headers.contains_key(k) {
             headers.insert(k.into(), long_str(v));
@@ -115,7 +115,7 @@ pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, routing_key: &s
         props = without_expiration(props);
     }
     let raw = encode_properties(&props);
-    Arc::new(Message::new(msg.exchange.clone(), routing_key.to_owned(), raw, props, msg.body.clone()))
+    Arc::new(Message::new(msg.exchange.clone(), routing_key.into(), raw, props, msg.body.clone()))
 }
 
 fn without_expiration(p: warren_protocol::spec::basic::AMQPProperties) -> warren_protocol::spec::basic::AMQPProperties {

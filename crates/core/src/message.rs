@@ -9,9 +9,10 @@ use warren_store::log::Persisted;
 
 #[derive(Debug)]
 pub struct Message {
-    /// Exchange it was published to (as the publisher named it).
-    pub exchange: String,
-    pub routing_key: String,
+    /// Exchange it was published to (as the publisher named it). Shared:
+    /// a publisher's messages usually repeat the same names.
+    pub exchange: Arc<str>,
+    pub routing_key: Arc<str>,
     /// Property flags and list exactly as published: consumers get these bytes.
     pub properties_raw: Bytes,
     /// The properties routing and queue features read, parsed. The rest
@@ -63,8 +64,8 @@ impl From<AMQPProperties> for Props {
 
 impl Message {
     pub fn new(
-        exchange: String,
-        routing_key: String,
+        exchange: Arc<str>,
+        routing_key: Arc<str>,
         properties_raw: Bytes,
         properties: AMQPProperties,
         body: Bytes,

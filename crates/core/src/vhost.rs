@@ -598,10 +598,10 @@ impl VHost {
     /// exchange when nothing else matched. Each queue appears once.
     pub fn route(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
         if exchange.name.is_empty() {
-            if let Some(q) = self.queues.read().get(&message.routing_key) {
+            if let Some(q) = self.queues.read().get(&*message.routing_key) {
                 out.push(q.clone());
             } else if message.routing_key.starts_with(REPLY_TO) {
-                if let Some(q) = self.reply_queues.read().get(&message.routing_key).and_then(Weak::upgrade) {
+                if let Some(q) = self.reply_queues.read().get(&*message.routing_key).and_then(Weak::upgrade) {
                     out.push(q);
                 }
             }
@@ -702,7 +702,7 @@ impl VHost {
         let Ok(x) = self.exchange(&dlx) else { return };
         let mut queues = Vec::new();
         for (msg, reason) in dead {
-            let rk = key.clone().unwrap_or_else(|| msg.routing_key.clone());
+            let rk = key.clone().unwrap_or_else(|| msg.routing_key.to_string());
             let new = crate::dead_letter::dead_lettered(&msg, reason, &from.name, &rk);
             self.route(&x, &new, &mut queues);
             queues.retain(|q| !crate::dead_letter::is_cycle(&new, &q.name));

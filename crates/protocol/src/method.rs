@@ -76,16 +76,18 @@ mod tests {
 
 /// `basic.publish` arguments, parsed by hand: it arrives once per message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishArgs {
-    pub exchange: String,
-    pub routing_key: String,
+pub struct PublishArgs<'a> {
+    /// Borrowed from the frame: the channel interns them (no allocation
+    /// when a publisher repeats its exchange and routing key).
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
     pub mandatory: bool,
     pub immediate: bool,
 }
 
 /// Parses a method payload if it is `basic.publish`; `None` for any other
 /// method (decode those with [`decode_method`]).
-pub fn parse_publish(payload: &[u8]) -> Option<Result<PublishArgs, AmqpError>> {
+pub fn parse_publish(payload: &[u8]) -> Option<Result<PublishArgs<'_>, AmqpError>> {
     if payload.len() < 4 || payload[..4] != [0, 60, 0, 40] {
         return None;
     }
@@ -97,13 +99,12 @@ pub fn parse_publish(payload: &[u8]) -> Option<Result<PublishArgs, AmqpError>> {
     if payload.len() < 6 {
         return Some(Err(bad()));
     }
-    let short = |p: &mut &[u8]| -> Option<String> {
+    fn short<'a>(p: &mut &'a [u8]) -> Option<&'a str> {
         let (&len, rest) = p.split_first()?;
-        let s = rest.get(..len as usize)?;
-        let s = std::str::from_utf8(s).ok()?.to_owned();
+        let s = std::str::from_utf8(rest.get(..len as usize)?).ok()?;
         *p = &rest[len as usize..];
         Some(s)
-    };
+    }
     let Some(exchange) = short(&mut p) else { return Some(Err(bad())) };
     let Some(routing_key) = short(&mut p) else { return Some(Err(bad())) };
     let Some(&bits) = p.first() else { return Some(Err(bad())) };
@@ -129,10 +130,7 @@ mod publish_tests {
         write_method(&mut b, 1, &m);
         let f = parse_frame(&mut b, 0).unwrap().unwrap();
         let p = parse_publish(&f.payload).unwrap().unwrap();
-        assert_eq!(
-            p,
-            PublishArgs { exchange: "ex".into(), routing_key: "a.b".into(), mandatory: true, immediate: false }
-        );
+        assert_eq!(p, PublishArgs { exchange: "ex", routing_key: "a.b", mandatory: true, immediate: false });
         assert!(parse_publish(&[0, 60, 0, 40, 0, 0, 5, b'a']).unwrap().is_err());
         assert!(parse_publish(&[0, 60, 0, 41]).is_none());
     }

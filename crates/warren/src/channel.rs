@@ -63,9 +63,18 @@ struct Settle {
 }
 
 struct Publish {
-    exchange: String,
-    routing_key: String,
+    exchange: Arc<str>,
+    routing_key: Arc<str>,
     mandatory: bool,
+}
+
+/// Returns `s` as a shared string, reusing `last` when it is the same
+/// (publishers repeat exchange and routing key: no allocation then).
+fn intern(last: &mut Arc<str>, s: &str) -> Arc<str> {
+    if &**last != s {
+        *last = Arc::from(s);
+    }
+    last.clone()
 }
 
 pub struct Channel {
@@ -99,6 +108,9 @@ pub struct Channel {
     last_queue: Option<String>,
     /// Reused for every publish's routing result, to save an allocation.
     routed: Vec<Arc<Queue>>,
+    /// The last exchange and routing key published with (see `intern`).
+    last_exchange: Arc<str>,
+    last_routing_key: Arc<str>,
     /// Replies waiting for the message log to sync past their position,
     /// in the order they must be sent.
     held: VecDeque<(u64, Held)>,
@@ -132,6 +144,8 @@ impl Channel {
             tx_settles: Vec::new(),
             last_queue: None,
             routed: Vec::new(),
+            last_exchange: Arc::from(""),
+            last_routing_key: Arc::from(""),
             held: VecDeque::new(),
             reply: None,
         }
@@ -315,7 +329,7 @@ impl Channel {
     }
 
     /// `basic.publish`: its content follows.
-    pub fn on_publish(&mut self, ctx: &mut Ctx<'_>, p: PublishArgs) -> Result<(), AmqpError> {
+    pub fn on_publish(&mut self, ctx: &mut Ctx<'_>, p: PublishArgs<'_>) -> Result<(), AmqpError> {
         if self.closing {
             return Ok(());
         }
@@ -326,7 +340,9 @@ impl Channel {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true").during(60, 40));
         }
-        self.publish = Some(Publish { exchange: p.exchange, routing_key: p.routing_key, mandatory: p.mandatory });
+        let exchange = intern(&mut self.last_exchange, p.exchange);
+        let routing_key = intern(&mut self.last_routing_key, p.routing_key);
+        self.publish = Some(Publish { exchange, routing_key, mandatory: p.mandatory });
         self.assembler.start();
         Ok(())
     }
@@ -451,15 +467,28 @@ impl Channel {
             _ => {
                 for (q, group) in group_by_queue(taken) {
                     let n = group.len();
+                    // Credit goes back once per run of one consumer's
+                    // deliveries, not once per message (two atomics each).
+                    let mut run: Option<(Arc<Consumer>, u32)> = None;
                     for u in group {
-                        if let Some(c) = &u.consumer {
-                            c.release(1);
+                        if let Some(c) = u.consumer {
+                            match &mut run {
+                                Some((rc, k)) if Arc::ptr_eq(rc, &c) => *k += 1,
+                                _ => {
+                                    if let Some((rc, k)) = run.replace((c, 1)) {
+                                        rc.release(k);
+                                    }
+                                }
+                            }
                         }
                         if s.requeue.is_some() {
                             q.reject(u.entry.message);
                         } else {
                             q.discard(&u.entry.message);
                         }
+                    }
+                    if let Some((rc, k)) = run {
+                        rc.release(k);
                     }
                     q.settled(n);
                     ctx.to_wake.push(q);

@@ -31,8 +31,8 @@ use crate::channel::{Channel, Ctx};
 use crate::server::Shared;
 
 /// A channel frame, decoded.
-enum Input {
-    Publish(warren_protocol::method::PublishArgs),
+enum Input<'a> {
+    Publish(warren_protocol::method::PublishArgs<'a>),
     Method(AMQPClass),
     Header(Bytes),
     Body(Bytes),
@@ -535,8 +535,8 @@ impl Conn {
                 Some(publish) => Input::Publish(publish?),
                 None => Input::Method(decode_method(&f.payload)?),
             },
-            FrameKind::Header => Input::Header(f.payload),
-            _ => Input::Body(f.payload),
+            FrameKind::Header => Input::Header(f.payload.clone()),
+            _ => Input::Body(f.payload.clone()),
         };
         let Some(ch) = self.channels.get_mut(&f.channel) else {
             let expected = AmqpError::channel_error("expected 'channel.open'");

@@ -183,7 +183,7 @@ impl Exchange {
         let b = self.bindings.read();
         match self.kind {
             ExchangeKind::Direct => {
-                if let Some(d) = b.by_key.get(&message.routing_key) {
+                if let Some(d) = b.by_key.get(&*message.routing_key) {
                     out.extend(d.iter().cloned());
                 }
             }
