@@ -167,3 +167,21 @@ def test_garbage_hurts_no_one_else(broker, name):
     assert got == [str(i).encode() for i in range(10)]
     ch.queue_delete(name)
     good.close()
+
+
+def test_unfinished_handshake_is_closed(broker):
+    """A socket that sends the protocol header and then nothing is closed
+    after the handshake timeout (10 s, as RabbitMQ's default)."""
+    import socket
+    import time
+
+    s = socket.create_connection((broker.host, broker.port), timeout=30)
+    s.sendall(b"AMQP\x00\x00\x09\x01")
+    start = time.time()
+    try:
+        while s.recv(4096):
+            pass  # connection.start, then maybe a close
+    except ConnectionResetError:
+        pass
+    elapsed = time.time() - start
+    assert 5 < elapsed < 25, elapsed
