@@ -63,6 +63,20 @@ pub struct Entry<M> {
     pub expires_at: Option<u64>,
 }
 
+impl<M> Entry<M> {
+    /// A new entry at `seq`; a recovered delivery count marks it redelivered.
+    pub fn new(seq: u64, message: M, meta: Meta) -> Self {
+        Entry {
+            seq,
+            message,
+            redelivered: meta.delivery_count > 0,
+            delivery_count: meta.delivery_count,
+            priority: meta.priority,
+            expires_at: meta.expires_at,
+        }
+    }
+}
+
 /// What a publish says about a new entry besides the message itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Meta {
@@ -110,14 +124,7 @@ impl<M: Send> QueueStore<M> for MemoryStore<M> {
     fn push(&mut self, message: M, meta: Meta) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.ready.push_back(Entry {
-            seq,
-            message,
-            redelivered: meta.delivery_count > 0,
-            delivery_count: meta.delivery_count,
-            priority: meta.priority,
-            expires_at: meta.expires_at,
-        });
+        self.ready.push_back(Entry::new(seq, message, meta));
         seq
     }
 
@@ -184,14 +191,7 @@ impl<M: Send> QueueStore<M> for PriorityStore<M> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.len += 1;
-        self.levels[meta.priority as usize].ready.push_back(Entry {
-            seq,
-            message,
-            redelivered: meta.delivery_count > 0,
-            delivery_count: meta.delivery_count,
-            priority: meta.priority,
-            expires_at: meta.expires_at,
-        });
+        self.levels[meta.priority as usize].ready.push_back(Entry::new(seq, message, meta));
         seq
     }
 
