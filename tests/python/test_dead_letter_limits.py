@@ -255,3 +255,18 @@ def test_delivery_limit_dead_letters_poison_message(conn, name):
     m, props, body = get(ch, dlq)
     assert body == b"poison" and death(props)["reason"] == "delivery_limit"
     ch.queue_delete(name)
+
+
+def test_quorum_queue_deliveries_carry_x_delivery_count(conn, name):
+    ch = conn.channel()
+    ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    ch.basic_publish("", name, b"m", pika.BasicProperties(headers={"app": 1}))
+    seen = []
+    for _ in range(3):
+        assert wait_for(lambda: ch.queue_declare(name, passive=True).method.message_count == 1)
+        m, props, _ = ch.basic_get(name)
+        seen.append((m.redelivered, props.headers["x-delivery-count"], props.headers["app"]))
+        ch.basic_nack(m.delivery_tag, requeue=True)
+    assert seen == [(False, 0, 1), (True, 1, 1), (True, 2, 1)]
+    ch.queue_delete(name)

@@ -53,6 +53,8 @@ pub struct Queue {
     single_active: bool,
     /// `x-delivery-limit` (quorum queues, as in RabbitMQ).
     delivery_limit: Option<u32>,
+    /// `x-queue-type: quorum`: deliveries carry `x-delivery-count`.
+    pub quorum: bool,
     /// The message log, for durable queues when the broker has one.
     pub log: Option<Arc<dyn MessageStore>>,
     /// This queue's name in the message log (vhost and name).
@@ -180,6 +182,7 @@ impl Queue {
             expires: nonneg("x-expires"),
             single_active: matches!(arguments.inner().get("x-single-active-consumer"), Some(AMQPValue::Boolean(true))),
             delivery_limit: if is_quorum(&arguments) { nonneg("x-delivery-limit").map(|v| v as u32) } else { None },
+            quorum: is_quorum(&arguments),
             log: None,
             log_key: log_key(vhost, name),
             owner: Weak::new(),
@@ -611,6 +614,21 @@ impl Queue {
         }
         count
     }
+}
+
+/// The property bytes a delivery from `queue` carries: as published, except
+/// that quorum queues add `x-delivery-count` (deliveries before this one),
+/// as RabbitMQ's quorum queues do.
+pub fn delivery_properties<'a>(queue: &Queue, entry: &'a Entry<MessageRef>) -> std::borrow::Cow<'a, [u8]> {
+    if !queue.quorum {
+        return std::borrow::Cow::Borrowed(&entry.message.properties_raw[..]);
+    }
+    let mut props = entry.message.full_properties();
+    let mut headers = props.headers().clone().unwrap_or_default();
+    let previous = entry.delivery_count.saturating_sub(1) as i64;
+    headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(previous));
+    props = props.with_headers(headers);
+    std::borrow::Cow::Owned(warren_protocol::content::encode_properties(&props).to_vec())
 }
 
 /// A queue's name in the message log: vhost and queue, NUL-separated.

@@ -218,7 +218,9 @@ impl Channel {
         self.next_tag += 1;
         let msg = &d.entry.message;
         frame::write_deliver(out, self.id, &d.consumer.tag, tag, d.entry.redelivered, &msg.exchange, &msg.routing_key);
-        frame::write_content(out, self.id, frame_max, &msg.properties_raw, &msg.body);
+        let props = warren_core::queue::delivery_properties(&d.queue, &d.entry);
+        frame::write_content(out, self.id, frame_max, &props, &msg.body);
+        drop(props);
         if d.consumer.no_ack {
             d.consumer.release(1);
             to_wake.push(d.queue);
@@ -785,7 +787,9 @@ impl Channel {
                             &msg.routing_key,
                             remaining,
                         );
-                        frame::write_content(ctx.out, id, ctx.frame_max, &msg.properties_raw, &msg.body);
+                        let props = warren_core::queue::delivery_properties(&q, &entry);
+                        frame::write_content(ctx.out, id, ctx.frame_max, &props, &msg.body);
+                        drop(props);
                         let u = (!g.no_ack).then_some(Unacked { queue: q, entry, consumer: None });
                         self.push_unacked(tag, u);
                     }
