@@ -44,8 +44,6 @@ pub struct ChannelCredit {
 pub struct Consumer {
     pub tag: Arc<str>,
     pub channel: u16,
-    /// Connection that owns it.
-    pub connection: u64,
     pub no_ack: bool,
     pub exclusive: bool,
     /// `x-priority` from basic.consume: higher is served first.

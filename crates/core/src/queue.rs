@@ -238,14 +238,6 @@ impl Queue {
         self.lock().consumers.len() as u32
     }
 
-    pub fn unacked_count(&self) -> usize {
-        self.lock().unacked
-    }
-
-    pub fn is_deleted(&self) -> bool {
-        self.lock().deleted
-    }
-
     /// Marks the queue used now (declare, get, consume), for `x-expires`.
     pub fn touch(&self) {
         self.lock().last_used = crate::now_ms();

@@ -296,10 +296,6 @@ impl VHost {
         self.queues.read().values().cloned().collect()
     }
 
-    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
-        self.exchanges.read().values().cloned().collect()
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub fn declare_exchange(
         &self,

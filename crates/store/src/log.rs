@@ -397,99 +397,12 @@ impl MessageLog {
         (seg, pos)
     }
 
-    /// Records a persistent message enqueued in `queues` at `published_at`
-    /// (ms since the Unix epoch). Returns where it lives and the position
-    /// that must be synced before it is confirmed.
-    pub fn publish(
-        &self,
-        queues: &[&str],
-        published_at: u64,
-        exchange: &str,
-        routing_key: &str,
-        properties: &[u8],
-        body: &[u8],
-    ) -> (Persisted, u64) {
-        let mut p =
-            Vec::with_capacity(32 + properties.len() + body.len() + queues.iter().map(|q| q.len() + 2).sum::<usize>());
-        p.extend_from_slice(&0u64.to_be_bytes()); // msg_id, set by `append`
-        p.extend_from_slice(&published_at.to_be_bytes());
-        p.extend_from_slice(&(queues.len() as u16).to_be_bytes());
-        for q in queues {
-            put_str16(&mut p, q);
-        }
-        put_str16(&mut p, exchange);
-        put_str16(&mut p, routing_key);
-        put_bytes32(&mut p, properties);
-        put_bytes32(&mut p, body);
-        let (segment, pos) = self.append(T_PUBLISH, &mut p, true, queues.len() as u64);
-        let msg_id = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
-        (Persisted { msg_id, segment }, pos)
-    }
-
-    /// The message left `queue` for good (acked, dropped, purged). Lazy.
-    pub fn ack(&self, queue: &str, m: Persisted) {
-        let mut p = Vec::with_capacity(10 + queue.len());
-        p.extend_from_slice(&m.msg_id.to_be_bytes());
-        put_str16(&mut p, queue);
-        self.append(T_ACK, &mut p, false, 0);
-        let mut st = self.shared.state.lock().unwrap();
-        if let Some(n) = st.live.get_mut(&m.segment) {
-            *n = n.saturating_sub(1);
-        }
-    }
-
-    /// The message was delivered from `queue` for the `count`-th time. Lazy.
-    pub fn delivered(&self, queue: &str, m: Persisted, count: u32) {
-        let mut p = Vec::with_capacity(14 + queue.len());
-        p.extend_from_slice(&m.msg_id.to_be_bytes());
-        p.extend_from_slice(&count.to_be_bytes());
-        put_str16(&mut p, queue);
-        self.append(T_DELIVERED, &mut p, false, 0);
-    }
-
-    /// A durable queue was deleted: none of its messages come back. The
-    /// caller also acks each message it held (for segment accounting).
-    pub fn queue_deleted(&self, queue: &str) -> u64 {
-        let mut p = Vec::with_capacity(2 + queue.len());
-        put_str16(&mut p, queue);
-        self.append(T_QUEUE_DELETED, &mut p, true, 0).1
-    }
-
-    /// Logical position known durable.
-    pub fn synced(&self) -> u64 {
-        self.shared.synced.load(Ordering::Acquire)
-    }
-
-    /// Called from the flusher thread after every sync with the new position.
-    pub fn on_sync(&self, f: impl Fn(u64) + Send + 'static) {
-        *self.shared.on_sync.lock().unwrap() = Some(Box::new(f));
-    }
-
     /// Closes this log and opens it again, as a restart would.
     pub fn reopen(&self) -> io::Result<(MessageLog, Recovered)> {
-        self.close();
+        crate::MessageStore::close(self);
         // Give the flusher thread a moment to let go of its file.
         thread::sleep(std::time::Duration::from_millis(5));
         MessageLog::open(&self.shared.dir)
-    }
-
-    /// Whether the last write or sync failed (disk full, I/O error).
-    pub fn is_failed(&self) -> bool {
-        self.shared.failed.load(Ordering::Acquire)
-    }
-
-    /// Flushes and syncs everything appended so far, then stops the flusher.
-    pub fn close(&self) {
-        let target = self.shared.state.lock().unwrap().appended;
-        for _ in 0..500 {
-            if self.synced() >= target || self.is_failed() {
-                break;
-            }
-            self.shared.wake.notify_one();
-            thread::sleep(std::time::Duration::from_millis(2));
-        }
-        self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
     }
 
     /// Deletes segments, oldest first, while nothing in them is live.
@@ -616,6 +529,9 @@ fn flush_loop(shared: Arc<Shared>) {
 }
 
 impl crate::MessageStore for MessageLog {
+    /// Records a persistent message enqueued in `queues` at `published_at`
+    /// (ms since the Unix epoch). Returns where it lives and the position
+    /// that must be synced before it is confirmed.
     fn publish(
         &self,
         queues: &[&str],
@@ -625,34 +541,85 @@ impl crate::MessageStore for MessageLog {
         properties: &[u8],
         body: &[u8],
     ) -> (Persisted, u64) {
-        MessageLog::publish(self, queues, published_at, exchange, routing_key, properties, body)
+        let mut p =
+            Vec::with_capacity(32 + properties.len() + body.len() + queues.iter().map(|q| q.len() + 2).sum::<usize>());
+        p.extend_from_slice(&0u64.to_be_bytes()); // msg_id, set by `append`
+        p.extend_from_slice(&published_at.to_be_bytes());
+        p.extend_from_slice(&(queues.len() as u16).to_be_bytes());
+        for q in queues {
+            put_str16(&mut p, q);
+        }
+        put_str16(&mut p, exchange);
+        put_str16(&mut p, routing_key);
+        put_bytes32(&mut p, properties);
+        put_bytes32(&mut p, body);
+        let (segment, pos) = self.append(T_PUBLISH, &mut p, true, queues.len() as u64);
+        let msg_id = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
+        (Persisted { msg_id, segment }, pos)
     }
+
+    /// The message left `queue` for good (acked, dropped, purged). Lazy.
     fn ack(&self, queue: &str, m: Persisted) {
-        MessageLog::ack(self, queue, m)
+        let mut p = Vec::with_capacity(10 + queue.len());
+        p.extend_from_slice(&m.msg_id.to_be_bytes());
+        put_str16(&mut p, queue);
+        self.append(T_ACK, &mut p, false, 0);
+        let mut st = self.shared.state.lock().unwrap();
+        if let Some(n) = st.live.get_mut(&m.segment) {
+            *n = n.saturating_sub(1);
+        }
     }
+
+    /// The message was delivered from `queue` for the `count`-th time. Lazy.
     fn delivered(&self, queue: &str, m: Persisted, count: u32) {
-        MessageLog::delivered(self, queue, m, count)
+        let mut p = Vec::with_capacity(14 + queue.len());
+        p.extend_from_slice(&m.msg_id.to_be_bytes());
+        p.extend_from_slice(&count.to_be_bytes());
+        put_str16(&mut p, queue);
+        self.append(T_DELIVERED, &mut p, false, 0);
     }
+
+    /// A durable queue was deleted: none of its messages come back. The
+    /// caller also acks each message it held (for segment accounting).
     fn queue_deleted(&self, queue: &str) -> u64 {
-        MessageLog::queue_deleted(self, queue)
+        let mut p = Vec::with_capacity(2 + queue.len());
+        put_str16(&mut p, queue);
+        self.append(T_QUEUE_DELETED, &mut p, true, 0).1
     }
+
+    /// Logical position known durable.
     fn synced(&self) -> u64 {
-        MessageLog::synced(self)
+        self.shared.synced.load(Ordering::Acquire)
     }
+
+    /// Whether the last write or sync failed (disk full, I/O error).
+    fn is_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// Flushes and syncs everything appended so far, then stops the flusher.
+    fn close(&self) {
+        let target = self.shared.state.lock().unwrap().appended;
+        for _ in 0..500 {
+            if self.synced() >= target || self.is_failed() {
+                break;
+            }
+            self.shared.wake.notify_one();
+            thread::sleep(std::time::Duration::from_millis(2));
+        }
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+
     fn on_sync(&self, f: Box<dyn Fn(u64) + Send>) {
         *self.shared.on_sync.lock().unwrap() = Some(f);
-    }
-    fn close(&self) {
-        MessageLog::close(self)
-    }
-    fn is_failed(&self) -> bool {
-        MessageLog::is_failed(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MessageStore;
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("warren-log-{name}-{}", std::process::id()));

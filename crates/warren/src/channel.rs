@@ -818,7 +818,6 @@ impl Channel {
         Arc::new(Consumer {
             tag: tag.into(),
             channel: self.id,
-            connection: ctx.connection,
             no_ack,
             exclusive,
             priority,
