@@ -20,11 +20,28 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+def warren_binary():
+    return os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
+
+
 class Broker:
-    def __init__(self, host, port, proc=None):
+    def __init__(self, host, port, proc=None, data=None):
         self.host = host
         self.port = port
         self.proc = proc
+        self.data = data
+
+    def ctl(self, *args, check=True):
+        """Runs an administration command: `warren ctl` for the Warren this
+        session started, else WARREN_TEST_CTL (default `rabbitmqctl`)."""
+        if self.data is not None:
+            cmd = [warren_binary(), "ctl", "--data-dir", self.data]
+        else:
+            cmd = os.environ.get("WARREN_TEST_CTL", "rabbitmqctl").split()
+        r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=60)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"{cmd + list(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
+        return r
 
     @property
     def is_warren(self):
@@ -46,12 +63,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_warren():
-    binary = os.environ.get("WARREN_BIN", str(ROOT / "target" / "debug" / "warren"))
+def start_warren(listen_host="127.0.0.1", extra=()):
+    binary = warren_binary()
     port = free_port()
     data = tempfile.mkdtemp(prefix="warren-pytest-")
     proc = subprocess.Popen(
-        [binary, "--amqp-listen", f"127.0.0.1:{port}", "--data-dir", data],
+        [binary, "--amqp-listen", f"{listen_host}:{port}", "--data-dir", data, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -79,7 +96,7 @@ def broker():
         yield Broker(host, int(port))
         return
     proc, port, data = start_warren()
-    yield Broker("127.0.0.1", port, proc)
+    yield Broker("127.0.0.1", port, proc, data)
     proc.terminate()
     try:
         proc.wait(10)

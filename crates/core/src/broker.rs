@@ -12,6 +12,7 @@ use amq_protocol::protocol::basic::parse_properties;
 use warren_store::log::MessageLog;
 use warren_store::MessageStore;
 
+use crate::auth::{AccessControl, Permission, User, VHostLimits};
 use crate::definitions;
 use crate::message::{Message, MessageRef};
 use crate::vhost::VHost;
@@ -22,10 +23,35 @@ pub struct Broker {
     log: Option<Arc<dyn MessageStore>>,
     /// Directory of the per-vhost definition snapshots.
     definitions_dir: Option<PathBuf>,
-    /// user → password. Hashed storage and permissions come with access control.
-    users: RwLock<HashMap<String, String>>,
+    /// Users, vhost names and limits, permissions.
+    access: RwLock<AccessControl>,
+    /// Bumped on every change to `access`, so that channels can cache checks.
+    access_epoch: AtomicU64,
     next_connection: AtomicU64,
 }
+
+/// A `warren ctl` command that could not be carried out: the message and
+/// the exit code rabbitmqctl uses for the same failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminError {
+    pub exit_code: i32,
+    pub message: String,
+}
+
+fn admin_error(exit_code: i32, message: impl Into<String>) -> AdminError {
+    AdminError { exit_code, message: message.into() }
+}
+
+fn no_user(name: &str) -> AdminError {
+    admin_error(67, format!("User \"{name}\" does not exist"))
+}
+
+fn no_vhost(name: &str) -> AdminError {
+    admin_error(69, format!("Virtual host {name} does not exist"))
+}
+
+/// Name of the access-control file under the definitions directory.
+const ACCESS_FILE: &str = "access.json";
 
 impl Default for Broker {
     fn default() -> Self {
@@ -40,15 +66,16 @@ impl Broker {
             vhosts: RwLock::new(HashMap::default()),
             log: None,
             definitions_dir: None,
-            users: RwLock::new(HashMap::default()),
+            access: RwLock::new(AccessControl::initial()),
+            access_epoch: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
         };
-        b.add_vhost("/");
-        b.users.write().insert("guest".into(), "guest".into());
+        b.ensure_vhost("/");
         b
     }
 
-    pub fn add_vhost(&self, name: &str) {
+    /// Creates the `VHost` for a name unless it exists.
+    fn ensure_vhost(&self, name: &str) {
         self.vhosts.write().entry(name.to_owned()).or_insert_with(|| self.make_vhost(name).into_arc());
     }
 
@@ -70,9 +97,38 @@ impl Broker {
         b.vhosts.write().clear();
         b.log = Some(log.clone());
         b.definitions_dir = Some(definitions_dir.clone());
-        b.add_vhost("/");
+        let access_path = definitions_dir.join(ACCESS_FILE);
+        let saved = std::fs::read(&access_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|doc| {
+                let mut ac = AccessControl::default();
+                ac.merge_json(&doc).map(|()| ac).ok()
+            });
+        match saved {
+            Some(ac) => *b.access.write() = ac,
+            None if access_path.exists() => {
+                // Never refuse to start: fall back to the first-boot state.
+                tracing::error!(file = %access_path.display(), "cannot read users and vhosts; starting with guest only");
+            }
+            None => {}
+        }
+        if !access_path.exists() {
+            if let Err(e) = definitions::save(&access_path, &b.access.read().to_json()) {
+                tracing::error!(error = %e, "cannot save users and vhosts");
+            }
+        }
+        let names: Vec<String> = b.access.read().vhosts.keys().cloned().collect();
+        for name in names {
+            b.ensure_vhost(&name);
+        }
         for d in definitions::load_all(&definitions_dir) {
-            b.add_vhost(&d.vhost);
+            if b.vhost(&d.vhost).is_none() {
+                // Definitions of a vhost the access file does not list (a
+                // data directory from before users and vhosts were stored).
+                b.access.write().vhosts.entry(d.vhost.clone()).or_default();
+                b.ensure_vhost(&d.vhost);
+            }
             if let Some(v) = b.vhost(&d.vhost) {
                 v.restore(&d);
             }
@@ -146,8 +202,149 @@ impl Broker {
         self.vhosts.read().get(name).cloned()
     }
 
-    pub fn authenticate(&self, user: &str, password: &str) -> bool {
-        self.users.read().get(user).is_some_and(|p| p == password)
+    /// The user, if `password` is theirs.
+    pub fn authenticate(&self, user: &str, password: &str) -> Option<User> {
+        self.access.read().authenticate(user, password).cloned()
+    }
+
+    pub fn access(&self) -> parking_lot::RwLockReadGuard<'_, AccessControl> {
+        self.access.read()
+    }
+
+    /// Changes whenever users, permissions or vhosts change.
+    pub fn access_epoch(&self) -> u64 {
+        self.access_epoch.load(Ordering::Acquire)
+    }
+
+    /// Applies a change to the access control and saves it.
+    fn change_access<T>(&self, f: impl FnOnce(&mut AccessControl) -> Result<T, AdminError>) -> Result<T, AdminError> {
+        let mut ac = self.access.write();
+        let out = f(&mut ac)?;
+        self.access_epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(dir) = &self.definitions_dir {
+            if let Err(e) = definitions::save(&dir.join(ACCESS_FILE), &ac.to_json()) {
+                tracing::error!(error = %e, "cannot save users and vhosts");
+                return Err(admin_error(74, format!("cannot save users and vhosts: {e}")));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            if ac.users.contains_key(name) {
+                return Err(admin_error(70, format!("User \"{name}\" already exists")));
+            }
+            ac.users.insert(name.to_owned(), User::new(name, password));
+            Ok(())
+        })
+    }
+
+    pub fn delete_user(&self, name: &str) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            ac.users.remove(name).ok_or_else(|| no_user(name))?;
+            ac.permissions.retain(|(_, u), _| u != name);
+            Ok(())
+        })
+    }
+
+    pub fn change_password(&self, name: &str, password: &str) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            let user = ac.users.get_mut(name).ok_or_else(|| no_user(name))?;
+            let fresh = User::new(name, password);
+            user.password_hash = fresh.password_hash;
+            user.hashing_algorithm = fresh.hashing_algorithm;
+            Ok(())
+        })
+    }
+
+    pub fn set_user_tags(&self, name: &str, tags: &[String]) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            ac.users.get_mut(name).ok_or_else(|| no_user(name))?.tags = tags.to_vec();
+            Ok(())
+        })
+    }
+
+    pub fn add_vhost(&self, name: &str) -> Result<(), AdminError> {
+        if name.is_empty() {
+            return Err(admin_error(65, "Virtual host name must not be empty"));
+        }
+        self.change_access(|ac| {
+            // Adding an existing vhost succeeds, as with rabbitmqctl.
+            ac.vhosts.entry(name.to_owned()).or_default();
+            Ok(())
+        })?;
+        self.ensure_vhost(name);
+        Ok(())
+    }
+
+    /// Deletes a vhost with everything in it; its connections are closed.
+    pub fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            ac.vhosts.remove(name).ok_or_else(|| admin_error(65, format!("Virtual host '{name}' does not exist")))?;
+            ac.permissions.retain(|(v, _), _| v != name);
+            Ok(())
+        })?;
+        if let Some(v) = self.vhosts.write().remove(name) {
+            v.delete_all();
+        }
+        Ok(())
+    }
+
+    pub fn set_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> Result<(), AdminError> {
+        let perm = Permission::new(configure, write, read).map_err(|e| admin_error(65, e))?;
+        self.change_access(|ac| {
+            if !ac.users.contains_key(user) {
+                return Err(admin_error(67, format!("User {user} does not exist")));
+            }
+            if !ac.vhosts.contains_key(vhost) {
+                return Err(no_vhost(vhost));
+            }
+            ac.permissions.insert((vhost.to_owned(), user.to_owned()), perm);
+            Ok(())
+        })
+    }
+
+    pub fn clear_permissions(&self, vhost: &str, user: &str) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            if !ac.users.contains_key(user) {
+                return Err(admin_error(67, format!("User {user} does not exist")));
+            }
+            if !ac.vhosts.contains_key(vhost) {
+                return Err(no_vhost(vhost));
+            }
+            ac.permissions.remove(&(vhost.to_owned(), user.to_owned()));
+            Ok(())
+        })
+    }
+
+    pub fn set_vhost_limits(&self, vhost: &str, limits: VHostLimits) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            *ac.vhosts.get_mut(vhost).ok_or_else(|| no_vhost(vhost))? = limits;
+            Ok(())
+        })
+    }
+
+    /// Imports users, vhosts and permissions from a definitions document
+    /// (a RabbitMQ `export_definitions` file or Warren's own `access.json`).
+    pub fn import_definitions(&self, doc: &serde_json::Value) -> Result<(), AdminError> {
+        let names = self.change_access(|ac| {
+            let mut merged = ac.clone();
+            merged.merge_json(doc).map_err(|e| admin_error(65, e))?;
+            *ac = merged;
+            Ok(ac.vhosts.keys().cloned().collect::<Vec<_>>())
+        })?;
+        for name in names {
+            self.ensure_vhost(&name);
+        }
+        Ok(())
     }
 
     /// A fresh connection id (used for exclusive queue ownership).

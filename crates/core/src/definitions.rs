@@ -72,7 +72,7 @@ pub fn path_for(dir: &Path, vhost: &str) -> PathBuf {
     dir.join(format!("vhost-{name}.json"))
 }
 
-pub fn save(path: &Path, defs: &Definitions) -> io::Result<()> {
+pub fn save(path: &Path, defs: &impl Serialize) -> io::Result<()> {
     let dir = path.parent().expect("a file in a directory");
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension("json.tmp");
@@ -92,7 +92,8 @@ pub fn load_all(dir: &Path) -> Vec<Definitions> {
     let mut out = Vec::new();
     for e in entries.flatten() {
         let p = e.path();
-        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+        let is_vhost = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vhost-"));
+        if !is_vhost || p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
         match fs::read(&p)
@@ -136,7 +137,7 @@ mod tests {
             ..Default::default()
         };
         save(&path_for(&dir, "/"), &d).unwrap();
-        fs::write(dir.join("broken.json"), b"{").unwrap();
+        fs::write(dir.join("vhost-broken.json"), b"{").unwrap();
         let all = load_all(&dir);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].queues[0].name, "q");

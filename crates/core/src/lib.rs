@@ -6,6 +6,7 @@
 //! tested with plain threads and in-memory outboxes.
 
 pub mod arguments;
+pub mod auth;
 pub mod broker;
 pub mod consumer;
 pub mod dead_letter;

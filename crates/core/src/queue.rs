@@ -234,6 +234,11 @@ impl Queue {
         st.ready.len() as u32
     }
 
+    /// Deliveries waiting for their ack.
+    pub fn unacked_count(&self) -> u32 {
+        self.lock().unacked as u32
+    }
+
     pub fn consumer_count(&self) -> u32 {
         self.lock().consumers.len() as u32
     }

@@ -56,6 +56,10 @@ pub struct VHost {
     me: Weak<VHost>,
     /// Direct reply-to pseudo-queues by their `amq.rabbitmq.reply-to.…` name.
     reply_queues: RwLock<HashMap<String, Weak<Queue>>>,
+    /// Open connections to it (the `max-connections` limit).
+    pub connections: std::sync::atomic::AtomicU64,
+    /// Set by `delete_vhost`: its connections close with 320.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 /// The pseudo-queue a requester consumes replies from.
@@ -140,7 +144,45 @@ impl VHost {
             save_lock: parking_lot::Mutex::new(()),
             me: Weak::new(),
             reply_queues: RwLock::new(HashMap::default()),
+            connections: Default::default(),
+            deleted: Default::default(),
         }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Deletes everything in this vhost (its queues' messages leave the
+    /// message log) and its saved definitions; marks it deleted so that its
+    /// connections close.
+    pub fn delete_all(&self) {
+        self.deleted.store(true, std::sync::atomic::Ordering::Release);
+        let queues: Vec<_> = self.queues.read().values().cloned().collect();
+        for q in queues {
+            self.remove_queue(&q);
+        }
+        let replies: Vec<_> = self.reply_queues.write().drain().filter_map(|(_, q)| q.upgrade()).collect();
+        for q in replies {
+            q.mark_deleted();
+        }
+        self.exchanges.write().clear();
+        if let Some(path) = &self.definitions {
+            let _guard = self.save_lock.lock();
+            if let Err(e) = std::fs::remove_file(path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!(vhost = %self.name, error = %e, "cannot remove definitions");
+                }
+            }
+        }
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
     }
 
     /// Creates a direct reply-to pseudo-queue for one consumer: not listed,
@@ -216,7 +258,7 @@ impl VHost {
     /// logged; the change stays in effect in memory.
     fn persist(&self, touched_durable: bool) {
         let Some(path) = &self.definitions else { return };
-        if !touched_durable {
+        if !touched_durable || self.is_deleted() {
             return;
         }
         let _guard = self.save_lock.lock();

@@ -7,18 +7,25 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass};
 use bytes::{Bytes, BytesMut};
+use warren_core::auth::{Access, Resource};
 use warren_core::queue::AfterCancel;
 use warren_core::vhost::REPLY_TO;
-use warren_core::{generated_name, ChannelCredit, Consumer, Delivery, Message, MessageRef, Outbox, Queue, VHost};
+use warren_core::{
+    generated_name, Broker, ChannelCredit, Consumer, Delivery, Message, MessageRef, Outbox, Queue, VHost,
+};
 use warren_protocol::content::{Assembler, Content};
 use warren_protocol::frame;
 use warren_protocol::method::PublishArgs;
-use warren_protocol::AmqpError;
+use warren_protocol::{AMQPValue, AmqpError};
 use warren_store::Entry;
 
 /// What a channel borrows from its connection while handling a frame.
 pub struct Ctx<'a> {
+    pub broker: &'a Broker,
     pub vhost: &'a Arc<VHost>,
+    /// The authenticated user, and whether it may set any `user_id`.
+    pub user: &'a str,
+    pub impersonator: bool,
     pub connection: u64,
     pub out: &'a mut BytesMut,
     pub outbox: &'a Arc<dyn Outbox>,
@@ -27,6 +34,13 @@ pub struct Ctx<'a> {
     pub to_wake: &'a mut Vec<Arc<Queue>>,
     /// Message-log position known to be on disk.
     pub synced: u64,
+}
+
+impl Ctx<'_> {
+    /// Checks the user's permission for an operation on a resource.
+    fn check(&self, kind: Resource, name: &str, access: Access) -> Result<(), AmqpError> {
+        self.broker.access().check(&self.vhost.name, self.user, kind, name, access)
+    }
 }
 
 /// A delivery awaiting its ack.
@@ -111,6 +125,9 @@ pub struct Channel {
     /// The last exchange and routing key published with (see `intern`).
     last_exchange: Arc<str>,
     last_routing_key: Arc<str>,
+    /// The exchange last found writable, and the access epoch of that check
+    /// (saves a lock and a regex match per message).
+    writable: Option<(u64, Arc<str>)>,
     /// Replies waiting for the message log to sync past their position,
     /// in the order they must be sent.
     held: VecDeque<(u64, Held)>,
@@ -146,6 +163,7 @@ impl Channel {
             routed: Vec::new(),
             last_exchange: Arc::from(""),
             last_routing_key: Arc::from(""),
+            writable: None,
             held: VecDeque::new(),
             reply: None,
         }
@@ -338,11 +356,15 @@ impl Channel {
         if !self.assembler.is_idle() {
             return Err(self.assembler.expected());
         }
-        let _ = ctx;
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true").during(60, 40));
         }
         let exchange = intern(&mut self.last_exchange, p.exchange);
+        let epoch = ctx.broker.access_epoch();
+        if !self.writable.as_ref().is_some_and(|(e, x)| *e == epoch && Arc::ptr_eq(x, &exchange)) {
+            ctx.check(Resource::Exchange, &exchange, Access::Write).map_err(|e| e.during(60, 40))?;
+            self.writable = Some((epoch, exchange.clone()));
+        }
         let routing_key = intern(&mut self.last_routing_key, p.routing_key);
         self.publish = Some(Publish { exchange, routing_key, mandatory: p.mandatory });
         self.assembler.start();
@@ -372,6 +394,16 @@ impl Channel {
     fn published(&mut self, ctx: &mut Ctx<'_>, content: Content) -> Result<(), AmqpError> {
         let p = self.publish.take().expect("content follows a basic.publish");
         let (mut props_raw, mut props) = (content.header.properties_raw, content.header.properties);
+        if let Some(claimed) = props.user_id() {
+            if claimed.as_str() != ctx.user && !ctx.impersonator {
+                return Err(AmqpError::precondition(format_args!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    claimed.as_str(),
+                    ctx.user
+                ))
+                .during(60, 40));
+            }
+        }
         if props.reply_to().as_ref().is_some_and(|r| r.as_str() == REPLY_TO) {
             // Direct reply-to: name this channel's reply queue instead.
             let Some((q, _)) = &self.reply else {
@@ -573,6 +605,16 @@ impl Channel {
         let id = self.id;
         let (nowait, ok) = match m {
             M::Declare(d) => {
+                let name = d.exchange.as_str();
+                if !d.passive && !name.is_empty() {
+                    ctx.check(Resource::Exchange, name, Access::Configure)?;
+                    if ctx.vhost.exchange(name).is_err() {
+                        if let Some(AMQPValue::LongString(ae)) = d.arguments.inner().get("alternate-exchange") {
+                            ctx.check(Resource::Exchange, name, Access::Read)?;
+                            ctx.check(Resource::Exchange, &String::from_utf8_lossy(ae.as_bytes()), Access::Write)?;
+                        }
+                    }
+                }
                 ctx.vhost.declare_exchange(
                     d.exchange.as_str(),
                     d.kind.as_str(),
@@ -585,10 +627,15 @@ impl Channel {
                 (d.nowait, M::DeclareOk(exchange::DeclareOk {}))
             }
             M::Delete(d) => {
+                if !d.exchange.as_str().is_empty() {
+                    ctx.check(Resource::Exchange, d.exchange.as_str(), Access::Configure)?;
+                }
                 ctx.vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 (d.nowait, M::DeleteOk(exchange::DeleteOk {}))
             }
             M::Bind(b) => {
+                ctx.check(Resource::Exchange, b.destination.as_str(), Access::Write)?;
+                ctx.check(Resource::Exchange, b.source.as_str(), Access::Read)?;
                 ctx.vhost.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -598,6 +645,8 @@ impl Channel {
                 (b.nowait, M::BindOk(exchange::BindOk {}))
             }
             M::Unbind(b) => {
+                ctx.check(Resource::Exchange, b.destination.as_str(), Access::Write)?;
+                ctx.check(Resource::Exchange, b.source.as_str(), Access::Read)?;
                 ctx.vhost.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -625,6 +674,24 @@ impl Channel {
                 } else if name.is_empty() {
                     name = self.queue_name("")?;
                 }
+                if !d.passive {
+                    ctx.check(Resource::Queue, &name, Access::Configure)?;
+                    if ctx.vhost.queue(&name).is_err() {
+                        let limit = ctx.broker.access().vhosts.get(&ctx.vhost.name).and_then(|l| l.max_queues);
+                        if let Some(limit) = limit {
+                            if ctx.vhost.queue_count() as u64 >= limit {
+                                return Err(AmqpError::precondition(format_args!(
+                                    "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+                                    ctx.vhost.name
+                                )));
+                            }
+                        }
+                        if let Some(AMQPValue::LongString(dlx)) = d.arguments.inner().get("x-dead-letter-exchange") {
+                            ctx.check(Resource::Queue, &name, Access::Read)?;
+                            ctx.check(Resource::Exchange, &String::from_utf8_lossy(dlx.as_bytes()), Access::Write)?;
+                        }
+                    }
+                }
                 let r = ctx.vhost.declare_queue(
                     ctx.connection,
                     &name,
@@ -650,11 +717,15 @@ impl Channel {
                 if b.queue.as_str().is_empty() && key.is_empty() {
                     key = q.clone();
                 }
+                ctx.check(Resource::Queue, &q, Access::Write)?;
+                ctx.check(Resource::Exchange, b.exchange.as_str(), Access::Read)?;
                 ctx.vhost.bind_queue(ctx.connection, &q, b.exchange.as_str(), &key, b.arguments)?;
                 (b.nowait, M::BindOk(queue::BindOk {}))
             }
             M::Unbind(b) => {
                 let q = self.queue_name(b.queue.as_str())?;
+                ctx.check(Resource::Queue, &q, Access::Write)?;
+                ctx.check(Resource::Exchange, b.exchange.as_str(), Access::Read)?;
                 ctx.vhost.unbind_queue(
                     ctx.connection,
                     &q,
@@ -666,12 +737,14 @@ impl Channel {
             }
             M::Purge(p) => {
                 let name = self.queue_name(p.queue.as_str())?;
+                ctx.check(Resource::Queue, &name, Access::Read)?;
                 let q = ctx.vhost.queue_for(ctx.connection, &name)?;
                 let message_count = q.purge();
                 (p.nowait, M::PurgeOk(queue::PurgeOk { message_count }))
             }
             M::Delete(d) => {
                 let name = self.queue_name(d.queue.as_str())?;
+                ctx.check(Resource::Queue, &name, Access::Configure)?;
                 let message_count = ctx.vhost.delete_queue(ctx.connection, &name, d.if_unused, d.if_empty)?;
                 (d.nowait, M::DeleteOk(queue::DeleteOk { message_count }))
             }
@@ -726,6 +799,7 @@ impl Channel {
             }
             M::Consume(c) => {
                 let name = self.queue_name(c.queue.as_str())?;
+                ctx.check(Resource::Queue, &name, Access::Read)?;
                 let q = ctx.vhost.queue_for(ctx.connection, &name)?;
                 let tag = if c.consumer_tag.as_str().is_empty() {
                     generated_name("amq.ctag-")
@@ -771,6 +845,7 @@ impl Channel {
             }
             M::Get(g) => {
                 let name = self.queue_name(g.queue.as_str())?;
+                ctx.check(Resource::Queue, &name, Access::Read)?;
                 let q = ctx.vhost.queue_for(ctx.connection, &name)?;
                 match q.get(g.no_ack) {
                     None => reply(ctx.out, id, AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {}))),

@@ -8,7 +8,12 @@ use clap::Parser;
 
 /// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "warren", version, about)]
+#[command(
+    name = "warren",
+    version,
+    about,
+    after_help = "Administration of a running broker: warren ctl [--data-dir DIR] COMMAND (see `warren ctl help`)."
+)]
 pub struct Config {
     /// Address the AMQP listener binds to.
     #[arg(long, env = "WARREN_AMQP_LISTEN", default_value = "127.0.0.1:5672")]
@@ -38,20 +43,35 @@ pub struct Config {
     /// Largest message body accepted (bytes), as RabbitMQ's max_message_size.
     #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 134_217_728)]
     pub max_message_size: u64,
+
+    /// Users that may connect only from a loopback address (comma-separated;
+    /// empty for none), as RabbitMQ's loopback_users.
+    #[arg(long, env = "WARREN_LOOPBACK_USERS", default_value = "guest")]
+    pub loopback_users: String,
+
+    /// Most client connections the node accepts at once; 0 = no limit.
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: u64,
 }
 
 impl Config {
+    pub fn loopback_users(&self) -> impl Iterator<Item = &str> {
+        self.loopback_users.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+
     /// The data directory in effect.
     pub fn data_dir(&self) -> PathBuf {
-        if let Some(d) = &self.data_dir {
-            return d.clone();
-        }
-        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-            return PathBuf::from(x).join("warren");
-        }
-        if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            return PathBuf::from(h).join(".local/share/warren");
-        }
-        PathBuf::from("warren-data")
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
     }
+}
+
+/// $XDG_DATA_HOME/warren, else ~/.local/share/warren, else ./warren-data.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("warren");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/warren");
+    }
+    PathBuf::from("warren-data")
 }

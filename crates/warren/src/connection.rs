@@ -38,6 +38,17 @@ enum Input<'a> {
     Body(Bytes),
 }
 
+/// One open connection, as `warren ctl list_connections` shows it.
+pub struct ConnInfo {
+    pub id: u64,
+    pub user: String,
+    pub vhost: String,
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Open channels, kept current by the connection task.
+    pub channels: AtomicUsize,
+}
+
 /// What queues send to a connection.
 pub enum Event {
     Deliver(Delivery),
@@ -93,7 +104,18 @@ pub struct Conn {
     peer: SocketAddr,
     stage: Stage,
     user: String,
+    /// The user may set any `user_id` property (tag `impersonator`).
+    impersonator: bool,
+    /// Whether the client asked for connection.close on a refused login
+    /// (capability `authentication_failure_close`); else the socket just closes.
+    failure_close: bool,
     vhost: Option<Arc<VHost>>,
+    /// Access epoch last checked for a deleted user or vhost.
+    access_epoch: u64,
+    /// Whether it came in over TLS.
+    tls: bool,
+    /// This connection's line in `list_connections`, once open.
+    registered: Option<Arc<ConnInfo>>,
     frame_max: u32,
     channel_max: u16,
     heartbeat: u16,
@@ -154,7 +176,12 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         peer,
         stage: Stage::AwaitStartOk,
         user: String::new(),
+        impersonator: false,
+        failure_close: false,
         vhost: None,
+        access_epoch: 0,
+        tls: false,
+        registered: None,
         frame_max: frame::FRAME_OVERHEAD as u32 + 4088,
         channel_max: shared.config.channel_max,
         heartbeat: 0,
@@ -266,6 +293,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
             }
             _ = tick.tick() => {
                 let now = Instant::now();
+                c.check_still_allowed();
                 if c.stage < Stage::Open && now - c.started > HANDSHAKE_TIMEOUT {
                     info!(peer = %c.peer, "handshake timeout");
                     break;
@@ -543,6 +571,7 @@ impl Conn {
             return match input {
                 Input::Method(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
                     self.channels.insert(f.channel, Channel::new(f.channel));
+                    self.count_channels();
                     let ok = AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {}));
                     frame::write_method(&mut self.out, f.channel, &ok);
                     Ok(())
@@ -555,7 +584,10 @@ impl Conn {
         };
         self.published |= matches!(input, Input::Publish(_));
         let mut ctx = Ctx {
+            broker: &self.shared.broker,
             vhost: &vhost,
+            user: &self.user,
+            impersonator: self.impersonator,
             connection: self.id,
             out: &mut self.out,
             outbox: &self.outbox,
@@ -574,6 +606,7 @@ impl Conn {
             Ok(()) => {
                 if ch.is_closed() {
                     self.channels.remove(&f.channel);
+                    self.count_channels();
                 }
                 Ok(())
             }
@@ -597,6 +630,8 @@ impl Conn {
                         matches!(caps.inner().get("consumer_cancel_notify"), Some(AMQPValue::Boolean(true)));
                     self.blocked_notify =
                         matches!(caps.inner().get("connection.blocked"), Some(AMQPValue::Boolean(true)));
+                    self.failure_close =
+                        matches!(caps.inner().get("authentication_failure_close"), Some(AMQPValue::Boolean(true)));
                 }
                 let mechanism = ok.mechanism.as_str();
                 let creds = credentials(mechanism, ok.response.as_bytes());
@@ -605,13 +640,32 @@ impl Conn {
                         "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
                     ))
                 };
-                let Some((user, pass)) = creds else {
-                    return Err(refused());
+                let refuse = |this: &mut Self, why: &str| {
+                    warn!(peer = %this.peer, mechanism, "login refused: {why}");
+                    if this.failure_close {
+                        Err(refused())
+                    } else {
+                        // As RabbitMQ: without the capability, just hang up.
+                        this.stage = Stage::Done;
+                        Ok(())
+                    }
                 };
-                if !self.shared.broker.authenticate(&user, &pass) {
-                    warn!(peer = %self.peer, user, mechanism, "authentication failed");
-                    return Err(refused());
+                let Some((user, pass)) = creds else {
+                    return refuse(self, "unreadable credentials");
+                };
+                let Some(found) = self.shared.broker.authenticate(&user, &pass) else {
+                    return refuse(self, &format!("user '{user}': invalid credentials"));
+                };
+                let loopback = match self.peer.ip() {
+                    std::net::IpAddr::V4(ip) => ip.is_loopback(),
+                    std::net::IpAddr::V6(ip) => {
+                        ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                    }
+                };
+                if !loopback && self.shared.config.loopback_users().any(|u| u == user) {
+                    return refuse(self, &format!("user '{user}' can only connect via localhost"));
                 }
+                self.impersonator = found.tags.iter().any(|t| t == "impersonator");
                 self.user = user;
                 let tune = AMQPClass::Connection(M::Tune(conn::Tune {
                     channel_max: self.shared.config.channel_max,
@@ -649,9 +703,37 @@ impl Conn {
             }
             (Stage::AwaitOpen, M::Open(open)) => {
                 let name = open.virtual_host.as_str();
+                let user = self.user.as_str();
+                let refused = |why: std::fmt::Arguments<'_>| AmqpError::not_allowed(why).during(10, 40);
+                let max = self.shared.config.max_connections;
+                if max > 0 && self.shared.connections.lock().len() as u64 >= max {
+                    return Err(refused(format_args!("connection refused: node connection limit ({max}) is reached")));
+                }
                 let Some(vhost) = self.shared.broker.vhost(name) else {
-                    return Err(AmqpError::not_allowed(format_args!("vhost {name} not found")).during(10, 40));
+                    return Err(refused(format_args!("vhost {name} not found")));
                 };
+                let limit = self.shared.broker.access().vhosts.get(name).and_then(|l| l.max_connections);
+                if let Some(limit) = limit {
+                    if vhost.connections.load(Ordering::Acquire) >= limit {
+                        return Err(refused(format_args!(
+                            "access to vhost '{name}' refused for user '{user}': connection limit ({limit}) is reached"
+                        )));
+                    }
+                }
+                if !self.shared.broker.access().has_vhost_access(name, user) {
+                    return Err(refused(format_args!("access to vhost '{name}' refused for user '{user}'")));
+                }
+                vhost.connections.fetch_add(1, Ordering::AcqRel);
+                let info = Arc::new(ConnInfo {
+                    id: self.id,
+                    user: self.user.clone(),
+                    vhost: name.to_owned(),
+                    peer: self.peer,
+                    tls: self.tls,
+                    channels: AtomicUsize::new(0),
+                });
+                self.shared.connections.lock().insert(self.id, info.clone());
+                self.registered = Some(info);
                 self.vhost = Some(vhost);
                 frame::write_method(&mut self.out, 0, &AMQPClass::Connection(M::OpenOk(conn::OpenOk {})));
                 self.stage = Stage::Open;
@@ -694,6 +776,33 @@ impl Conn {
                     ch.server_cancel(&mut self.out, &consumer, self.cancel_notify);
                 }
             }
+        }
+    }
+
+    fn count_channels(&self) {
+        if let Some(info) = &self.registered {
+            info.channels.store(self.channels.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the connection if its vhost or user was deleted (320, as RabbitMQ).
+    fn check_still_allowed(&mut self) {
+        if self.stage != Stage::Open {
+            return;
+        }
+        let epoch = self.shared.broker.access_epoch();
+        if epoch == self.access_epoch {
+            return;
+        }
+        self.access_epoch = epoch;
+        let forced = |why: String| AmqpError::new(ErrorKind::ConnectionForced, why);
+        if let Some(v) = self.vhost.as_ref().filter(|v| v.is_deleted()) {
+            // RabbitMQ 3.10 stops the vhost first: its connections hear "is down".
+            let e = forced(format!("vhost '{}' is down", v.name));
+            self.close(e);
+        } else if !self.shared.broker.access().users.contains_key(&self.user) {
+            let e = forced(format!("user '{}' is deleted", self.user));
+            self.close(e);
         }
     }
 
@@ -742,6 +851,12 @@ impl Conn {
         }
         if let Some(vhost) = &self.vhost {
             vhost.connection_closed(self.id);
+        }
+        if self.registered.take().is_some() {
+            self.shared.connections.lock().remove(&self.id);
+            if let Some(vhost) = &self.vhost {
+                vhost.connections.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         debug!(peer = %self.peer, "connection closed");
     }

@@ -3,11 +3,16 @@
 mod channel;
 mod config;
 mod connection;
+mod ctl;
 mod server;
 
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some("ctl") {
+        std::process::exit(ctl::main(args.collect()));
+    }
     let config = config::Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

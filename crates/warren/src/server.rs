@@ -21,6 +21,8 @@ pub struct Shared {
     pub synced: watch::Receiver<u64>,
     /// The disk alarm: Some(reason) while the message log cannot write.
     pub alarm: watch::Receiver<Option<String>>,
+    /// Open connections by id (`list_connections`, the node connection limit).
+    pub connections: parking_lot::Mutex<std::collections::HashMap<u64, Arc<connection::ConnInfo>>>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -41,12 +43,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.amqp_listen))?;
     let addr = listener.local_addr()?;
-    info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
     let (alarm_tx, alarm) = watch::channel(None);
     tokio::spawn(disk_alarm(broker.clone(), alarm_tx));
-    let shared = Arc::new(Shared { broker, config, synced, alarm });
-
+    let shared = Arc::new(Shared { broker, config, synced, alarm, connections: Default::default() });
     tokio::spawn(expiry_timer(shared.broker.clone()));
+    crate::ctl::listen(shared.clone(), &data_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the ctl socket in {}: {e}", data_dir.display()))?;
+    info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Each connection task holds a sender; when all are dropped, they are done.

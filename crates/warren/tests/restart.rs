@@ -476,3 +476,37 @@ async fn quorum_delivery_count_survives_kill_9() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn users_vhosts_permissions_and_limits_survive_kill_9() {
+    let mut b = TestBroker::spawn();
+    for args in [
+        &["add_user", "carol", "carol-pw"][..],
+        &["set_user_tags", "carol", "monitoring"],
+        &["add_vhost", "v2"],
+        &["set_permissions", "-p", "v2", "carol", "^c-", ".*", ".*"],
+        &["set_vhost_limits", "-p", "v2", r#"{"max-queues": 1}"#],
+        &["delete_user", "guest"],
+    ] {
+        let (code, out, err) = b.ctl(args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    b.crash_and_restart();
+    let (_, users, _) = b.ctl(&["list_users", "-q"]);
+    assert_eq!(users, "user\ttags\ncarol\t[monitoring]\n");
+    let (_, perms, _) = b.ctl(&["list_permissions", "-q", "-p", "v2"]);
+    assert_eq!(perms, "user\tconfigure\twrite\tread\ncarol\t^c-\t.*\t.*\n");
+    let (_, limits, _) = b.ctl(&["list_vhost_limits", "-q", "-p", "v2"]);
+    assert_eq!(limits, "{\"max-queues\":1}\n");
+    with_timeout(async {
+        let url = format!("amqp://carol:carol-pw@{}/v2", b.addr);
+        let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_declare("c-1".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+        let e = ch.queue_declare("x-1".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap_err();
+        assert_eq!(amqp_error(&e).unwrap().0, 403, "configure permission kept");
+        let guest = lapin::Connection::connect(&b.url(), lapin::ConnectionProperties::default()).await;
+        assert!(guest.is_err(), "guest was deleted before the crash");
+    })
+    .await;
+}

@@ -96,6 +96,19 @@ impl TestBroker {
 }
 
 impl TestBroker {
+    /// Runs `warren ctl ARGS` against this broker; returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .arg("ctl")
+            .arg("--data-dir")
+            .arg(self.data_dir.as_ref().expect("own process"))
+            .args(args)
+            .output()
+            .expect("run warren ctl");
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+    }
+
     fn port(&self) -> u16 {
         self.addr.rsplit(':').next().unwrap().parse().unwrap()
     }

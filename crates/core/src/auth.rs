@@ -1,0 +1,330 @@
+//! Users, passwords, permissions and virtual-host limits, as RabbitMQ's
+//! internal auth backend keeps them.
+//!
+//! Passwords are stored the way RabbitMQ stores them
+//! (`rabbit_password_hashing_sha256`: a 4-byte random salt followed by
+//! SHA-256(salt ++ password), base64), so a user exported from RabbitMQ logs in
+//! unchanged. Permissions are three regular expressions per user and vhost,
+//! matched unanchored against a resource name as RabbitMQ does (an empty
+//! expression means `^$`: nothing).
+//!
+//! Everything here is plain data: the broker owns one [`AccessControl`] and
+//! persists it (see `Broker`).
+
+use std::collections::BTreeMap;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::AmqpError;
+
+pub const SHA256: &str = "rabbit_password_hashing_sha256";
+pub const SHA512: &str = "rabbit_password_hashing_sha512";
+
+/// The tags RabbitMQ's management and tooling understand.
+pub const KNOWN_TAGS: [&str; 5] = ["administrator", "monitoring", "management", "policymaker", "impersonator"];
+
+/// RabbitMQ's salted hash of `password`, base64-encoded with its salt.
+pub fn hash_password(password: &str) -> String {
+    let salt: [u8; 4] = rand::random();
+    B64.encode(salted(SHA256, &salt, password.as_bytes()).expect("sha256 is supported"))
+}
+
+fn salted(algorithm: &str, salt: &[u8], password: &[u8]) -> Option<Vec<u8>> {
+    let mut out = salt.to_vec();
+    match algorithm {
+        SHA256 => out.extend_from_slice(&Sha256::new().chain_update(salt).chain_update(password).finalize()),
+        SHA512 => out.extend_from_slice(&Sha512::new().chain_update(salt).chain_update(password).finalize()),
+        _ => return None,
+    }
+    Some(out)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    /// base64(salt ++ hash); empty: the user cannot log in with a password.
+    pub password_hash: String,
+    pub hashing_algorithm: String,
+    pub tags: Vec<String>,
+}
+
+impl User {
+    pub fn new(name: &str, password: &str) -> User {
+        User {
+            name: name.to_owned(),
+            password_hash: hash_password(password),
+            hashing_algorithm: SHA256.to_owned(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// Whether `password` is this user's password. Compares in constant time.
+    pub fn check_password(&self, password: &str) -> bool {
+        let Ok(stored) = B64.decode(&self.password_hash) else { return false };
+        if stored.len() < 4 {
+            return false;
+        }
+        let Some(computed) = salted(&self.hashing_algorithm, &stored[..4], password.as_bytes()) else {
+            return false;
+        };
+        computed.len() == stored.len() && computed.iter().zip(&stored).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// What an operation needs on a resource (RabbitMQ's permission kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Configure,
+    Write,
+    Read,
+}
+
+/// The kind of resource a permission is checked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Exchange,
+    Queue,
+}
+
+impl Resource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Resource::Exchange => "exchange",
+            Resource::Queue => "queue",
+        }
+    }
+}
+
+/// One user's permissions in one vhost.
+#[derive(Debug, Clone)]
+pub struct Permission {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+    compiled: [Regex; 3],
+}
+
+impl Permission {
+    /// Compiles the three expressions; the error names the bad one.
+    pub fn new(configure: &str, write: &str, read: &str) -> Result<Permission, String> {
+        let compile = |re: &str| {
+            // RabbitMQ treats an empty expression as "^$" (no access).
+            let re = if re.is_empty() { "^$" } else { re };
+            Regex::new(re).map_err(|e| format!("invalid regular expression '{re}': {e}"))
+        };
+        Ok(Permission {
+            configure: configure.to_owned(),
+            write: write.to_owned(),
+            read: read.to_owned(),
+            compiled: [compile(configure)?, compile(write)?, compile(read)?],
+        })
+    }
+
+    pub fn full() -> Permission {
+        Permission::new(".*", ".*", ".*").expect("valid expressions")
+    }
+
+    pub fn allows(&self, access: Access, name: &str) -> bool {
+        let i = match access {
+            Access::Configure => 0,
+            Access::Write => 1,
+            Access::Read => 2,
+        };
+        self.compiled[i].is_match(name)
+    }
+}
+
+/// Per-vhost limits (`set_vhost_limits`); None = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VHostLimits {
+    #[serde(rename = "max-connections", skip_serializing_if = "Option::is_none", default)]
+    pub max_connections: Option<u64>,
+    #[serde(rename = "max-queues", skip_serializing_if = "Option::is_none", default)]
+    pub max_queues: Option<u64>,
+}
+
+/// Users, vhost names, permissions and limits: everything `warren ctl` edits.
+#[derive(Debug, Clone, Default)]
+pub struct AccessControl {
+    pub users: BTreeMap<String, User>,
+    /// Vhost name → its limits. The broker keeps a `VHost` for each.
+    pub vhosts: BTreeMap<String, VHostLimits>,
+    /// (vhost, user) → permission.
+    pub permissions: BTreeMap<(String, String), Permission>,
+}
+
+/// The 403 a denied operation gets, in RabbitMQ's words.
+pub fn refused(kind: Resource, name: &str, vhost: &str, user: &str) -> AmqpError {
+    let name = if kind == Resource::Exchange && name.is_empty() { "amq.default" } else { name };
+    AmqpError::access_refused(format_args!(
+        "access to {} '{name}' in vhost '{vhost}' refused for user '{user}'",
+        kind.as_str()
+    ))
+}
+
+impl AccessControl {
+    /// RabbitMQ's first-boot state: vhost `/`, user guest/guest
+    /// (administrator) with full permissions on it.
+    pub fn initial() -> AccessControl {
+        let mut ac = AccessControl::default();
+        ac.vhosts.insert("/".into(), VHostLimits::default());
+        let mut guest = User::new("guest", "guest");
+        guest.tags = vec!["administrator".into()];
+        ac.users.insert("guest".into(), guest);
+        ac.permissions.insert(("/".into(), "guest".into()), Permission::full());
+        ac
+    }
+
+    pub fn authenticate(&self, user: &str, password: &str) -> Option<&User> {
+        self.users.get(user).filter(|u| u.check_password(password))
+    }
+
+    /// Checks `access` to a resource; the error is the channel exception.
+    pub fn check(&self, vhost: &str, user: &str, kind: Resource, name: &str, access: Access) -> Result<(), AmqpError> {
+        let checked = if kind == Resource::Exchange && name.is_empty() { "amq.default" } else { name };
+        match self.permissions.get(&(vhost.to_owned(), user.to_owned())) {
+            Some(p) if p.allows(access, checked) => Ok(()),
+            _ => Err(refused(kind, name, vhost, user)),
+        }
+    }
+
+    pub fn has_vhost_access(&self, vhost: &str, user: &str) -> bool {
+        self.vhosts.contains_key(vhost) && self.permissions.contains_key(&(vhost.to_owned(), user.to_owned()))
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        json!({
+            "vhosts": self.vhosts.iter().map(|(name, limits)| json!({"name": name, "limits": limits})).collect::<Vec<_>>(),
+            "users": self.users.values().collect::<Vec<_>>(),
+            "permissions": self.permissions.iter().map(|((vhost, user), p)| json!({
+                "user": user, "vhost": vhost, "configure": p.configure, "write": p.write, "read": p.read,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Merges the users, vhosts and permissions of a definitions document —
+    /// Warren's own file or a RabbitMQ `export_definitions` file.
+    pub fn merge_json(&mut self, doc: &serde_json::Value) -> Result<(), String> {
+        let list = |key: &str| doc.get(key).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).unwrap_or("").to_owned();
+        for v in list("vhosts") {
+            let name = text(&v, "name");
+            if name.is_empty() {
+                return Err("a vhost without a name".into());
+            }
+            let limits = v.get("limits").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
+            self.vhosts.insert(name, limits);
+        }
+        for u in list("users") {
+            let name = text(&u, "name");
+            if name.is_empty() {
+                return Err("a user without a name".into());
+            }
+            let mut algorithm = text(&u, "hashing_algorithm");
+            if algorithm.is_empty() {
+                algorithm = SHA256.into();
+            }
+            if algorithm != SHA256 && algorithm != SHA512 {
+                return Err(format!("user '{name}': unsupported hashing algorithm '{algorithm}'"));
+            }
+            // RabbitMQ exports tags as a list (3.10) or a comma-separated string (older).
+            let tags = match u.get("tags") {
+                Some(serde_json::Value::Array(a)) => a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
+                Some(serde_json::Value::String(s)) => {
+                    s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+                }
+                _ => Vec::new(),
+            };
+            let user = User {
+                name: name.clone(),
+                password_hash: text(&u, "password_hash"),
+                hashing_algorithm: algorithm,
+                tags,
+            };
+            self.users.insert(name, user);
+        }
+        for p in list("permissions") {
+            let (user, vhost) = (text(&p, "user"), text(&p, "vhost"));
+            let perm = Permission::new(&text(&p, "configure"), &text(&p, "write"), &text(&p, "read"))?;
+            self.permissions.insert((vhost, user), perm);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hash_round_trips_and_is_salted() {
+        let u = User::new("bob", "s3cret");
+        assert!(u.check_password("s3cret"));
+        assert!(!u.check_password("s3cret "));
+        assert!(!u.check_password(""));
+        assert_ne!(User::new("bob", "s3cret").password_hash, u.password_hash, "a fresh salt each time");
+        assert_eq!(B64.decode(&u.password_hash).unwrap().len(), 4 + 32);
+    }
+
+    #[test]
+    fn checks_a_hash_made_by_rabbitmq() {
+        // `rabbitmqctl add_user fixture fixture-password` on RabbitMQ 3.10.8,
+        // then `rabbitmqctl export_definitions`.
+        let u = User {
+            name: "fixture".into(),
+            password_hash: RABBITMQ_FIXTURE_HASH.into(),
+            hashing_algorithm: SHA256.into(),
+            tags: vec![],
+        };
+        assert!(u.check_password("fixture-password"));
+        assert!(!u.check_password("fixture"));
+    }
+
+    pub(crate) const RABBITMQ_FIXTURE_HASH: &str = "TFnnURhaI8D6lie5loWcpp7gh1pJ391s71ZovnK85Cr/d1er";
+
+    #[test]
+    fn permissions_match_unanchored_and_empty_means_nothing() {
+        let p = Permission::new("^amq\\.gen", "", "q").unwrap();
+        assert!(p.allows(Access::Configure, "amq.gen-abc"));
+        assert!(!p.allows(Access::Configure, "x.amq.gen"));
+        assert!(!p.allows(Access::Write, "anything"));
+        assert!(p.allows(Access::Read, "my-queue"), "unanchored, as re:run");
+        assert!(Permission::new("(", ".*", ".*").is_err());
+    }
+
+    #[test]
+    fn default_exchange_is_checked_as_amq_default() {
+        let mut ac = AccessControl::initial();
+        ac.permissions.insert(("/".into(), "guest".into()), Permission::new("", "^amq\\.default$", "").unwrap());
+        assert!(ac.check("/", "guest", Resource::Exchange, "", Access::Write).is_ok());
+        let e = ac.check("/", "guest", Resource::Exchange, "", Access::Read).unwrap_err();
+        assert_eq!(e.text, "ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused for user 'guest'");
+    }
+
+    #[test]
+    fn imports_a_rabbitmq_export() {
+        let doc = serde_json::json!({
+            "users": [{"name": "fixture", "password_hash": RABBITMQ_FIXTURE_HASH,
+                       "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["monitoring"], "limits": {}}],
+            "vhosts": [{"name": "/"}, {"name": "other"}],
+            "permissions": [{"user": "fixture", "vhost": "other", "configure": ".*", "write": ".*", "read": ".*"}],
+        });
+        let mut ac = AccessControl::default();
+        ac.merge_json(&doc).unwrap();
+        assert!(ac.authenticate("fixture", "fixture-password").is_some());
+        assert!(ac.has_vhost_access("other", "fixture"));
+        assert!(!ac.has_vhost_access("/", "fixture"));
+        assert_eq!(ac.users["fixture"].tags, vec!["monitoring".to_string()]);
+        // And Warren's own file round-trips.
+        let mut again = AccessControl::default();
+        again.merge_json(&ac.to_json()).unwrap();
+        assert_eq!(again.users, ac.users);
+        assert_eq!(again.vhosts, ac.vhosts);
+        assert_eq!(again.permissions.len(), 1);
+    }
+}

@@ -1,0 +1,491 @@
+//! `warren ctl`: administration of a running broker, after `rabbitmqctl`.
+//!
+//! The broker listens on a Unix socket, `warren.sock` in its data directory,
+//! created with mode 0600: whoever can open it is the broker's owner (or
+//! root), so no password is asked — the same trust rabbitmqctl places in the
+//! Erlang cookie file. There is no TCP administration port.
+//!
+//! One request per connection: a JSON line `{"command", "vhost", "args"}`;
+//! one JSON line back with the info line, an optional table, and the exit
+//! code rabbitmqctl would use.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tracing::{info, warn};
+use warren_core::auth::VHostLimits;
+use warren_core::broker::AdminError;
+use warren_core::exchange::Destination;
+
+use crate::server::Shared;
+
+pub const SOCKET_NAME: &str = "warren.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub command: String,
+    pub vhost: String,
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub exit: i32,
+    /// The "Listing users ..." line (suppressed by `-q`).
+    pub info: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// Free text after the table (e.g. the limits JSON).
+    pub text: String,
+    pub error: String,
+}
+
+fn table(info: String, columns: &[&str], rows: Vec<Vec<String>>) -> Response {
+    Response { info, columns: columns.iter().map(|c| c.to_string()).collect(), rows, ..Default::default() }
+}
+
+fn failed(info: String, e: AdminError) -> Response {
+    Response { exit: e.exit_code, info, error: e.message, ..Default::default() }
+}
+
+fn usage(info: String, text: &str) -> Response {
+    Response { exit: 64, info, error: text.to_owned(), ..Default::default() }
+}
+
+/// Serves `warren ctl` on `<data_dir>/warren.sock` until the process ends.
+pub async fn listen(shared: Arc<Shared>, data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join(SOCKET_NAME);
+    // A socket left by a killed broker: nobody listens on it any more.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    info!(socket = %path.display(), "ctl listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let (rd, mut wr) = stream.into_split();
+                let mut line = String::new();
+                let mut rd = tokio::io::BufReader::new(rd);
+                if rd.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let response = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let r = execute(&shared, &req);
+                        if r.exit == 0 && !req.command.starts_with("list_") {
+                            info!(command = %req.command, vhost = %req.vhost, "ctl: {}", r.info);
+                        }
+                        r
+                    }
+                    Err(e) => usage(String::new(), &format!("bad request: {e}")),
+                };
+                let mut out = serde_json::to_vec(&response).unwrap_or_default();
+                out.push(b'\n');
+                let _ = wr.write_all(&out).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn yes(b: bool) -> String {
+    b.to_string()
+}
+
+/// Carries out one command against the running broker.
+pub fn execute(shared: &Shared, req: &Request) -> Response {
+    let broker = &shared.broker;
+    let a = &req.args;
+    let vh = req.vhost.as_str();
+    let arg = |i: usize| a.get(i).map(String::as_str).unwrap_or("");
+    let need = |n: usize, info: String, f: &dyn Fn() -> Result<Response, AdminError>| {
+        if a.len() < n {
+            return usage(info, &format!("{} needs {n} argument(s); see `warren ctl help`", req.command));
+        }
+        f().unwrap_or_else(|e| failed(info, e))
+    };
+    let done = |info: String| Response { info, ..Default::default() };
+    match req.command.as_str() {
+        "add_user" => {
+            let info = format!("Adding user \"{}\" ...", arg(0));
+            need(2, info.clone(), &|| broker.add_user(arg(0), arg(1)).map(|()| done(info.clone())))
+        }
+        "delete_user" => {
+            let info = format!("Deleting user \"{}\" ...", arg(0));
+            need(1, info.clone(), &|| broker.delete_user(arg(0)).map(|()| done(info.clone())))
+        }
+        "change_password" => {
+            let info = format!("Changing password for user \"{}\" ...", arg(0));
+            need(2, info.clone(), &|| broker.change_password(arg(0), arg(1)).map(|()| done(info.clone())))
+        }
+        "authenticate_user" => {
+            let info = format!("Authenticating user \"{}\" ...", arg(0));
+            need(2, info.clone(), &|| match broker.authenticate(arg(0), arg(1)) {
+                Some(_) => Ok(Response { text: "Success".into(), ..done(info.clone()) }),
+                None => Err(AdminError {
+                    exit_code: 65,
+                    message: format!("Error: failed to authenticate user \"{}\"", arg(0)),
+                }),
+            })
+        }
+        "set_user_tags" => {
+            let tags: Vec<String> = a.iter().skip(1).cloned().collect();
+            let info = format!("Setting tags for user \"{}\" to [{}] ...", arg(0), tags.join(", "));
+            need(1, info.clone(), &|| broker.set_user_tags(arg(0), &tags).map(|()| done(info.clone())))
+        }
+        "list_users" => {
+            let rows = broker
+                .access()
+                .users
+                .values()
+                .map(|u| vec![u.name.clone(), format!("[{}]", u.tags.join(", "))])
+                .collect();
+            table("Listing users ...".into(), &["user", "tags"], rows)
+        }
+        "add_vhost" => {
+            let info = format!("Adding vhost \"{}\" ...", arg(0));
+            need(1, info.clone(), &|| broker.add_vhost(arg(0)).map(|()| done(info.clone())))
+        }
+        "delete_vhost" => {
+            let info = format!("Deleting vhost \"{}\" ...", arg(0));
+            need(1, info.clone(), &|| broker.delete_vhost(arg(0)).map(|()| done(info.clone())))
+        }
+        "list_vhosts" => {
+            let rows = broker.access().vhosts.keys().map(|n| vec![n.clone()]).collect();
+            table("Listing vhosts ...".into(), &["name"], rows)
+        }
+        "set_permissions" => {
+            let info = format!("Setting permissions for user \"{}\" in vhost \"{vh}\" ...", arg(0));
+            need(4, info.clone(), &|| {
+                broker.set_permissions(vh, arg(0), arg(1), arg(2), arg(3)).map(|()| done(info.clone()))
+            })
+        }
+        "clear_permissions" => {
+            let info = format!("Clearing permissions for user \"{}\" in vhost \"{vh}\" ...", arg(0));
+            need(1, info.clone(), &|| broker.clear_permissions(vh, arg(0)).map(|()| done(info.clone())))
+        }
+        "list_permissions" => {
+            let info = format!("Listing permissions for vhost \"{vh}\" ...");
+            let ac = broker.access();
+            if !ac.vhosts.contains_key(vh) {
+                return failed(
+                    info,
+                    AdminError { exit_code: 69, message: format!("Virtual host {vh} does not exist") },
+                );
+            }
+            let rows = ac
+                .permissions
+                .iter()
+                .filter(|((v, _), _)| v == vh)
+                .map(|((_, u), p)| vec![u.clone(), p.configure.clone(), p.write.clone(), p.read.clone()])
+                .collect();
+            table(info, &["user", "configure", "write", "read"], rows)
+        }
+        "list_user_permissions" => {
+            let info = format!("Listing permissions for user \"{}\" ...", arg(0));
+            let ac = broker.access();
+            if !ac.users.contains_key(arg(0)) {
+                return failed(
+                    info,
+                    AdminError { exit_code: 67, message: format!("User \"{}\" does not exist", arg(0)) },
+                );
+            }
+            let rows = ac
+                .permissions
+                .iter()
+                .filter(|((_, u), _)| u == arg(0))
+                .map(|((v, _), p)| vec![v.clone(), p.configure.clone(), p.write.clone(), p.read.clone()])
+                .collect();
+            table(info, &["vhost", "configure", "write", "read"], rows)
+        }
+        "set_vhost_limits" => {
+            let info = format!("Setting vhost limits to \"{}\" for vhost \"{vh}\" ...", arg(0));
+            need(1, info.clone(), &|| {
+                let limits: VHostLimits = serde_json::from_str(arg(0)).map_err(|e| AdminError {
+                    exit_code: 65,
+                    message: format!("invalid limits '{}': {e} (known: max-connections, max-queues)", arg(0)),
+                })?;
+                broker.set_vhost_limits(vh, limits).map(|()| done(info.clone()))
+            })
+        }
+        "clear_vhost_limits" => {
+            let info = format!("Clearing vhost \"{vh}\" limits ...");
+            broker
+                .set_vhost_limits(vh, VHostLimits::default())
+                .map(|()| done(info.clone()))
+                .unwrap_or_else(|e| failed(info, e))
+        }
+        "list_vhost_limits" => {
+            let info = format!("Listing limits for vhost \"{vh}\" ...");
+            match broker.access().vhosts.get(vh) {
+                Some(l) if *l != VHostLimits::default() => {
+                    Response { text: serde_json::to_string(l).unwrap_or_default(), ..done(info) }
+                }
+                Some(_) => done(info),
+                None => {
+                    failed(info, AdminError { exit_code: 69, message: format!("Virtual host {vh} does not exist") })
+                }
+            }
+        }
+        "import_definitions" => {
+            let info = "Importing definitions in JSON ...".to_owned();
+            need(1, info.clone(), &|| {
+                let doc: serde_json::Value = serde_json::from_str(arg(0))
+                    .map_err(|e| AdminError { exit_code: 65, message: format!("invalid definitions JSON: {e}") })?;
+                broker.import_definitions(&doc).map(|()| done(info.clone()))
+            })
+        }
+        "list_queues" | "list_exchanges" | "list_bindings" => list_entities(shared, req),
+        "list_connections" => list_connections(shared, a),
+        other => usage(String::new(), &format!("unknown command '{other}'; see `warren ctl help`")),
+    }
+}
+
+/// Picks the requested info items (or the defaults) from `all`.
+fn select(info: String, requested: &[String], defaults: &[&str], all: &[&str], rows: Vec<Vec<String>>) -> Response {
+    let wanted: Vec<&str> =
+        if requested.is_empty() { defaults.to_vec() } else { requested.iter().map(String::as_str).collect() };
+    let mut idx = Vec::new();
+    for w in &wanted {
+        match all.iter().position(|c| c == w) {
+            Some(i) => idx.push(i),
+            None => return usage(info, &format!("Info key '{w}' is not known; known: {}", all.join(", "))),
+        }
+    }
+    let rows = rows.into_iter().map(|r| idx.iter().map(|&i| r[i].clone()).collect()).collect();
+    table(info, &wanted, rows)
+}
+
+fn list_entities(shared: &Shared, req: &Request) -> Response {
+    let vh = req.vhost.as_str();
+    let Some(vhost) = shared.broker.vhost(vh) else {
+        return failed(
+            String::new(),
+            AdminError { exit_code: 69, message: format!("Virtual host {vh} does not exist") },
+        );
+    };
+    match req.command.as_str() {
+        "list_queues" => {
+            const ALL: [&str; 9] = [
+                "name",
+                "messages",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+                "durable",
+                "auto_delete",
+                "exclusive",
+                "type",
+            ];
+            let mut queues = vhost.queues();
+            queues.sort_by(|a, b| a.name.cmp(&b.name));
+            let rows = queues
+                .iter()
+                .map(|q| {
+                    let (ready, unacked) = (q.message_count(), q.unacked_count());
+                    vec![
+                        q.name.clone(),
+                        (ready + unacked).to_string(),
+                        ready.to_string(),
+                        unacked.to_string(),
+                        q.consumer_count().to_string(),
+                        yes(q.durable),
+                        yes(q.auto_delete),
+                        yes(q.exclusive_owner.is_some()),
+                        if q.quorum { "quorum" } else { "classic" }.to_owned(),
+                    ]
+                })
+                .collect();
+            select(format!("Listing queues for vhost {vh} ..."), &req.args, &["name", "messages"], &ALL, rows)
+        }
+        "list_exchanges" => {
+            const ALL: [&str; 5] = ["name", "type", "durable", "auto_delete", "internal"];
+            let mut xs = vhost.exchanges();
+            xs.sort_by(|a, b| a.name.cmp(&b.name));
+            let rows = xs
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.name.clone(),
+                        x.kind.as_str().to_owned(),
+                        yes(x.durable),
+                        yes(x.auto_delete),
+                        yes(x.internal),
+                    ]
+                })
+                .collect();
+            select(format!("Listing exchanges for vhost {vh} ..."), &req.args, &["name", "type"], &ALL, rows)
+        }
+        _ => {
+            const ALL: [&str; 5] =
+                ["source_name", "source_kind", "destination_name", "destination_kind", "routing_key"];
+            let mut rows = Vec::new();
+            let mut queues = vhost.queues();
+            queues.sort_by(|a, b| a.name.cmp(&b.name));
+            // The default exchange's implicit bindings come first, as RabbitMQ lists them.
+            for q in &queues {
+                rows.push(vec![String::new(), "exchange".into(), q.name.clone(), "queue".into(), q.name.clone()]);
+            }
+            let mut xs = vhost.exchanges();
+            xs.sort_by(|a, b| a.name.cmp(&b.name));
+            for x in xs.iter().filter(|x| !x.name.is_empty()) {
+                for b in x.bindings() {
+                    let (dest, kind) = match &b.destination {
+                        Destination::Queue(q) => (q.name.clone(), "queue"),
+                        Destination::Exchange(e) => (e.clone(), "exchange"),
+                    };
+                    rows.push(vec![x.name.clone(), "exchange".into(), dest, kind.into(), b.routing_key.clone()]);
+                }
+            }
+            select(format!("Listing bindings for vhost {vh}..."), &req.args, &ALL, &ALL, rows)
+        }
+    }
+}
+
+fn list_connections(shared: &Shared, requested: &[String]) -> Response {
+    const ALL: [&str; 8] = ["user", "peer_host", "peer_port", "state", "vhost", "channels", "ssl", "name"];
+    let mut conns: Vec<_> = shared.connections.lock().values().cloned().collect();
+    conns.sort_by_key(|c| c.id);
+    let rows = conns
+        .iter()
+        .map(|c| {
+            vec![
+                c.user.clone(),
+                c.peer.ip().to_string(),
+                c.peer.port().to_string(),
+                "running".into(),
+                c.vhost.clone(),
+                c.channels.load(Ordering::Relaxed).to_string(),
+                yes(c.tls),
+                format!("{} -> {}", c.peer, shared.config.amqp_listen),
+            ]
+        })
+        .collect();
+    select("Listing connections ...".into(), requested, &["user", "peer_host", "peer_port", "state"], &ALL, rows)
+}
+
+const HELP: &str = "\
+Usage: warren ctl [--data-dir DIR] [-p VHOST] [-q] [-s] COMMAND [ARGS...]
+
+Talks to the broker running on DIR (default: the default data directory)
+through DIR/warren.sock. Commands, as rabbitmqctl's:
+
+  add_user USER PASSWORD            delete_user USER
+  change_password USER PASSWORD     authenticate_user USER PASSWORD
+  set_user_tags USER [TAG...]       list_users
+  add_vhost VHOST                   delete_vhost VHOST          list_vhosts
+  set_permissions [-p VHOST] USER CONF WRITE READ
+  clear_permissions [-p VHOST] USER
+  list_permissions [-p VHOST]       list_user_permissions USER
+  set_vhost_limits [-p VHOST] '{\"max-connections\": N, \"max-queues\": N}'
+  clear_vhost_limits [-p VHOST]     list_vhost_limits [-p VHOST]
+  list_queues [-p VHOST] [name messages messages_ready messages_unacknowledged
+              consumers durable auto_delete exclusive type]
+  list_exchanges [-p VHOST] [name type durable auto_delete internal]
+  list_bindings [-p VHOST]
+  list_connections [user peer_host peer_port state vhost channels ssl name]
+  import_definitions FILE           (users, vhosts, permissions; e.g. from
+                                     rabbitmqctl export_definitions)
+
+-q drops the informational line, -s also the table headers.
+";
+
+/// `warren ctl ...`: returns the process exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let mut data_dir: Option<PathBuf> = std::env::var_os("WARREN_DATA_DIR").map(PathBuf::from);
+    let mut vhost = "/".to_owned();
+    let (mut quiet, mut silent) = (false, false);
+    let mut rest = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--data-dir" => data_dir = it.next().map(PathBuf::from),
+            "-p" | "--vhost" => vhost = it.next().unwrap_or_default(),
+            "-q" | "--quiet" => quiet = true,
+            "-s" | "--silent" => (quiet, silent) = (true, true),
+            "-h" | "--help" | "help" => {
+                print!("{HELP}");
+                return 0;
+            }
+            _ => match a.strip_prefix("--data-dir=").or_else(|| a.strip_prefix("--vhost=")) {
+                Some(v) if a.starts_with("--data-dir=") => data_dir = Some(PathBuf::from(v)),
+                Some(v) => vhost = v.to_owned(),
+                None => rest.push(a),
+            },
+        }
+    }
+    if rest.is_empty() {
+        eprint!("{HELP}");
+        return 64;
+    }
+    let command = rest.remove(0);
+    if command == "import_definitions" {
+        // The file is read here, with the caller's permissions.
+        let Some(path) = rest.first() else {
+            eprintln!("Error:\nimport_definitions needs a file");
+            return 64;
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => rest[0] = text,
+            Err(e) => {
+                eprintln!("Error:\ncannot read {path}: {e}");
+                return 66;
+            }
+        }
+    }
+    let data_dir = data_dir.unwrap_or_else(crate::config::default_data_dir);
+    let socket = data_dir.join(SOCKET_NAME);
+    let response = match call(&socket, &Request { command, vhost, args: rest }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "Error:\ncannot reach the broker at {}: {e}\nIs it running with this --data-dir?",
+                socket.display()
+            );
+            return 69;
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !quiet && !response.info.is_empty() {
+        let _ = writeln!(out, "{}", response.info);
+    }
+    if response.exit != 0 {
+        let _ = out.flush();
+        eprintln!("Error:\n{}", response.error);
+        return response.exit;
+    }
+    if !response.columns.is_empty() && !silent {
+        let _ = writeln!(out, "{}", response.columns.join("\t"));
+    }
+    for row in &response.rows {
+        let _ = writeln!(out, "{}", row.join("\t"));
+    }
+    if !response.text.is_empty() {
+        let _ = writeln!(out, "{}", response.text);
+    }
+    0
+}
+
+fn call(socket: &Path, req: &Request) -> std::io::Result<Response> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    serde_json::from_str(&reply).map_err(|e| {
+        warn!(error = %e, "bad reply");
+        std::io::Error::other(format!("bad reply from the broker: {e}"))
+    })
+}

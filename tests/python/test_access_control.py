@@ -1,0 +1,324 @@
+"""Users, vhosts and permissions, as RabbitMQ enforces them.
+
+Administration goes through `broker.ctl` (`warren ctl`, or `rabbitmqctl`
+in the differential run), so every expectation here is checked against
+RabbitMQ too.
+"""
+import subprocess
+import uuid
+
+import pika
+import pika.exceptions as pe
+import pytest
+
+from conftest import start_warren, wait_for
+
+
+@pytest.fixture
+def vhost(broker):
+    """A fresh vhost where guest may do anything."""
+    v = f"vh-{uuid.uuid4().hex[:10]}"
+    broker.ctl("add_vhost", v)
+    broker.ctl("set_permissions", "-p", v, "guest", ".*", ".*", ".*")
+    yield v
+    broker.ctl("delete_vhost", v, check=False)
+
+
+@pytest.fixture
+def user(broker):
+    """A fresh user with a password and no permissions anywhere."""
+    u = f"u-{uuid.uuid4().hex[:10]}"
+    broker.ctl("add_user", u, "pw-" + u)
+    yield u
+    broker.ctl("delete_user", u, check=False)
+
+
+def connect(broker, user, password, vhost="/"):
+    creds = pika.PlainCredentials(user, password)
+    return pika.BlockingConnection(broker.params(virtual_host=vhost, credentials=creds))
+
+
+def test_wrong_password_is_refused_with_403(broker, user):
+    with pytest.raises(pe.ProbableAuthenticationError) as e:
+        connect(broker, user, "not-the-password")
+    assert "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN" in str(e.value)
+    with pytest.raises(pe.ProbableAuthenticationError):
+        connect(broker, "no-such-user-" + user, "x")
+
+
+def test_new_user_logs_in_and_password_changes_take_effect(broker, user, vhost):
+    broker.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    connect(broker, user, "pw-" + user, vhost).close()
+    broker.ctl("change_password", user, "new-secret")
+    with pytest.raises(pe.ProbableAuthenticationError):
+        connect(broker, user, "pw-" + user, vhost)
+    connect(broker, user, "new-secret", vhost).close()
+
+
+def test_vhost_without_permission_is_not_allowed(broker, user, vhost):
+    with pytest.raises(pe.ProbableAccessDeniedError) as e:
+        connect(broker, user, "pw-" + user, vhost)
+    assert f"(530) \"NOT_ALLOWED - access to vhost '{vhost}' refused for user '{user}'\"" in str(e.value)
+
+
+def test_vhosts_are_isolated(broker, vhost):
+    """The same queue name in two vhosts names two queues."""
+    q = f"iso-{uuid.uuid4().hex[:8]}"
+    a = pika.BlockingConnection(broker.params())
+    b = pika.BlockingConnection(broker.params(virtual_host=vhost))
+    try:
+        ca, cb = a.channel(), b.channel()
+        ca.queue_declare(q)
+        cb.queue_declare(q)
+        ca.basic_publish("", q, b"in-root")
+        cb.basic_publish("", q, b"in-vhost")
+        cb.basic_publish("", q, b"in-vhost-2")
+        assert wait_for(lambda: cb.queue_declare(q, passive=True).method.message_count == 2)
+        assert ca.queue_declare(q, passive=True).method.message_count == 1
+        assert ca.basic_get(q, auto_ack=True)[2] == b"in-root"
+        assert cb.basic_get(q, auto_ack=True)[2] == b"in-vhost"
+        ca.queue_delete(q)
+        assert cb.queue_declare(q, passive=True).method.message_count == 1
+    finally:
+        a.close()
+        b.close()
+
+
+# The permission matrix: configure / write / read on names by prefix.
+PERMS = ("^(ok|cfg)-", "^(ok|wr)-", "^(ok|rd)-")
+
+
+@pytest.fixture
+def limited(broker, user, vhost):
+    """A vhost with queues and exchanges made by guest, and a user whose
+    permissions there are PERMS. Yields (vhost, user, connection)."""
+    setup = pika.BlockingConnection(broker.params(virtual_host=vhost))
+    ch = setup.channel()
+    for q in ("ok-q", "cfg-q", "wr-q", "rd-q"):
+        ch.queue_declare(q)
+    for x in ("ok-x", "cfg-x", "wr-x", "rd-x"):
+        ch.exchange_declare(x, "fanout")
+    setup.close()
+    broker.ctl("set_permissions", "-p", vhost, user, *PERMS)
+    c = connect(broker, user, "pw-" + user, vhost)
+    yield vhost, user, c
+    if c.is_open:
+        c.close()
+
+
+def refused(kind, name, vhost, user):
+    return f"ACCESS_REFUSED - access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'"
+
+
+def queue_declare(ch, name, **args):
+    ch.queue_declare(name, arguments=args or None)
+
+
+def publish(ch, exchange):
+    ch.confirm_delivery()
+    ch.basic_publish(exchange, "k", b"x")
+
+
+def consume(ch, q):
+    ch.basic_consume(q, lambda *a: None)
+
+
+# (operation, allowed call, denied call, (kind, name) named in the refusal)
+MATRIX = [
+    ("queue.declare", lambda c: queue_declare(c, "cfg-new"), lambda c: queue_declare(c, "wr-new"), ("queue", "wr-new")),
+    ("queue.declare passive", lambda c: c.queue_declare("wr-q", passive=True), None, None),
+    ("queue.delete", lambda c: c.queue_delete("cfg-q"), lambda c: c.queue_delete("wr-q"), ("queue", "wr-q")),
+    ("queue.purge", lambda c: c.queue_purge("rd-q"), lambda c: c.queue_purge("wr-q"), ("queue", "wr-q")),
+    ("exchange.declare", lambda c: c.exchange_declare("cfg-new", "topic"), lambda c: c.exchange_declare("rd-new"), ("exchange", "rd-new")),
+    ("exchange.delete", lambda c: c.exchange_delete("cfg-x"), lambda c: c.exchange_delete("rd-x"), ("exchange", "rd-x")),
+    ("queue.bind needs write on the queue", lambda c: c.queue_bind("wr-q", "rd-x"), lambda c: c.queue_bind("rd-q", "rd-x"), ("queue", "rd-q")),
+    ("queue.bind needs read on the exchange", None, lambda c: c.queue_bind("wr-q", "wr-x"), ("exchange", "wr-x")),
+    ("queue.unbind", lambda c: c.queue_unbind("wr-q", "rd-x"), lambda c: c.queue_unbind("rd-q", "rd-x"), ("queue", "rd-q")),
+    ("exchange.bind", lambda c: c.exchange_bind("wr-x", "rd-x"), lambda c: c.exchange_bind("rd-x", "ok-x"), ("exchange", "rd-x")),
+    ("exchange.bind needs read on the source", None, lambda c: c.exchange_bind("ok-x", "wr-x"), ("exchange", "wr-x")),
+    ("basic.publish", lambda c: publish(c, "wr-x"), lambda c: publish(c, "rd-x"), ("exchange", "rd-x")),
+    ("basic.publish default exchange", None, lambda c: publish(c, ""), ("exchange", "amq.default")),
+    ("basic.consume", lambda c: consume(c, "rd-q"), lambda c: consume(c, "wr-q"), ("queue", "wr-q")),
+    ("basic.get", lambda c: c.basic_get("rd-q"), lambda c: c.basic_get("cfg-q"), ("queue", "cfg-q")),
+    (
+        "queue.declare with a DLX needs read on the queue",
+        lambda c: queue_declare(c, "ok-dl", **{"x-dead-letter-exchange": "wr-x"}),
+        lambda c: queue_declare(c, "cfg-dl", **{"x-dead-letter-exchange": "wr-x"}),
+        ("queue", "cfg-dl"),
+    ),
+    (
+        "queue.declare with a DLX needs write on it",
+        None,
+        lambda c: queue_declare(c, "ok-dl2", **{"x-dead-letter-exchange": "rd-x"}),
+        ("exchange", "rd-x"),
+    ),
+    (
+        "exchange.declare with an alternate exchange needs write on it",
+        lambda c: c.exchange_declare("ok-ae", arguments={"alternate-exchange": "wr-x"}),
+        lambda c: c.exchange_declare("ok-ae2", arguments={"alternate-exchange": "rd-x"}),
+        ("exchange", "rd-x"),
+    ),
+]
+
+
+@pytest.mark.parametrize("op,allowed,denied,named", MATRIX, ids=[m[0] for m in MATRIX])
+def test_permission_matrix(limited, op, allowed, denied, named):
+    vhost, user, c = limited
+    if allowed is not None:
+        allowed(c.channel())
+    if denied is not None:
+        ch = c.channel()
+        with pytest.raises(pe.ChannelClosedByBroker) as e:
+            denied(ch)
+        assert e.value.reply_code == 403
+        assert e.value.reply_text == refused(named[0], named[1], vhost, user)
+        # A denied operation costs the channel, not the connection.
+        assert c.is_open
+        c.channel().queue_declare("ok-q", passive=True)
+
+
+def test_cleared_permissions_refuse_new_connections(broker, user, vhost):
+    broker.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    connect(broker, user, "pw-" + user, vhost).close()
+    broker.ctl("clear_permissions", "-p", vhost, user)
+    with pytest.raises(pe.ProbableAccessDeniedError) as e:
+        connect(broker, user, "pw-" + user, vhost)
+    assert "(530)" in str(e.value)
+
+
+def test_user_id_must_match_the_login(conn, name):
+    ch = conn.channel()
+    ch.queue_declare(name, exclusive=True)
+    ch.basic_publish("", name, b"ok", pika.BasicProperties(user_id="guest"))
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.confirm_delivery()
+        ch.basic_publish("", name, b"forged", pika.BasicProperties(user_id="someone-else"))
+    assert e.value.reply_code == 406
+    assert e.value.reply_text == "PRECONDITION_FAILED - user_id property set to 'someone-else' but authenticated user was 'guest'"
+
+
+def test_deleting_a_vhost_closes_its_connections(broker, vhost):
+    c = pika.BlockingConnection(broker.params(virtual_host=vhost))
+    c.channel().queue_declare("doomed")
+    broker.ctl("delete_vhost", vhost)
+    with pytest.raises(pe.ConnectionClosedByBroker) as e:
+        for _ in range(100):
+            c.process_data_events(time_limit=0.1)
+    assert e.value.reply_code == 320
+    assert e.value.reply_text == f"CONNECTION_FORCED - vhost '{vhost}' is down"
+    # Re-created, it is empty.
+    broker.ctl("add_vhost", vhost)
+    broker.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    c = pika.BlockingConnection(broker.params(virtual_host=vhost))
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        c.channel().queue_declare("doomed", passive=True)
+    assert e.value.reply_code == 404
+    c.close()
+
+
+def test_deleting_a_user_closes_their_connections(broker, user, vhost):
+    broker.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    c = connect(broker, user, "pw-" + user, vhost)
+    broker.ctl("delete_user", user)
+    with pytest.raises(pe.ConnectionClosedByBroker) as e:
+        for _ in range(100):
+            c.process_data_events(time_limit=0.1)
+    assert e.value.reply_code == 320
+    assert e.value.reply_text == f"CONNECTION_FORCED - user '{user}' is deleted"
+
+
+def test_vhost_queue_limit(broker, vhost):
+    broker.ctl("set_vhost_limits", "-p", vhost, '{"max-queues": 2}')
+    c = pika.BlockingConnection(broker.params(virtual_host=vhost))
+    ch = c.channel()
+    ch.queue_declare("q1")
+    ch.queue_declare("q2")
+    ch.queue_declare("q1")  # redeclaring is not a new queue
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.queue_declare("q3")
+    assert e.value.reply_code == 406
+    assert e.value.reply_text == f"PRECONDITION_FAILED - cannot declare queue 'q3': queue limit in vhost '{vhost}' (2) is reached"
+    c.close()
+
+
+def test_vhost_connection_limit(broker, vhost):
+    broker.ctl("set_vhost_limits", "-p", vhost, '{"max-connections": 1}')
+    first = pika.BlockingConnection(broker.params(virtual_host=vhost))
+    with pytest.raises(pe.ProbableAccessDeniedError) as e:
+        pika.BlockingConnection(broker.params(virtual_host=vhost))
+    assert (
+        f"(530) \"NOT_ALLOWED - access to vhost '{vhost}' refused for user 'guest': connection limit (1) is reached\""
+        in str(e.value)
+    )
+    first.close()
+    # The slot is free again once the first one has gone.
+    assert wait_for(lambda: _opens(broker, vhost), timeout=10)
+
+
+def _opens(broker, vhost):
+    try:
+        pika.BlockingConnection(broker.params(virtual_host=vhost)).close()
+        return True
+    except pe.AMQPConnectionError:
+        return False
+
+
+def non_loopback_ip():
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for ip in out.split():
+        if "." in ip and not ip.startswith("127."):
+            return ip
+    return None
+
+
+def test_guest_may_connect_only_from_loopback(broker):
+    ip = non_loopback_ip()
+    if ip is None:
+        pytest.skip("this machine has no non-loopback address")
+    proc = None
+    port = broker.port
+    if broker.is_warren:
+        # The session's Warren listens on loopback only: start one on all addresses.
+        proc, port, _data = start_warren("0.0.0.0")
+    try:
+        params = pika.ConnectionParameters(host=ip, port=port)
+        with pytest.raises(pe.ProbableAuthenticationError) as e:
+            pika.BlockingConnection(params)
+        assert "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN" in str(e.value)
+        # From loopback, guest is welcome.
+        pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=port)).close()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_ctl_lists_like_rabbitmqctl(broker, user, vhost):
+    broker.ctl("set_user_tags", user, "monitoring", "management")
+    broker.ctl("set_permissions", "-p", vhost, user, "^a", "^b", "^c")
+    out = broker.ctl("list_users", "-q").stdout.splitlines()
+    assert out[0] == "user\ttags"
+    assert f"{user}\t[monitoring, management]" in out
+    out = broker.ctl("list_permissions", "-p", vhost).stdout.splitlines()
+    assert out[0] == f'Listing permissions for vhost "{vhost}" ...'
+    assert out[1] == "user\tconfigure\twrite\tread"
+    assert f"{user}\t^a\t^b\t^c" in out
+    assert vhost in broker.ctl("list_vhosts", "-q").stdout.splitlines()
+    c = pika.BlockingConnection(broker.params(virtual_host=vhost))
+    ch = c.channel()
+    ch.queue_declare("listed")
+    ch.basic_publish("", "listed", b"1")
+    ch.basic_publish("", "listed", b"2")
+    assert wait_for(lambda: ch.queue_declare("listed", passive=True).method.message_count == 2)
+    rows = broker.ctl("list_queues", "-q", "-p", vhost, "name", "messages", "durable").stdout.splitlines()
+    assert rows[0] == "name\tmessages\tdurable"
+    assert "listed\t2\tfalse" in rows
+    conns = broker.ctl("list_connections", "-q", "user", "vhost").stdout.splitlines()
+    assert f"guest\t{vhost}" in conns
+    c.close()
+    r = broker.ctl("add_user", user, "again", check=False)
+    assert r.returncode != 0
+    assert f'User "{user}" already exists' in r.stderr
