@@ -19,6 +19,29 @@ pub struct Config {
     #[arg(long, env = "WARREN_AMQP_LISTEN", default_value = "127.0.0.1:5672")]
     pub amqp_listen: SocketAddr,
 
+    /// Address of the AMQP-over-TLS listener (amqps, usually port 5671);
+    /// off unless set. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "WARREN_AMQPS_LISTEN")]
+    pub amqps_listen: Option<SocketAddr>,
+
+    /// PEM file with the server certificate chain (leaf first).
+    #[arg(long, env = "WARREN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the server's private key.
+    #[arg(long, env = "WARREN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file with the CA certificates that client certificates are
+    /// checked against; with it, clients may present a certificate.
+    #[arg(long, env = "WARREN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Require a valid client certificate (RabbitMQ's verify_peer with
+    /// fail_if_no_peer_cert). Needs --tls-ca.
+    #[arg(long, env = "WARREN_TLS_VERIFY_PEER", default_value_t = false)]
+    pub tls_verify_peer: bool,
+
     /// Directory for the broker's data. Defaults to $XDG_DATA_HOME/warren,
     /// else ~/.local/share/warren, else ./warren-data.
     #[arg(long, env = "WARREN_DATA_DIR")]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{channel as chan, connection as conn, AMQPClass};
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -82,7 +83,7 @@ const EVENT_BATCH: usize = 1024;
 /// with a full socket must not starve the consumers it feeds (without this,
 /// one runtime worker delivered ~3k msg/s to a consumer while taking ~700k/s).
 const YIELD_AFTER_FRAMES: usize = 256;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for connection.close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -137,8 +138,32 @@ pub struct Conn {
     closing_since: Option<Instant>,
 }
 
-pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let (mut rd, mut wr_owned) = socket.into_split();
+/// A client's byte stream: plain TCP, or TLS over TCP.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Where the writer task sends bytes. Plain TCP also lets the connection
+/// task write directly while the writer is idle (`try_write`, no hand-off);
+/// TLS always goes through the writer task.
+enum Writer {
+    Tcp(Arc<OwnedWriteHalf>),
+    Other(Box<dyn AsyncWrite + Unpin + Send>),
+}
+
+pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let tls = matches!(stream, Stream::Tls(_));
+    let (mut rd, writer): (Box<dyn AsyncRead + Unpin + Send>, Writer) = match stream {
+        Stream::Tcp(s) => {
+            let (r, w) = s.into_split();
+            (Box::new(r), Writer::Tcp(Arc::new(w)))
+        }
+        Stream::Tls(s) => {
+            let (r, w) = tokio::io::split(*s);
+            (Box::new(r), Writer::Other(Box::new(w)))
+        }
+    };
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let header = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         while rbuf.len() < 8 {
@@ -155,8 +180,15 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
     }
     if &rbuf[..8] != PROTOCOL_HEADER {
         // As the spec asks: answer with the protocol we speak, then hang up.
-        let _ = wr_owned.write_all(PROTOCOL_HEADER).await;
-        let _ = wr_owned.shutdown().await;
+        match writer {
+            Writer::Tcp(w) => {
+                let _ = w.try_write(PROTOCOL_HEADER);
+            }
+            Writer::Other(mut w) => {
+                let _ = w.write_all(PROTOCOL_HEADER).await;
+                let _ = w.shutdown().await;
+            }
+        }
         info!(%peer, "refused connection: bad protocol header");
         return;
     }
@@ -166,8 +198,11 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
     let (write_tx, write_rx) = mpsc::unbounded_channel::<Bytes>();
     let pending = Arc::new(AtomicUsize::new(0));
     let drained = Arc::new(Notify::new());
-    let wr = Arc::new(wr_owned);
-    let writer = tokio::spawn(write_loop(wr.clone(), write_rx, pending.clone(), drained.clone()));
+    let fast = match &writer {
+        Writer::Tcp(w) => Some(w.clone()),
+        Writer::Other(_) => None,
+    };
+    let writer = tokio::spawn(write_loop(writer, write_rx, pending.clone(), drained.clone()));
 
     let id = shared.broker.next_connection_id();
     let mut c = Conn {
@@ -180,7 +215,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
         failure_close: false,
         vhost: None,
         access_epoch: 0,
-        tls: false,
+        tls,
         registered: None,
         frame_max: frame::FRAME_OVERHEAD as u32 + 4088,
         channel_max: shared.config.channel_max,
@@ -212,7 +247,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
             // Write straight from this task while the writer is idle (no
             // hand-off, no wake-up); give the writer only what would block.
             let mut written = 0;
-            if pending.load(Ordering::Acquire) == 0 {
+            if let Some(wr) = fast.as_ref().filter(|_| pending.load(Ordering::Acquire) == 0) {
                 match wr.try_write(&c.out) {
                     Ok(n) => written = n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -333,27 +368,41 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut
 
 /// Writes what the connection task could not write without blocking.
 async fn write_loop(
-    wr: Arc<OwnedWriteHalf>,
+    mut wr: Writer,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     pending: Arc<AtomicUsize>,
     drained: Arc<Notify>,
 ) {
     while let Some(chunk) = rx.recv().await {
-        let mut off = 0;
-        while off < chunk.len() {
-            if wr.writable().await.is_err() {
-                return;
+        match &mut wr {
+            Writer::Tcp(wr) => {
+                let mut off = 0;
+                while off < chunk.len() {
+                    if wr.writable().await.is_err() {
+                        return;
+                    }
+                    match wr.try_write(&chunk[off..]) {
+                        Ok(n) => off += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
             }
-            match wr.try_write(&chunk[off..]) {
-                Ok(n) => off += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
+            Writer::Other(w) => {
+                // Flush only when nothing else is queued: TLS records carry many frames.
+                if w.write_all(&chunk).await.is_err() || (rx.is_empty() && w.flush().await.is_err()) {
+                    return;
+                }
             }
         }
         let left = pending.fetch_sub(chunk.len(), Ordering::AcqRel) - chunk.len();
         if left <= OUT_HIGH_WATER {
             drained.notify_one();
         }
+    }
+    if let Writer::Other(w) = &mut wr {
+        // TLS: close_notify, so the client sees a clean end of stream.
+        let _ = w.shutdown().await;
     }
 }
 

@@ -5,6 +5,7 @@ mod config;
 mod connection;
 mod ctl;
 mod server;
+mod tls;
 
 use clap::Parser;
 

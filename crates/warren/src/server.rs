@@ -43,6 +43,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.amqp_listen))?;
     let addr = listener.local_addr()?;
+    let tls = match config.amqps_listen {
+        Some(at) => {
+            let acceptor = crate::tls::acceptor(&config)?;
+            let l = TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at}: {e}"))?;
+            Some((l, acceptor))
+        }
+        None => None,
+    };
     let (alarm_tx, alarm) = watch::channel(None);
     tokio::spawn(disk_alarm(broker.clone(), alarm_tx));
     let shared = Arc::new(Shared { broker, config, synced, alarm, connections: Default::default() });
@@ -50,6 +58,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::ctl::listen(shared.clone(), &data_dir)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the ctl socket in {}: {e}", data_dir.display()))?;
+    if let Some((l, _)) = &tls {
+        info!(addr = %l.local_addr()?, "AMQP over TLS listening");
+    }
     info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -66,7 +77,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     let shutdown = shutdown_rx.clone();
                     let done = done_tx.clone();
                     tokio::spawn(async move {
-                        connection::serve(socket, peer, shared, shutdown).await;
+                        connection::serve(connection::Stream::Tcp(socket), peer, shared, shutdown).await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            accepted = accept_tls(&tls) => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let acceptor = tls.as_ref().map(|(_, a)| a.clone()).expect("TLS listener");
+                    let shared = shared.clone();
+                    let shutdown = shutdown_rx.clone();
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        // The TLS handshake counts against the AMQP handshake timeout.
+                        match tokio::time::timeout(connection::HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                            Ok(Ok(stream)) => {
+                                let stream = connection::Stream::Tls(Box::new(stream));
+                                connection::serve(stream, peer, shared, shutdown).await;
+                            }
+                            Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => info!(%peer, "TLS handshake timeout"),
+                        }
                         drop(done);
                     });
                 }
@@ -89,6 +125,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Accepts on the TLS listener, or never when there is none.
+async fn accept_tls(
+    tls: &Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match tls {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How often queues drop expired messages at their head (so that a queue of

@@ -503,7 +503,8 @@ async fn users_vhosts_permissions_and_limits_survive_kill_9() {
         let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         ch.queue_declare("c-1".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-        let e = ch.queue_declare("x-1".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap_err();
+        let e =
+            ch.queue_declare("x-1".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap_err();
         assert_eq!(amqp_error(&e).unwrap().0, 403, "configure permission kept");
         let guest = lapin::Connection::connect(&b.url(), lapin::ConnectionProperties::default()).await;
         assert!(guest.is_err(), "guest was deleted before the crash");
