@@ -77,6 +77,10 @@ impl Outbox for ConnOutbox {
 /// Outbound bytes queued for the writer above which the connection stops
 /// taking deliveries until the writer catches up.
 const OUT_HIGH_WATER: usize = 8 << 20;
+/// Outbound bytes above which the client is not read from either: replies
+/// to its own requests (basic.return of big bodies, get-ok, confirms) must
+/// not pile up without bound in front of a client that never reads.
+const OUT_HARD_LIMIT: usize = 32 << 20;
 /// Events handled per turn of the loop before the socket is read again.
 const EVENT_BATCH: usize = 1024;
 /// A read that yields this many frames ends the task's turn: a publisher
@@ -273,7 +277,13 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
             flush_pending = false;
             tokio::task::yield_now().await;
         }
-        let backpressured = pending.load(Ordering::Acquire) > OUT_HIGH_WATER;
+        let pending_bytes = pending.load(Ordering::Acquire);
+        let backpressured = pending_bytes > OUT_HIGH_WATER;
+        let stalled = pending_bytes > OUT_HARD_LIMIT;
+        if stalled {
+            // Its unread heartbeats are not held against it meanwhile.
+            last_read = Instant::now();
+        }
         // Under the disk alarm a publisher is not read from (its heartbeats
         // are not held against it meanwhile).
         let alarmed = c.published && alarm_rx.borrow().is_some();
@@ -292,7 +302,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                     c.on_alarm(reason);
                 }
             }
-            read = rd.read_buf(&mut rbuf), if !alarmed => {
+            read = rd.read_buf(&mut rbuf), if !alarmed && !stalled => {
                 match read {
                     Ok(0) | Err(_) => {
                         if c.stage == Stage::Open {
