@@ -67,7 +67,7 @@ pub async fn listen(shared: Arc<Shared>, data_dir: &Path) -> anyhow::Result<()> 
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
-    info!(socket = %path.display(), "ctl listening");
+    info!(socket = %path.display(), "ctl socket ready");
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
