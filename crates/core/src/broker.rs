@@ -8,7 +8,6 @@ use parking_lot::RwLock;
 
 use std::path::{Path, PathBuf};
 
-use amq_protocol::protocol::basic::parse_properties;
 use warren_store::log::MessageLog;
 use warren_store::MessageStore;
 
@@ -149,23 +148,7 @@ impl Broker {
             };
             let mut items: Vec<(MessageRef, u32, u64)> = Vec::with_capacity(entries.len());
             for e in entries {
-                let build = || {
-                    let raw = &e.message.properties;
-                    let props = if raw[..] == [0, 0] {
-                        Default::default()
-                    } else {
-                        parse_properties(&raw[..]).map(|(_, p)| p).unwrap_or_default()
-                    };
-                    let m = Message::new(
-                        e.message.exchange.as_str().into(),
-                        e.message.routing_key.as_str().into(),
-                        raw.clone(),
-                        props,
-                        e.message.body.clone(),
-                    );
-                    let _ = m.persisted.set(e.persisted);
-                    Arc::new(m)
-                };
+                let build = || Arc::new(Message::from_stored(&e.message, e.persisted));
                 // Only a message held by several queues needs sharing.
                 let m = if Arc::strong_count(&e.message) > 1 {
                     shared.entry(e.persisted.msg_id).or_insert_with(build).clone()

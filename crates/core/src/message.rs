@@ -63,6 +63,25 @@ impl From<AMQPProperties> for Props {
 }
 
 impl Message {
+    /// A message as the message log gave it back (recovery, paging).
+    pub fn from_stored(stored: &warren_store::log::StoredMessage, persisted: Persisted) -> Message {
+        let raw = &stored.properties;
+        let props = if raw[..] == [0, 0] {
+            AMQPProperties::default()
+        } else {
+            amq_protocol::protocol::basic::parse_properties(&raw[..]).map(|(_, p)| p).unwrap_or_default()
+        };
+        let m = Message::new(
+            stored.exchange.as_str().into(),
+            stored.routing_key.as_str().into(),
+            raw.clone(),
+            props,
+            stored.body.clone(),
+        );
+        let _ = m.persisted.set(persisted);
+        m
+    }
+
     pub fn new(
         exchange: Arc<str>,
         routing_key: Arc<str>,

@@ -10,11 +10,13 @@
 //! their delivery limit) are collected and dead-lettered only after the lock
 //! is released, so one queue's lock is never held while another's is taken.
 
+use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
+use rustc_hash::FxHashMap;
 use warren_protocol::{AMQPValue, AmqpError, FieldTable};
 use warren_store::MessageStore;
 use warren_store::{Entry, MemoryStore, Meta, PriorityStore, QueueStore};
@@ -22,7 +24,7 @@ use warren_store::{Entry, MemoryStore, Meta, PriorityStore, QueueStore};
 use crate::arguments::int_arg;
 use crate::consumer::{Consumer, Delivery};
 use crate::dead_letter::Reason;
-use crate::message::MessageRef;
+use crate::message::{Message, MessageRef};
 use crate::vhost::VHost;
 
 /// What a queue does when a publish would exceed its length limit.
@@ -64,10 +66,107 @@ pub struct Queue {
     state: Mutex<QueueState>,
 }
 
+/// Disk-first: a durable queue keeps at most this many ready messages (or
+/// body bytes) in memory; newer ones live only in the message log and are
+/// read back as the head drains (`docs/storage.md`, "Paging").
+const HOT_COUNT: usize = 4096;
+const HOT_BYTES: u64 = 8 << 20;
+/// How much one refill of the head reads back.
+const PAGE_IN_COUNT: usize = 1024;
+const PAGE_IN_BYTES: u64 = 4 << 20;
+/// In `Paged::order`: the message at this place is held in memory.
+const PINNED: u64 = 1 << 63;
+
+/// The paged-out tail of a durable queue: 8 bytes per message (its record's
+/// location in the message log), behind everything in `ready`. A message
+/// the log cannot give back — transient, redelivered, or not yet synced —
+/// keeps its place here but stays in memory (`pinned`); one waiting for the
+/// sync is let go once the log has it.
+struct Paged {
+    log: Arc<dyn MessageStore>,
+    message_ttl: Option<u64>,
+    order: VecDeque<u64>,
+    /// Index (since the queue began) of `order[0]`.
+    base: u64,
+    pinned: FxHashMap<u64, (MessageRef, Meta)>,
+    /// Pinned persistent messages by index, with the log position that must
+    /// be synced before they can go.
+    unsynced: VecDeque<(u64, u64)>,
+    /// Sum of the paged messages' body sizes (`x-max-length-bytes`).
+    bytes: u64,
+}
+
+impl Paged {
+    fn push(&mut self, message: MessageRef, meta: Meta) {
+        self.bytes += message.body.len() as u64;
+        let idx = self.base + self.order.len() as u64;
+        if let Some(p) = message.persisted.get().filter(|_| meta.delivery_count == 0) {
+            if p.end <= self.log.synced() {
+                self.order.push_back(p.location());
+                return;
+            }
+            self.unsynced.push_back((idx, p.end));
+        }
+        self.order.push_back(PINNED);
+        self.pinned.insert(idx, (message, meta));
+    }
+
+    /// Lets go of pinned messages that the log now has on disk.
+    fn settle(&mut self) {
+        if self.unsynced.is_empty() {
+            return;
+        }
+        let synced = self.log.synced();
+        while let Some(&(idx, end)) = self.unsynced.front() {
+            if end > synced {
+                break;
+            }
+            self.unsynced.pop_front();
+            if let Some((m, _)) = self.pinned.remove(&idx) {
+                let location = m.persisted.get().expect("persisted").location();
+                self.order[(idx - self.base) as usize] = location;
+            }
+        }
+    }
+
+    /// Takes the oldest paged message back into memory.
+    fn pop(&mut self) -> Option<Option<(MessageRef, Meta)>> {
+        let v = self.order.pop_front()?;
+        let idx = self.base;
+        self.base += 1;
+        if self.order.is_empty() {
+            self.bytes = 0;
+        }
+        if v == PINNED {
+            let (m, meta) = self.pinned.remove(&idx).expect("a pinned message at a pinned place");
+            self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
+            return Some(Some((m, meta)));
+        }
+        match self.log.read(v) {
+            Ok(back) => {
+                let m = Arc::new(Message::from_stored(&back.message, back.persisted));
+                self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
+                let ttl = match (self.message_ttl, m.expiration_ms()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let meta = Meta { priority: 0, expires_at: ttl.map(|t| back.published_at.saturating_add(t)), delivery_count: 0 };
+                Some(Some((m, meta)))
+            }
+            Err(e) => {
+                tracing::error!(location = v, error = %e, "cannot read a paged-out message back; dropping it");
+                Some(None)
+            }
+        }
+    }
+}
+
 struct QueueState {
     ready: Box<dyn QueueStore<MessageRef>>,
-    /// Sum of the ready messages' body sizes.
+    /// Sum of the ready messages' body sizes (those in memory).
     ready_bytes: u64,
+    /// Durable, non-priority queues: the tail kept in the message log.
+    paged: Option<Paged>,
     /// Highest consumer priority first; registration order within a priority.
     consumers: Vec<Arc<Consumer>>,
     /// Where round-robin dispatch resumes.
@@ -87,11 +186,53 @@ struct QueueState {
 
 impl QueueState {
     fn push(&mut self, message: MessageRef, meta: Meta) {
+        if let Some(paged) = &mut self.paged {
+            paged.settle();
+            if !paged.order.is_empty() || self.ready.len() >= HOT_COUNT || self.ready_bytes >= HOT_BYTES {
+                paged.push(message, meta);
+                return;
+            }
+        }
         self.ready_bytes += message.body.len() as u64;
         self.ready.push(message, meta);
     }
 
+    /// Ready messages, in memory and paged out.
+    fn len(&self) -> usize {
+        self.ready.len() + self.paged.as_ref().map_or(0, |p| p.order.len())
+    }
+
+    /// Body bytes of the ready messages, in memory and paged out.
+    fn bytes(&self) -> u64 {
+        self.ready_bytes + self.paged.as_ref().map_or(0, |p| p.bytes)
+    }
+
+    /// Refills an empty head from the paged-out tail.
+    fn page_in(&mut self) {
+        let Some(paged) = &mut self.paged else { return };
+        if !self.ready.is_empty() || paged.order.is_empty() {
+            return;
+        }
+        paged.settle();
+        let (mut n, mut bytes) = (0, 0);
+        while n < PAGE_IN_COUNT && bytes < PAGE_IN_BYTES {
+            let Some(next) = paged.pop() else { break };
+            if let Some((m, meta)) = next {
+                bytes += m.body.len() as u64;
+                self.ready_bytes += m.body.len() as u64;
+                self.ready.push(m, meta);
+                n += 1;
+            }
+        }
+    }
+
+    fn peek(&mut self) -> Option<&Entry<MessageRef>> {
+        self.page_in();
+        self.ready.peek()
+    }
+
     fn pop(&mut self) -> Option<Entry<MessageRef>> {
+        self.page_in();
         let e = self.ready.pop()?;
         self.ready_bytes -= e.message.body.len() as u64;
         Some(e)
@@ -192,6 +333,7 @@ impl Queue {
                     _ => Box::new(MemoryStore::default()),
                 },
                 ready_bytes: 0,
+                paged: None,
                 consumers: Vec::new(),
                 next_consumer: 0,
                 unacked: 0,
@@ -202,6 +344,38 @@ impl Queue {
                 dead: Vec::new(),
             }),
             arguments,
+        }
+    }
+
+    /// Gives a durable queue the message log: its persistent messages are
+    /// recorded there, and (unless it is a priority queue) its backlog is
+    /// kept there rather than in memory.
+    pub fn set_log(&mut self, log: Arc<dyn MessageStore>) {
+        let st = self.state.get_mut();
+        if int_arg(&self.arguments, "x-max-priority").is_none_or(|p| p <= 0) {
+            st.paged = Some(Paged {
+                log: log.clone(),
+                message_ttl: self.message_ttl,
+                order: VecDeque::new(),
+                base: 0,
+                pinned: FxHashMap::default(),
+                unsynced: VecDeque::new(),
+                bytes: 0,
+            });
+        }
+        self.log = Some(log);
+    }
+
+    /// Messages kept in memory and paged out to the log, for tests and stats.
+    pub fn paged_count(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.ready.len(), st.paged.as_ref().map_or(0, |p| p.order.len()))
+    }
+
+    /// Lets go of paged messages the log has synced since (timer).
+    pub fn settle_paged(&self) {
+        if let Some(p) = &mut self.lock().paged {
+            p.settle();
         }
     }
 
@@ -231,7 +405,7 @@ impl Queue {
     pub fn message_count(&self) -> u32 {
         let mut st = self.lock();
         self.drop_expired(&mut st);
-        st.ready.len() as u32
+        st.len() as u32
     }
 
     /// Deliveries waiting for their ack.
@@ -272,8 +446,8 @@ impl Queue {
             return true;
         }
         if self.overflow != Overflow::DropHead {
-            let full = self.max_length.is_some_and(|m| st.ready.len() as u64 >= m)
-                || self.max_length_bytes.is_some_and(|m| st.ready_bytes + message.body.len() as u64 > m);
+            let full = self.max_length.is_some_and(|m| st.len() as u64 >= m)
+                || self.max_length_bytes.is_some_and(|m| st.bytes() + message.body.len() as u64 > m);
             if full {
                 self.discard(&message);
                 if self.overflow == Overflow::RejectPublishDlx {
@@ -284,7 +458,7 @@ impl Queue {
         }
         if ttl == Some(0) {
             // TTL 0: delivered if a consumer can take it right now, else expired.
-            if !st.ready.is_empty() {
+            if st.len() > 0 {
                 self.remove(&mut st, message, Some(Reason::Expired));
                 return true;
             }
@@ -306,8 +480,7 @@ impl Queue {
         if self.overflow != Overflow::DropHead {
             return;
         }
-        while self.max_length.is_some_and(|m| st.ready.len() as u64 > m)
-            || self.max_length_bytes.is_some_and(|m| st.ready_bytes > m)
+        while self.max_length.is_some_and(|m| st.len() as u64 > m) || self.max_length_bytes.is_some_and(|m| st.bytes() > m)
         {
             let Some(e) = st.pop() else { break };
             self.remove(st, e.message, Some(Reason::MaxLen));
@@ -354,7 +527,7 @@ impl Queue {
         }
         let now = crate::now_ms();
         let mut n = 0;
-        while st.ready.peek().is_some_and(|e| e.expires_at.is_some_and(|t| t <= now)) {
+        while st.peek().is_some_and(|e| e.expires_at.is_some_and(|t| t <= now)) {
             if let Some(e) = st.pop() {
                 self.remove(st, e.message, Some(Reason::Expired));
             }
@@ -419,13 +592,17 @@ impl Queue {
 
     /// Delivers ready messages to consumers with credit.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
-        while !st.ready.is_empty() && !st.consumers.is_empty() {
+        while st.len() > 0 && !st.consumers.is_empty() {
             if self.drop_expired(st) > 0 {
                 continue;
             }
             let Some(idx) = Self::pick(st, self.single_active) else { break };
             let consumer = st.consumers[idx].clone();
-            let mut entry = st.pop().expect("checked non-empty");
+            let Some(mut entry) = st.pop() else {
+                // Only paged-out messages that could not be read back were left.
+                consumer.release(1);
+                break;
+            };
             entry.delivery_count += 1;
             self.log_delivery(&entry);
             if consumer.no_ack {
@@ -469,7 +646,7 @@ impl Queue {
         } else {
             st.unacked += 1;
         }
-        let remaining = st.ready.len() as u32;
+        let remaining = st.len() as u32;
         Some((entry, remaining))
     }
 
@@ -577,7 +754,7 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
-        if if_empty && !st.ready.is_empty() {
+        if if_empty && st.len() > 0 {
             return Err(AmqpError::precondition(format_args!(
                 "queue '{}' in vhost '{}' not empty",
                 self.name, self.vhost

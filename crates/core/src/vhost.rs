@@ -300,8 +300,8 @@ impl VHost {
 
     fn new_queue(&self, name: &str, durable: bool, owner: Option<u64>, auto_delete: bool, args: FieldTable) -> Queue {
         let mut q = Queue::new(name, &self.name, durable, owner, auto_delete, args);
-        if durable {
-            q.log = self.log.clone();
+        if let Some(log) = self.log.clone().filter(|_| durable) {
+            q.set_log(log);
         }
         q.owner = self.me.clone();
         q
@@ -753,6 +753,7 @@ impl VHost {
     pub fn tick(&self) {
         let now = crate::now_ms();
         for q in self.queues() {
+            q.settle_paged();
             if q.may_expire() {
                 q.expire();
             }

@@ -34,6 +34,9 @@ pub trait MessageStore: Send + Sync {
     fn ack(&self, queue: &str, m: log::Persisted);
     /// The message was delivered from `queue` for the `count`-th time.
     fn delivered(&self, queue: &str, m: log::Persisted, count: u32);
+    /// Reads a message back by its [`log::Persisted::location`] (a queue
+    /// paged it out of memory).
+    fn read(&self, location: u64) -> std::io::Result<log::ReadBack>;
     /// A queue was deleted; returns the position to sync.
     fn queue_deleted(&self, queue: &str) -> u64;
     /// Position known durable.

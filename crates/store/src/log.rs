@@ -43,11 +43,33 @@ const T_ACK: u8 = 2;
 const T_DELIVERED: u8 = 3;
 const T_QUEUE_DELETED: u8 = 4;
 
-/// Where a persisted message lives: its id and the segment of its publish record.
+/// Where a persisted message lives: its id and where its publish record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Persisted {
     pub msg_id: u64,
     pub segment: u32,
+    /// Byte offset of the publish record in its segment file.
+    pub offset: u32,
+    /// Logical log position just past the record, this run (0 when
+    /// recovered): it is on disk once `synced()` reaches this.
+    pub end: u64,
+}
+
+impl Persisted {
+    /// The record's address in one `u64` (segment high, offset low): what a
+    /// queue keeps for a message it paged out; [`crate::MessageStore::read`]
+    /// takes it back.
+    pub fn location(&self) -> u64 {
+        ((self.segment as u64) << 32) | self.offset as u64
+    }
+}
+
+/// A message read back from the log by its location.
+#[derive(Debug, Clone)]
+pub struct ReadBack {
+    pub persisted: Persisted,
+    pub published_at: u64,
+    pub message: StoredMessage,
 }
 
 /// The fields of a message as the log keeps them.
@@ -107,9 +129,9 @@ type SyncCallback = Box<dyn Fn(u64) + Send>;
 
 /// During recovery: a message's segment, content, and the queues still
 /// holding it with their delivery counts.
-/// (segment, published_at, message, (queue index, delivery count) per queue
-/// still holding it).
-type Pending = (u32, u64, Arc<StoredMessage>, Vec<(u32, u32)>);
+/// (segment, offset, published_at, message, (queue index, delivery count)
+/// per queue still holding it).
+type Pending = (u32, u32, u64, Arc<StoredMessage>, Vec<(u32, u32)>);
 
 struct Shared {
     dir: PathBuf,
@@ -125,6 +147,8 @@ struct Shared {
     /// past this many bytes (this process) fail as if the disk were full.
     write_limit: Option<u64>,
     written: AtomicU64,
+    /// Segment files opened for reading paged-out messages back.
+    readers: Mutex<HashMap<u32, Arc<File>>>,
 }
 
 /// Handle to the message log; cheap to clone.
@@ -201,7 +225,7 @@ impl MessageLog {
             let mut raw = Vec::new();
             File::open(&path)?.read_to_end(&mut raw)?;
             let data = Bytes::from(raw);
-            let good = Self::scan(&data, seg, &mut rec, |kind, mut c| {
+            let good = Self::scan(&data, seg, &mut rec, |kind, mut c, offset| {
                 match kind {
                     T_PUBLISH => {
                         let Some(msg_id) = c.u64() else { return false };
@@ -240,14 +264,14 @@ impl MessageLog {
                         if at >= pending.len() {
                             pending.resize_with(at + 1, || None);
                         }
-                        pending[at] = Some((seg, published_at, m, queues));
+                        pending[at] = Some((seg, offset, published_at, m, queues));
                     }
                     T_ACK | T_DELIVERED => {
                         let Some(msg_id) = c.u64() else { return false };
                         let count = if kind == T_DELIVERED { c.u32() } else { Some(0) };
                         let (Some(count), Some(q)) = (count, c.str16()) else { return false };
                         let (Some(&qi), Some(b)) = (queue_index.get(q), base) else { return true };
-                        let Some(Some((_, _, _, queues))) =
+                        let Some(Some((_, _, _, _, queues))) =
                             msg_id.checked_sub(b).and_then(|i| pending.get_mut(i as usize))
                         else {
                             return true;
@@ -261,7 +285,7 @@ impl MessageLog {
                     T_QUEUE_DELETED => {
                         let Some(q) = c.str16() else { return false };
                         if let Some(&qi) = queue_index.get(q) {
-                            for (_, _, _, queues) in pending.iter_mut().flatten() {
+                            for (_, _, _, _, queues) in pending.iter_mut().flatten() {
                                 queues.retain(|(idx, _)| *idx != qi);
                             }
                         }
@@ -282,12 +306,12 @@ impl MessageLog {
         let mut by_queue: Vec<Vec<RecoveredEntry>> = queue_names.iter().map(|_| Vec::new()).collect();
         let first = base.unwrap_or(0);
         for (i, p) in pending.into_iter().enumerate() {
-            let Some((seg, published_at, m, queues)) = p else { continue };
+            let Some((seg, offset, published_at, m, queues)) = p else { continue };
             let msg_id = first + i as u64;
             for (qi, count) in queues {
                 *live.entry(seg).or_default() += 1;
                 by_queue[qi as usize].push(RecoveredEntry {
-                    persisted: Persisted { msg_id, segment: seg },
+                    persisted: Persisted { msg_id, segment: seg, offset, end: 0 },
                     published_at,
                     message: m.clone(),
                     delivery_count: count,
@@ -322,6 +346,7 @@ impl MessageLog {
             shutdown: AtomicBool::new(false),
             write_limit: std::env::var("WARREN_FAULT_LOG_WRITE_LIMIT").ok().and_then(|v| v.parse().ok()),
             written: AtomicU64::new(0),
+            readers: Mutex::new(HashMap::new()),
         });
         let log = MessageLog { shared };
         log.collect_garbage();
@@ -334,7 +359,7 @@ impl MessageLog {
 
     /// Walks the records of one segment, calling `f` for each good one.
     /// Returns the length of the good prefix (where a torn tail starts).
-    fn scan(data: &Bytes, seg: u32, rec: &mut Recovered, mut f: impl FnMut(u8, Cursor<'_>) -> bool) -> usize {
+    fn scan(data: &Bytes, seg: u32, rec: &mut Recovered, mut f: impl FnMut(u8, Cursor<'_>, u32) -> bool) -> usize {
         if data.len() < SEGMENT_MAGIC.len() || &data[..8] != SEGMENT_MAGIC {
             warn!(segment = seg, "segment without a valid header; ignoring its content");
             return 0;
@@ -347,7 +372,7 @@ impl MessageLog {
                 return at; // torn tail (or a length we cannot trust)
             }
             let body = &data[at + HEADER..at + HEADER + 1 + len as usize];
-            if crc32fast::hash(body) != crc || !f(body[0], Cursor(&body[1..])) {
+            if crc32fast::hash(body) != crc || !f(body[0], Cursor(&body[1..]), at as u32) {
                 rec.dropped_records += 1;
             }
             at += HEADER + 1 + len as usize;
@@ -358,7 +383,7 @@ impl MessageLog {
     /// Appends one record; returns (segment, logical end position). For a
     /// publish record, the message id is assigned here, under the same lock
     /// as the append, so that ids follow log order (recovery relies on it).
-    fn append(&self, kind: u8, payload: &mut [u8], durable: bool, live: u64) -> (u32, u64) {
+    fn append(&self, kind: u8, payload: &mut [u8], durable: bool, live: u64) -> (u32, u32, u64) {
         let mut st = self.shared.state.lock().unwrap();
         if kind == T_PUBLISH {
             let id = st.next_msg_id;
@@ -371,6 +396,8 @@ impl MessageLog {
             st.segment_size = 0;
         }
         let seg = st.segment;
+        // The file starts with the magic; `segment_size` counts records only.
+        let offset = (SEGMENT_MAGIC.len() as u64 + st.segment_size) as u32;
         if st.on_disk.back() != Some(&seg) {
             st.on_disk.push_back(seg);
         }
@@ -394,7 +421,18 @@ impl MessageLog {
         let pos = st.appended;
         drop(st);
         self.shared.wake.notify_one();
-        (seg, pos)
+        (seg, offset, pos)
+    }
+
+    /// The open file of a segment, for reading records back.
+    fn reader(&self, seg: u32) -> io::Result<Arc<File>> {
+        let mut files = self.shared.readers.lock().unwrap();
+        if let Some(f) = files.get(&seg) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(segment_path(&self.shared.dir, seg))?);
+        files.insert(seg, f.clone());
+        Ok(f)
     }
 
     /// Closes this log and opens it again, as a restart would.
@@ -423,6 +461,7 @@ impl MessageLog {
             }
             st.live.remove(&seg);
             st.on_disk.pop_front();
+            self.shared.readers.lock().unwrap().remove(&seg);
         }
     }
 }
@@ -553,9 +592,52 @@ impl crate::MessageStore for MessageLog {
         put_str16(&mut p, routing_key);
         put_bytes32(&mut p, properties);
         put_bytes32(&mut p, body);
-        let (segment, pos) = self.append(T_PUBLISH, &mut p, true, queues.len() as u64);
+        let (segment, offset, pos) = self.append(T_PUBLISH, &mut p, true, queues.len() as u64);
         let msg_id = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
-        (Persisted { msg_id, segment }, pos)
+        (Persisted { msg_id, segment, offset, end: pos }, pos)
+    }
+
+    /// Reads a publish record back (a paged-out message). The record must
+    /// be written: callers page out only what `synced()` covers.
+    fn read(&self, location: u64) -> io::Result<ReadBack> {
+        use std::os::unix::fs::FileExt;
+        let (segment, offset) = ((location >> 32) as u32, location as u32);
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("segment {segment} offset {offset}: {what}"));
+        let file = self.reader(segment)?;
+        let mut header = [0u8; HEADER + 1];
+        file.read_exact_at(&mut header, offset as u64)?;
+        let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+        if len > MAX_RECORD || header[HEADER] != T_PUBLISH {
+            return Err(bad("not a publish record"));
+        }
+        let mut body = vec![0u8; 1 + len as usize];
+        file.read_exact_at(&mut body, offset as u64 + HEADER as u64)?;
+        if crc32fast::hash(&body) != crc {
+            return Err(bad("checksum mismatch"));
+        }
+        let data = Bytes::from(body);
+        let mut c = Cursor(&data[1..]);
+        let parsed = (|| {
+            let msg_id = c.u64()?;
+            let published_at = c.u64()?;
+            for _ in 0..c.u16()? {
+                c.str16()?;
+            }
+            let (exchange, routing_key) = (c.str16()?.to_owned(), c.str16()?.to_owned());
+            let (properties, body) = (c.bytes32()?, c.bytes32()?);
+            Some(ReadBack {
+                persisted: Persisted { msg_id, segment, offset, end: 0 },
+                published_at,
+                message: StoredMessage {
+                    exchange,
+                    routing_key,
+                    properties: data.slice_ref(properties),
+                    body: data.slice_ref(body),
+                },
+            })
+        })();
+        parsed.ok_or_else(|| bad("undecodable publish record"))
     }
 
     /// The message left `queue` for good (acked, dropped, purged). Lazy.
@@ -584,7 +666,7 @@ impl crate::MessageStore for MessageLog {
     fn queue_deleted(&self, queue: &str) -> u64 {
         let mut p = Vec::with_capacity(2 + queue.len());
         put_str16(&mut p, queue);
-        self.append(T_QUEUE_DELETED, &mut p, true, 0).1
+        self.append(T_QUEUE_DELETED, &mut p, true, 0).2
     }
 
     /// Logical position known durable.
