@@ -73,6 +73,10 @@ struct Args {
     /// Keep the queues as they are (no delete/redeclare before the run).
     #[arg(long)]
     keep: bool,
+    /// Consume until this many messages have arrived, then report how long
+    /// it took (drain a backlog; use with --publishers 0 --keep).
+    #[arg(long, default_value_t = 0)]
+    drain: u64,
     /// Queue name prefix.
     #[arg(long, default_value = "perf")]
     queue: String,
@@ -177,6 +181,9 @@ fn queue_names(args: &Args) -> Vec<String> {
 }
 
 async fn setup(args: &Args) -> anyhow::Result<()> {
+    if args.keep {
+        return Ok(());
+    }
     let mut c = Client::connect(args).await?;
     for q in queue_names(args) {
         c.send_on(
@@ -433,6 +440,28 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.consumers.max(if args.fanout > 0 { queues.len() } else { 0 }) {
         let q = queues[i % queues.len()].clone();
         tasks.push(tokio::spawn(consumer(args.clone(), q, stats.clone(), stop.clone(), base, lat.clone())));
+    }
+    if args.drain > 0 {
+        let t0 = Instant::now();
+        while stats.consumed.load(Ordering::Relaxed) < args.drain {
+            if tasks.iter().all(|t| t.is_finished()) {
+                for t in tasks {
+                    if let Ok(Err(e)) = t.await {
+                        eprintln!("warren-perf: {e:#}");
+                    }
+                }
+                bail!("consumers stopped after {} messages", stats.consumed.load(Ordering::Relaxed));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let n = stats.consumed.load(Ordering::Relaxed);
+        println!(
+            "{}",
+            serde_json::json!({"addr": args.addr, "consumed": n, "seconds": secs, "consumed_per_s": (n as f64 / secs).round()})
+        );
+        stop.store(true, Ordering::Relaxed);
+        return Ok(());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let per_rate = if args.rate > 0 { (args.rate / args.publishers as u64).max(1) } else { 0 };
