@@ -13,7 +13,8 @@ use warren_store::MessageStore;
 
 use crate::auth::{AccessControl, Permission, User, VHostLimits};
 use crate::definitions;
-use crate::message::{Message, MessageRef};
+use crate::message::Message;
+use crate::queue::Restored;
 use crate::vhost::VHost;
 
 pub struct Broker {
@@ -133,9 +134,9 @@ impl Broker {
             }
         }
         // One Message per stored message, shared by the queues holding it.
-        let mut shared: HashMap<u64, MessageRef> = HashMap::default();
         let mut restored = 0usize;
         let mut orphaned = 0usize;
+        let mut unreadable = 0usize;
         for (key, entries) in recovered.queues {
             let queue = key.split_once('\0').and_then(|(vh, q)| b.vhost(vh)?.queue(q).ok());
             let Some(queue) = queue else {
@@ -146,16 +147,26 @@ impl Broker {
                 }
                 continue;
             };
-            let mut items: Vec<(MessageRef, u32, u64)> = Vec::with_capacity(entries.len());
+            // Bodies stay on disk until the queue pages them in; only messages
+            // delivered before are read now (their delivery count matters).
+            let mut items = Vec::with_capacity(entries.len());
             for e in entries {
-                let build = || Arc::new(Message::from_stored(&e.message, e.persisted));
-                // Only a message held by several queues needs sharing.
-                let m = if Arc::strong_count(&e.message) > 1 {
-                    shared.entry(e.persisted.msg_id).or_insert_with(build).clone()
-                } else {
-                    build()
-                };
-                items.push((m, e.delivery_count, e.published_at));
+                if e.delivery_count == 0 {
+                    items.push(Restored::InLog { location: e.persisted.location(), body_len: e.body_len });
+                    continue;
+                }
+                match log.read(e.persisted.location()) {
+                    Ok(back) => items.push(Restored::Loaded {
+                        message: Arc::new(Message::from_stored(&back.message, e.persisted)),
+                        delivery_count: e.delivery_count,
+                        published_at: e.published_at,
+                    }),
+                    Err(err) => {
+                        tracing::error!(queue = %key, error = %err, "cannot read a recovered message back; dropping it");
+                        log.ack(&key, e.persisted);
+                        unreadable += 1;
+                    }
+                }
             }
             restored += items.len();
             queue.restore(items);
@@ -163,6 +174,7 @@ impl Broker {
         tracing::info!(
             messages = restored,
             orphaned,
+            unreadable,
             dropped_records = recovered.dropped_records,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered durable state"

@@ -111,6 +111,12 @@ impl Paged {
         self.pinned.insert(idx, (message, meta));
     }
 
+    /// A message that is in the log only (recovery).
+    fn push_location(&mut self, location: u64, body_len: u32) {
+        self.bytes += body_len as u64;
+        self.order.push_back(location);
+    }
+
     /// Lets go of pinned messages that the log now has on disk.
     fn settle(&mut self) {
         if self.unsynced.is_empty() {
@@ -136,6 +142,11 @@ impl Paged {
         self.base += 1;
         if self.order.is_empty() {
             self.bytes = 0;
+            if self.order.capacity() > HOT_COUNT {
+                // A drained backlog gives its memory back.
+                self.order = VecDeque::new();
+                self.pinned.shrink_to_fit();
+            }
         }
         if v == PINNED {
             let (m, meta) = self.pinned.remove(&idx).expect("a pinned message at a pinned place");
@@ -150,7 +161,11 @@ impl Paged {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let meta = Meta { priority: 0, expires_at: ttl.map(|t| back.published_at.saturating_add(t)), delivery_count: 0 };
+                let meta = Meta {
+                    priority: 0,
+                    expires_at: ttl.map(|t| back.published_at.saturating_add(t)),
+                    delivery_count: 0,
+                };
                 Some(Some((m, meta)))
             }
             Err(e) => {
@@ -218,6 +233,7 @@ impl QueueState {
         while n < PAGE_IN_COUNT && bytes < PAGE_IN_BYTES {
             let Some(next) = paged.pop() else { break };
             if let Some((m, meta)) = next {
+                self.may_expire |= meta.expires_at.is_some();
                 bytes += m.body.len() as u64;
                 self.ready_bytes += m.body.len() as u64;
                 self.ready.push(m, meta);
@@ -273,6 +289,14 @@ impl Drop for Locked<'_> {
             self.queue.dead_letter(dead);
         }
     }
+}
+
+/// A message given back to a queue at startup (see [`Queue::restore`]).
+pub enum Restored {
+    /// Read back already: it was delivered before, and its count matters.
+    Loaded { message: MessageRef, delivery_count: u32, published_at: u64 },
+    /// Still only in the message log.
+    InLog { location: u64, body_len: u32 },
 }
 
 /// What `remove_consumer` tells the caller.
@@ -480,7 +504,8 @@ impl Queue {
         if self.overflow != Overflow::DropHead {
             return;
         }
-        while self.max_length.is_some_and(|m| st.len() as u64 > m) || self.max_length_bytes.is_some_and(|m| st.bytes() > m)
+        while self.max_length.is_some_and(|m| st.len() as u64 > m)
+            || self.max_length_bytes.is_some_and(|m| st.bytes() > m)
         {
             let Some(e) = st.pop() else { break };
             self.remove(st, e.message, Some(Reason::MaxLen));
@@ -550,10 +575,33 @@ impl Queue {
 
     /// Puts recovered messages back (startup only), in log order, with
     /// their delivery counts and expiry times computed from when they were
-    /// published. Already expired ones go at the next expiry pass.
-    pub fn restore(&self, entries: impl IntoIterator<Item = (MessageRef, u32, u64)>) {
+    /// published. Already expired ones go at the next expiry pass. Messages
+    /// still only in the log stay there (paged) until the head needs them.
+    pub fn restore(&self, entries: impl IntoIterator<Item = Restored>) {
         let mut st = self.lock();
-        for (message, delivery_count, published_at) in entries {
+        for entry in entries {
+            let (message, delivery_count, published_at) = match entry {
+                Restored::InLog { location, body_len } => {
+                    if let Some(paged) = &mut st.paged {
+                        paged.push_location(location, body_len);
+                        // Its expiry is known once read back: let the expiry pass look.
+                        st.may_expire = true;
+                        continue;
+                    }
+                    // A priority queue keeps everything in memory: read it now.
+                    let Some(log) = &self.log else { continue };
+                    match log.read(location) {
+                        Ok(back) => {
+                            (Arc::new(Message::from_stored(&back.message, back.persisted)), 0, back.published_at)
+                        }
+                        Err(e) => {
+                            tracing::error!(queue = %self.name, error = %e, "cannot read a recovered message back");
+                            continue;
+                        }
+                    }
+                }
+                Restored::Loaded { message, delivery_count, published_at } => (message, delivery_count, published_at),
+            };
             let ttl = match (self.message_ttl, message.expiration_ms()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

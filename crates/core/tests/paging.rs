@@ -113,3 +113,31 @@ fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
     let broker = Broker::open(&d).unwrap();
     assert_eq!(broker.vhost("/").unwrap().queue("q").unwrap().message_count(), 0);
 }
+
+#[test]
+fn paged_messages_expire_and_count_against_length_limits() {
+    let d = dir("ttl");
+    let broker = Broker::open(&d).unwrap();
+    let vhost = broker.vhost("/").unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), warren_protocol::AMQPValue::LongInt(200));
+    let q = vhost.declare_queue(1, "ttl", false, true, false, false, args).unwrap().queue;
+    for i in 0..10_000 {
+        publish(&vhost, &q, format!("t{i}"), true);
+    }
+    assert!(q.paged_count().1 > 0);
+    std::thread::sleep(Duration::from_millis(300));
+    q.expire();
+    assert_eq!(q.message_count(), 0, "paged messages expire too");
+
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), warren_protocol::AMQPValue::LongInt(6000));
+    let q = vhost.declare_queue(1, "capped", false, true, false, false, args).unwrap().queue;
+    for i in 0..10_000 {
+        publish(&vhost, &q, format!("c{i}"), true);
+    }
+    assert_eq!(q.message_count(), 6000);
+    let got = drain(&q);
+    assert_eq!(got.first().map(String::as_str), Some("c4000"), "drop-head dropped the oldest");
+    assert_eq!(got.last().map(String::as_str), Some("c9999"));
+}

@@ -82,13 +82,15 @@ pub struct StoredMessage {
     pub body: Bytes,
 }
 
-/// One message found in a queue during recovery, in log order.
+/// One message found in a queue during recovery, in log order. Its content
+/// stays on disk: read it back with [`crate::MessageStore::read`] (queues
+/// page recovered messages in lazily, so a restart holds no bodies).
 #[derive(Debug, Clone)]
 pub struct RecoveredEntry {
     pub persisted: Persisted,
     /// When it was published (ms since the Unix epoch), for TTLs.
     pub published_at: u64,
-    pub message: Arc<StoredMessage>,
+    pub body_len: u32,
     pub delivery_count: u32,
 }
 
@@ -127,11 +129,50 @@ struct WriterState {
 /// Told the synced position after every flush.
 type SyncCallback = Box<dyn Fn(u64) + Send>;
 
-/// During recovery: a message's segment, content, and the queues still
-/// holding it with their delivery counts.
-/// (segment, offset, published_at, message, (queue index, delivery count)
-/// per queue still holding it).
-type Pending = (u32, u32, u64, Arc<StoredMessage>, Vec<(u32, u32)>);
+/// During recovery, per message: where its publish record is, and the
+/// queues still holding it with their delivery counts. No content: a
+/// restart with millions of messages must not hold their bodies.
+struct Pending {
+    segment: u32,
+    offset: u32,
+    published_at: u64,
+    body_len: u32,
+    queues: Holders,
+}
+
+/// (queue index, delivery count) per queue still holding a message; one
+/// queue (the common case) without an allocation.
+enum Holders {
+    One(u32, u32),
+    Many(Vec<(u32, u32)>),
+    None,
+}
+
+impl Holders {
+    fn retain(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        match self {
+            Holders::One(q, _) if !keep(*q) => *self = Holders::None,
+            Holders::Many(v) => v.retain(|(q, _)| keep(*q)),
+            _ => {}
+        }
+    }
+
+    fn count_mut(&mut self, queue: u32) -> Option<&mut u32> {
+        match self {
+            Holders::One(q, c) if *q == queue => Some(c),
+            Holders::Many(v) => v.iter_mut().find(|(q, _)| *q == queue).map(|(_, c)| c),
+            _ => None,
+        }
+    }
+
+    fn into_vec(self) -> Vec<(u32, u32)> {
+        match self {
+            Holders::One(q, c) => vec![(q, c)],
+            Holders::Many(v) => v,
+            Holders::None => Vec::new(),
+        }
+    }
+}
 
 struct Shared {
     dir: PathBuf,
@@ -244,18 +285,16 @@ impl MessageLog {
                             };
                             queues.push((idx, 0));
                         }
-                        let (Some(exchange), Some(routing_key), Some(properties), Some(body)) =
+                        let (Some(_exchange), Some(_routing_key), Some(_properties), Some(body)) =
                             (c.str16(), c.str16(), c.bytes32(), c.bytes32())
                         else {
                             return false;
                         };
                         next_msg_id = next_msg_id.max(msg_id + 1);
-                        let m = Arc::new(StoredMessage {
-                            exchange: exchange.to_owned(),
-                            routing_key: routing_key.to_owned(),
-                            properties: data.slice_ref(properties),
-                            body: data.slice_ref(body),
-                        });
+                        let queues = match queues.len() {
+                            1 => Holders::One(queues[0].0, 0),
+                            _ => Holders::Many(queues),
+                        };
                         let b = *base.get_or_insert(msg_id);
                         if msg_id < b {
                             return false;
@@ -264,29 +303,28 @@ impl MessageLog {
                         if at >= pending.len() {
                             pending.resize_with(at + 1, || None);
                         }
-                        pending[at] = Some((seg, offset, published_at, m, queues));
+                        pending[at] =
+                            Some(Pending { segment: seg, offset, published_at, body_len: body.len() as u32, queues });
                     }
                     T_ACK | T_DELIVERED => {
                         let Some(msg_id) = c.u64() else { return false };
                         let count = if kind == T_DELIVERED { c.u32() } else { Some(0) };
                         let (Some(count), Some(q)) = (count, c.str16()) else { return false };
                         let (Some(&qi), Some(b)) = (queue_index.get(q), base) else { return true };
-                        let Some(Some((_, _, _, _, queues))) =
-                            msg_id.checked_sub(b).and_then(|i| pending.get_mut(i as usize))
-                        else {
+                        let Some(Some(p)) = msg_id.checked_sub(b).and_then(|i| pending.get_mut(i as usize)) else {
                             return true;
                         };
                         if kind == T_ACK {
-                            queues.retain(|(idx, _)| *idx != qi);
-                        } else if let Some(e) = queues.iter_mut().find(|(idx, _)| *idx == qi) {
-                            e.1 = e.1.max(count);
+                            p.queues.retain(|idx| idx != qi);
+                        } else if let Some(c) = p.queues.count_mut(qi) {
+                            *c = (*c).max(count);
                         }
                     }
                     T_QUEUE_DELETED => {
                         let Some(q) = c.str16() else { return false };
                         if let Some(&qi) = queue_index.get(q) {
-                            for (_, _, _, _, queues) in pending.iter_mut().flatten() {
-                                queues.retain(|(idx, _)| *idx != qi);
+                            for p in pending.iter_mut().flatten() {
+                                p.queues.retain(|idx| idx != qi);
                             }
                         }
                     }
@@ -306,14 +344,14 @@ impl MessageLog {
         let mut by_queue: Vec<Vec<RecoveredEntry>> = queue_names.iter().map(|_| Vec::new()).collect();
         let first = base.unwrap_or(0);
         for (i, p) in pending.into_iter().enumerate() {
-            let Some((seg, offset, published_at, m, queues)) = p else { continue };
+            let Some(p) = p else { continue };
             let msg_id = first + i as u64;
-            for (qi, count) in queues {
-                *live.entry(seg).or_default() += 1;
+            for (qi, count) in p.queues.into_vec() {
+                *live.entry(p.segment).or_default() += 1;
                 by_queue[qi as usize].push(RecoveredEntry {
-                    persisted: Persisted { msg_id, segment: seg, offset, end: 0 },
-                    published_at,
-                    message: m.clone(),
+                    persisted: Persisted { msg_id, segment: p.segment, offset: p.offset, end: 0 },
+                    published_at: p.published_at,
+                    body_len: p.body_len,
                     delivery_count: count,
                 });
             }
@@ -602,7 +640,9 @@ impl crate::MessageStore for MessageLog {
     fn read(&self, location: u64) -> io::Result<ReadBack> {
         use std::os::unix::fs::FileExt;
         let (segment, offset) = ((location >> 32) as u32, location as u32);
-        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("segment {segment} offset {offset}: {what}"));
+        let bad = |what: &str| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("segment {segment} offset {offset}: {what}"))
+        };
         let file = self.reader(segment)?;
         let mut header = [0u8; HEADER + 1];
         file.read_exact_at(&mut header, offset as u64)?;
@@ -719,8 +759,9 @@ mod tests {
         panic!("never synced to {pos}");
     }
 
-    fn bodies(rec: &Recovered, q: &str) -> Vec<Vec<u8>> {
-        rec.queues.get(q).map(|v| v.iter().map(|e| e.message.body.to_vec()).collect()).unwrap_or_default()
+    fn bodies(log: &MessageLog, rec: &Recovered, q: &str) -> Vec<Vec<u8>> {
+        let read = |e: &RecoveredEntry| log.read(e.persisted.location()).unwrap().message.body.to_vec();
+        rec.queues.get(q).map(|v| v.iter().map(read).collect()).unwrap_or_default()
     }
 
     #[test]
@@ -735,11 +776,13 @@ mod tests {
         log.delivered("q1", b, 2);
         wait_synced(&log, pos);
         log.close();
-        let (_log, rec) = MessageLog::open(&dir).unwrap();
-        assert_eq!(bodies(&rec, "q1"), vec![b"two".to_vec(), b"three".to_vec()]);
-        assert_eq!(bodies(&rec, "q2"), vec![b"one".to_vec()]);
+        let (log, rec) = MessageLog::open(&dir).unwrap();
+        assert_eq!(bodies(&log, &rec, "q1"), vec![b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(bodies(&log, &rec, "q2"), vec![b"one".to_vec()]);
         assert_eq!(rec.queues["q1"][0].delivery_count, 2);
-        assert_eq!(&rec.queues["q1"][1].message.properties[..], &[0x10, 0, 2]);
+        assert_eq!(rec.queues["q1"][1].body_len, 5);
+        let third = log.read(rec.queues["q1"][1].persisted.location()).unwrap();
+        assert_eq!(&third.message.properties[..], &[0x10, 0, 2]);
         assert_eq!(rec.dropped_records, 0);
     }
 
@@ -771,14 +814,14 @@ mod tests {
         let len = fs::metadata(&seg).unwrap().len();
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
         let (log, rec) = MessageLog::open(&dir).unwrap();
-        assert_eq!(bodies(&rec, "q"), vec![b"kept".to_vec()]);
+        assert_eq!(bodies(&log, &rec, "q"), vec![b"kept".to_vec()]);
         assert!(rec.truncated_bytes > 0);
         // New writes go on and survive the next restart.
         let (_, pos) = log.publish(&["q"], 0, "", "q", &[0, 0], b"after");
         wait_synced(&log, pos);
         log.close();
-        let (_log, rec) = MessageLog::open(&dir).unwrap();
-        assert_eq!(bodies(&rec, "q"), vec![b"kept".to_vec(), b"after".to_vec()]);
+        let (log, rec) = MessageLog::open(&dir).unwrap();
+        assert_eq!(bodies(&log, &rec, "q"), vec![b"kept".to_vec(), b"after".to_vec()]);
     }
 
     #[test]
@@ -795,8 +838,8 @@ mod tests {
         let at = data.windows(6).position(|w| w == b"second").unwrap();
         data[at] ^= 0xFF;
         fs::write(&seg, &data).unwrap();
-        let (_log, rec) = MessageLog::open(&dir).unwrap();
-        assert_eq!(bodies(&rec, "q"), vec![b"first-message".to_vec(), b"third-message".to_vec()]);
+        let (log, rec) = MessageLog::open(&dir).unwrap();
+        assert_eq!(bodies(&log, &rec, "q"), vec![b"first-message".to_vec(), b"third-message".to_vec()]);
         assert_eq!(rec.dropped_records, 1);
     }
 
