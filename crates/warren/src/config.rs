@@ -72,12 +72,29 @@ pub struct Config {
     #[arg(long, env = "WARREN_LOOPBACK_USERS", default_value = "guest")]
     pub loopback_users: String,
 
+    /// Memory alarm threshold (RabbitMQ's vm_memory_high_watermark): below 1,
+    /// a fraction of the machine's RAM; otherwise bytes. Above it,
+    /// publishers are blocked (`connection.blocked "low on memory"`).
+    #[arg(long, env = "WARREN_MEMORY_HIGH_WATERMARK", default_value_t = 0.4)]
+    pub memory_high_watermark: f64,
+
     /// Most client connections the node accepts at once; 0 = no limit.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u64,
 }
 
 impl Config {
+    /// The memory alarm threshold in bytes (None: it cannot be determined).
+    pub fn memory_limit(&self) -> Option<u64> {
+        let w = self.memory_high_watermark;
+        if w >= 1.0 {
+            return Some(w as u64);
+        }
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: u64 = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some((kib as f64 * 1024.0 * w) as u64)
+    }
+
     pub fn loopback_users(&self) -> impl Iterator<Item = &str> {
         self.loopback_users.split(',').map(str::trim).filter(|u| !u.is_empty())
     }

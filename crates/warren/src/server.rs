@@ -52,7 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let (alarm_tx, alarm) = watch::channel(None);
-    tokio::spawn(disk_alarm(broker.clone(), alarm_tx));
+    tokio::spawn(alarms(broker.clone(), config.memory_limit(), alarm_tx));
     let shared = Arc::new(Shared { broker, config, synced, alarm, connections: Default::default() });
     tokio::spawn(expiry_timer(shared.broker.clone()));
     crate::ctl::listen(shared.clone(), &data_dir)
@@ -153,23 +153,39 @@ async fn expiry_timer(broker: Arc<Broker>) {
     }
 }
 
-/// Raises the disk alarm while the message log fails to write (disk full or
-/// an I/O error), and clears it when writes succeed again. Connections send
-/// `connection.blocked` / `connection.unblocked` and stop reading from
-/// publishers meanwhile, as RabbitMQ does for its disk alarm.
-async fn disk_alarm(broker: Arc<Broker>, alarm: watch::Sender<Option<String>>) {
-    let Some(log) = broker.log().cloned() else { return };
+/// The broker's resident memory, from /proc/self/statm.
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Resource alarms, as RabbitMQ raises them. The disk alarm holds while the
+/// message log fails to write (disk full or an I/O error); the memory alarm
+/// while the broker's RSS is above `memory_limit`. Connections send
+/// `connection.blocked` ("low on disk" / "low on memory") and stop reading
+/// from publishers meanwhile, then `connection.unblocked` when it clears;
+/// consumers go on being served (which is what frees memory).
+async fn alarms(broker: Arc<Broker>, memory_limit: Option<u64>, alarm: watch::Sender<Option<String>>) {
+    let log = broker.log().cloned();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let failed = log.is_failed();
-        if failed != alarm.borrow().is_some() {
-            if failed {
-                warn!("disk alarm: the message log cannot write; blocking publishers");
-            } else {
-                info!("disk alarm cleared");
+        let disk = log.as_ref().is_some_and(|l| l.is_failed());
+        let memory = memory_limit.zip(rss_bytes()).is_some_and(|(limit, rss)| rss > limit);
+        let reason = if disk {
+            Some("low on disk")
+        } else if memory {
+            Some("low on memory")
+        } else {
+            None
+        };
+        if reason != alarm.borrow().as_deref() {
+            match reason {
+                Some(r) => warn!(rss = rss_bytes(), limit = memory_limit, "resource alarm ({r}): blocking publishers"),
+                None => info!("resource alarm cleared"),
             }
-            alarm.send_replace(failed.then(|| "low on disk".to_owned()));
+            alarm.send_replace(reason.map(str::to_owned));
         }
     }
 }

@@ -1,7 +1,9 @@
-//! The disk alarm: when the message log cannot write (here: a fault
+//! Resource alarms. The disk alarm: when the message log cannot write (here: a fault
 //! injected with WARREN_FAULT_LOG_WRITE_LIMIT), publishers get
 //! `connection.blocked`, unconfirmed messages stay unconfirmed, and the broker
-//! keeps serving consumers. Warren-only: it needs the fault knob.
+//! keeps serving consumers. The memory alarm: above
+//! `--memory-high-watermark`, the same with "low on memory". Warren-only:
+//! they need the fault knobs.
 
 mod common;
 
@@ -75,6 +77,36 @@ async fn failing_disk_blocks_publishers_and_keeps_serving_consumers() {
         let got = cch.basic_get("free".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
         assert_eq!(got.delivery.data, b"still here");
         flood.abort();
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test]
+async fn memory_alarm_blocks_publishers_and_keeps_serving_consumers() {
+    // A watermark of 1 byte: the broker is over it from the start.
+    let (dir, port) = TestBroker::fresh();
+    let b = TestBroker::spawn_env(dir, port, &[("WARREN_MEMORY_HIGH_WATERMARK", "1")]);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let publisher = b.connect().await;
+        let mut events = publisher.events_listener();
+        let ch = publisher.create_channel().await.unwrap();
+        ch.queue_declare("mem".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+        // Only connections that publish are blocked, after their first publish.
+        ch.basic_publish("".into(), "mem".into(), BasicPublishOptions::default(), b"first", BasicProperties::default())
+            .await
+            .unwrap();
+        let reason = loop {
+            match events.next().await.expect("connection events") {
+                lapin::Event::ConnectionBlocked(reason) => break reason,
+                _ => continue,
+            }
+        };
+        assert_eq!(reason, "low on memory");
+        let consumer = b.connect().await;
+        let cch = consumer.create_channel().await.unwrap();
+        let got = cch.basic_get("mem".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
+        assert_eq!(got.delivery.data, b"first");
     })
     .await
     .expect("timed out");
