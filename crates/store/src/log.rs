@@ -124,6 +124,18 @@ struct WriterState {
     /// Every segment that exists or is about to, oldest first.
     on_disk: std::collections::VecDeque<u32>,
     next_msg_id: u64,
+    /// First message id published in each segment (this run and recovered):
+    /// maps an ack's message id to the segment of its publish record.
+    first_id: BTreeMap<u32, u64>,
+    /// Segment → older segments whose messages it holds ack or delivered
+    /// records for: it may go only once they are gone, or once those
+    /// records are copied forward (compaction).
+    deps: BTreeMap<u32, std::collections::BTreeSet<u32>>,
+    /// Segments holding a queue-deleted record: they go only after every
+    /// older segment (that record is never copied).
+    barriers: std::collections::BTreeSet<u32>,
+    /// Compacted segments, deleted once the log is synced past the copies.
+    doomed: Vec<(u32, u64)>,
 }
 
 /// Told the synced position after every flush.
@@ -190,6 +202,7 @@ struct Shared {
     written: AtomicU64,
     /// Segment files opened for reading paged-out messages back.
     readers: Mutex<HashMap<u32, Arc<File>>>,
+    segment_target: u64,
 }
 
 /// Handle to the message log; cheap to clone.
@@ -246,6 +259,12 @@ impl<'a> Cursor<'a> {
 impl MessageLog {
     /// Opens (creating if needed) the log in `dir`, recovering what is there.
     pub fn open(dir: &Path) -> io::Result<(MessageLog, Recovered)> {
+        Self::open_with(dir, SEGMENT_TARGET)
+    }
+
+    /// Same, closing segments at `segment_target` bytes (small in tests, so
+    /// that segment deletion and compaction happen often).
+    pub fn open_with(dir: &Path, segment_target: u64) -> io::Result<(MessageLog, Recovered)> {
         fs::create_dir_all(dir)?;
         let mut segments: Vec<u32> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -261,6 +280,9 @@ impl MessageLog {
         // Messages by id (ids are assigned in log order): pending[id - base].
         let mut base: Option<u64> = None;
         let mut pending: Vec<Option<Pending>> = Vec::new();
+        let mut first_id: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut deps: BTreeMap<u32, std::collections::BTreeSet<u32>> = BTreeMap::new();
+        let mut barriers = std::collections::BTreeSet::new();
         for &seg in &segments {
             let path = segment_path(dir, seg);
             let mut raw = Vec::new();
@@ -291,6 +313,7 @@ impl MessageLog {
                             return false;
                         };
                         next_msg_id = next_msg_id.max(msg_id + 1);
+                        first_id.entry(seg).or_insert(msg_id);
                         let queues = match queues.len() {
                             1 => Holders::One(queues[0].0, 0),
                             _ => Holders::Many(queues),
@@ -314,6 +337,9 @@ impl MessageLog {
                         let Some(Some(p)) = msg_id.checked_sub(b).and_then(|i| pending.get_mut(i as usize)) else {
                             return true;
                         };
+                        if p.segment != seg {
+                            deps.entry(seg).or_default().insert(p.segment);
+                        }
                         if kind == T_ACK {
                             p.queues.retain(|idx| idx != qi);
                         } else if let Some(c) = p.queues.count_mut(qi) {
@@ -322,6 +348,7 @@ impl MessageLog {
                     }
                     T_QUEUE_DELETED => {
                         let Some(q) = c.str16() else { return false };
+                        barriers.insert(seg);
                         if let Some(&qi) = queue_index.get(q) {
                             for p in pending.iter_mut().flatten() {
                                 p.queues.retain(|idx| idx != qi);
@@ -376,6 +403,10 @@ impl MessageLog {
                 live,
                 on_disk: segments.iter().copied().collect(),
                 next_msg_id,
+                first_id,
+                deps,
+                barriers,
+                doomed: Vec::new(),
             }),
             wake: Condvar::new(),
             synced: AtomicU64::new(0),
@@ -385,6 +416,7 @@ impl MessageLog {
             write_limit: std::env::var("WARREN_FAULT_LOG_WRITE_LIMIT").ok().and_then(|v| v.parse().ok()),
             written: AtomicU64::new(0),
             readers: Mutex::new(HashMap::new()),
+            segment_target,
         });
         let log = MessageLog { shared };
         log.collect_garbage();
@@ -421,19 +453,33 @@ impl MessageLog {
     /// Appends one record; returns (segment, logical end position). For a
     /// publish record, the message id is assigned here, under the same lock
     /// as the append, so that ids follow log order (recovery relies on it).
-    fn append(&self, kind: u8, payload: &mut [u8], durable: bool, live: u64) -> (u32, u32, u64) {
+    fn append(&self, kind: u8, payload: &mut [u8], durable: bool, live: u64, target: Option<u32>) -> (u32, u32, u64) {
         let mut st = self.shared.state.lock().unwrap();
+        let mut id = None;
         if kind == T_PUBLISH {
-            let id = st.next_msg_id;
+            let next = st.next_msg_id;
             st.next_msg_id += 1;
-            payload[..8].copy_from_slice(&id.to_be_bytes());
+            payload[..8].copy_from_slice(&next.to_be_bytes());
+            id = Some(next);
         }
         let size = (HEADER + 1 + payload.len()) as u64;
-        if st.segment_size > 0 && st.segment_size + size > SEGMENT_TARGET {
+        if st.segment_size > 0 && st.segment_size + size > self.shared.segment_target {
             st.segment += 1;
             st.segment_size = 0;
         }
         let seg = st.segment;
+        if let Some(id) = id {
+            st.first_id.entry(seg).or_insert(id);
+        }
+        match target {
+            Some(t) if t != seg => {
+                st.deps.entry(seg).or_default().insert(t);
+            }
+            _ => {}
+        }
+        if kind == T_QUEUE_DELETED {
+            st.barriers.insert(seg);
+        }
         // The file starts with the magic; `segment_size` counts records only.
         let offset = (SEGMENT_MAGIC.len() as u64 + st.segment_size) as u32;
         if st.on_disk.back() != Some(&seg) {
@@ -478,29 +524,104 @@ impl MessageLog {
         crate::MessageStore::close(self);
         // Give the flusher thread a moment to let go of its file.
         thread::sleep(std::time::Duration::from_millis(5));
-        MessageLog::open(&self.shared.dir)
+        MessageLog::open_with(&self.shared.dir, self.shared.segment_target)
     }
 
-    /// Deletes segments, oldest first, while nothing in them is live.
+    /// Deletes segments nothing needs any more. A segment with no live
+    /// message may go once no older segment still holds a message it has
+    /// ack or delivered records for; if one does, those records are copied
+    /// to the newest segment first (compaction) and the segment goes once
+    /// the copies are synced. So a long-unacked message keeps only its own
+    /// segment, not every newer one. A segment with a queue-deleted record
+    /// waits for every older one.
     fn collect_garbage(&self) {
-        let mut st = self.shared.state.lock().unwrap();
-        let current = st.segment;
-        while let Some(&seg) = st.on_disk.front() {
-            if seg >= current || st.live.get(&seg).copied().unwrap_or(0) > 0 {
-                break;
-            }
-            match fs::remove_file(segment_path(&self.shared.dir, seg)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    warn!(segment = seg, error = %e, "cannot delete segment");
-                    break;
+        let synced = self.shared.synced.load(Ordering::Acquire);
+        let mut compact = Vec::new();
+        {
+            let mut st = self.shared.state.lock().unwrap();
+            let doomed = std::mem::take(&mut st.doomed);
+            for (seg, pos) in doomed {
+                if pos <= synced {
+                    self.delete_segment(&mut st, seg);
+                } else {
+                    st.doomed.push((seg, pos));
                 }
             }
-            st.live.remove(&seg);
-            st.on_disk.pop_front();
-            self.shared.readers.lock().unwrap().remove(&seg);
+            let current = st.segment;
+            let candidates: Vec<u32> = st.on_disk.iter().copied().filter(|s| *s < current).collect();
+            for seg in candidates {
+                if st.live.get(&seg).copied().unwrap_or(0) > 0 || st.doomed.iter().any(|(d, _)| *d == seg) {
+                    continue;
+                }
+                let older: Vec<u32> = st.on_disk.iter().copied().filter(|s| *s < seg).collect();
+                if st.barriers.contains(&seg) && !older.is_empty() {
+                    continue;
+                }
+                let needed = st.deps.get(&seg).is_some_and(|d| d.iter().any(|s| older.contains(s)));
+                if needed {
+                    compact.push(seg);
+                } else {
+                    self.delete_segment(&mut st, seg);
+                }
+            }
         }
+        for seg in compact {
+            match self.compact(seg) {
+                Ok(pos) => self.shared.state.lock().unwrap().doomed.push((seg, pos)),
+                Err(e) => warn!(segment = seg, error = %e, "cannot compact segment"),
+            }
+        }
+    }
+
+    fn delete_segment(&self, st: &mut WriterState, seg: u32) {
+        match fs::remove_file(segment_path(&self.shared.dir, seg)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!(segment = seg, error = %e, "cannot delete segment");
+                return;
+            }
+        }
+        st.live.remove(&seg);
+        st.deps.remove(&seg);
+        st.barriers.remove(&seg);
+        st.on_disk.retain(|s| *s != seg);
+        self.shared.readers.lock().unwrap().remove(&seg);
+    }
+
+    /// Copies the ack and delivered records of `seg` that concern messages
+    /// in older segments still on disk to the newest segment. Returns the
+    /// position that must be synced before `seg` may be deleted.
+    fn compact(&self, seg: u32) -> io::Result<u64> {
+        let mut raw = Vec::new();
+        File::open(segment_path(&self.shared.dir, seg))?.read_to_end(&mut raw)?;
+        let data = Bytes::from(raw);
+        let (first_id, on_disk) = {
+            let st = self.shared.state.lock().unwrap();
+            (st.first_id.clone(), st.on_disk.iter().copied().collect::<Vec<u32>>())
+        };
+        let by_id: BTreeMap<u64, u32> = first_id.iter().map(|(s, id)| (*id, *s)).collect();
+        let segment_of = |id: u64| by_id.range(..=id).next_back().map(|(_, s)| *s);
+        let mut copies: Vec<(u8, Vec<u8>, u32)> = Vec::new();
+        let mut ignored = Recovered::default();
+        Self::scan(&data, seg, &mut ignored, |kind, mut c, _| {
+            if kind == T_ACK || kind == T_DELIVERED {
+                let payload = c.0.to_vec();
+                if let Some(target) = c.u64().and_then(segment_of) {
+                    if target < seg && on_disk.contains(&target) {
+                        copies.push((kind, payload, target));
+                    }
+                }
+            }
+            true
+        });
+        let n = copies.len();
+        let mut pos = self.shared.state.lock().unwrap().appended;
+        for (kind, mut payload, target) in copies {
+            pos = self.append(kind, &mut payload, true, 0, Some(target)).2;
+        }
+        info!(segment = seg, records = n, "compacted segment: copied what older segments still need");
+        Ok(pos)
     }
 }
 
@@ -630,7 +751,7 @@ impl crate::MessageStore for MessageLog {
         put_str16(&mut p, routing_key);
         put_bytes32(&mut p, properties);
         put_bytes32(&mut p, body);
-        let (segment, offset, pos) = self.append(T_PUBLISH, &mut p, true, queues.len() as u64);
+        let (segment, offset, pos) = self.append(T_PUBLISH, &mut p, true, queues.len() as u64, None);
         let msg_id = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
         (Persisted { msg_id, segment, offset, end: pos }, pos)
     }
@@ -685,7 +806,7 @@ impl crate::MessageStore for MessageLog {
         let mut p = Vec::with_capacity(10 + queue.len());
         p.extend_from_slice(&m.msg_id.to_be_bytes());
         put_str16(&mut p, queue);
-        self.append(T_ACK, &mut p, false, 0);
+        self.append(T_ACK, &mut p, false, 0, Some(m.segment));
         let mut st = self.shared.state.lock().unwrap();
         if let Some(n) = st.live.get_mut(&m.segment) {
             *n = n.saturating_sub(1);
@@ -698,7 +819,7 @@ impl crate::MessageStore for MessageLog {
         p.extend_from_slice(&m.msg_id.to_be_bytes());
         p.extend_from_slice(&count.to_be_bytes());
         put_str16(&mut p, queue);
-        self.append(T_DELIVERED, &mut p, false, 0);
+        self.append(T_DELIVERED, &mut p, false, 0, Some(m.segment));
     }
 
     /// A durable queue was deleted: none of its messages come back. The
@@ -706,7 +827,7 @@ impl crate::MessageStore for MessageLog {
     fn queue_deleted(&self, queue: &str) -> u64 {
         let mut p = Vec::with_capacity(2 + queue.len());
         put_str16(&mut p, queue);
-        self.append(T_QUEUE_DELETED, &mut p, true, 0).2
+        self.append(T_QUEUE_DELETED, &mut p, true, 0, None).2
     }
 
     /// Logical position known durable.
@@ -852,6 +973,52 @@ mod tests {
         assert!(rec.queues.is_empty());
         let (_, pos) = log.publish(&["q"], 0, "", "q", &[0, 0], b"x");
         wait_synced(&log, pos);
+    }
+
+    fn segment_count(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+            .count()
+    }
+
+    #[test]
+    fn a_long_unacked_message_keeps_only_its_own_segment() {
+        let dir = tmp("compact");
+        let (log, _) = MessageLog::open_with(&dir, 16 << 10).unwrap();
+        let (stuck, _) = log.publish(&["slow"], 0, "", "slow", &[0, 0], b"stuck");
+        // FIFO traffic: each message acked a little after it was published,
+        // so acks land in later segments than their publishes.
+        let mut window = std::collections::VecDeque::new();
+        let mut pos = 0;
+        for i in 0..4000u32 {
+            let (m, p) = log.publish(&["fast"], 0, "", "fast", &[0, 0], &[i as u8; 200]);
+            pos = p;
+            window.push_back(m);
+            if window.len() > 50 {
+                log.ack("fast", window.pop_front().unwrap());
+            }
+            if i % 100 == 0 {
+                log.delivered("slow", stuck, i / 100 + 1);
+            }
+        }
+        for m in window {
+            log.ack("fast", m);
+        }
+        wait_synced(&log, pos);
+        // A few more flushes let compaction copies sync and their segments go.
+        for _ in 0..5 {
+            let (_, p) = log.publish(&["other"], 0, "", "other", &[0, 0], b"x");
+            wait_synced(&log, p);
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let segments = segment_count(&dir);
+        assert!(segments <= 6, "{segments} segments remain for one unacked message (~50 written)");
+        let (log, rec) = log.reopen().unwrap();
+        assert_eq!(bodies(&log, &rec, "slow"), vec![b"stuck".to_vec()]);
+        assert_eq!(rec.queues["slow"][0].delivery_count, 40, "the highest delivery count survives compaction");
+        assert!(!rec.queues.contains_key("fast"), "no acked message comes back");
+        assert_eq!(rec.queues["other"].len(), 5);
     }
 
     #[test]

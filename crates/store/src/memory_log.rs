@@ -188,7 +188,8 @@ mod tests {
         fn new(name: &str) -> Disk {
             let dir = std::env::temp_dir().join(format!("warren-conf-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            Disk(MessageLog::open(&dir).unwrap().0)
+            // Small segments: deletion and compaction happen all the time.
+            Disk(MessageLog::open_with(&dir, 2048).unwrap().0)
         }
     }
     impl Harness for Disk {
