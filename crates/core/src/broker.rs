@@ -90,7 +90,12 @@ impl Broker {
     /// `data_dir`, recovering what an earlier run left there.
     pub fn open(data_dir: &Path) -> std::io::Result<Broker> {
         let started = std::time::Instant::now();
-        let (log, recovered) = MessageLog::open(&data_dir.join("messages"))?;
+        // For tests: small segments make deletion and compaction frequent.
+        let segment_bytes = std::env::var("WARREN_LOG_SEGMENT_BYTES").ok().and_then(|v| v.parse().ok());
+        let (log, recovered) = MessageLog::open_with(
+            &data_dir.join("messages"),
+            segment_bytes.unwrap_or(warren_store::log::SEGMENT_TARGET),
+        )?;
         let log: Arc<dyn MessageStore> = Arc::new(log);
         let definitions_dir = data_dir.join("definitions");
         let mut b = Broker::new();

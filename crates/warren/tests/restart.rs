@@ -274,7 +274,10 @@ async fn crash_loop_loses_no_confirmed_message() {
     use std::sync::{Arc, Mutex};
 
     let cycles: usize = std::env::var("WARREN_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let mut b = TestBroker::spawn();
+    // Small log segments, so that segment deletion and compaction run
+    // (and get killed) all the time.
+    let (dir, port) = TestBroker::fresh();
+    let mut b = TestBroker::spawn_env(dir, port, &[("WARREN_LOG_SEGMENT_BYTES", "262144")]);
     let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let mut next_id: u64 = 0;

@@ -18,12 +18,14 @@ pub struct TestBroker {
     pub addr: String,
     pub child: Option<Child>,
     pub data_dir: Option<PathBuf>,
+    /// Extra environment, kept across restarts.
+    pub env: Vec<(String, String)>,
 }
 
 impl TestBroker {
     pub fn start() -> TestBroker {
         if let Ok(addr) = std::env::var("WARREN_TEST_ADDR") {
-            return TestBroker { addr, child: None, data_dir: None };
+            return TestBroker { addr, child: None, data_dir: None, env: Vec::new() };
         }
         Self::spawn()
     }
@@ -71,7 +73,8 @@ impl TestBroker {
             }
         });
         rx.recv_timeout(Duration::from_secs(20)).expect("warren did not log 'listening'");
-        TestBroker { addr, child: Some(child), data_dir: Some(dir) }
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        TestBroker { addr, child: Some(child), data_dir: Some(dir), env }
     }
 
     pub fn is_warren(&self) -> bool {
@@ -118,8 +121,14 @@ impl TestBroker {
         let mut child = self.child.take().expect("own process");
         child.kill().unwrap();
         child.wait().unwrap();
+        self.respawn();
+    }
+
+    fn respawn(&mut self) {
         let dir = self.data_dir.take().unwrap();
-        *self = Self::spawn_at(dir, self.port());
+        let env = std::mem::take(&mut self.env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        *self = Self::spawn_env(dir, self.port(), &env);
     }
 
     /// SIGTERM (clean shutdown), then start again.
@@ -127,8 +136,7 @@ impl TestBroker {
         self.signal(libc::SIGTERM);
         let mut child = self.child.take().expect("own process");
         assert!(child.wait().unwrap().success());
-        let dir = self.data_dir.take().unwrap();
-        *self = Self::spawn_at(dir, self.port());
+        self.respawn();
     }
 }
 
