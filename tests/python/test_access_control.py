@@ -322,3 +322,38 @@ def test_ctl_lists_like_rabbitmqctl(broker, user, vhost):
     r = broker.ctl("add_user", user, "again", check=False)
     assert r.returncode != 0
     assert f'User "{user}" already exists' in r.stderr
+
+
+def test_topic_permissions(broker, user, vhost):
+    """Topic permissions restrict routing keys on topic exchanges: write for
+    publishing, read for binding; `{username}` expands."""
+    broker.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    broker.ctl("set_topic_permissions", "-p", vhost, user, "amq.topic", "^{username}\\.", "^allowed\\.")
+    out = broker.ctl("list_topic_permissions", "-q", "-p", vhost).stdout.splitlines()
+    assert out == ["user\texchange\twrite\tread", f"{user}\tamq.topic\t^{{username}}\\.\t^allowed\\."]
+    c = connect(broker, user, "pw-" + user, vhost)
+    ch = c.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("amq.topic", f"{user}.orders", b"mine")
+    ch.basic_publish("amq.direct", "anything", b"not a topic exchange: unrestricted")
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.basic_publish("amq.topic", "someone.orders", b"theirs")
+    assert e.value.reply_code == 403
+    assert e.value.reply_text == (
+        f"ACCESS_REFUSED - access to topic 'someone.orders' in exchange 'amq.topic' in vhost '{vhost}' refused for user '{user}'"
+    )
+    ch = c.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", "allowed.#")
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.queue_bind(q, "amq.topic", "secret.#")
+    assert e.value.reply_code == 403
+    assert e.value.reply_text == (
+        f"ACCESS_REFUSED - access to topic 'secret.#' in exchange 'amq.topic' in vhost '{vhost}' refused for user '{user}'"
+    )
+    broker.ctl("clear_topic_permissions", "-p", vhost, user)
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("amq.topic", "someone.orders", b"allowed again")
+    c.close()

@@ -138,6 +138,31 @@ impl Permission {
     }
 }
 
+/// One user's topic permissions on one topic exchange in one vhost:
+/// regular expressions matched against routing keys (publish = write,
+/// binding = read), with `{username}` and `{vhost}` expanded, as RabbitMQ.
+#[derive(Debug, Clone)]
+pub struct TopicPermission {
+    pub write: String,
+    pub read: String,
+    compiled: [Regex; 2],
+}
+
+impl TopicPermission {
+    pub fn new(write: &str, read: &str, user: &str, vhost: &str) -> Result<TopicPermission, String> {
+        let compile = |re: &str| {
+            let re = if re.is_empty() { "^$" } else { re };
+            let expanded = re.replace("{username}", user).replace("{vhost}", vhost);
+            Regex::new(&expanded).map_err(|e| format!("invalid regular expression '{re}': {e}"))
+        };
+        Ok(TopicPermission {
+            write: write.to_owned(),
+            read: read.to_owned(),
+            compiled: [compile(write)?, compile(read)?],
+        })
+    }
+}
+
 /// Per-vhost limits (`set_vhost_limits`); None = unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VHostLimits {
@@ -155,6 +180,8 @@ pub struct AccessControl {
     pub vhosts: BTreeMap<String, VHostLimits>,
     /// (vhost, user) → permission.
     pub permissions: BTreeMap<(String, String), Permission>,
+    /// (vhost, user, exchange) → topic permission.
+    pub topic_permissions: BTreeMap<(String, String, String), TopicPermission>,
 }
 
 /// The 403 a denied operation gets, in RabbitMQ's words.
@@ -179,8 +206,40 @@ impl AccessControl {
         ac
     }
 
+    /// The user, if the password is theirs. A blank password never logs
+    /// in (as RabbitMQ's internal backend).
     pub fn authenticate(&self, user: &str, password: &str) -> Option<&User> {
+        if password.is_empty() {
+            return None;
+        }
         self.users.get(user).filter(|u| u.check_password(password))
+    }
+
+    /// Whether `user` has any topic permission in `vhost` (if not, every
+    /// routing key is allowed: the common case, checked once per channel).
+    pub fn has_topic_permissions(&self, vhost: &str, user: &str) -> bool {
+        self.topic_permissions.keys().any(|(v, u, _)| v == vhost && u == user)
+    }
+
+    /// Checks a routing key against the user's topic permission on a topic
+    /// exchange (`Access::Write` to publish, `Access::Read` to bind).
+    pub fn check_topic(
+        &self,
+        vhost: &str,
+        user: &str,
+        exchange: &str,
+        routing_key: &str,
+        access: Access,
+    ) -> Result<(), AmqpError> {
+        let key = (vhost.to_owned(), user.to_owned(), exchange.to_owned());
+        let Some(p) = self.topic_permissions.get(&key) else { return Ok(()) };
+        let re = if access == Access::Write { &p.compiled[0] } else { &p.compiled[1] };
+        if re.is_match(routing_key) {
+            return Ok(());
+        }
+        Err(AmqpError::access_refused(format_args!(
+            "access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
+        )))
     }
 
     /// Checks `access` to a resource; the error is the channel exception.
@@ -203,6 +262,9 @@ impl AccessControl {
             "users": self.users.values().collect::<Vec<_>>(),
             "permissions": self.permissions.iter().map(|((vhost, user), p)| json!({
                 "user": user, "vhost": vhost, "configure": p.configure, "write": p.write, "read": p.read,
+            })).collect::<Vec<_>>(),
+            "topic_permissions": self.topic_permissions.iter().map(|((vhost, user, exchange), p)| json!({
+                "user": user, "vhost": vhost, "exchange": exchange, "write": p.write, "read": p.read,
             })).collect::<Vec<_>>(),
         })
     }
@@ -252,6 +314,11 @@ impl AccessControl {
             let (user, vhost) = (text(&p, "user"), text(&p, "vhost"));
             let perm = Permission::new(&text(&p, "configure"), &text(&p, "write"), &text(&p, "read"))?;
             self.permissions.insert((vhost, user), perm);
+        }
+        for p in list("topic_permissions") {
+            let (user, vhost, exchange) = (text(&p, "user"), text(&p, "vhost"), text(&p, "exchange"));
+            let perm = TopicPermission::new(&text(&p, "write"), &text(&p, "read"), &user, &vhost)?;
+            self.topic_permissions.insert((vhost, user, exchange), perm);
         }
         Ok(())
     }
@@ -304,6 +371,22 @@ mod tests {
         assert!(ac.check("/", "guest", Resource::Exchange, "", Access::Write).is_ok());
         let e = ac.check("/", "guest", Resource::Exchange, "", Access::Read).unwrap_err();
         assert_eq!(e.text, "ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused for user 'guest'");
+    }
+
+    #[test]
+    fn topic_permissions_expand_variables_and_default_to_allow() {
+        let mut ac = AccessControl::initial();
+        let p = TopicPermission::new("^{username}\\.", "", "guest", "/").unwrap();
+        ac.topic_permissions.insert(("/".into(), "guest".into(), "amq.topic".into()), p);
+        assert!(ac.check_topic("/", "guest", "amq.topic", "guest.orders", Access::Write).is_ok());
+        let e = ac.check_topic("/", "guest", "amq.topic", "bob.orders", Access::Write).unwrap_err();
+        assert_eq!(
+            e.text,
+            "ACCESS_REFUSED - access to topic 'bob.orders' in exchange 'amq.topic' in vhost '/' refused for user 'guest'"
+        );
+        assert!(ac.check_topic("/", "guest", "amq.topic", "x", Access::Read).is_err(), "'' matches nothing");
+        assert!(ac.check_topic("/", "guest", "other", "anything", Access::Write).is_ok(), "no permission: allowed");
+        assert!(ac.authenticate("guest", "").is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use warren_store::log::MessageLog;
 use warren_store::MessageStore;
 
-use crate::auth::{AccessControl, Permission, User, VHostLimits};
+use crate::auth::{AccessControl, Permission, TopicPermission, User, VHostLimits};
 use crate::definitions;
 use crate::message::Message;
 use crate::queue::Restored;
@@ -244,6 +244,7 @@ impl Broker {
         self.change_access(|ac| {
             ac.users.remove(name).ok_or_else(|| no_user(name))?;
             ac.permissions.retain(|(_, u), _| u != name);
+            ac.topic_permissions.retain(|(_, u, _), _| u != name);
             Ok(())
         })
     }
@@ -283,6 +284,7 @@ impl Broker {
         self.change_access(|ac| {
             ac.vhosts.remove(name).ok_or_else(|| admin_error(65, format!("Virtual host '{name}' does not exist")))?;
             ac.permissions.retain(|(v, _), _| v != name);
+            ac.topic_permissions.retain(|(v, _, _), _| v != name);
             Ok(())
         })?;
         if let Some(v) = self.vhosts.write().remove(name) {
@@ -308,6 +310,38 @@ impl Broker {
                 return Err(no_vhost(vhost));
             }
             ac.permissions.insert((vhost.to_owned(), user.to_owned()), perm);
+            Ok(())
+        })
+    }
+
+    pub fn set_topic_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        exchange: &str,
+        write: &str,
+        read: &str,
+    ) -> Result<(), AdminError> {
+        let perm = TopicPermission::new(write, read, user, vhost).map_err(|e| admin_error(65, e))?;
+        self.change_access(|ac| {
+            if !ac.users.contains_key(user) {
+                return Err(admin_error(67, format!("User {user} does not exist")));
+            }
+            if !ac.vhosts.contains_key(vhost) {
+                return Err(no_vhost(vhost));
+            }
+            ac.topic_permissions.insert((vhost.to_owned(), user.to_owned(), exchange.to_owned()), perm);
+            Ok(())
+        })
+    }
+
+    /// Clears a user's topic permissions in a vhost: on one exchange, or all.
+    pub fn clear_topic_permissions(&self, vhost: &str, user: &str, exchange: Option<&str>) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            if !ac.users.contains_key(user) {
+                return Err(admin_error(67, format!("User {user} does not exist")));
+            }
+            ac.topic_permissions.retain(|(v, u, x), _| !(v == vhost && u == user && exchange.is_none_or(|e| e == x)));
             Ok(())
         })
     }

@@ -11,7 +11,7 @@ use warren_core::auth::{Access, Resource};
 use warren_core::queue::AfterCancel;
 use warren_core::vhost::REPLY_TO;
 use warren_core::{
-    generated_name, Broker, ChannelCredit, Consumer, Delivery, Message, MessageRef, Outbox, Queue, VHost,
+    generated_name, Broker, ChannelCredit, Consumer, Delivery, ExchangeKind, Message, MessageRef, Outbox, Queue, VHost,
 };
 use warren_protocol::content::{Assembler, Content};
 use warren_protocol::frame;
@@ -128,6 +128,8 @@ pub struct Channel {
     /// The exchange last found writable, and the access epoch of that check
     /// (saves a lock and a regex match per message).
     writable: Option<(u64, Arc<str>)>,
+    /// Whether topic permissions apply to this user here, at an access epoch.
+    topic_checks: Option<(u64, bool)>,
     /// Replies waiting for the message log to sync past their position,
     /// in the order they must be sent.
     held: VecDeque<(u64, Held)>,
@@ -164,6 +166,7 @@ impl Channel {
             last_exchange: Arc::from(""),
             last_routing_key: Arc::from(""),
             writable: None,
+            topic_checks: None,
             held: VecDeque::new(),
             reply: None,
         }
@@ -449,6 +452,12 @@ impl Channel {
     /// every queue accepted it (a length limit may refuse it: nack).
     fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(u64, bool), AmqpError> {
         let x = self.publishable(ctx, &p.exchange)?;
+        if x.kind == ExchangeKind::Topic && self.has_topic_permissions(ctx) {
+            ctx.broker
+                .access()
+                .check_topic(&ctx.vhost.name, ctx.user, &x.name, &p.routing_key, Access::Write)
+                .map_err(|e| e.during(60, 40))?;
+        }
         let mut queues = std::mem::take(&mut self.routed);
         ctx.vhost.route(&x, &msg, &mut queues);
         if queues.is_empty() && p.mandatory {
@@ -458,6 +467,29 @@ impl Channel {
         let (pos, accepted) = ctx.vhost.enqueue(msg, &mut queues);
         self.routed = queues;
         Ok((pos, accepted))
+    }
+
+    /// Whether the user has topic permissions in this vhost (cached per
+    /// access epoch: without any, topic publishes skip the check).
+    fn has_topic_permissions(&mut self, ctx: &Ctx<'_>) -> bool {
+        let epoch = ctx.broker.access_epoch();
+        match self.topic_checks {
+            Some((e, any)) if e == epoch => any,
+            _ => {
+                let any = ctx.broker.access().has_topic_permissions(&ctx.vhost.name, ctx.user);
+                self.topic_checks = Some((epoch, any));
+                any
+            }
+        }
+    }
+
+    /// Read permission on a binding key when binding from a topic exchange.
+    fn check_topic_bind(&mut self, ctx: &Ctx<'_>, source: &str, key: &str) -> Result<(), AmqpError> {
+        let topic = ctx.vhost.exchange(source).is_ok_and(|x| x.kind == ExchangeKind::Topic);
+        if topic && self.has_topic_permissions(ctx) {
+            ctx.broker.access().check_topic(&ctx.vhost.name, ctx.user, source, key, Access::Read)?;
+        }
+        Ok(())
     }
 
     /// Takes the deliveries an ack/reject/nack names (RabbitMQ's rules: the
@@ -636,6 +668,7 @@ impl Channel {
             M::Bind(b) => {
                 ctx.check(Resource::Exchange, b.destination.as_str(), Access::Write)?;
                 ctx.check(Resource::Exchange, b.source.as_str(), Access::Read)?;
+                self.check_topic_bind(ctx, b.source.as_str(), b.routing_key.as_str())?;
                 ctx.vhost.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -647,6 +680,7 @@ impl Channel {
             M::Unbind(b) => {
                 ctx.check(Resource::Exchange, b.destination.as_str(), Access::Write)?;
                 ctx.check(Resource::Exchange, b.source.as_str(), Access::Read)?;
+                self.check_topic_bind(ctx, b.source.as_str(), b.routing_key.as_str())?;
                 ctx.vhost.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -719,6 +753,7 @@ impl Channel {
                 }
                 ctx.check(Resource::Queue, &q, Access::Write)?;
                 ctx.check(Resource::Exchange, b.exchange.as_str(), Access::Read)?;
+                self.check_topic_bind(ctx, b.exchange.as_str(), &key)?;
                 ctx.vhost.bind_queue(ctx.connection, &q, b.exchange.as_str(), &key, b.arguments)?;
                 (b.nowait, M::BindOk(queue::BindOk {}))
             }
@@ -726,6 +761,7 @@ impl Channel {
                 let q = self.queue_name(b.queue.as_str())?;
                 ctx.check(Resource::Queue, &q, Access::Write)?;
                 ctx.check(Resource::Exchange, b.exchange.as_str(), Access::Read)?;
+                self.check_topic_bind(ctx, b.exchange.as_str(), b.routing_key.as_str())?;
                 ctx.vhost.unbind_queue(
                     ctx.connection,
                     &q,

@@ -208,6 +208,48 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
                 .collect();
             table(info, &["vhost", "configure", "write", "read"], rows)
         }
+        "set_topic_permissions" => {
+            let info =
+                format!("Setting topic permissions on \"{}\" for user \"{}\" in vhost \"{vh}\" ...", arg(1), arg(0));
+            need(4, info.clone(), &|| {
+                broker.set_topic_permissions(vh, arg(0), arg(1), arg(2), arg(3)).map(|()| done(info.clone()))
+            })
+        }
+        "clear_topic_permissions" => {
+            let exchange = a.get(1).map(String::as_str);
+            let info = match exchange {
+                Some(x) => {
+                    format!("Clearing topic permissions on \"{x}\" for user \"{}\" in vhost \"{vh}\" ...", arg(0))
+                }
+                None => format!("Clearing topic permissions for user \"{}\" in vhost \"{vh}\" ...", arg(0)),
+            };
+            need(1, info.clone(), &|| broker.clear_topic_permissions(vh, arg(0), exchange).map(|()| done(info.clone())))
+        }
+        "list_topic_permissions" => {
+            let rows = broker
+                .access()
+                .topic_permissions
+                .iter()
+                .filter(|((v, _, _), _)| v == vh)
+                .map(|((_, u, x), p)| vec![u.clone(), x.clone(), p.write.clone(), p.read.clone()])
+                .collect();
+            table(
+                format!("Listing topic permissions for vhost \"{vh}\" ..."),
+                &["user", "exchange", "write", "read"],
+                rows,
+            )
+        }
+        "list_user_topic_permissions" => {
+            let rows = broker
+                .access()
+                .topic_permissions
+                .iter()
+                .filter(|((_, u, _), _)| u == arg(0))
+                .map(|((v, _, x), p)| vec![v.clone(), x.clone(), p.write.clone(), p.read.clone()])
+                .collect();
+            // rabbitmqctl prints no header for this one.
+            Response { rows, ..done(format!("Listing topic permissions for user \"{}\" ...", arg(0))) }
+        }
         "set_vhost_limits" => {
             let info = format!("Setting vhost limits to \"{}\" for vhost \"{vh}\" ...", arg(0));
             need(1, info.clone(), &|| {
@@ -387,6 +429,9 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
   set_permissions [-p VHOST] USER CONF WRITE READ
   clear_permissions [-p VHOST] USER
   list_permissions [-p VHOST]       list_user_permissions USER
+  set_topic_permissions [-p VHOST] USER EXCHANGE WRITE READ
+  clear_topic_permissions [-p VHOST] USER [EXCHANGE]
+  list_topic_permissions [-p VHOST] list_user_topic_permissions USER
   set_vhost_limits [-p VHOST] '{\"max-connections\": N, \"max-queues\": N}'
   clear_vhost_limits [-p VHOST]     list_vhost_limits [-p VHOST]
   list_queues [-p VHOST] [name messages messages_ready messages_unacknowledged
