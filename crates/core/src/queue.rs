@@ -180,8 +180,9 @@ struct QueueState {
     ready: Box<dyn QueueStore<MessageRef>>,
     /// Sum of the ready messages' body sizes (those in memory).
     ready_bytes: u64,
-    /// Durable, non-priority queues: the tail kept in the message log.
-    paged: Option<Paged>,
+    /// Durable queues: the tail kept in the message log, one per priority
+    /// level (one for a plain queue); empty when the queue has no log.
+    paged: Vec<Paged>,
     /// Highest consumer priority first; registration order within a priority.
     consumers: Vec<Arc<Consumer>>,
     /// Where round-robin dispatch resumes.
@@ -201,9 +202,12 @@ struct QueueState {
 
 impl QueueState {
     fn push(&mut self, message: MessageRef, meta: Meta) {
-        if let Some(paged) = &mut self.paged {
+        if !self.paged.is_empty() {
+            let level = (meta.priority as usize).min(self.paged.len() - 1);
+            let over = self.ready.len() >= HOT_COUNT || self.ready_bytes >= HOT_BYTES;
+            let paged = &mut self.paged[level];
             paged.settle();
-            if !paged.order.is_empty() || self.ready.len() >= HOT_COUNT || self.ready_bytes >= HOT_BYTES {
+            if !paged.order.is_empty() || over {
                 paged.push(message, meta);
                 return;
             }
@@ -214,25 +218,32 @@ impl QueueState {
 
     /// Ready messages, in memory and paged out.
     fn len(&self) -> usize {
-        self.ready.len() + self.paged.as_ref().map_or(0, |p| p.order.len())
+        self.ready.len() + self.paged.iter().map(|p| p.order.len()).sum::<usize>()
     }
 
     /// Body bytes of the ready messages, in memory and paged out.
     fn bytes(&self) -> u64 {
-        self.ready_bytes + self.paged.as_ref().map_or(0, |p| p.bytes)
+        self.ready_bytes + self.paged.iter().map(|p| p.bytes).sum::<u64>()
     }
 
-    /// Refills an empty head from the paged-out tail.
+    /// Refills the head from the paged-out tail when the next message to
+    /// go (highest priority level with any) is only on disk.
     fn page_in(&mut self) {
-        let Some(paged) = &mut self.paged else { return };
-        if !self.ready.is_empty() || paged.order.is_empty() {
+        let Some(level) =
+            (0..self.paged.len()).rev().find(|&l| self.ready.level_len(l as u8) > 0 || !self.paged[l].order.is_empty())
+        else {
+            return;
+        };
+        if self.ready.level_len(level as u8) > 0 {
             return;
         }
+        let paged = &mut self.paged[level];
         paged.settle();
         let (mut n, mut bytes) = (0, 0);
         while n < PAGE_IN_COUNT && bytes < PAGE_IN_BYTES {
             let Some(next) = paged.pop() else { break };
-            if let Some((m, meta)) = next {
+            if let Some((m, mut meta)) = next {
+                meta.priority = level as u8;
                 self.may_expire |= meta.expires_at.is_some();
                 bytes += m.body.len() as u64;
                 self.ready_bytes += m.body.len() as u64;
@@ -357,7 +368,7 @@ impl Queue {
                     _ => Box::new(MemoryStore::default()),
                 },
                 ready_bytes: 0,
-                paged: None,
+                paged: Vec::new(),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 unacked: 0,
@@ -372,12 +383,16 @@ impl Queue {
     }
 
     /// Gives a durable queue the message log: its persistent messages are
-    /// recorded there, and (unless it is a priority queue) its backlog is
-    /// kept there rather than in memory.
+    /// recorded there, and its backlog is kept there rather than in memory
+    /// (one paged tail per priority level).
     pub fn set_log(&mut self, log: Arc<dyn MessageStore>) {
+        let levels = match int_arg(&self.arguments, "x-max-priority") {
+            Some(p) if p > 0 => p.min(255) as usize + 1,
+            _ => 1,
+        };
         let st = self.state.get_mut();
-        if int_arg(&self.arguments, "x-max-priority").is_none_or(|p| p <= 0) {
-            st.paged = Some(Paged {
+        st.paged = (0..levels)
+            .map(|_| Paged {
                 log: log.clone(),
                 message_ttl: self.message_ttl,
                 order: VecDeque::new(),
@@ -385,20 +400,20 @@ impl Queue {
                 pinned: FxHashMap::default(),
                 unsynced: VecDeque::new(),
                 bytes: 0,
-            });
-        }
+            })
+            .collect();
         self.log = Some(log);
     }
 
     /// Messages kept in memory and paged out to the log, for tests and stats.
     pub fn paged_count(&self) -> (usize, usize) {
         let st = self.lock();
-        (st.ready.len(), st.paged.as_ref().map_or(0, |p| p.order.len()))
+        (st.ready.len(), st.paged.iter().map(|p| p.order.len()).sum())
     }
 
     /// Lets go of paged messages the log has synced since (timer).
     pub fn settle_paged(&self) {
-        if let Some(p) = &mut self.lock().paged {
+        for p in &mut self.lock().paged {
             p.settle();
         }
     }
@@ -582,13 +597,14 @@ impl Queue {
         for entry in entries {
             let (message, delivery_count, published_at) = match entry {
                 Restored::InLog { location, body_len } => {
-                    if let Some(paged) = &mut st.paged {
-                        paged.push_location(location, body_len);
+                    if st.paged.len() == 1 {
+                        st.paged[0].push_location(location, body_len);
                         // Its expiry is known once read back: let the expiry pass look.
                         st.may_expire = true;
                         continue;
                     }
-                    // A priority queue keeps everything in memory: read it now.
+                    // A priority queue needs the message's priority: read it now
+                    // (it is paged out again at its level).
                     let Some(log) = &self.log else { continue };
                     match log.read(location) {
                         Ok(back) => {

@@ -141,3 +141,31 @@ fn paged_messages_expire_and_count_against_length_limits() {
     assert_eq!(got.first().map(String::as_str), Some("c4000"), "drop-head dropped the oldest");
     assert_eq!(got.last().map(String::as_str), Some("c9999"));
 }
+
+#[test]
+fn priority_queues_page_out_per_level_and_serve_highest_first() {
+    let d = dir("priority");
+    let broker = Broker::open(&d).unwrap();
+    let vhost = broker.vhost("/").unwrap();
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), warren_protocol::AMQPValue::ShortShortUInt(5));
+    let q = vhost.declare_queue(1, "prio", false, true, false, false, args).unwrap().queue;
+    let mut want: Vec<(u8, String)> = Vec::new();
+    let mut pos = 0;
+    for i in 0..12_000u32 {
+        let priority = ((i * 7) % 6) as u8;
+        let props = AMQPProperties::default().with_delivery_mode(2).with_priority(priority);
+        let raw = warren_protocol::content::encode_properties(&props);
+        let body = format!("p{priority}-{i}");
+        let m = Arc::new(Message::new("".into(), "prio".into(), raw, props, Bytes::from(body.clone())));
+        pos = pos.max(vhost.enqueue(m, &mut vec![q.clone()]).0);
+        want.push((priority, body));
+    }
+    wait_synced(&broker, pos);
+    let (in_memory, paged) = q.paged_count();
+    assert!(in_memory <= 4096 && paged > 0, "{in_memory} in memory, {paged} paged");
+    // Highest priority first, publish order within a level.
+    want.sort_by_key(|(p, _)| std::cmp::Reverse(*p));
+    let want: Vec<String> = want.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(drain(&q), want);
+}

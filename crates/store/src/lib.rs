@@ -102,6 +102,12 @@ pub trait QueueStore<M>: Send {
     fn requeue(&mut self, entry: Entry<M>);
     /// Number of ready messages.
     fn len(&self) -> usize;
+    /// Number of ready messages at one priority level (all of them in a
+    /// store without levels).
+    fn level_len(&self, level: u8) -> usize {
+        let _ = level;
+        self.len()
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -216,6 +222,10 @@ impl<M: Send> QueueStore<M> for PriorityStore<M> {
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn level_len(&self, level: u8) -> usize {
+        self.levels.get(level as usize).map_or(0, |l| l.ready.len())
     }
 
     fn purge(&mut self) -> usize {
