@@ -856,8 +856,9 @@ impl Conn {
         self.access_epoch = epoch;
         let forced = |why: String| AmqpError::new(ErrorKind::ConnectionForced, why);
         if let Some(v) = self.vhost.as_ref().filter(|v| v.is_deleted()) {
-            // RabbitMQ 3.10 stops the vhost first: its connections hear "is down".
-            let e = forced(format!("vhost '{}' is down", v.name));
+            // As RabbitMQ's connection tracker words it (its clients may also
+            // see "is down" when the vhost's processes stop first).
+            let e = forced(format!("vhost '{}' is deleted", v.name));
             self.close(e);
         } else if !self.shared.broker.access().users.contains_key(&self.user) {
             let e = forced(format!("user '{}' is deleted", self.user));
