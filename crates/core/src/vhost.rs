@@ -56,6 +56,8 @@ pub struct VHost {
     me: Weak<VHost>,
     /// Direct reply-to pseudo-queues by their `amq.rabbitmq.reply-to.…` name.
     reply_queues: RwLock<HashMap<String, Weak<Queue>>>,
+    /// The default exchange (also in `exchanges`), reached without a lookup.
+    default_exchange: Option<Arc<Exchange>>,
     /// Open connections to it (the `max-connections` limit).
     pub connections: std::sync::atomic::AtomicU64,
     /// Set by `delete_vhost`: its connections close with 320.
@@ -131,12 +133,14 @@ fn same_queue_arg(key: &str, a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bo
 
 impl VHost {
     pub fn new(name: &str) -> Self {
-        let exchanges = PREDECLARED
+        let exchanges: HashMap<String, Arc<Exchange>> = PREDECLARED
             .iter()
             .map(|(n, k)| (n.to_string(), Arc::new(Exchange::new(n, *k, true, false, false, FieldTable::default()))))
             .collect();
+        let default_exchange = exchanges.get("").cloned();
         VHost {
             name: name.to_owned(),
+            default_exchange,
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::default()),
             log: None,
@@ -320,6 +324,14 @@ impl VHost {
     }
 
     pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
+        if name.is_empty() {
+            // Most publishes go to the default exchange, which never goes away.
+            // (Looking "" up in the map cost ~8 % of a transient publish in a
+            // profile: its hash probes through many candidates.)
+            if let Some(x) = &self.default_exchange {
+                return Ok(x.clone());
+            }
+        }
         self.exchanges.read().get(name).cloned().ok_or_else(|| self.no_exchange(name))
     }
 
