@@ -29,6 +29,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    // One broker per data directory: a second one would interleave writes
+    // to the same message log. The lock goes with the process (kill -9 too).
+    let lock = std::fs::File::create(data_dir.join("LOCK"))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!("data dir {} is in use by another running broker", data_dir.display());
+    }
     let broker = Arc::new(
         Broker::open(&data_dir).map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", data_dir.display()))?,
     );
@@ -124,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         log.close();
     }
     info!("stopped");
+    drop(lock);
     Ok(())
 }
 
