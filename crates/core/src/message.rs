@@ -51,6 +51,17 @@ impl Props {
     }
 }
 
+impl From<warren_protocol::content::PropsView<'_>> for Props {
+    fn from(v: warren_protocol::content::PropsView<'_>) -> Self {
+        Props {
+            priority: v.priority,
+            delivery_mode: v.delivery_mode,
+            expiration: v.expiration.map(ShortString::from),
+            headers: v.headers.map(Box::new),
+        }
+    }
+}
+
 impl From<AMQPProperties> for Props {
     fn from(p: AMQPProperties) -> Self {
         Props {
@@ -66,12 +77,8 @@ impl Message {
     /// A message as the message log gave it back (recovery, paging).
     pub fn from_stored(stored: &warren_store::log::StoredMessage, persisted: Persisted) -> Message {
         let raw = &stored.properties;
-        let props = if raw[..] == [0, 0] {
-            AMQPProperties::default()
-        } else {
-            amq_protocol::protocol::basic::parse_properties(&raw[..]).map(|(_, p)| p).unwrap_or_default()
-        };
-        let m = Message::new(
+        let props = warren_protocol::content::scan_properties(raw).map(Props::from).unwrap_or_default();
+        let m = Message::with_props(
             stored.exchange.as_str().into(),
             stored.routing_key.as_str().into(),
             raw.clone(),
@@ -80,6 +87,11 @@ impl Message {
         );
         let _ = m.persisted.set(persisted);
         m
+    }
+
+    /// A message whose kept properties are already extracted.
+    pub fn with_props(exchange: Arc<str>, routing_key: Arc<str>, properties_raw: Bytes, properties: Props, body: Bytes) -> Self {
+        Message { exchange, routing_key, properties_raw, properties, body, persisted: OnceLock::new() }
     }
 
     pub fn new(

@@ -4,18 +4,19 @@
 //! A single body frame is kept as the slice of the read buffer it arrived in
 //! (no copy); several are gathered into one buffer sized from the header.
 
-use amq_protocol::protocol::basic::{parse_properties, AMQPProperties};
+use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::{Bytes, BytesMut};
 
 use crate::error::AmqpError;
+use crate::FieldTable;
 
 /// A content header as received.
 #[derive(Debug, Clone)]
 pub struct ContentHeader {
     pub body_size: u64,
-    /// Property flags and list exactly as the publisher encoded them.
+    /// Property flags and list exactly as the publisher encoded them
+    /// (checked to decode; read them with [`scan_properties`]).
     pub properties_raw: Bytes,
-    pub properties: AMQPProperties,
 }
 
 /// Parses a content header frame's payload.
@@ -29,11 +30,75 @@ pub fn parse_header(payload: &Bytes) -> Result<ContentHeader, AmqpError> {
     }
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
     let properties_raw = payload.slice(12..);
-    let properties = match parse_properties(&properties_raw[..]) {
-        Ok((_, p)) => p,
-        Err(_) => return Err(AmqpError::frame_error("cannot decode content header properties")),
-    };
-    Ok(ContentHeader { body_size, properties_raw, properties })
+    if scan_properties(&properties_raw).is_none() {
+        return Err(AmqpError::frame_error("cannot decode content header properties"));
+    }
+    Ok(ContentHeader { body_size, properties_raw })
+}
+
+/// The basic properties the broker acts on, read straight from the raw
+/// property list (borrowing its strings). A full `AMQPProperties` parse
+/// costs a ~340-byte struct and a copy of every field per message; the
+/// per-message path needs only these.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PropsView<'a> {
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    pub headers: Option<FieldTable>,
+    pub reply_to: Option<&'a str>,
+    pub expiration: Option<&'a str>,
+    pub user_id: Option<&'a str>,
+}
+
+/// Reads a basic property list (flags, then the fields they announce, in
+/// the spec's order). None if it does not decode — exactly when
+/// `amq_protocol`'s full parser fails (checked by a property test).
+pub fn scan_properties(raw: &[u8]) -> Option<PropsView<'_>> {
+    fn short_str<'a>(raw: &'a [u8], at: &mut usize) -> Option<&'a str> {
+        let n = *raw.get(*at)? as usize;
+        let s = raw.get(*at + 1..*at + 1 + n)?;
+        *at += 1 + n;
+        std::str::from_utf8(s).ok()
+    }
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    let has = |bit: u16| flags & (1 << bit) != 0;
+    let mut at = 2;
+    let mut v = PropsView::default();
+    for bit in (2..=15).rev() {
+        if !has(bit) {
+            continue;
+        }
+        match bit {
+            13 => {
+                let (rest, table) = amq_protocol::types::parsing::parse_field_table(&raw[at..]).ok()?;
+                at = raw.len() - rest.len();
+                v.headers = Some(table);
+            }
+            12 | 11 => {
+                let b = *raw.get(at)?;
+                at += 1;
+                if bit == 12 {
+                    v.delivery_mode = Some(b);
+                } else {
+                    v.priority = Some(b);
+                }
+            }
+            6 => {
+                raw.get(at..at + 8)?;
+                at += 8;
+            }
+            _ => {
+                let s = short_str(raw, &mut at)?;
+                match bit {
+                    9 => v.reply_to = Some(s),
+                    8 => v.expiration = Some(s),
+                    4 => v.user_id = Some(s),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(v)
 }
 
 /// A complete message content.
@@ -215,6 +280,7 @@ mod encode_tests {
     fn encode_then_parse_round_trips() {
         let p = AMQPProperties::default().with_content_type("text/plain".into()).with_priority(4);
         let raw = encode_properties(&p);
-        assert_eq!(parse_properties(&raw[..]).unwrap().1, p);
+        assert_eq!(amq_protocol::protocol::basic::parse_properties(&raw[..]).unwrap().1, p);
+        assert_eq!(scan_properties(&raw).unwrap().priority, Some(4));
     }
 }

@@ -130,3 +130,68 @@ fn the_valid_stream_is_valid() {
     }
     assert_eq!(kinds, [FrameKind::Method, FrameKind::Method, FrameKind::Header, FrameKind::Body]);
 }
+
+/// The fast property scanner must accept exactly what the full parser
+/// accepts, and read the same values.
+fn scan_agrees(raw: &[u8]) {
+    use amq_protocol::protocol::basic::parse_properties;
+    let full = parse_properties(raw);
+    let fast = warren_protocol::content::scan_properties(raw);
+    assert_eq!(full.is_ok(), fast.is_some(), "disagree on {raw:?}");
+    if let (Ok((_, p)), Some(v)) = (full, fast) {
+        assert_eq!(v.delivery_mode, *p.delivery_mode());
+        assert_eq!(v.priority, *p.priority());
+        assert_eq!(v.headers.as_ref(), p.headers().as_ref());
+        assert_eq!(v.reply_to, p.reply_to().as_ref().map(|s| s.as_str()));
+        assert_eq!(v.expiration, p.expiration().as_ref().map(|s| s.as_str()));
+        assert_eq!(v.user_id, p.user_id().as_ref().map(|s| s.as_str()));
+    }
+}
+
+fn short() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of("[a-z0-9.\u{e9}-]{0,12}")
+}
+
+proptest! {
+    #[test]
+    fn property_scanner_agrees_with_the_full_parser(
+        ct in short(), reply in short(), exp in short(), user in short(), mid in short(), app in short(),
+        mode in proptest::option::of(any::<u8>()), prio in proptest::option::of(any::<u8>()),
+        ts in proptest::option::of(any::<u64>()), header in proptest::option::of(("[a-z]{1,6}", any::<i64>())),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        use amq_protocol::protocol::basic::AMQPProperties;
+        let mut p = AMQPProperties::default();
+        if let Some(v) = ct { p = p.with_content_type(v.as_str().into()); }
+        if let Some(v) = reply { p = p.with_reply_to(v.as_str().into()); }
+        if let Some(v) = exp { p = p.with_expiration(v.as_str().into()); }
+        if let Some(v) = user { p = p.with_user_id(v.as_str().into()); }
+        if let Some(v) = mid { p = p.with_message_id(v.as_str().into()); }
+        if let Some(v) = app { p = p.with_app_id(v.as_str().into()); }
+        if let Some(v) = mode { p = p.with_delivery_mode(v); }
+        if let Some(v) = prio { p = p.with_priority(v); }
+        if let Some(v) = ts { p = p.with_timestamp(v); }
+        if let Some((k, v)) = header {
+            let mut t = FieldTable::default();
+            t.insert(k.as_str().into(), amq_protocol::types::AMQPValue::LongLongInt(v));
+            p = p.with_headers(t);
+        }
+        let mut raw = warren_protocol::content::encode_properties(&p).to_vec();
+        scan_agrees(&raw);
+        for (at, byte) in flips {
+            if raw.is_empty() { break; }
+            let i = at.index(raw.len());
+            raw[i] = byte;
+        }
+        if let Some(c) = cut {
+            raw.truncate(c.index(raw.len() + 1));
+        }
+        scan_agrees(&raw);
+    }
+
+    #[test]
+    fn property_scanner_agrees_on_arbitrary_bytes(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+        scan_agrees(&raw);
+    }
+}

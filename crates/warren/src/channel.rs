@@ -396,26 +396,35 @@ impl Channel {
 
     fn published(&mut self, ctx: &mut Ctx<'_>, content: Content) -> Result<(), AmqpError> {
         let p = self.publish.take().expect("content follows a basic.publish");
-        let (mut props_raw, mut props) = (content.header.properties_raw, content.header.properties);
-        if let Some(claimed) = props.user_id() {
-            if claimed.as_str() != ctx.user && !ctx.impersonator {
+        let mut props_raw = content.header.properties_raw;
+        let view = warren_protocol::content::scan_properties(&props_raw)
+            .ok_or_else(|| AmqpError::frame_error("cannot decode content header properties"))?;
+        if let Some(claimed) = view.user_id {
+            if claimed != ctx.user && !ctx.impersonator {
                 return Err(AmqpError::precondition(format_args!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    claimed.as_str(),
+                    "user_id property set to '{claimed}' but authenticated user was '{}'",
                     ctx.user
                 ))
                 .during(60, 40));
             }
         }
-        if props.reply_to().as_ref().is_some_and(|r| r.as_str() == REPLY_TO) {
+        let direct_reply = view.reply_to == Some(REPLY_TO);
+        let kept: warren_core::message::Props = view.into();
+        let msg = if direct_reply {
             // Direct reply-to: name this channel's reply queue instead.
             let Some((q, _)) = &self.reply else {
                 return Err(AmqpError::precondition("fast reply consumer does not exist").during(60, 40));
             };
-            props = props.with_reply_to(q.name.as_str().into());
+            let props = amq_protocol::protocol::basic::parse_properties(&props_raw[..])
+                .map(|(_, p)| p)
+                .unwrap_or_default()
+                .with_reply_to(q.name.as_str().into());
             props_raw = warren_protocol::content::encode_properties(&props);
-        }
-        let msg = Arc::new(Message::new(p.exchange.clone(), p.routing_key.clone(), props_raw, props, content.body));
+            Message::new(p.exchange.clone(), p.routing_key.clone(), props_raw, props, content.body)
+        } else {
+            Message::with_props(p.exchange.clone(), p.routing_key.clone(), props_raw, kept, content.body)
+        };
+        let msg = Arc::new(msg);
         msg.check_expiration().map_err(|e| e.during(60, 40))?;
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
