@@ -4,7 +4,10 @@ Administration goes through `broker.ctl` (`warren ctl`, or `rabbitmqctl`
 in the differential run), so every expectation here is checked against
 RabbitMQ too.
 """
+import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 
 import pika
@@ -362,3 +365,53 @@ def test_topic_permissions(broker, user, vhost):
     ch.confirm_delivery()
     ch.basic_publish("amq.topic", "someone.orders", b"allowed again")
     c.close()
+
+
+def test_import_definitions(broker):
+    """A definitions document in RabbitMQ's export format: users (with a
+    password hash made by RabbitMQ), vhost, permissions, and topology."""
+    import json
+
+    v = f"vh-{uuid.uuid4().hex[:10]}"
+    u = f"u-{uuid.uuid4().hex[:10]}"
+    doc = {
+        "users": [{
+            "name": u,
+            # `rabbitmqctl add_user fixture fixture-password` on RabbitMQ 3.10.8
+            "password_hash": "TFnnURhaI8D6lie5loWcpp7gh1pJ391s71ZovnK85Cr/d1er",
+            "hashing_algorithm": "rabbit_password_hashing_sha256",
+            "tags": [], "limits": {},
+        }],
+        "vhosts": [{"name": v, "limits": [], "metadata": {"description": "", "tags": []}}],
+        "permissions": [{"user": u, "vhost": v, "configure": ".*", "write": ".*", "read": ".*"}],
+        "exchanges": [{"name": "orders", "vhost": v, "type": "topic", "durable": True,
+                       "auto_delete": False, "internal": False, "arguments": {}}],
+        "queues": [{"name": "eu-orders", "vhost": v, "durable": True, "auto_delete": False,
+                    "arguments": {"x-max-priority": 5, "x-queue-type": "classic"}}],
+        "bindings": [{"source": "orders", "vhost": v, "destination": "eu-orders",
+                      "destination_type": "queue", "routing_key": "eu.#", "arguments": {}}],
+    }
+    # rabbitmqctl reads the file as the rabbitmq user: a world-readable place.
+    d = tempfile.mkdtemp(prefix="warren-defs-")
+    os.chmod(d, 0o755)
+    path = os.path.join(d, "definitions.json")
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    os.chmod(path, 0o644)
+    broker.ctl("import_definitions", path)
+    try:
+        c = connect(broker, u, "fixture-password", v)
+        ch = c.channel()
+        ch.confirm_delivery()
+        ch.basic_publish("orders", "eu.fr", b"bonjour", pika.BasicProperties(priority=3))
+        ch.basic_publish("orders", "us.ny", b"unrouted")
+        assert ch.queue_declare("eu-orders", passive=True).method.message_count == 1
+        method, props, body = ch.basic_get("eu-orders", auto_ack=True)
+        assert body == b"bonjour"
+        # The imported arguments are the queue's: redeclaring with them is equivalent.
+        ch.queue_declare("eu-orders", durable=True, arguments={"x-max-priority": 5, "x-queue-type": "classic"})
+        c.close()
+    finally:
+        broker.ctl("delete_vhost", v, check=False)
+        broker.ctl("delete_user", u, check=False)
+        shutil.rmtree(d, ignore_errors=True)

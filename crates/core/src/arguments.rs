@@ -137,3 +137,34 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
     }
     Ok(())
 }
+
+/// A JSON object as an AMQP field table, as RabbitMQ converts definitions
+/// arguments: integers → long long, other numbers → double, strings →
+/// long strings, booleans, arrays and objects nested, null → void.
+pub fn table_from_json(m: &serde_json::Map<String, serde_json::Value>) -> FieldTable {
+    fn value(v: &serde_json::Value) -> AMQPValue {
+        use serde_json::Value as J;
+        match v {
+            J::Null => AMQPValue::Void,
+            J::Bool(b) => AMQPValue::Boolean(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => AMQPValue::LongLongInt(i),
+                None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
+            },
+            J::String(s) => AMQPValue::LongString(s.as_str().into()),
+            J::Array(a) => {
+                let mut arr = amq_protocol::types::FieldArray::default();
+                for x in a {
+                    arr.push(value(x));
+                }
+                AMQPValue::FieldArray(arr)
+            }
+            J::Object(o) => AMQPValue::FieldTable(table_from_json(o)),
+        }
+    }
+    let mut t = FieldTable::default();
+    for (k, v) in m {
+        t.insert(k.as_str().into(), value(v));
+    }
+    t
+}

@@ -366,9 +366,12 @@ impl Broker {
         })
     }
 
-    /// Imports users, vhosts and permissions from a definitions document
-    /// (a RabbitMQ `export_definitions` file or Warren's own `access.json`).
-    pub fn import_definitions(&self, doc: &serde_json::Value) -> Result<(), AdminError> {
+    /// Imports a definitions document — a RabbitMQ `export_definitions`
+    /// file or Warren's own `access.json`: users, vhosts and permissions,
+    /// then exchanges, queues and bindings (declared as a client would;
+    /// what already exists must be equivalent). Returns how many exchanges,
+    /// queues and bindings were declared.
+    pub fn import_definitions(&self, doc: &serde_json::Value) -> Result<(usize, usize, usize), AdminError> {
         let names = self.change_access(|ac| {
             let mut merged = ac.clone();
             merged.merge_json(doc).map_err(|e| admin_error(65, e))?;
@@ -378,7 +381,55 @@ impl Broker {
         for name in names {
             self.ensure_vhost(&name);
         }
-        Ok(())
+        let list = |key: &str| doc.get(key).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).unwrap_or("").to_owned();
+        let flag = |v: &serde_json::Value, key: &str| v.get(key).and_then(|b| b.as_bool()).unwrap_or(false);
+        let args = |v: &serde_json::Value| match v.get("arguments") {
+            Some(serde_json::Value::Object(m)) => crate::arguments::table_from_json(m),
+            _ => Default::default(),
+        };
+        let vhost = |v: &serde_json::Value| {
+            let name = v.get("vhost").and_then(|s| s.as_str()).unwrap_or("/");
+            self.vhost(name).ok_or_else(|| no_vhost(name))
+        };
+        let failed = |what: String, e: crate::AmqpError| admin_error(65, format!("{what}: {}", e.text));
+        let mut counts = (0, 0, 0);
+        for x in list("exchanges") {
+            let name = text(&x, "name");
+            vhost(&x)?
+                .declare_exchange(
+                    &name,
+                    &text(&x, "type"),
+                    false,
+                    x.get("durable").and_then(|b| b.as_bool()).unwrap_or(true),
+                    flag(&x, "auto_delete"),
+                    flag(&x, "internal"),
+                    args(&x),
+                )
+                .map_err(|e| failed(format!("exchange '{name}'"), e))?;
+            counts.0 += 1;
+        }
+        for q in list("queues") {
+            let name = text(&q, "name");
+            let durable = q.get("durable").and_then(|b| b.as_bool()).unwrap_or(true);
+            vhost(&q)?
+                .declare_queue(0, &name, false, durable, false, flag(&q, "auto_delete"), args(&q))
+                .map_err(|e| failed(format!("queue '{name}'"), e))?;
+            counts.1 += 1;
+        }
+        for b in list("bindings") {
+            let (source, destination, key) = (text(&b, "source"), text(&b, "destination"), text(&b, "routing_key"));
+            let v = vhost(&b)?;
+            let what = format!("binding '{source}' -> '{destination}'");
+            let result = if text(&b, "destination_type") == "exchange" {
+                v.bind_exchange(&destination, &source, &key, args(&b))
+            } else {
+                v.bind_queue(0, &destination, &source, &key, args(&b))
+            };
+            result.map_err(|e| failed(what, e))?;
+            counts.2 += 1;
+        }
+        Ok(counts)
     }
 
     /// A fresh connection id (used for exclusive queue ownership).

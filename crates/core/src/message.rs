@@ -90,7 +90,13 @@ impl Message {
     }
 
     /// A message whose kept properties are already extracted.
-    pub fn with_props(exchange: Arc<str>, routing_key: Arc<str>, properties_raw: Bytes, properties: Props, body: Bytes) -> Self {
+    pub fn with_props(
+        exchange: Arc<str>,
+        routing_key: Arc<str>,
+        properties_raw: Bytes,
+        properties: Props,
+        body: Bytes,
+    ) -> Self {
         Message { exchange, routing_key, properties_raw, properties, body, persisted: OnceLock::new() }
     }
 

@@ -128,7 +128,40 @@ fn same_queue_arg(key: &str, a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bo
         let t = |v: Option<&AMQPValue>| v.map(value_text).unwrap_or_else(|| "classic".to_owned());
         return t(a) == t(b);
     }
-    a == b
+    equivalent(a, b)
+}
+
+/// Argument equality as RabbitMQ judges it (`rabbit_misc:type_class`): all
+/// integer types are one class, so are both float types; a 5 declared as
+/// `signedint` equals a 5 stored as `long` (what a definitions import makes).
+fn equivalent(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
+    fn int(v: &AMQPValue) -> Option<i128> {
+        Some(match *v {
+            AMQPValue::ShortShortInt(x) => x as i128,
+            AMQPValue::ShortShortUInt(x) => x as i128,
+            AMQPValue::ShortInt(x) => x as i128,
+            AMQPValue::ShortUInt(x) => x as i128,
+            AMQPValue::LongInt(x) => x as i128,
+            AMQPValue::LongUInt(x) => x as i128,
+            AMQPValue::LongLongInt(x) => x as i128,
+            _ => return None,
+        })
+    }
+    fn float(v: &AMQPValue) -> Option<f64> {
+        match *v {
+            AMQPValue::Float(x) => Some(x as f64),
+            AMQPValue::Double(x) => Some(x),
+            _ => None,
+        }
+    }
+    match (a, b) {
+        (Some(x), Some(y)) => match (int(x), int(y), float(x), float(y)) {
+            (Some(i), Some(j), _, _) => i == j,
+            (_, _, Some(f), Some(g)) => f == g,
+            _ => x == y,
+        },
+        _ => a == b,
+    }
 }
 
 impl VHost {
@@ -399,7 +432,7 @@ impl VHost {
             }
             let key = "alternate-exchange";
             let (new, cur) = (arguments.inner().get(key), x.arguments.inner().get(key));
-            if new != cur {
+            if !equivalent(new, cur) {
                 return Err(inequivalent(key, "exchange", name, n, describe(new), describe(cur)));
             }
             return Ok(());

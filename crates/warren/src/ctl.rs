@@ -284,7 +284,11 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
             need(1, info.clone(), &|| {
                 let doc: serde_json::Value = serde_json::from_str(arg(0))
                     .map_err(|e| AdminError { exit_code: 65, message: format!("invalid definitions JSON: {e}") })?;
-                broker.import_definitions(&doc).map(|()| done(info.clone()))
+                let (x, q, b) = broker.import_definitions(&doc)?;
+                Ok(Response {
+                    text: format!("Imported users, vhosts and permissions, {x} exchanges, {q} queues, {b} bindings."),
+                    ..done(info.clone())
+                })
             })
         }
         "list_queues" | "list_exchanges" | "list_bindings" => list_entities(shared, req),
@@ -439,7 +443,8 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
   list_exchanges [-p VHOST] [name type durable auto_delete internal]
   list_bindings [-p VHOST]
   list_connections [user peer_host peer_port state vhost channels ssl name]
-  import_definitions FILE           (users, vhosts, permissions; e.g. from
+  import_definitions FILE           (users, vhosts, permissions, exchanges,
+                                     queues, bindings; e.g. from
                                      rabbitmqctl export_definitions)
 
 -q drops the informational line, -s also the table headers.
