@@ -11,14 +11,13 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 
 import amqp
 import pika
 import pytest
 import trustme
 
-from conftest import free_port, warren_binary
+from conftest import free_port, start_warren, warren_binary
 
 
 @pytest.fixture(scope="module")
@@ -35,31 +34,16 @@ def start_tls_warren(ca, *extra):
         for blob in cert.cert_chain_pems:
             f.write(blob.bytes())
     ca.cert_pem.write_to_path(paths["ca.pem"])
-    port, tls_port = free_port(), free_port()
+    tls_port = free_port()
     args = [
-        warren_binary(),
-        "--amqp-listen", f"127.0.0.1:{port}",
         "--amqps-listen", f"127.0.0.1:{tls_port}",
-        "--data-dir", os.path.join(d, "data"),
         "--tls-cert", paths["cert.pem"],
         "--tls-key", paths["key.pem"],
     ]
     # "CA" in the extra flags stands for the CA file's path.
     args += [paths["ca.pem"] if a == "CA" else a for a in extra]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ready = threading.Event()
-
-    def pump():
-        for line in proc.stdout:
-            if "AMQP listening" in line:
-                ready.set()
-            print("[warren-tls]", line, end="")
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not ready.wait(20):
-        proc.kill()
-        raise RuntimeError("warren with TLS did not start")
-    return proc, tls_port, os.path.join(d, "data"), paths["ca.pem"]
+    proc, _port, data = start_warren(extra=args)
+    return proc, tls_port, data, paths["ca.pem"]
 
 
 @pytest.fixture
