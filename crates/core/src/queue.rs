@@ -840,6 +840,18 @@ impl Queue {
                 log.queue_deleted(&self.log_key);
             }
             let mut count = 0;
+            // The paged-out backlog goes without being read back.
+            for paged in std::mem::take(&mut st.paged) {
+                for v in paged.order {
+                    if v != PINNED {
+                        paged.log.forget(v);
+                    }
+                    count += 1;
+                }
+                for (m, _) in paged.pinned.into_values() {
+                    self.discard(&m);
+                }
+            }
             while let Some(e) = st.pop() {
                 self.discard(&e.message);
                 count += 1;

@@ -169,3 +169,28 @@ fn priority_queues_page_out_per_level_and_serve_highest_first() {
     let want: Vec<String> = want.into_iter().map(|(_, b)| b).collect();
     assert_eq!(drain(&q), want);
 }
+
+#[test]
+fn deleting_a_paged_queue_needs_no_reads_and_nothing_comes_back() {
+    let d = dir("delete");
+    {
+        let broker = Broker::open(&d).unwrap();
+        let vhost = broker.vhost("/").unwrap();
+        let q = declare(&vhost);
+        let mut pos = 0;
+        for i in 0..10_000 {
+            pos = pos.max(publish(&vhost, &q, format!("d{i}"), true));
+        }
+        wait_synced(&broker, pos);
+        assert!(q.paged_count().1 > 0);
+        assert_eq!(vhost.delete_queue(1, "q", false, false).unwrap(), 10_000);
+        let (_, end) = broker.log().unwrap().publish(&["other"], 0, "", "", &[0, 0], b"flush");
+        wait_synced(&broker, end);
+        broker.log().unwrap().close();
+    }
+    let broker = Broker::open(&d).unwrap();
+    let vhost = broker.vhost("/").unwrap();
+    assert!(vhost.queue("q").is_err(), "the queue stays deleted");
+    // Declared again, it starts empty: the old messages do not come back.
+    assert_eq!(declare(&vhost).message_count(), 0);
+}

@@ -37,6 +37,11 @@ pub trait MessageStore: Send + Sync {
     /// Reads a message back by its [`log::Persisted::location`] (a queue
     /// paged it out of memory).
     fn read(&self, location: u64) -> std::io::Result<log::ReadBack>;
+    /// A message at `location` left a queue that was deleted (its
+    /// queue-deleted record already says so): only the segment's live count
+    /// drops, nothing is written — a deleted queue's paged backlog goes
+    /// without reading it back.
+    fn forget(&self, location: u64);
     /// A queue was deleted; returns the position to sync.
     fn queue_deleted(&self, queue: &str) -> u64;
     /// Position known durable.

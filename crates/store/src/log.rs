@@ -813,6 +813,13 @@ impl crate::MessageStore for MessageLog {
         }
     }
 
+    fn forget(&self, location: u64) {
+        let mut st = self.shared.state.lock().unwrap();
+        if let Some(n) = st.live.get_mut(&((location >> 32) as u32)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     /// The message was delivered from `queue` for the `count`-th time. Lazy.
     fn delivered(&self, queue: &str, m: Persisted, count: u32) {
         let mut p = Vec::with_capacity(14 + queue.len());

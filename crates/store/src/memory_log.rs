@@ -131,6 +131,9 @@ impl MessageStore for MemoryMessageStore {
         Ok(ReadBack { persisted: persisted(location), published_at: *published_at, message: (**message).clone() })
     }
 
+    /// The model keeps no segment accounting.
+    fn forget(&self, _location: u64) {}
+
     fn ack(&self, queue: &str, m: Persisted) {
         self.records.lock().unwrap().push(Record::Ack { msg_id: m.msg_id, queue: queue.to_owned() });
     }

@@ -800,8 +800,13 @@ impl Conn {
                 Ok(())
             }
             (_, M::Close(_)) => {
-                frame::write_method(&mut self.out, 0, &AMQPClass::Connection(M::CloseOk(conn::CloseOk {})));
+                // Everything the connection owned is gone before close-ok: a
+                // client that saw it finds its exclusive queues deleted.
                 self.close_all_channels();
+                if let Some(vhost) = &self.vhost {
+                    vhost.connection_closed(self.id);
+                }
+                frame::write_method(&mut self.out, 0, &AMQPClass::Connection(M::CloseOk(conn::CloseOk {})));
                 self.stage = Stage::Done;
                 Ok(())
             }
