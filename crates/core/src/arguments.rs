@@ -168,3 +168,31 @@ pub fn table_from_json(m: &serde_json::Map<String, serde_json::Value>) -> FieldT
     }
     t
 }
+
+/// An AMQP field table as JSON, as RabbitMQ exports arguments.
+pub fn table_to_json(t: &FieldTable) -> serde_json::Value {
+    fn value(v: &AMQPValue) -> serde_json::Value {
+        use serde_json::Value as J;
+        match v {
+            AMQPValue::Boolean(b) => J::Bool(*b),
+            AMQPValue::ShortShortInt(i) => (*i).into(),
+            AMQPValue::ShortShortUInt(i) => (*i).into(),
+            AMQPValue::ShortInt(i) => (*i).into(),
+            AMQPValue::ShortUInt(i) => (*i).into(),
+            AMQPValue::LongInt(i) => (*i).into(),
+            AMQPValue::LongUInt(i) => (*i).into(),
+            AMQPValue::LongLongInt(i) => (*i).into(),
+            AMQPValue::Timestamp(i) => (*i).into(),
+            AMQPValue::Float(f) => (*f as f64).into(),
+            AMQPValue::Double(f) => (*f).into(),
+            AMQPValue::DecimalValue(d) => (d.value as f64 / 10f64.powi(d.scale as i32)).into(),
+            AMQPValue::ShortString(s) => s.as_str().into(),
+            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into(),
+            AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into(),
+            AMQPValue::FieldArray(a) => J::Array(a.as_slice().iter().map(value).collect()),
+            AMQPValue::FieldTable(t) => table_to_json(t),
+            AMQPValue::Void => J::Null,
+        }
+    }
+    serde_json::Value::Object(t.inner().iter().map(|(k, v)| (k.as_str().to_owned(), value(v))).collect())
+}

@@ -366,6 +366,31 @@ impl Broker {
         })
     }
 
+    /// Everything `import_definitions` reads, as RabbitMQ's
+    /// `export_definitions` writes it: users (password hashes), vhosts,
+    /// permissions, topic permissions, durable exchanges, queues, bindings.
+    pub fn export_definitions(&self) -> serde_json::Value {
+        let mut doc = self.access().to_json();
+        let (mut exchanges, mut queues, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+        let mut vhosts = self.vhosts();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        for v in vhosts {
+            let (x, q, b) = v.export();
+            exchanges.extend(x);
+            queues.extend(q);
+            bindings.extend(b);
+        }
+        doc["rabbit_version"] = "3.10.0".into();
+        doc["warren_version"] = env!("CARGO_PKG_VERSION").into();
+        doc["exchanges"] = exchanges.into();
+        doc["queues"] = queues.into();
+        doc["bindings"] = bindings.into();
+        doc["policies"] = serde_json::json!([]);
+        doc["parameters"] = serde_json::json!([]);
+        doc["global_parameters"] = serde_json::json!([]);
+        doc
+    }
+
     /// Imports a definitions document — a RabbitMQ `export_definitions`
     /// file or Warren's own `access.json`: users, vhosts and permissions,
     /// then exchanges, queues and bindings (declared as a client would;

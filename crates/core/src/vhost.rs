@@ -291,6 +291,40 @@ impl VHost {
         d
     }
 
+    /// This vhost's durable exchanges, queues and bindings in RabbitMQ's
+    /// definitions-export shape (`export_definitions`).
+    pub fn export(&self) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        use serde_json::json;
+        let d = self.snapshot();
+        let args = |hex: &str| crate::arguments::table_to_json(&definitions::decode_table(hex).unwrap_or_default());
+        let exchanges = d
+            .exchanges
+            .iter()
+            .map(|x| {
+                json!({"name": x.name, "vhost": self.name, "type": x.kind, "durable": true,
+                "auto_delete": x.auto_delete, "internal": x.internal, "arguments": args(&x.arguments)})
+            })
+            .collect();
+        let queues = d
+            .queues
+            .iter()
+            .map(|q| {
+                json!({"name": q.name, "vhost": self.name, "durable": true, "auto_delete": q.auto_delete,
+                "arguments": args(&q.arguments)})
+            })
+            .collect();
+        let bindings = d
+            .bindings
+            .iter()
+            .filter(|b| !b.source.is_empty())
+            .map(|b| {
+                json!({"source": b.source, "vhost": self.name, "destination": b.destination,
+                "destination_type": b.destination_type, "routing_key": b.routing_key, "arguments": args(&b.arguments)})
+            })
+            .collect();
+        (exchanges, queues, bindings)
+    }
+
     /// Saves the durable definitions if `touched_durable`. A failed save is
     /// logged; the change stays in effect in memory.
     fn persist(&self, touched_durable: bool) {

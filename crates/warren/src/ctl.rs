@@ -291,6 +291,10 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
                 })
             })
         }
+        "export_definitions" => Response {
+            text: serde_json::to_string_pretty(&broker.export_definitions()).unwrap_or_default(),
+            ..done("Exporting definitions in JSON ...".to_owned())
+        },
         "list_queues" | "list_exchanges" | "list_bindings" => list_entities(shared, req),
         "list_connections" => list_connections(shared, a),
         other => usage(String::new(), &format!("unknown command '{other}'; see `warren ctl help`")),
@@ -443,6 +447,7 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
   list_exchanges [-p VHOST] [name type durable auto_delete internal]
   list_bindings [-p VHOST]
   list_connections [user peer_host peer_port state vhost channels ssl name]
+  export_definitions FILE|-         (everything import_definitions reads)
   import_definitions FILE           (users, vhosts, permissions, exchanges,
                                      queues, bindings; e.g. from
                                      rabbitmqctl export_definitions)
@@ -493,6 +498,8 @@ pub fn main(args: Vec<String>) -> i32 {
             }
         }
     }
+    // export_definitions FILE writes the file here ("-" = standard output).
+    let export_to = (command == "export_definitions").then(|| rest.first().cloned().unwrap_or_else(|| "-".into()));
     let data_dir = data_dir.unwrap_or_else(crate::config::default_data_dir);
     let socket = data_dir.join(SOCKET_NAME);
     let response = match call(&socket, &Request { command, vhost, args: rest }) {
@@ -514,6 +521,15 @@ pub fn main(args: Vec<String>) -> i32 {
         let _ = out.flush();
         eprintln!("Error:\n{}", response.error);
         return response.exit;
+    }
+    if let Some(path) = export_to.filter(|p| p != "-") {
+        return match std::fs::write(&path, format!("{}\n", response.text)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("Error:\ncannot write {path}: {e}");
+                73
+            }
+        };
     }
     if !response.columns.is_empty() && !silent {
         let _ = writeln!(out, "{}", response.columns.join("\t"));
