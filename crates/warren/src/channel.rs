@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub to_wake: &'a mut Vec<Arc<Queue>>,
     /// Message-log position known to be on disk.
     pub synced: u64,
+    /// Set when a queue just published to asks its publishers to pause.
+    pub pressure: &'a mut bool,
 }
 
 impl Ctx<'_> {
@@ -472,6 +474,9 @@ impl Channel {
         if queues.is_empty() && p.mandatory {
             frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
             frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
+        }
+        if queues.iter().any(|q| q.under_pressure()) {
+            *ctx.pressure = true;
         }
         let (pos, accepted) = ctx.vhost.enqueue(msg, &mut queues);
         self.routed = queues;

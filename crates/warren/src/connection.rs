@@ -87,6 +87,9 @@ const EVENT_BATCH: usize = 1024;
 /// with a full socket must not starve the consumers it feeds (without this,
 /// one runtime worker delivered ~3k msg/s to a consumer while taking ~700k/s).
 const YIELD_AFTER_FRAMES: usize = 256;
+/// How long a publisher pauses when a queue it feeds asks it to. Short: a
+/// connection that also consumes (and must send acks) is never stuck.
+const FLOW_PAUSE: Duration = Duration::from_millis(1);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for connection.close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -136,6 +139,9 @@ pub struct Conn {
     published: bool,
     /// Whether it is blocked by the disk alarm (and was told, if it can hear it).
     blocked_sent: bool,
+    /// A queue this connection published to asked for a pause (its
+    /// consumers are far behind): the next read waits `FLOW_PAUSE`.
+    pressure: bool,
     /// Queues that may deliver again once this turn's work is done.
     to_wake: Vec<Arc<Queue>>,
     started: Instant,
@@ -231,6 +237,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
         blocked_notify: false,
         published: false,
         blocked_sent: false,
+        pressure: false,
         to_wake: Vec::new(),
         started: Instant::now(),
         closing_since: None,
@@ -246,6 +253,8 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
     // Set when a turn handled many frames: after flushing, let other
     // connections (consumers of what we just published) run before reading more.
     let mut flush_pending = false;
+    // Flow control: no reading until then (a queue asked for a pause).
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
         if !c.out.is_empty() {
             // Write straight from this task while the writer is idle (no
@@ -302,7 +311,11 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                     c.on_alarm(reason);
                 }
             }
-            read = rd.read_buf(&mut rbuf), if !alarmed && !stalled => {
+            _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
+                paused_until = None;
+                last_read = Instant::now();
+            }
+            read = rd.read_buf(&mut rbuf), if !alarmed && !stalled && paused_until.is_none() => {
                 match read {
                     Ok(0) | Err(_) => {
                         if c.stage == Stage::Open {
@@ -314,6 +327,9 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                         last_read = Instant::now();
                         if c.on_bytes(&mut rbuf) >= YIELD_AFTER_FRAMES {
                             flush_pending = true;
+                        }
+                        if std::mem::take(&mut c.pressure) {
+                            paused_until = Some(tokio::time::Instant::now() + FLOW_PAUSE);
                         }
                     }
                 }
@@ -654,6 +670,7 @@ impl Conn {
             max_message_size: self.shared.config.max_message_size,
             to_wake: &mut self.to_wake,
             synced,
+            pressure: &mut self.pressure,
         };
         let result = match input {
             Input::Publish(p) => ch.on_publish(&mut ctx, p),

@@ -1,0 +1,54 @@
+//! Publisher flow control: a queue whose consumers are far behind asks its
+//! publishers to pause; a queue without consumers (filling a backlog) never does.
+
+use std::sync::{Arc, Mutex};
+
+use amq_protocol::protocol::basic::AMQPProperties;
+use bytes::Bytes;
+use warren_core::{Consumer, Delivery, Message, Outbox, Queue};
+use warren_protocol::FieldTable;
+
+/// A consumer connection that takes deliveries and never acks.
+#[derive(Default)]
+struct Slow(Mutex<Vec<Delivery>>);
+
+impl Outbox for Slow {
+    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
+        self.0.lock().unwrap().push(delivery);
+        Ok(())
+    }
+    fn cancelled(&self, _consumer: &Arc<Consumer>) {}
+}
+
+fn message(i: u32) -> Arc<Message> {
+    let props = AMQPProperties::default();
+    let raw = warren_protocol::content::encode_properties(&props);
+    Arc::new(Message::new("".into(), "q".into(), raw, props, Bytes::from(i.to_string())))
+}
+
+#[test]
+fn a_queue_far_ahead_of_its_consumers_asks_publishers_to_pause() {
+    let q = Arc::new(Queue::new("q", "/", false, None, false, FieldTable::default()));
+    for i in 0..20_000 {
+        q.publish(message(i));
+    }
+    assert!(!q.under_pressure(), "no consumer: filling a backlog is not throttled");
+    let consumer = Arc::new(Consumer {
+        tag: "c".into(),
+        channel: 1,
+        no_ack: false,
+        exclusive: false,
+        priority: 0,
+        prefetch: 10,
+        unacked: Default::default(),
+        channel_credit: Default::default(),
+        cancelled: Default::default(),
+        outbox: Arc::new(Slow::default()),
+    });
+    q.add_consumer(consumer).unwrap();
+    q.publish(message(20_000));
+    assert!(q.under_pressure(), "a consumer that is 20,000 messages behind");
+    q.purge();
+    q.publish(message(20_001));
+    assert!(!q.under_pressure(), "caught up");
+}
