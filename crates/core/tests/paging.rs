@@ -29,6 +29,12 @@ fn publish(vhost: &VHost, q: &Arc<Queue>, body: String, persistent: bool) -> u64
     vhost.enqueue(message(body, persistent), &mut vec![q.clone()]).0
 }
 
+/// Publishes `n` persistent messages named `{prefix}{i}`; returns the log
+/// position to wait for.
+fn fill(vhost: &VHost, q: &Arc<Queue>, prefix: &str, n: usize) -> u64 {
+    (0..n).map(|i| publish(vhost, q, format!("{prefix}{i}"), true)).max().unwrap_or(0)
+}
+
 fn wait_synced(broker: &Broker, pos: u64) {
     let log = broker.log().unwrap();
     for _ in 0..5000 {
@@ -80,10 +86,7 @@ fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
         let broker = Broker::open(&d).unwrap();
         let vhost = broker.vhost("/").unwrap();
         let q = declare(&vhost);
-        let mut pos = 0;
-        for i in 0..12_000 {
-            pos = pos.max(publish(&vhost, &q, format!("m{i}"), true));
-        }
+        let pos = fill(&vhost, &q, "m", 12_000);
         // Take a few (acked with no_ack): they must not come back.
         for i in 0..10 {
             assert_eq!(&q.get(true).unwrap().0.message.body[..], format!("m{i}").as_bytes());
@@ -100,10 +103,7 @@ fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
     assert!(got.iter().enumerate().all(|(i, b)| *b == format!("m{}", i + 10)));
     // Purge of a paged queue acks everything: nothing returns after a restart.
     let vhost = broker.vhost("/").unwrap();
-    let mut pos = 0;
-    for i in 0..9000 {
-        pos = pos.max(publish(&vhost, &q, format!("p{i}"), true));
-    }
+    let pos = fill(&vhost, &q, "p", 9000);
     wait_synced(&broker, pos);
     assert_eq!(q.purge(), 9000);
     let (_, end) = broker.log().unwrap().publish(&["other"], 0, "", "", &[0, 0], b"flush");
@@ -177,10 +177,7 @@ fn deleting_a_paged_queue_needs_no_reads_and_nothing_comes_back() {
         let broker = Broker::open(&d).unwrap();
         let vhost = broker.vhost("/").unwrap();
         let q = declare(&vhost);
-        let mut pos = 0;
-        for i in 0..10_000 {
-            pos = pos.max(publish(&vhost, &q, format!("d{i}"), true));
-        }
+        let pos = fill(&vhost, &q, "d", 10_000);
         wait_synced(&broker, pos);
         assert!(q.paged_count().1 > 0);
         assert_eq!(vhost.delete_queue(1, "q", false, false).unwrap(), 10_000);
