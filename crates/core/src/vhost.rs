@@ -390,6 +390,12 @@ impl VHost {
         AmqpError::access_refused("operation not permitted on the default exchange")
     }
 
+    /// The default exchange, borrowed (the publish path routes through it
+    /// without touching its reference count).
+    pub fn default_exchange(&self) -> Option<&Exchange> {
+        self.default_exchange.as_deref()
+    }
+
     pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
         if name.is_empty() {
             // Most publishes go to the default exchange, which never goes away.

@@ -462,7 +462,15 @@ impl Channel {
     /// must be synced before it may be confirmed (0 if none), and whether
     /// every queue accepted it (a length limit may refuse it: nack).
     fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(u64, bool), AmqpError> {
-        let x = self.publishable(ctx, &p.exchange)?;
+        let vhost = ctx.vhost;
+        let named;
+        let x = match vhost.default_exchange().filter(|_| p.exchange.is_empty()) {
+            Some(x) => x,
+            None => {
+                named = self.publishable(ctx, &p.exchange)?;
+                &*named
+            }
+        };
         if x.kind == ExchangeKind::Topic && self.has_topic_permissions(ctx) {
             ctx.broker
                 .access()
@@ -470,7 +478,7 @@ impl Channel {
                 .map_err(|e| e.during(60, 40))?;
         }
         let mut queues = std::mem::take(&mut self.routed);
-        ctx.vhost.route(&x, &msg, &mut queues);
+        vhost.route(x, &msg, &mut queues);
         if queues.is_empty() && p.mandatory {
             frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
             frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
