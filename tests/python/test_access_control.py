@@ -460,3 +460,16 @@ def test_export_then_import_restores_a_vhost(broker, vhost):
         c.close()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_ctl_lists_consumers(broker, vhost):
+    c = pika.BlockingConnection(broker.params(virtual_host=vhost))
+    ch = c.channel()
+    ch.basic_qos(prefetch_count=7)
+    ch.queue_declare("consumed")
+    ch.basic_consume("consumed", lambda *a: None, consumer_tag="ctag-x")
+    rows = broker.ctl(
+        "list_consumers", "-q", "-p", vhost, "queue_name", "consumer_tag", "ack_required", "prefetch_count", "active"
+    ).stdout.splitlines()
+    assert rows == ["queue_name\tconsumer_tag\tack_required\tprefetch_count\tactive", "consumed\tctag-x\ttrue\t7\ttrue"]
+    c.close()

@@ -472,6 +472,13 @@ impl Queue {
         self.lock().consumers.len() as u32
     }
 
+    /// The consumers, with whether each receives deliveries now (with a
+    /// single active consumer, only the first does).
+    pub fn consumers(&self) -> Vec<(Arc<Consumer>, bool)> {
+        let st = self.lock();
+        st.consumers.iter().enumerate().map(|(i, c)| (c.clone(), !self.single_active || i == 0)).collect()
+    }
+
     /// Marks the queue used now (declare, get, consume), for `x-expires`.
     pub fn touch(&self) {
         self.lock().last_used = crate::now_ms();

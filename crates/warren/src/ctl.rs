@@ -295,7 +295,7 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
             text: serde_json::to_string_pretty(&broker.export_definitions()).unwrap_or_default(),
             ..done("Exporting definitions in JSON ...".to_owned())
         },
-        "list_queues" | "list_exchanges" | "list_bindings" => list_entities(shared, req),
+        "list_queues" | "list_exchanges" | "list_bindings" | "list_consumers" => list_entities(shared, req),
         "list_connections" => list_connections(shared, a),
         other => usage(String::new(), &format!("unknown command '{other}'; see `warren ctl help`")),
     }
@@ -357,6 +357,27 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
                 })
                 .collect();
             select(format!("Listing queues for vhost {vh} ..."), &req.args, &["name", "messages"], &ALL, rows)
+        }
+        "list_consumers" => {
+            const ALL: [&str; 6] =
+                ["queue_name", "channel", "consumer_tag", "ack_required", "prefetch_count", "active"];
+            let mut queues = vhost.queues();
+            queues.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut rows = Vec::new();
+            for q in &queues {
+                for (c, active) in q.consumers() {
+                    rows.push(vec![
+                        q.name.clone(),
+                        c.channel.to_string(),
+                        c.tag.to_string(),
+                        yes(!c.no_ack),
+                        c.prefetch.to_string(),
+                        yes(active),
+                    ]);
+                }
+            }
+            let defaults = ["queue_name", "channel", "consumer_tag", "ack_required", "prefetch_count", "active"];
+            select(format!("Listing consumers in vhost {vh} ..."), &req.args, &defaults, &ALL, rows)
         }
         "list_exchanges" => {
             const ALL: [&str; 5] = ["name", "type", "durable", "auto_delete", "internal"];
@@ -447,6 +468,8 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
   list_exchanges [-p VHOST] [name type durable auto_delete internal]
   list_bindings [-p VHOST]
   list_connections [user peer_host peer_port state vhost channels ssl name]
+  list_consumers [-p VHOST] [queue_name channel consumer_tag ack_required
+              prefetch_count active]
   export_definitions FILE|-         (everything import_definitions reads)
   import_definitions FILE           (users, vhosts, permissions, exchanges,
                                      queues, bindings; e.g. from
