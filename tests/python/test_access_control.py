@@ -473,3 +473,24 @@ def test_ctl_lists_consumers(broker, vhost):
     ).stdout.splitlines()
     assert rows == ["queue_name\tconsumer_tag\tack_required\tprefetch_count\tactive", "consumed\tctag-x\ttrue\t7\ttrue"]
     c.close()
+
+
+def test_user_limits(broker, user, vhost):
+    broker.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    broker.ctl("set_user_limits", user, '{"max-connections": 1, "max-channels": 2}')
+    out = broker.ctl("list_user_limits", "-q", "--user", user).stdout.splitlines()
+    assert out == ['{"max-channels":2,"max-connections":1}']
+    first = connect(broker, user, "pw-" + user, vhost)
+    with pytest.raises(pe.ProbableAccessDeniedError) as e:
+        connect(broker, user, "pw-" + user, vhost)
+    assert f"(530) \"NOT_ALLOWED - connection refused for user '{user}': user connection limit (1) is reached\"" in str(e.value)
+    first.channel()
+    first.channel()
+    with pytest.raises(pe.ConnectionClosedByBroker) as e:
+        first.channel()
+    assert e.value.reply_code == 530
+    assert e.value.reply_text == (
+        f"NOT_ALLOWED - number of channels opened for user '{user}' has reached the maximum allowed user limit of (2)"
+    )
+    broker.ctl("clear_user_limits", user, "max-connections")
+    assert broker.ctl("list_user_limits", "-q", "--user", user).stdout.splitlines() == ['{"max-channels":2}']

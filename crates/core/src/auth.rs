@@ -50,6 +50,20 @@ pub struct User {
     pub password_hash: String,
     pub hashing_algorithm: String,
     pub tags: Vec<String>,
+    /// `set_user_limits`.
+    #[serde(default)]
+    pub limits: UserLimits,
+}
+
+/// Per-user limits (`set_user_limits`), over all of the user's connections;
+/// None = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLimits {
+    // Listed as rabbitmqctl lists them (keys sorted).
+    #[serde(rename = "max-channels", skip_serializing_if = "Option::is_none", default)]
+    pub max_channels: Option<u64>,
+    #[serde(rename = "max-connections", skip_serializing_if = "Option::is_none", default)]
+    pub max_connections: Option<u64>,
 }
 
 impl User {
@@ -59,6 +73,7 @@ impl User {
             password_hash: hash_password(password),
             hashing_algorithm: SHA256.to_owned(),
             tags: Vec::new(),
+            limits: UserLimits::default(),
         }
     }
 
@@ -302,11 +317,13 @@ impl AccessControl {
                 }
                 _ => Vec::new(),
             };
+            let limits = u.get("limits").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
             let user = User {
                 name: name.clone(),
                 password_hash: text(&u, "password_hash"),
                 hashing_algorithm: algorithm,
                 tags,
+                limits,
             };
             self.users.insert(name, user);
         }
@@ -347,6 +364,7 @@ mod tests {
             password_hash: RABBITMQ_FIXTURE_HASH.into(),
             hashing_algorithm: SHA256.into(),
             tags: vec![],
+            limits: UserLimits::default(),
         };
         assert!(u.check_password("fixture-password"));
         assert!(!u.check_password("fixture"));

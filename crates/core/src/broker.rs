@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use warren_store::log::MessageLog;
 use warren_store::MessageStore;
 
-use crate::auth::{AccessControl, Permission, TopicPermission, User, VHostLimits};
+use crate::auth::{AccessControl, Permission, TopicPermission, User, UserLimits, VHostLimits};
 use crate::definitions;
 use crate::message::Message;
 use crate::queue::Restored;
@@ -355,6 +355,13 @@ impl Broker {
                 return Err(no_vhost(vhost));
             }
             ac.permissions.remove(&(vhost.to_owned(), user.to_owned()));
+            Ok(())
+        })
+    }
+
+    pub fn set_user_limits(&self, user: &str, limits: UserLimits) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            ac.users.get_mut(user).ok_or_else(|| no_user(user))?.limits = limits;
             Ok(())
         })
     }

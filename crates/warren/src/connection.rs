@@ -645,6 +645,7 @@ impl Conn {
             let expected = AmqpError::channel_error("expected 'channel.open'");
             return match input {
                 Input::Method(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
+                    self.check_user_channel_limit()?;
                     self.channels.insert(f.channel, Channel::new(f.channel));
                     self.count_channels();
                     let ok = AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {}));
@@ -796,6 +797,15 @@ impl Conn {
                         )));
                     }
                 }
+                let user_limits = self.shared.broker.access().users.get(user).map(|u| u.limits).unwrap_or_default();
+                if let Some(limit) = user_limits.max_connections {
+                    let open = self.shared.connections.lock().values().filter(|c| c.user == user).count() as u64;
+                    if open >= limit {
+                        return Err(refused(format_args!(
+                            "connection refused for user '{user}': user connection limit ({limit}) is reached"
+                        )));
+                    }
+                }
                 if !self.shared.broker.access().has_vhost_access(name, user) {
                     return Err(refused(format_args!("access to vhost '{name}' refused for user '{user}'")));
                 }
@@ -858,6 +868,28 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// The user's `max-channels` limit, over all of their connections
+    /// (530, as RabbitMQ).
+    fn check_user_channel_limit(&self) -> Result<(), AmqpError> {
+        let limit = self.shared.broker.access().users.get(&self.user).and_then(|u| u.limits.max_channels);
+        let Some(limit) = limit else { return Ok(()) };
+        let open: usize = self
+            .shared
+            .connections
+            .lock()
+            .values()
+            .filter(|c| c.user == self.user)
+            .map(|c| c.channels.load(Ordering::Relaxed))
+            .sum();
+        if open as u64 >= limit {
+            return Err(AmqpError::not_allowed(format_args!(
+                "number of channels opened for user '{}' has reached the maximum allowed user limit of ({limit})",
+                self.user
+            )));
+        }
+        Ok(())
     }
 
     fn count_channels(&self) {

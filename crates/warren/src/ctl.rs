@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tracing::{info, warn};
-use warren_core::auth::VHostLimits;
+use warren_core::auth::{UserLimits, VHostLimits};
 use warren_core::broker::AdminError;
 use warren_core::exchange::Destination;
 
@@ -250,6 +250,50 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
             // rabbitmqctl prints no header for this one.
             Response { rows, ..done(format!("Listing topic permissions for user \"{}\" ...", arg(0))) }
         }
+        "set_user_limits" => {
+            let info = format!("Setting user limits to \"{}\" for user \"{}\" ...", arg(1), arg(0));
+            need(2, info.clone(), &|| {
+                let current = broker.access().users.get(arg(0)).map(|u| u.limits).unwrap_or_default();
+                let mut merged = serde_json::to_value(current).unwrap_or_default();
+                let new: serde_json::Value = serde_json::from_str(arg(1))
+                    .map_err(|e| AdminError { exit_code: 65, message: format!("invalid limits '{}': {e}", arg(1)) })?;
+                if let (Some(m), Some(n)) = (merged.as_object_mut(), new.as_object()) {
+                    m.extend(n.clone());
+                }
+                let limits: UserLimits = serde_json::from_value(merged).map_err(|e| AdminError {
+                    exit_code: 65,
+                    message: format!("invalid limits '{}': {e} (known: max-connections, max-channels)", arg(1)),
+                })?;
+                broker.set_user_limits(arg(0), limits).map(|()| done(info.clone()))
+            })
+        }
+        "clear_user_limits" => {
+            let which = a.get(1).map(String::as_str).unwrap_or("all");
+            let info = if which == "all" {
+                format!("Clearing all limits for user \"{}\" ...", arg(0))
+            } else {
+                format!("Clearing \"{which}\" limit for user \"{}\" ...", arg(0))
+            };
+            need(1, info.clone(), &|| {
+                let mut limits = broker.access().users.get(arg(0)).map(|u| u.limits).unwrap_or_default();
+                match which {
+                    "all" => limits = UserLimits::default(),
+                    "max-connections" => limits.max_connections = None,
+                    "max-channels" => limits.max_channels = None,
+                    other => return Err(AdminError { exit_code: 65, message: format!("unknown limit '{other}'") }),
+                }
+                broker.set_user_limits(arg(0), limits).map(|()| done(info.clone()))
+            })
+        }
+        "list_user_limits" => {
+            let user = req.args.iter().position(|x| x == "--user").and_then(|i| req.args.get(i + 1)).cloned();
+            let user = user.unwrap_or_else(|| "guest".to_owned());
+            let info = format!("Listing limits for user \"{user}\" ...");
+            match broker.access().users.get(&user) {
+                Some(u) => Response { text: serde_json::to_string(&u.limits).unwrap_or_default(), ..done(info) },
+                None => failed(info, AdminError { exit_code: 67, message: format!("User \"{user}\" does not exist") }),
+            }
+        }
         "set_vhost_limits" => {
             let info = format!("Setting vhost limits to \"{}\" for vhost \"{vh}\" ...", arg(0));
             need(1, info.clone(), &|| {
@@ -463,6 +507,9 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
   list_topic_permissions [-p VHOST] list_user_topic_permissions USER
   set_vhost_limits [-p VHOST] '{\"max-connections\": N, \"max-queues\": N}'
   clear_vhost_limits [-p VHOST]     list_vhost_limits [-p VHOST]
+  set_user_limits USER '{\"max-connections\": N, \"max-channels\": N}'
+  clear_user_limits USER [max-connections|max-channels|all]
+  list_user_limits [--user USER]
   list_queues [-p VHOST] [name messages messages_ready messages_unacknowledged
               consumers durable auto_delete exclusive type]
   list_exchanges [-p VHOST] [name type durable auto_delete internal]
