@@ -253,8 +253,11 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
     // Set when a turn handled many frames: after flushing, let other
     // connections (consumers of what we just published) run before reading more.
     let mut flush_pending = false;
-    // Flow control: no reading until then (a queue asked for a pause).
-    let mut paused_until: Option<tokio::time::Instant> = None;
+    // Flow control: while paused (a queue asked for it), no reading.
+    // One timer, re-armed: no timer is made per turn of the loop.
+    let mut paused = false;
+    let pause = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pause);
     loop {
         if !c.out.is_empty() {
             // Write straight from this task while the writer is idle (no
@@ -311,11 +314,11 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                     c.on_alarm(reason);
                 }
             }
-            _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused_until.is_some() => {
-                paused_until = None;
+            _ = &mut pause, if paused => {
+                paused = false;
                 last_read = Instant::now();
             }
-            read = rd.read_buf(&mut rbuf), if !alarmed && !stalled && paused_until.is_none() => {
+            read = rd.read_buf(&mut rbuf), if !alarmed && !stalled && !paused => {
                 match read {
                     Ok(0) | Err(_) => {
                         if c.stage == Stage::Open {
@@ -329,7 +332,8 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                             flush_pending = true;
                         }
                         if std::mem::take(&mut c.pressure) {
-                            paused_until = Some(tokio::time::Instant::now() + FLOW_PAUSE);
+                            pause.as_mut().reset(tokio::time::Instant::now() + FLOW_PAUSE);
+                            paused = true;
                         }
                     }
                 }
