@@ -244,3 +244,33 @@ def test_channel_flood_is_bounded_by_channel_max(broker, precious):
         assert (rss_kib(broker) - before) < 16 * 1024
     r.s.close()
     assert_intact(broker, precious)
+
+
+def test_no_ack_consumer_that_never_reads_is_bounded_in_bytes(broker, name):
+    """A no-ack consumer that never reads gets at most ~16 MiB of bodies
+    pulled out for it (plus what its socket holds), not 4,096 large
+    messages: the rest stay in the (disk-first) queue."""
+    c = pika.BlockingConnection(broker.params())
+    ch = c.channel()
+    ch.queue_declare(name, durable=True)
+    ch.confirm_delivery()
+    body = b"m" * (1 << 20)
+    for _ in range(120):
+        ch.basic_publish("", name, body, pika.BasicProperties(delivery_mode=2))
+    before = rss_kib(broker) if broker.is_warren else 0
+    r = Raw(broker.host, broker.port)
+    r.handshake()
+    r.open_channel()
+    r.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    # basic.consume, no-ack, then never read.
+    r.send(method(1, 60, 20, b"\x00\x00" + shortstr(name.encode()) + shortstr(b"") + b"\x02" + struct.pack(">I", 0)))
+    time.sleep(2)
+    if broker.is_warren:
+        left = ch.queue_declare(name, durable=True, passive=True).method.message_count
+        grown_mib = (rss_kib(broker) - before) / 1024
+        print(f"{left} of 120 left in the queue; broker RSS grew {grown_mib:.1f} MiB")
+        assert left >= 80, f"only {left} left: too much was pulled out for a consumer that does not read"
+        assert grown_mib < 64
+    r.s.close()
+    ch.queue_delete(name)
+    c.close()

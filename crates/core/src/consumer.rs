@@ -13,6 +13,9 @@ use crate::queue::Queue;
 /// outbound path before the queue waits. Without it a no-ack consumer on a
 /// slow socket would drain the queue into memory.
 pub const NO_ACK_WINDOW: u32 = 4096;
+/// The same window in body bytes: 4,096 deliveries of 1 MiB bodies must not
+/// sit in front of a no-ack consumer that does not read.
+pub const NO_ACK_BYTES: u64 = 16 << 20;
 
 /// One message on its way to a consumer.
 pub struct Delivery {
@@ -52,6 +55,8 @@ pub struct Consumer {
     pub prefetch: u32,
     /// Deliveries not yet acked (or, for no-ack, not yet written out).
     pub unacked: AtomicU32,
+    /// No-ack only: body bytes handed to the connection, not yet written out.
+    pub inflight_bytes: std::sync::atomic::AtomicU64,
     pub channel_credit: Arc<ChannelCredit>,
     /// Set once the consumer is cancelled, so late deliveries are requeued.
     pub cancelled: AtomicBool,
@@ -67,7 +72,8 @@ impl Consumer {
     /// the channel's prefetch allow it.
     pub fn try_acquire(&self) -> bool {
         if self.no_ack {
-            return try_take(&self.unacked, NO_ACK_WINDOW);
+            return self.inflight_bytes.load(Ordering::Acquire) < NO_ACK_BYTES
+                && try_take(&self.unacked, NO_ACK_WINDOW);
         }
         if !try_take(&self.unacked, self.prefetch) {
             return false;
@@ -78,6 +84,22 @@ impl Consumer {
             return false;
         }
         true
+    }
+
+    /// A delivery of `body_len` bytes was handed to the connection.
+    pub fn sent(&self, body_len: usize) {
+        if self.no_ack {
+            self.inflight_bytes.fetch_add(body_len as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// A delivery handed to the connection is done with there (written out,
+    /// or given back): its credit returns, and for no-ack its bytes.
+    pub fn finished(&self, body_len: usize) {
+        if self.no_ack {
+            self.inflight_bytes.fetch_sub(body_len as u64, Ordering::AcqRel);
+        }
+        self.release(1);
     }
 
     /// Gives back credit for `n` deliveries that were acked, rejected or

@@ -696,6 +696,7 @@ impl Queue {
             };
             entry.delivery_count += 1;
             self.log_delivery(&entry);
+            consumer.sent(entry.message.body.len());
             if consumer.no_ack {
                 // No ack will come: it leaves the queue now.
                 self.discard(&entry.message);
@@ -705,7 +706,7 @@ impl Queue {
             let outbox = consumer.outbox.clone();
             if let Err(back) = outbox.deliver(Delivery { consumer, queue: self.clone(), entry }) {
                 // The connection is gone; it will cancel this consumer.
-                back.consumer.release(1);
+                back.consumer.finished(back.entry.message.body.len());
                 if !back.consumer.no_ack {
                     st.unacked -= 1;
                 }

@@ -41,6 +41,7 @@ fn a_queue_far_ahead_of_its_consumers_asks_publishers_to_pause() {
         priority: 0,
         prefetch: 10,
         unacked: Default::default(),
+        inflight_bytes: Default::default(),
         channel_credit: Default::default(),
         cancelled: Default::default(),
         outbox: Arc::new(Slow::default()),

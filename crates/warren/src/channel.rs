@@ -245,7 +245,7 @@ impl Channel {
         frame::write_content(out, self.id, frame_max, &props, &msg.body);
         drop(props);
         if d.consumer.no_ack {
-            d.consumer.release(1);
+            d.consumer.finished(msg.body.len());
             to_wake.push(d.queue);
             self.push_unacked(tag, None);
         } else {
@@ -956,6 +956,7 @@ impl Channel {
             priority,
             prefetch: self.consumer_prefetch,
             unacked: Default::default(),
+            inflight_bytes: Default::default(),
             channel_credit: self.credit.clone(),
             cancelled: Default::default(),
             outbox: ctx.outbox.clone(),

@@ -862,7 +862,7 @@ impl Conn {
                 }
                 _ => {
                     let acked = !d.consumer.no_ack;
-                    d.consumer.release(1);
+                    d.consumer.finished(d.entry.message.body.len());
                     d.queue.undeliver(d.entry, acked);
                 }
             },
@@ -963,7 +963,7 @@ impl Conn {
         while let Ok(ev) = events.try_recv() {
             if let Event::Deliver(d) = ev {
                 let acked = !d.consumer.no_ack;
-                d.consumer.release(1);
+                d.consumer.finished(d.entry.message.body.len());
                 d.queue.undeliver(d.entry, acked);
             }
         }
