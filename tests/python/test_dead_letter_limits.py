@@ -95,7 +95,8 @@ def test_max_length_bytes(conn, name):
     ch.queue_declare(name, exclusive=True, arguments={"x-max-length-bytes": 10})
     for b in (b"aaaa", b"bbbb", b"cccc"):
         ch.basic_publish("", name, b)
-    assert ch.queue_declare(name, passive=True).method.message_count == 2
+    # RabbitMQ applies publishes to the queue asynchronously: wait for it.
+    assert wait_for(lambda: ch.queue_declare(name, passive=True).method.message_count == 2)
     assert get(ch, name)[2] == b"bbbb"
 
 
