@@ -114,6 +114,13 @@ impl Resource {
     }
 }
 
+/// Compiles a permission expression as RabbitMQ reads it: an empty one is
+/// "^$" (nothing matches); `expand` substitutes variables first.
+fn compile_permission(re: &str, expand: impl Fn(&str) -> String) -> Result<Regex, String> {
+    let re = if re.is_empty() { "^$" } else { re };
+    Regex::new(&expand(re)).map_err(|e| format!("invalid regular expression '{re}': {e}"))
+}
+
 /// One user's permissions in one vhost.
 #[derive(Debug, Clone)]
 pub struct Permission {
@@ -126,11 +133,7 @@ pub struct Permission {
 impl Permission {
     /// Compiles the three expressions; the error names the bad one.
     pub fn new(configure: &str, write: &str, read: &str) -> Result<Permission, String> {
-        let compile = |re: &str| {
-            // RabbitMQ treats an empty expression as "^$" (no access).
-            let re = if re.is_empty() { "^$" } else { re };
-            Regex::new(re).map_err(|e| format!("invalid regular expression '{re}': {e}"))
-        };
+        let compile = |re: &str| compile_permission(re, |re| re.to_owned());
         Ok(Permission {
             configure: configure.to_owned(),
             write: write.to_owned(),
@@ -165,11 +168,7 @@ pub struct TopicPermission {
 
 impl TopicPermission {
     pub fn new(write: &str, read: &str, user: &str, vhost: &str) -> Result<TopicPermission, String> {
-        let compile = |re: &str| {
-            let re = if re.is_empty() { "^$" } else { re };
-            let expanded = re.replace("{username}", user).replace("{vhost}", vhost);
-            Regex::new(&expanded).map_err(|e| format!("invalid regular expression '{re}': {e}"))
-        };
+        let compile = |re: &str| compile_permission(re, |re| re.replace("{username}", user).replace("{vhost}", vhost));
         Ok(TopicPermission {
             write: write.to_owned(),
             read: read.to_owned(),

@@ -50,6 +50,17 @@ fn no_vhost(name: &str) -> AdminError {
     admin_error(69, format!("Virtual host {name} does not exist"))
 }
 
+/// The errors rabbitmqctl gives when a permission names an unknown user or vhost.
+fn require_user_and_vhost(ac: &AccessControl, user: &str, vhost: &str) -> Result<(), AdminError> {
+    if !ac.users.contains_key(user) {
+        return Err(admin_error(67, format!("User {user} does not exist")));
+    }
+    if !ac.vhosts.contains_key(vhost) {
+        return Err(no_vhost(vhost));
+    }
+    Ok(())
+}
+
 /// Name of the access-control file under the definitions directory.
 const ACCESS_FILE: &str = "access.json";
 
@@ -303,12 +314,7 @@ impl Broker {
     ) -> Result<(), AdminError> {
         let perm = Permission::new(configure, write, read).map_err(|e| admin_error(65, e))?;
         self.change_access(|ac| {
-            if !ac.users.contains_key(user) {
-                return Err(admin_error(67, format!("User {user} does not exist")));
-            }
-            if !ac.vhosts.contains_key(vhost) {
-                return Err(no_vhost(vhost));
-            }
+            require_user_and_vhost(ac, user, vhost)?;
             ac.permissions.insert((vhost.to_owned(), user.to_owned()), perm);
             Ok(())
         })
@@ -324,12 +330,7 @@ impl Broker {
     ) -> Result<(), AdminError> {
         let perm = TopicPermission::new(write, read, user, vhost).map_err(|e| admin_error(65, e))?;
         self.change_access(|ac| {
-            if !ac.users.contains_key(user) {
-                return Err(admin_error(67, format!("User {user} does not exist")));
-            }
-            if !ac.vhosts.contains_key(vhost) {
-                return Err(no_vhost(vhost));
-            }
+            require_user_and_vhost(ac, user, vhost)?;
             ac.topic_permissions.insert((vhost.to_owned(), user.to_owned(), exchange.to_owned()), perm);
             Ok(())
         })
@@ -348,12 +349,7 @@ impl Broker {
 
     pub fn clear_permissions(&self, vhost: &str, user: &str) -> Result<(), AdminError> {
         self.change_access(|ac| {
-            if !ac.users.contains_key(user) {
-                return Err(admin_error(67, format!("User {user} does not exist")));
-            }
-            if !ac.vhosts.contains_key(vhost) {
-                return Err(no_vhost(vhost));
-            }
+            require_user_and_vhost(ac, user, vhost)?;
             ac.permissions.remove(&(vhost.to_owned(), user.to_owned()));
             Ok(())
         })

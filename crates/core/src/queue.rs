@@ -83,6 +83,15 @@ const PAGE_IN_BYTES: u64 = 4 << 20;
 /// on 2 cores the consumer fell to ~0.6–0.8 M msg/s while the publisher ran
 /// at 1.0–1.2 M).
 const FLOW_HIGH: usize = 16_384;
+/// The TTL a message has in a queue: the shorter of the queue's
+/// `x-message-ttl` and the message's `expiration`.
+fn effective_ttl(queue_ttl: Option<u64>, message: &Message) -> Option<u64> {
+    match (queue_ttl, message.expiration_ms()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// In `Paged::order`: the message at this place is held in memory.
 const PINNED: u64 = 1 << 63;
 
@@ -166,10 +175,7 @@ impl Paged {
             Ok(back) => {
                 let m = Arc::new(Message::from_stored(&back.message, back.persisted));
                 self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
-                let ttl = match (self.message_ttl, m.expiration_ms()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let ttl = effective_ttl(self.message_ttl, &m);
                 let meta = Meta {
                     priority: 0,
                     expires_at: ttl.map(|t| back.published_at.saturating_add(t)),
@@ -494,10 +500,7 @@ impl Queue {
     /// Enqueues a routed message and delivers what it can. Returns false if
     /// the queue refused it (length limit with a reject-publish overflow).
     pub fn publish(self: &Arc<Self>, message: MessageRef) -> bool {
-        let ttl = match (self.message_ttl, message.expiration_ms()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let ttl = effective_ttl(self.message_ttl, &message);
         let meta = Meta {
             priority: message.properties.priority().unwrap_or(0),
             expires_at: ttl.map(|t| crate::now_ms().saturating_add(t)),
@@ -645,10 +648,7 @@ impl Queue {
                 }
                 Restored::Loaded { message, delivery_count, published_at } => (message, delivery_count, published_at),
             };
-            let ttl = match (self.message_ttl, message.expiration_ms()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let ttl = effective_ttl(self.message_ttl, &message);
             let expires_at = ttl.map(|t| published_at.saturating_add(t));
             st.may_expire |= expires_at.is_some();
             let meta = Meta { priority: message.properties.priority().unwrap_or(0), expires_at, delivery_count };
