@@ -271,3 +271,62 @@ def test_quorum_queue_deliveries_carry_x_delivery_count(conn, name):
         ch.basic_nack(m.delivery_tag, requeue=True)
     assert seen == [(False, 0, 1), (True, 1, 1), (True, 2, 1)]
     ch.queue_delete(name)
+
+
+def _kill(ch, name, src_x, reason):
+    """Makes the one message in `name` die for `reason`."""
+    if reason == "rejected":
+        assert wait_for(lambda: ch.queue_declare(name, passive=True).method.message_count == 1)
+        m, _, _ = ch.basic_get(name)
+        ch.basic_reject(m.delivery_tag, requeue=False)
+    elif reason == "maxlen":
+        ch.basic_publish(src_x, "orig-key", b"pusher")
+    elif reason == "delivery_limit":
+        for _ in range(3):
+            assert wait_for(lambda: ch.queue_declare(name, passive=True).method.message_count == 1)
+            m, _, _ = ch.basic_get(name)
+            ch.basic_nack(m.delivery_tag, requeue=True)
+    # expired: the queue's TTL does it.
+
+
+@pytest.mark.parametrize("reason", ["rejected", "expired", "maxlen", "delivery_limit"])
+@pytest.mark.parametrize("dl_key", [None, "dl-key"])
+@pytest.mark.parametrize("via", ["get", "consume"])
+def test_dead_lettered_message_carries_dead_letter_exchange(conn, name, reason, dl_key, via):
+    """basic.get-ok and basic.deliver name the dead-letter exchange and the
+    key the message was dead-lettered with; x-death keeps the original."""
+    ch = conn.channel()
+    src_x, dlx, dlq = name + "-src", name + "-dlx", name + "-dlq"
+    ch.exchange_declare(src_x, "direct", auto_delete=True)
+    ch.exchange_declare(dlx, "direct", auto_delete=True)
+    ch.queue_declare(dlq, exclusive=True)
+    ch.queue_bind(dlq, dlx, dl_key or "orig-key")
+    args = {"x-dead-letter-exchange": dlx}
+    if dl_key:
+        args["x-dead-letter-routing-key"] = dl_key
+    durable = False
+    if reason == "expired":
+        args["x-message-ttl"] = 10
+    elif reason == "maxlen":
+        args["x-max-length"] = 1
+    elif reason == "delivery_limit":
+        args.update({"x-queue-type": "quorum", "x-delivery-limit": 2})
+        durable = True
+    ch.queue_declare(name, durable=durable, exclusive=not durable, arguments=args)
+    ch.queue_bind(name, src_x, "orig-key")
+    ch.confirm_delivery()
+    ch.basic_publish(src_x, "orig-key", b"doomed")
+    _kill(ch, name, src_x, reason)
+    assert wait_for(lambda: ch.queue_declare(dlq, passive=True).method.message_count == 1)
+    if via == "get":
+        m, props, body = ch.basic_get(dlq, auto_ack=True)
+    else:
+        m, props, body = next(ch.consume(dlq, auto_ack=True, inactivity_timeout=10))
+        ch.cancel()
+    assert body == b"doomed"
+    assert (m.exchange, m.routing_key) == (dlx, dl_key or "orig-key")
+    d = death(props)
+    assert (d["reason"], d["queue"], d["exchange"], d["routing-keys"]) == (reason, name, src_x, ["orig-key"])
+    assert props.headers["x-first-death-exchange"] == src_x
+    if durable:
+        ch.queue_delete(name)

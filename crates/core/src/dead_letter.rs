@@ -54,8 +54,10 @@ pub fn target(arguments: &FieldTable) -> Option<(String, Option<String>)> {
     Some((dlx, key))
 }
 
-/// The message as it is republished: headers updated with this death.
-pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, routing_key: &str) -> MessageRef {
+/// The message as it is republished to `exchange` (the dead-letter
+/// exchange, which consumers then see as its exchange, as in RabbitMQ):
+/// headers updated with this death, which keeps the original exchange.
+pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, exchange: &str, routing_key: &str) -> MessageRef {
     let mut props = msg.full_properties();
     let mut headers = props.headers().clone().unwrap_or_default();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
@@ -115,7 +117,7 @@ pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, routing_key: &s
         props = without_expiration(props);
     }
     let raw = encode_properties(&props);
-    Arc::new(Message::new(msg.exchange.clone(), routing_key.into(), raw, props, msg.body.clone()))
+    Arc::new(Message::new(exchange.into(), routing_key.into(), raw, props, msg.body.clone()))
 }
 
 fn without_expiration(p: warren_protocol::spec::basic::AMQPProperties) -> warren_protocol::spec::basic::AMQPProperties {

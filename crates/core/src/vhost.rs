@@ -826,7 +826,7 @@ impl VHost {
         let mut queues = Vec::new();
         for (msg, reason) in dead {
             let rk = key.clone().unwrap_or_else(|| msg.routing_key.to_string());
-            let new = crate::dead_letter::dead_lettered(&msg, reason, &from.name, &rk);
+            let new = crate::dead_letter::dead_lettered(&msg, reason, &from.name, &x.name, &rk);
             self.route(&x, &new, &mut queues);
             queues.retain(|q| !crate::dead_letter::is_cycle(&new, &q.name));
             self.enqueue(new, &mut queues);
