@@ -74,7 +74,11 @@ class Raw:
                 if ids in ((10, 50), (20, 40)):
                     code = struct.unpack(">H", args[:2])[0]
                     n = args[2]
-                    text = args[3:3 + n].decode()
+                    text = args[3:3 + n]
+                    try:
+                        text = text.decode()
+                    except UnicodeDecodeError:
+                        pass  # left as bytes, as pika leaves them
                     cls, mid = struct.unpack(">HH", args[3 + n:7 + n])
                     return ch, code, text, cls, mid
         except (ConnectionResetError, socket.timeout):

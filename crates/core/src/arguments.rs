@@ -47,12 +47,19 @@ pub fn type_name(v: &AMQPValue) -> &'static str {
     }
 }
 
+/// The longest TTL or expiry RabbitMQ accepts, in ms (ten years): for
+/// `x-message-ttl`, `x-expires` and the `expiration` property.
+pub const MAX_EXPIRY_MS: i64 = 315_360_000_000;
+
 /// How an integer argument is bounded.
 #[derive(Clone, Copy)]
 enum Bound {
     NonNegative,
-    Positive,
     Priority,
+    /// A TTL: non-negative (positive if `positive`), at most `MAX_EXPIRY_MS`.
+    Expiry {
+        positive: bool,
+    },
 }
 
 fn check_int(v: &AMQPValue, bound: Bound) -> Result<(), String> {
@@ -60,10 +67,12 @@ fn check_int(v: &AMQPValue, bound: Bound) -> Result<(), String> {
         return Err(format!("\"expected integer, got {}\"", type_name(v)));
     };
     match bound {
-        Bound::Positive if i == 0 => Err("{value_zero,0}".to_owned()),
-        Bound::NonNegative | Bound::Positive if i < 0 => Err(format!("{{value_negative,{i}}}")),
+        Bound::NonNegative if i < 0 => Err(format!("{{value_negative,{i}}}")),
         Bound::Priority if i < 0 => Err(format!("{{value_negative,{i}}}")),
         Bound::Priority if i > 255 => Err(format!("{{max_value_exceeded,{i}}}")),
+        Bound::Expiry { positive: true } if i == 0 => Err("{value_zero,0}".to_owned()),
+        Bound::Expiry { .. } if i < 0 => Err(format!("{{value_negative,{i}}}")),
+        Bound::Expiry { .. } if i > MAX_EXPIRY_MS => Err(format!("{{value_too_large,{i}}}")),
         _ => Ok(()),
     }
 }
@@ -89,8 +98,13 @@ fn check_other(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), String
             _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
         },
         "x-dead-letter-routing-key" => {
-            if string_value(v).is_none() {
+            let key = string_value(v);
+            if key.is_none() {
                 Err(format!("{{unacceptable_type,{}}}", type_name(v)))
+            } else if let Some(n) = key.map(|k| k.len()).filter(|n| *n > warren_protocol::error::SHORT_MAX) {
+                // RabbitMQ accepts it, then fails with 541 when it delivers a
+                // message dead-lettered with it: no routing key is that long.
+                Err(format!("{{routing_key_too_long,{n}}}"))
             } else if !args.contains_key("x-dead-letter-exchange") {
                 Err("routing_key_but_no_dlx_defined".to_owned())
             } else {
@@ -124,8 +138,9 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
             )));
         }
         let bound = match key.as_str() {
-            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" => Bound::NonNegative,
-            "x-expires" => Bound::Positive,
+            "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" => Bound::NonNegative,
+            "x-message-ttl" => Bound::Expiry { positive: false },
+            "x-expires" => Bound::Expiry { positive: true },
             "x-max-priority" => Bound::Priority,
             _ => continue,
         };
@@ -164,7 +179,10 @@ pub fn table_from_json(m: &serde_json::Map<String, serde_json::Value>) -> FieldT
     }
     let mut t = FieldTable::default();
     for (k, v) in m {
-        t.insert(k.as_str().into(), value(v));
+        // A field name is a short string: a longer JSON key cannot be one.
+        if let Ok(k) = warren_protocol::ShortString::try_new(k.as_str()) {
+            t.insert(k, value(v));
+        }
     }
     t
 }

@@ -137,10 +137,20 @@ impl Message {
     pub fn check_expiration(&self) -> Result<(), AmqpError> {
         let Some(e) = self.properties.expiration() else { return Ok(()) };
         let s = e.as_str();
-        match s.parse::<i64>() {
-            Ok(v) if v >= 0 => Ok(()),
-            Ok(v) => Err(AmqpError::precondition(format_args!("invalid expiration '{s}': {{value_negative,{v}}}"))),
-            Err(_) => Err(AmqpError::precondition(format_args!("invalid expiration '{s}': no_integer"))),
+        // Wide enough that any string of digits that fits a short string's
+        // worth of an integer compares, as RabbitMQ's bignums do.
+        let invalid =
+            |why: std::fmt::Arguments<'_>| AmqpError::precondition(format_args!("invalid expiration '{s}': {why}"));
+        match s.parse::<i128>() {
+            Ok(v) if v < 0 => Err(invalid(format_args!("{{value_negative,{v}}}"))),
+            Ok(v) if v > crate::arguments::MAX_EXPIRY_MS as i128 => {
+                Err(invalid(format_args!("{{value_too_large,{v}}}")))
+            }
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) => {
+                Err(invalid(format_args!("{{value_too_large,{s}}}")))
+            }
+            Err(_) => Err(invalid(format_args!("no_integer"))),
         }
     }
 }

@@ -372,7 +372,11 @@ impl Queue {
             overflow: overflow_arg(&arguments),
             expires: nonneg("x-expires"),
             single_active: matches!(arguments.inner().get("x-single-active-consumer"), Some(AMQPValue::Boolean(true))),
-            delivery_limit: if is_quorum(&arguments) { nonneg("x-delivery-limit").map(|v| v as u32) } else { None },
+            delivery_limit: if is_quorum(&arguments) {
+                nonneg("x-delivery-limit").map(|v| v.min(u32::MAX as u64) as u32)
+            } else {
+                None
+            },
             quorum: is_quorum(&arguments),
             log: None,
             log_key: log_key(vhost, name),

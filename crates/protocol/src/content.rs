@@ -70,6 +70,10 @@ pub fn scan_properties(raw: &[u8]) -> Option<PropsView<'_>> {
         }
         match bit {
             13 => {
+                // Measured first: the parser recurses once per level.
+                if crate::table::scan(&raw[at..]) == crate::table::Scan::TooDeep {
+                    return None;
+                }
                 let (rest, table) = amq_protocol::types::parsing::parse_field_table(&raw[at..]).ok()?;
                 at = raw.len() - rest.len();
                 v.headers = Some(table);

@@ -6,7 +6,43 @@
 //! Whether it closes the channel or the whole connection follows from the
 //! code, as in the spec (soft vs hard errors).
 
+use std::borrow::Cow;
 use std::fmt;
+
+use amq_protocol::types::ShortString;
+
+/// The most octets a short string (every reply text, name and key) holds.
+pub const SHORT_MAX: usize = 255;
+
+/// The longest prefix of `s` of at most `max` octets that ends on a UTF-8
+/// character boundary.
+pub fn prefix_within(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A text cut to fit a short string as RabbitMQ cuts reply texts: longer
+/// than 255 octets, it keeps the first 252 (here on a character boundary,
+/// so the client can still decode it) and ends in `...`.
+pub fn fit_short(s: &str) -> Cow<'_, str> {
+    if s.len() <= SHORT_MAX {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(format!("{}...", prefix_within(s, SHORT_MAX - 3)))
+    }
+}
+
+/// A server-built text as a [`ShortString`], cut to fit ([`fit_short`]):
+/// `ShortString::from` panics beyond 255 octets.
+pub fn short_string(s: &str) -> ShortString {
+    ShortString::try_new(fit_short(s).into_owned()).unwrap_or_default()
+}
 
 /// Reply codes from the AMQP 0-9-1 spec, named as RabbitMQ names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +119,8 @@ impl ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AmqpError {
     pub kind: ErrorKind,
-    /// Full reply text, already prefixed with the kind's name.
+    /// Full reply text, already prefixed with the kind's name and cut to
+    /// fit a short string ([`fit_short`]).
     pub text: String,
     /// Class and method of the offending method, 0 when there is none.
     pub class_id: u16,
@@ -93,7 +130,12 @@ pub struct AmqpError {
 impl AmqpError {
     /// Builds the error with RabbitMQ's `NAME - detail` text.
     pub fn new(kind: ErrorKind, detail: impl fmt::Display) -> Self {
-        AmqpError { kind, text: format!("{} - {}", kind.name(), detail), class_id: 0, method_id: 0 }
+        let text = format!("{} - {}", kind.name(), detail);
+        let text = match fit_short(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(cut) => cut,
+        };
+        AmqpError { kind, text, class_id: 0, method_id: 0 }
     }
 
     /// Attaches the class/method ids of the method being handled, unless
@@ -171,5 +213,21 @@ mod tests {
         assert_eq!((e.code(), e.class_id, e.method_id), (404, 50, 10));
         assert!(!e.is_hard());
         assert!(AmqpError::frame_error("x").is_hard());
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        let e = AmqpError::resource_locked(format_args!("queue '{}'", "q".repeat(255)));
+        assert_eq!(e.text.len(), 255);
+        assert!(e.text.ends_with("qq..."));
+        // 'é' is two octets: the cut may not split one.
+        for n in 120..130 {
+            let e = AmqpError::not_found(format_args!("no queue '{}'", "é".repeat(n)));
+            assert!(e.text.len() <= 255, "{n}");
+            assert!(e.text.ends_with("é...") || e.text.ends_with('\''), "{n}: {}", e.text);
+        }
+        assert_eq!(short_string(&"x".repeat(1000)).as_str().len(), 255);
+        assert_eq!(short_string("short").as_str(), "short");
+        assert_eq!(prefix_within("aé", 2), "a");
     }
 }

@@ -109,9 +109,10 @@ fn finish_frame(buf: &mut BytesMut, size_at: usize) {
 }
 
 fn put_short_str(buf: &mut BytesMut, s: &str) {
-    // Short strings longer than 255 bytes cannot be produced by a client
-    // (they arrive as short strings), so truncation never happens in practice.
-    let bytes = &s.as_bytes()[..s.len().min(255)];
+    // Names and keys arrive as short strings, and the one longer key a
+    // client could set (`x-dead-letter-routing-key`, a long string) is
+    // refused at declare: a cut (on a character boundary) is only a guard.
+    let bytes = crate::error::prefix_within(s, crate::error::SHORT_MAX).as_bytes();
     buf.put_u8(bytes.len() as u8);
     buf.put_slice(bytes);
 }

@@ -16,10 +16,11 @@ pub mod content;
 pub mod error;
 pub mod frame;
 pub mod method;
+pub mod table;
 
 pub use amq_protocol::protocol::{self as spec, AMQPClass};
 pub use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
-pub use error::{AmqpError, ErrorKind};
+pub use error::{fit_short, short_string, AmqpError, ErrorKind};
 
 /// The protocol header a 0-9-1 client opens with, and the one the server
 /// answers with when a client sends anything else.

@@ -46,6 +46,7 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         return Err(AmqpError::not_implemented(format_args!("unknown method {class_id}.{method_id}"))
             .during(class_id, method_id));
     }
+    crate::table::check_method(payload)?;
     match parse_class(payload) {
         Ok((_, class)) => Ok(class),
         Err(_) => {

@@ -193,7 +193,7 @@ impl Channel {
             self.id,
             AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
                 reply_code: e.code(),
-                reply_text: e.text.as_str().into(),
+                reply_text: warren_protocol::short_string(&e.text),
                 class_id: e.class_id,
                 method_id: e.method_id,
             })),
@@ -725,10 +725,10 @@ impl Channel {
         let (nowait, ok) = match m {
             M::Declare(d) => {
                 let mut name = d.queue.as_str().to_owned();
+                // A passive declare of "" looks for a queue named "" (404),
+                // as in RabbitMQ: only the other methods mean the last queue.
                 if name.is_empty() && !d.passive {
                     name = generated_name("amq.gen-");
-                } else if name.is_empty() {
-                    name = self.queue_name("")?;
                 }
                 if !d.passive {
                     ctx.check(Resource::Queue, &name, Access::Configure)?;

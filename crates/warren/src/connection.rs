@@ -481,6 +481,9 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
             let mut framed = Vec::with_capacity(response.len() + 4);
             framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
             framed.extend_from_slice(response);
+            if warren_protocol::table::scan(&framed) == warren_protocol::table::Scan::TooDeep {
+                return None;
+            }
             let (_, table) = amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
             let get = |k: &str| match table.inner().get(k)? {
                 AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
@@ -513,7 +516,7 @@ impl Conn {
         info!(peer = %self.peer, code = err.code(), text = %err.text, "closing connection");
         let m = AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
             reply_code: err.code(),
-            reply_text: err.text.as_str().into(),
+            reply_text: warren_protocol::short_string(&err.text),
             class_id: err.class_id,
             method_id: err.method_id,
         }));
@@ -932,7 +935,7 @@ impl Conn {
             Some(reason) if self.published && !self.blocked_sent => {
                 self.blocked_sent = true;
                 if notify {
-                    let m = conn::Blocked { reason: reason.as_str().into() };
+                    let m = conn::Blocked { reason: warren_protocol::short_string(&reason) };
                     frame::write_method(&mut self.out, 0, &AMQPClass::Connection(conn::AMQPMethod::Blocked(m)));
                 }
             }

@@ -1,0 +1,275 @@
+//! A guard in front of the field-table parser: how deeply tables and
+//! arrays nest, measured without recursion.
+//!
+//! `amq-protocol` parses (and later drops, clones and compares) nested field
+//! tables recursively. A 128 KiB frame holds ~18,000 levels of `F` inside
+//! `F`, far more than a thread's stack survives: one such `queue.declare`
+//! aborted the whole process. Every table a peer sends (method arguments,
+//! `connection.start-ok` client properties, the `headers` property, an
+//! AMQPLAIN response) is measured here first, with an explicit stack, and
+//! refused beyond [`MAX_DEPTH`] levels. RabbitMQ has no such limit (Erlang
+//! recursion is unbounded); no client nests anywhere near it.
+
+use crate::error::AmqpError;
+
+/// The deepest nesting of tables and arrays accepted, counting the outer
+/// table as 1.
+pub const MAX_DEPTH: usize = 64;
+
+/// What the scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Well formed and within [`MAX_DEPTH`]; the table took this many octets.
+    Fits(usize),
+    /// Nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// Not a well-formed table: the real parser rejects it too, having
+    /// recursed no deeper than the scan had got (both read in one order).
+    Malformed,
+}
+
+/// Measures the field table (length-prefixed) at the start of `bytes`.
+pub fn scan(bytes: &[u8]) -> Scan {
+    // Each open table or array: where it ends, and whether it is a table
+    // (whose entries have a name before their value).
+    let mut open: Vec<(usize, bool)> = Vec::new();
+    let Some(len) = read_u32(bytes, 0) else { return Scan::Malformed };
+    let mut at = 4;
+    open.push((at + len, true));
+    loop {
+        let Some(&(end, is_table)) = open.last() else { return Scan::Fits(at) };
+        if at == end {
+            open.pop();
+            continue;
+        }
+        if at > end || end > bytes.len() {
+            return Scan::Malformed;
+        }
+        if is_table {
+            let Some(&n) = bytes.get(at) else { return Scan::Malformed };
+            at += 1 + n as usize;
+        }
+        let Some(&kind) = bytes.get(at) else { return Scan::Malformed };
+        at += 1;
+        let fixed = match kind {
+            b't' | b'b' | b'B' => 1,
+            b's' | b'U' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'L' | b'l' | b'd' | b'T' => 8,
+            b'D' => 5,
+            b'V' => 0,
+            b'S' | b'x' => {
+                let Some(n) = read_u32(bytes, at) else { return Scan::Malformed };
+                4 + n
+            }
+            b'F' | b'A' => {
+                let Some(n) = read_u32(bytes, at) else { return Scan::Malformed };
+                at += 4;
+                if open.len() >= MAX_DEPTH {
+                    return Scan::TooDeep;
+                }
+                open.push((at + n, kind == b'F'));
+                continue;
+            }
+            _ => return Scan::Malformed,
+        };
+        at += fixed;
+    }
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+/// The fields before a method's field table, in order.
+#[derive(Clone, Copy)]
+enum Field {
+    Octet,
+    Short,
+    ShortStr,
+}
+
+/// Where the field table sits in a method's arguments, for the methods that
+/// carry one (the spec's layouts).
+fn layout(class: u16, method: u16) -> Option<&'static [Field]> {
+    use Field::*;
+    Some(match (class, method) {
+        (10, 10) => &[Octet, Octet],                                          // connection.start
+        (10, 11) => &[],                                                      // connection.start-ok
+        (40, 10) => &[Short, ShortStr, ShortStr, Octet],                      // exchange.declare
+        (40, 30) | (40, 40) => &[Short, ShortStr, ShortStr, ShortStr, Octet], // exchange.bind / unbind
+        (50, 10) => &[Short, ShortStr, Octet],                                // queue.declare
+        (50, 20) => &[Short, ShortStr, ShortStr, ShortStr, Octet],            // queue.bind
+        (50, 50) => &[Short, ShortStr, ShortStr, ShortStr],                   // queue.unbind
+        (60, 20) => &[Short, ShortStr, ShortStr, Octet],                      // basic.consume
+        _ => return None,
+    })
+}
+
+/// Refuses a method payload (class and method ids first) whose field table
+/// nests deeper than [`MAX_DEPTH`]. Anything malformed is left for the
+/// parser to report.
+pub fn check_method(payload: &[u8]) -> Result<(), AmqpError> {
+    let Some(ids) = payload.get(..4) else { return Ok(()) };
+    let (class, method) = (u16::from_be_bytes([ids[0], ids[1]]), u16::from_be_bytes([ids[2], ids[3]]));
+    let Some(fields) = layout(class, method) else { return Ok(()) };
+    let mut at = 4;
+    for f in fields {
+        at += match f {
+            Field::Octet => 1,
+            Field::Short => 2,
+            Field::ShortStr => match payload.get(at) {
+                Some(&n) => 1 + n as usize,
+                None => return Ok(()),
+            },
+        };
+    }
+    match payload.get(at..).map(scan) {
+        Some(Scan::TooDeep) => Err(too_deep().during(class, method)),
+        _ => Ok(()),
+    }
+}
+
+/// The error for a table nested too deeply.
+pub fn too_deep() -> AmqpError {
+    AmqpError::frame_error(format_args!("field table nested deeper than {MAX_DEPTH} levels"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+
+    fn encode(t: &FieldTable) -> Vec<u8> {
+        cookie_factory::gen_simple(amq_protocol::types::generation::gen_field_table(t), Vec::new()).unwrap()
+    }
+
+    /// Raw bytes of `depth` tables, each holding the next under key "a".
+    fn nested_raw(depth: usize) -> Vec<u8> {
+        // Level i (0 = outermost) holds one 7-octet entry per level below it.
+        let mut t = Vec::with_capacity(depth * 7);
+        for i in 0..depth - 1 {
+            t.extend_from_slice(&((7 * (depth - 1 - i)) as u32).to_be_bytes());
+            t.extend_from_slice(&[1, b'a', b'F']);
+        }
+        t.extend_from_slice(&0u32.to_be_bytes());
+        t
+    }
+
+    #[test]
+    fn measures_nesting_without_recursion() {
+        assert_eq!(scan(&nested_raw(MAX_DEPTH)), Scan::Fits(nested_raw(MAX_DEPTH).len()));
+        assert_eq!(scan(&nested_raw(MAX_DEPTH + 1)), Scan::TooDeep);
+        // Far deeper than any stack would survive in the real parser.
+        assert_eq!(scan(&nested_raw(200_000)), Scan::TooDeep);
+    }
+
+    #[test]
+    fn agrees_with_the_parser_on_every_type() {
+        let mut inner = FieldTable::default();
+        inner.insert("x".into(), AMQPValue::LongString(b"bytes".to_vec().into()));
+        let mut arr = FieldArray::default();
+        for v in [
+            AMQPValue::Boolean(true),
+            AMQPValue::ShortShortInt(-1),
+            AMQPValue::ShortShortUInt(1),
+            AMQPValue::ShortInt(-2),
+            AMQPValue::ShortUInt(2),
+            AMQPValue::LongInt(-3),
+            AMQPValue::LongUInt(3),
+            AMQPValue::LongLongInt(-4),
+            AMQPValue::Float(1.5),
+            AMQPValue::Double(2.5),
+            AMQPValue::DecimalValue(amq_protocol::types::DecimalValue { scale: 2, value: 5 }),
+            AMQPValue::Timestamp(7),
+            AMQPValue::ByteArray(vec![1, 2, 3].into()),
+            AMQPValue::Void,
+            AMQPValue::FieldTable(inner.clone()),
+        ] {
+            arr.push(v);
+        }
+        let mut t = FieldTable::default();
+        t.insert("arr".into(), AMQPValue::FieldArray(arr));
+        t.insert("tbl".into(), AMQPValue::FieldTable(inner));
+        let bytes = encode(&t);
+        assert_eq!(scan(&bytes), Scan::Fits(bytes.len()));
+        for cut in 0..bytes.len() {
+            assert_eq!(scan(&bytes[..cut]), Scan::Malformed, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn finds_the_table_in_every_method_that_has_one() {
+        use crate::frame::write_method;
+        use amq_protocol::protocol::{basic, exchange, queue, AMQPClass};
+        let deep = |depth: usize| {
+            let (_, t) = amq_protocol::types::parsing::parse_field_table(&nested_raw(depth)[..]).unwrap();
+            t
+        };
+        let methods = |t: FieldTable| {
+            vec![
+                AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+                    exchange: "x".into(),
+                    kind: "direct".into(),
+                    arguments: t.clone(),
+                    ..Default::default()
+                })),
+                AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+                    destination: "d".into(),
+                    source: "s".into(),
+                    routing_key: "k".into(),
+                    nowait: false,
+                    arguments: t.clone(),
+                })),
+                AMQPClass::Exchange(exchange::AMQPMethod::Unbind(exchange::Unbind {
+                    destination: "d".into(),
+                    source: "s".into(),
+                    routing_key: "k".into(),
+                    nowait: false,
+                    arguments: t.clone(),
+                })),
+                AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                    queue: "q".into(),
+                    arguments: t.clone(),
+                    ..Default::default()
+                })),
+                AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                    queue: "q".into(),
+                    exchange: "x".into(),
+                    routing_key: "k".into(),
+                    nowait: false,
+                    arguments: t.clone(),
+                })),
+                AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
+                    queue: "q".into(),
+                    exchange: "x".into(),
+                    routing_key: "k".into(),
+                    arguments: t.clone(),
+                })),
+                AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                    queue: "q".into(),
+                    consumer_tag: "c".into(),
+                    arguments: t.clone(),
+                    ..Default::default()
+                })),
+                AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::StartOk(
+                    amq_protocol::protocol::connection::StartOk {
+                        client_properties: t.clone(),
+                        mechanism: "PLAIN".into(),
+                        response: "x".into(),
+                        locale: "en_US".into(),
+                    },
+                )),
+            ]
+        };
+        for (depth, ok) in [(MAX_DEPTH, true), (MAX_DEPTH + 1, false)] {
+            for m in methods(deep(depth)) {
+                let mut b = bytes::BytesMut::new();
+                write_method(&mut b, 1, &m);
+                let payload = &b[7..b.len() - 1];
+                assert_eq!(check_method(payload).is_ok(), ok, "{m:?} at depth {depth}");
+            }
+        }
+    }
+}
