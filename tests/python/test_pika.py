@@ -295,3 +295,25 @@ def test_channel_flow_inactive_is_not_implemented(broker):
     with pytest.raises(amqp.exceptions.AMQPNotImplementedError) as e:
         ch.flow(False)
     assert e.value.reply_text == "NOT_IMPLEMENTED - active=false"
+
+
+def test_update_secret_with_the_right_secret(broker):
+    """connection.update-secret (RabbitMQ 3.8+, for refreshing OAuth tokens):
+    update-secret-ok, and the connection goes on."""
+    c = pika.BlockingConnection(broker.params())
+    c.update_secret("guest", "token refresh")
+    ch = c.channel()
+    ch.queue_declare("", exclusive=True)
+    assert c.is_open
+    c.close()
+
+
+def test_update_secret_with_a_wrong_secret_closes_with_530(broker):
+    """Warren re-authenticates the user with the new secret; a wrong one
+    closes the connection as RabbitMQ does when a backend refuses it."""
+    if not broker.is_warren:
+        pytest.skip("RabbitMQ's internal backend accepts any new secret")
+    c = pika.BlockingConnection(broker.params())
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        c.update_secret("not-the-password", "token refresh")
+    assert e.value.args == (530, "NOT_ALLOWED - New secret was refused by one of the backends")
