@@ -79,3 +79,8 @@ echo "== kombu $(pin kombu): t/integration/test_py_amqp.py"
 echo "== py-amqp $(pin amqp): t/integration/test_rmq.py"
 (cd "$amqp_dir" && "$py" -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestUnknownMarkWarning \
     t/integration/test_rmq.py -k "$amqp_filter")
+if [ -z "${WARREN_TEST_ADDR:-}" ] && grep -q panicked "$log"; then
+    echo "panic in the broker's log ($log):" >&2
+    grep panicked "$log" >&2
+    exit 1
+fi

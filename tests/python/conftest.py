@@ -63,7 +63,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_warren(listen_host="127.0.0.1", extra=()):
+# Every line with "panicked" in the log of any Warren the tests started,
+# unless the test provoked it on purpose (allow_panic). Each test fails on
+# new ones (see no_panics_in_broker_logs), and the session on late ones.
+PANIC_LINES = []
+_panics_reported = 0
+
+
+def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False):
+    """Starts Warren; `proc.log` collects its log lines as they come."""
     binary = warren_binary()
     port = free_port()
     data = tempfile.mkdtemp(prefix="warren-pytest-")
@@ -72,16 +80,22 @@ def start_warren(listen_host="127.0.0.1", extra=()):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **(env or {})},
     )
+    proc.log = []
     ready = threading.Event()
 
     def pump():
         for line in proc.stdout:
             if "listening" in line:
                 ready.set()
+            if "panicked" in line and not allow_panic:
+                PANIC_LINES.append(line)
+            proc.log.append(line)
             print("[warren]", line, end="")
 
-    threading.Thread(target=pump, daemon=True).start()
+    proc.pump = threading.Thread(target=pump, daemon=True)
+    proc.pump.start()
     if not ready.wait(20):
         proc.kill()
         raise RuntimeError("warren did not start")
@@ -102,7 +116,25 @@ def broker():
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+    proc.pump.join(10)  # its last lines are in PANIC_LINES before the session ends
     shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def no_panics_in_broker_logs():
+    """Fails the test during which a broker the suite started logged a panic."""
+    global _panics_reported
+    yield
+    new = PANIC_LINES[_panics_reported:]
+    _panics_reported = len(PANIC_LINES)
+    assert not new, "panic in a broker log:\n" + "".join(new)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    late = PANIC_LINES[_panics_reported:]
+    if late:
+        print("\npanic in a broker log (after the last test):\n" + "".join(late))
+        session.exitstatus = 1
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ import time
 import pika
 import pytest
 
+import pika.exceptions as pe
+
+from conftest import wait_for
 from rawamqp import Raw, frame, longstr, method, shortstr
 
 HEADER = b"AMQP\x00\x00\x09\x01"
@@ -274,3 +277,51 @@ def test_no_ack_consumer_that_never_reads_is_bounded_in_bytes(broker, name):
     r.s.close()
     ch.queue_delete(name)
     c.close()
+
+
+def test_a_panic_costs_one_connection_and_is_logged_once(name):
+    """If handling a method panics anyway (here forced with the test-only
+    WARREN_FAULT_PANIC_QUEUE), that connection gets 541 INTERNAL_ERROR, the
+    panic is logged once at error level with the peer and the method, and
+    every other connection goes on."""
+    import shutil
+    import subprocess
+
+    from conftest import start_warren
+
+    doomed = name + "-panics"
+    proc, port, data = start_warren(env={"WARREN_FAULT_PANIC_QUEUE": doomed}, allow_panic=True)
+    try:
+        params = pika.ConnectionParameters(host="127.0.0.1", port=port)
+        bystander = pika.BlockingConnection(params)
+        bch = bystander.channel()
+        bch.queue_declare(name, exclusive=True)
+        bch.confirm_delivery()
+        bch.basic_publish("", name, b"before")
+
+        victim = pika.BlockingConnection(params)
+        local_port = victim._impl._transport._sock.getsockname()[1]
+        with pytest.raises(pe.ConnectionClosedByBroker) as e:
+            victim.channel().queue_declare(doomed)
+        assert e.value.args == (541, "INTERNAL_ERROR")
+
+        bch.basic_publish("", name, b"after")
+        assert [bch.basic_get(name, auto_ack=True)[2] for _ in range(2)] == [b"before", b"after"]
+        again = pika.BlockingConnection(params)
+        again.channel().queue_declare("", exclusive=True)
+        again.close()
+        bystander.close()
+
+        assert wait_for(lambda: any("panicked" in line for line in proc.log))
+        panics = [line for line in proc.log if "panicked" in line]
+        assert len(panics) == 1, panics
+        line = panics[0]
+        assert "ERROR" in line and f"127.0.0.1:{local_port}" in line and "method=50.10" in line, line
+        assert "fault injection" in line, line
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(data, ignore_errors=True)

@@ -730,6 +730,9 @@ impl Channel {
                 if name.is_empty() && !d.passive {
                     name = generated_name("amq.gen-");
                 }
+                if crate::panics::fault_panic_queue() == Some(name.as_str()) {
+                    panic!("fault injection: declaring queue '{name}' panics (WARREN_FAULT_PANIC_QUEUE)");
+                }
                 if !d.passive {
                     ctx.check(Resource::Queue, &name, Access::Configure)?;
                     if ctx.vhost.queue(&name).is_err() {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::resources::{DiskFreeLimit, Watermark};
+
 /// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -73,10 +75,18 @@ pub struct Config {
     pub loopback_users: String,
 
     /// Memory alarm threshold (RabbitMQ's vm_memory_high_watermark): below 1,
-    /// a fraction of the machine's RAM; otherwise bytes. Above it,
-    /// publishers are blocked (`connection.blocked "low on memory"`).
-    #[arg(long, env = "WARREN_MEMORY_HIGH_WATERMARK", default_value_t = 0.4)]
-    pub memory_high_watermark: f64,
+    /// a fraction of the machine's RAM; otherwise a size, in bytes or with
+    /// RabbitMQ's units (`512MiB`, `1GB`, `2GiB`). Above it, publishers are
+    /// blocked (`connection.blocked "low on memory"`).
+    #[arg(long, env = "WARREN_MEMORY_HIGH_WATERMARK", default_value = "0.4")]
+    pub memory_high_watermark: Watermark,
+
+    /// Free disk space below which the disk alarm blocks publishers ("low on
+    /// disk"), on the data directory's filesystem: a size (`50MB`, `2GiB`)
+    /// or `mem_relative:1.5` (times the machine's RAM), as RabbitMQ's
+    /// disk_free_limit. `warren ctl set_disk_free_limit` changes it live.
+    #[arg(long, env = "WARREN_DISK_FREE_LIMIT", default_value = "50MB")]
+    pub disk_free_limit: DiskFreeLimit,
 
     /// Most client connections the node accepts at once; 0 = no limit.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]
@@ -86,13 +96,7 @@ pub struct Config {
 impl Config {
     /// The memory alarm threshold in bytes (None: it cannot be determined).
     pub fn memory_limit(&self) -> Option<u64> {
-        let w = self.memory_high_watermark;
-        if w >= 1.0 {
-            return Some(w as u64);
-        }
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kib: u64 = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse().ok()?;
-        Some((kib as f64 * 1024.0 * w) as u64)
+        self.memory_high_watermark.bytes()
     }
 
     pub fn loopback_users(&self) -> impl Iterator<Item = &str> {

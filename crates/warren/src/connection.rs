@@ -340,20 +340,13 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
             }
             ev = events.recv(), if !backpressured => {
                 if let Some(ev) = ev {
-                    c.on_event(ev);
-                    for _ in 0..EVENT_BATCH {
-                        match events.try_recv() {
-                            Ok(ev) => c.on_event(ev),
-                            Err(_) => break,
-                        }
-                    }
-                    c.after_turn();
+                    c.on_events(ev, &mut events);
                 }
             }
             _ = drained.notified(), if backpressured => {}
             changed = synced_rx.changed(), if c.has_held() => {
                 if changed.is_ok() {
-                    c.after_turn();
+                    c.after_turn_guarded();
                 }
             }
             _ = tick.tick() => {
@@ -433,6 +426,34 @@ async fn write_loop(
     if let Writer::Other(w) = &mut wr {
         // TLS: close_notify, so the client sees a clean end of stream.
         let _ = w.shutdown().await;
+    }
+}
+
+/// What a connection was handling, for the log line of a panic.
+#[derive(Clone, Copy)]
+struct FrameLabel {
+    channel: u16,
+    /// Class and method ids of a method frame.
+    method: Option<(u16, u16)>,
+    kind: &'static str,
+}
+
+fn frame_label(f: &Frame) -> FrameLabel {
+    let (method, kind) = match f.kind {
+        FrameKind::Method => (warren_protocol::method::method_ids(&f.payload), "method"),
+        FrameKind::Header => (None, "content header"),
+        FrameKind::Body => (None, "content body"),
+        FrameKind::Heartbeat => (None, "heartbeat"),
+    };
+    FrameLabel { channel: f.channel, method, kind }
+}
+
+impl std::fmt::Display for FrameLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.method {
+            Some((c, m)) => write!(f, "{c}.{m}"),
+            None => f.write_str(self.kind),
+        }
     }
 }
 
@@ -542,12 +563,17 @@ impl Conn {
             match frame::parse_frame(rbuf, frame_max) {
                 Ok(Some(f)) => {
                     frames += 1;
-                    if let Err(e) = self.on_frame(f) {
-                        if self.stage == Stage::Closing {
-                            self.stage = Stage::Done;
-                        } else {
-                            self.close(e);
+                    let what = frame_label(&f);
+                    match crate::panics::contain(|| self.on_frame(f)) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            if self.stage == Stage::Closing {
+                                self.stage = Stage::Done;
+                            } else {
+                                self.close(e);
+                            }
                         }
+                        Err(panic) => self.on_panic(what, &panic),
                     }
                 }
                 Ok(None) => break,
@@ -559,8 +585,50 @@ impl Conn {
                 }
             }
         }
-        self.after_turn();
+        self.after_turn_guarded();
         frames
+    }
+
+    /// A panic was caught while handling `what` (see `panics`): logged once,
+    /// here, and the connection closes with 541 as RabbitMQ closes it when a
+    /// channel process crashes. Other connections are not touched.
+    fn on_panic(&mut self, what: FrameLabel, panic: &str) {
+        tracing::error!(
+            peer = %self.peer,
+            user = %self.user,
+            channel = what.channel,
+            method = %what,
+            "connection handler panicked at {panic}; closing the connection with 541 INTERNAL_ERROR"
+        );
+        let (class_id, method_id) = what.method.unwrap_or((0, 0));
+        let err = AmqpError { kind: ErrorKind::InternalError, text: "INTERNAL_ERROR".into(), class_id, method_id };
+        if crate::panics::contain(|| self.close(err)).is_err() {
+            // Its state is past saving: hang up.
+            self.stage = Stage::Done;
+        }
+    }
+
+    fn after_turn_guarded(&mut self) {
+        if let Err(panic) = crate::panics::contain(|| self.after_turn()) {
+            self.on_panic(FrameLabel { channel: 0, method: None, kind: "deliveries and confirms" }, &panic);
+        }
+    }
+
+    /// Queue events, then the turn's leftover work, panics contained.
+    fn on_events(&mut self, first: Event, events: &mut mpsc::UnboundedReceiver<Event>) {
+        let r = crate::panics::contain(|| {
+            self.on_event(first);
+            for _ in 0..EVENT_BATCH {
+                match events.try_recv() {
+                    Ok(ev) => self.on_event(ev),
+                    Err(_) => break,
+                }
+            }
+        });
+        if let Err(panic) = r {
+            self.on_panic(FrameLabel { channel: 0, method: None, kind: "a delivery" }, &panic);
+        }
+        self.after_turn_guarded();
     }
 
     /// Work left over from a turn: deliver again where credit was freed and

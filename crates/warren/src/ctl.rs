@@ -323,6 +323,22 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
                 }
             }
         }
+        "set_disk_free_limit" => {
+            let spec = match a.as_slice() {
+                [kind, f] if kind == "mem_relative" => format!("mem_relative:{f}"),
+                [limit] => limit.clone(),
+                _ => return usage(String::new(), "set_disk_free_limit LIMIT | mem_relative FRACTION"),
+            };
+            match spec.parse::<crate::resources::DiskFreeLimit>() {
+                Ok(limit) => {
+                    let bytes = limit.bytes();
+                    shared.disk_free_limit.store(bytes, Ordering::Relaxed);
+                    info!(bytes, "disk free limit set");
+                    done(format!("Setting disk free limit to {bytes} bytes ..."))
+                }
+                Err(e) => usage(String::new(), &e),
+            }
+        }
         "import_definitions" => {
             let info = "Importing definitions in JSON ...".to_owned();
             need(1, info.clone(), &|| {
@@ -517,6 +533,8 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
   list_connections [user peer_host peer_port state vhost channels ssl name]
   list_consumers [-p VHOST] [queue_name channel consumer_tag ack_required
               prefetch_count active]
+  set_disk_free_limit LIMIT | mem_relative FRACTION
+                                    (LIMIT: bytes or 50MB, 2GiB, ...)
   export_definitions FILE|-         (everything import_definitions reads)
   import_definitions FILE           (users, vhosts, permissions, exchanges,
                                      queues, bindings; e.g. from

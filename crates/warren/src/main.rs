@@ -4,6 +4,8 @@ mod channel;
 mod config;
 mod connection;
 mod ctl;
+mod panics;
+mod resources;
 mod server;
 mod tls;
 
@@ -23,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    panics::install_hook();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.workers > 0 {
         builder.worker_threads(config.workers);

@@ -2,6 +2,7 @@
 //! shuts down gracefully on SIGTERM/SIGINT (every client gets
 //! 320 CONNECTION_FORCED, then the process exits 0).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ pub struct Shared {
     pub alarm: watch::Receiver<Option<String>>,
     /// Open connections by id (`list_connections`, the node connection limit).
     pub connections: parking_lot::Mutex<std::collections::HashMap<u64, Arc<connection::ConnInfo>>>,
+    /// Free disk space (bytes) below which the disk alarm holds; set from
+    /// `--disk-free-limit`, changed by `warren ctl set_disk_free_limit`.
+    pub disk_free_limit: Arc<AtomicU64>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -58,8 +62,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let (alarm_tx, alarm) = watch::channel(None);
-    tokio::spawn(alarms(broker.clone(), config.memory_limit(), alarm_tx));
-    let shared = Arc::new(Shared { broker, config, synced, alarm, connections: Default::default() });
+    let disk_free_limit = Arc::new(AtomicU64::new(config.disk_free_limit.bytes()));
+    let disk = DiskWatch { dir: data_dir.clone(), limit: disk_free_limit.clone() };
+    info!(bytes = disk_free_limit.load(Ordering::Relaxed), "disk free limit set");
+    tokio::spawn(alarms(broker.clone(), config.memory_limit(), disk, alarm_tx));
+    let shared = Arc::new(Shared { broker, config, synced, alarm, connections: Default::default(), disk_free_limit });
     tokio::spawn(expiry_timer(shared.broker.clone()));
     crate::ctl::listen(shared.clone(), &data_dir)
         .await
@@ -167,18 +174,47 @@ fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// The free-space check behind the disk alarm.
+struct DiskWatch {
+    /// The data directory: its filesystem is the one measured.
+    dir: std::path::PathBuf,
+    limit: Arc<AtomicU64>,
+}
+
+/// How often free disk space is measured (RabbitMQ: at least every 10 s);
+/// a changed limit is measured against at once.
+const DISK_CHECK_TICKS: u32 = 20;
+
 /// Resource alarms, as RabbitMQ raises them. The disk alarm holds while the
-/// message log fails to write (disk full or an I/O error); the memory alarm
-/// while the broker's RSS is above `memory_limit`. Connections send
+/// message log fails to write (disk full or an I/O error) or free space on
+/// the data directory's filesystem is below the disk free limit; the memory
+/// alarm while the broker's RSS is above `memory_limit`. Connections send
 /// `connection.blocked` ("low on disk" / "low on memory") and stop reading
 /// from publishers meanwhile, then `connection.unblocked` when it clears;
 /// consumers go on being served (which is what frees memory).
-async fn alarms(broker: Arc<Broker>, memory_limit: Option<u64>, alarm: watch::Sender<Option<String>>) {
+async fn alarms(broker: Arc<Broker>, memory_limit: Option<u64>, disk: DiskWatch, alarm: watch::Sender<Option<String>>) {
     let log = broker.log().cloned();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks = 0;
+    let mut checked_limit = None;
+    let mut low_on_disk = false;
     loop {
         tick.tick().await;
-        let disk = log.as_ref().is_some_and(|l| l.is_failed());
+        let limit = disk.limit.load(Ordering::Relaxed);
+        if ticks % DISK_CHECK_TICKS == 0 || checked_limit != Some(limit) {
+            let free = crate::resources::free_disk_bytes(&disk.dir);
+            let low = free.is_some_and(|f| f < limit);
+            if low != low_on_disk {
+                match low {
+                    true => warn!(free, limit, "free disk space is below the disk free limit"),
+                    false => info!(free, limit, "free disk space is above the disk free limit again"),
+                }
+            }
+            low_on_disk = low;
+            checked_limit = Some(limit);
+        }
+        ticks = ticks.wrapping_add(1);
+        let disk = low_on_disk || log.as_ref().is_some_and(|l| l.is_failed());
         let memory = memory_limit.zip(rss_bytes()).is_some_and(|(limit, rss)| rss > limit);
         let reason = if disk {
             Some("low on disk")

@@ -2,8 +2,9 @@
 //! injected with WARREN_FAULT_LOG_WRITE_LIMIT), publishers get
 //! `connection.blocked`, unconfirmed messages stay unconfirmed, and the broker
 //! keeps serving consumers. The memory alarm: above
-//! `--memory-high-watermark`, the same with "low on memory". Warren-only:
-//! they need the fault knobs.
+//! `--memory-high-watermark`, the same with "low on memory". Free disk space
+//! below `--disk-free-limit`: "low on disk" again. Warren-only: they need
+//! the fault knobs or limits no real machine meets.
 
 mod common;
 
@@ -84,9 +85,9 @@ async fn failing_disk_blocks_publishers_and_keeps_serving_consumers() {
 
 #[tokio::test]
 async fn memory_alarm_blocks_publishers_and_keeps_serving_consumers() {
-    // A watermark of 1 byte: the broker is over it from the start.
+    // A watermark of 1 MiB (RabbitMQ's unit forms): the broker is over it from the start.
     let (dir, port) = TestBroker::fresh();
-    let b = TestBroker::spawn_env(dir, port, &[("WARREN_MEMORY_HIGH_WATERMARK", "1")]);
+    let b = TestBroker::spawn_env(dir, port, &[("WARREN_MEMORY_HIGH_WATERMARK", "1MiB")]);
     tokio::time::timeout(Duration::from_secs(60), async {
         let publisher = b.connect().await;
         let mut events = publisher.events_listener();
@@ -107,6 +108,39 @@ async fn memory_alarm_blocks_publishers_and_keeps_serving_consumers() {
         let cch = consumer.create_channel().await.unwrap();
         let got = cch.basic_get("mem".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
         assert_eq!(got.delivery.data, b"first");
+    })
+    .await
+    .expect("timed out");
+}
+
+#[tokio::test]
+async fn free_space_below_the_disk_free_limit_blocks_publishers() {
+    // More free space than any disk has: the alarm holds from the start.
+    let (dir, port) = TestBroker::fresh();
+    let b = TestBroker::spawn_env(dir, port, &[("WARREN_DISK_FREE_LIMIT", "1000000TB")]);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let publisher = b.connect().await;
+        let mut events = publisher.events_listener();
+        let ch = publisher.create_channel().await.unwrap();
+        ch.queue_declare("d".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+        ch.basic_publish("".into(), "d".into(), BasicPublishOptions::default(), b"first", BasicProperties::default())
+            .await
+            .unwrap();
+        let reason = loop {
+            match events.next().await.expect("connection events") {
+                lapin::Event::ConnectionBlocked(reason) => break reason,
+                _ => continue,
+            }
+        };
+        assert_eq!(reason, "low on disk");
+        // Lowered live, as with rabbitmqctl: the publisher is unblocked.
+        let (code, out, err) = b.ctl(&["set_disk_free_limit", "50MB"]);
+        assert_eq!(code, 0, "{out}{err}");
+        loop {
+            if let lapin::Event::ConnectionUnblocked = events.next().await.expect("connection events") {
+                break;
+            }
+        }
     })
     .await
     .expect("timed out");

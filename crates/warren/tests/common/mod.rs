@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
@@ -20,12 +21,24 @@ pub struct TestBroker {
     pub data_dir: Option<PathBuf>,
     /// Extra environment, kept across restarts.
     pub env: Vec<(String, String)>,
+    /// Lines of the broker's log (every process it has been) that say
+    /// "panicked": the test fails on any when the broker is dropped.
+    pub panics: Arc<Mutex<Vec<String>>>,
+    /// The thread reading the current process's log.
+    pump: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TestBroker {
     pub fn start() -> TestBroker {
         if let Ok(addr) = std::env::var("WARREN_TEST_ADDR") {
-            return TestBroker { addr, child: None, data_dir: None, env: Vec::new() };
+            return TestBroker {
+                addr,
+                child: None,
+                data_dir: None,
+                env: Vec::new(),
+                panics: Default::default(),
+                pump: None,
+            };
         }
         Self::spawn()
     }
@@ -50,6 +63,10 @@ impl TestBroker {
 
     /// Same, with extra environment variables (fault injection).
     pub fn spawn_env(dir: PathBuf, port: u16, env: &[(&str, &str)]) -> TestBroker {
+        Self::spawn_logged(dir, port, env, Default::default())
+    }
+
+    fn spawn_logged(dir: PathBuf, port: u16, env: &[(&str, &str)], panics: Arc<Mutex<Vec<String>>>) -> TestBroker {
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .envs(env.iter().copied())
@@ -62,19 +79,23 @@ impl TestBroker {
             .expect("start warren");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let seen = panics.clone();
+        let pump = std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if !sent && line.contains("listening") {
                     let _ = tx.send(());
                     sent = true;
                 }
+                if line.contains("panicked") {
+                    seen.lock().unwrap().push(line.clone());
+                }
                 eprintln!("[warren] {line}");
             }
         });
         rx.recv_timeout(Duration::from_secs(20)).expect("warren did not log 'listening'");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        TestBroker { addr, child: Some(child), data_dir: Some(dir), env }
+        TestBroker { addr, child: Some(child), data_dir: Some(dir), env, panics, pump: Some(pump) }
     }
 
     pub fn is_warren(&self) -> bool {
@@ -128,7 +149,13 @@ impl TestBroker {
         let dir = self.data_dir.take().unwrap();
         let env = std::mem::take(&mut self.env);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        *self = Self::spawn_env(dir, self.port(), &env);
+        if let Some(pump) = self.pump.take() {
+            let _ = pump.join(); // the old process is gone: its log is complete
+        }
+        let next = Self::spawn_logged(dir, self.port(), &env, self.panics.clone());
+        // Assigning drops the old value, which must not kill or delete anything.
+        let old = std::mem::replace(self, next);
+        std::mem::forget(old);
     }
 
     /// SIGTERM (clean shutdown), then start again.
@@ -146,8 +173,15 @@ impl Drop for TestBroker {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if let Some(pump) = self.pump.take() {
+            let _ = pump.join();
+        }
         if let Some(d) = &self.data_dir {
             let _ = std::fs::remove_dir_all(d);
+        }
+        let panics = self.panics.lock().map(|p| p.clone()).unwrap_or_default();
+        if !panics.is_empty() && !std::thread::panicking() {
+            panic!("panic in the broker's log:\n{}", panics.join("\n"));
         }
     }
 }
