@@ -3,7 +3,8 @@
 #   1. formatting and lints,
 #   2. Rust unit tests and integration tests (the real binary, driven by lapin),
 #   3. Python behaviour tests (pika, py-amqp, kombu, celery) in the project's venv,
-#   4. kombu's and py-amqp's own upstream integration suites.
+#   4. Node behaviour tests (amqplib, pinned in tests/node/package-lock.json),
+#   5. kombu's and py-amqp's own upstream integration suites.
 # Set WARREN_TEST_ADDR=host:port to run the behaviour tests against a broker
 # that is already running (e.g. RabbitMQ, for the differential run).
 set -euo pipefail
@@ -17,4 +18,6 @@ cargo test --workspace
 venv=$(scripts/python-env.sh)
 export WARREN_BIN=${WARREN_BIN:-$PWD/target/debug/warren}
 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider --timeout 300
+scripts/node-env.sh
+(cd tests/node && npm test --silent)
 scripts/upstream-suites.sh
