@@ -317,3 +317,11 @@ def test_update_secret_with_a_wrong_secret_closes_with_530(broker):
     with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
         c.update_secret("not-the-password", "token refresh")
     assert e.value.args == (530, "NOT_ALLOWED - New secret was refused by one of the backends")
+
+
+def test_qos_prefetch_size_is_not_implemented(broker):
+    """As RabbitMQ: basic.qos with a byte limit closes the connection with 540."""
+    c = pika.BlockingConnection(broker.params())
+    with pytest.raises(pe.ConnectionClosedByBroker) as e:
+        c.channel().basic_qos(prefetch_size=1000, prefetch_count=1)
+    assert e.value.args == (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1000)")

@@ -47,6 +47,15 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
             .during(class_id, method_id));
     }
     crate::table::check_method(payload)?;
+    if (class_id, method_id) == (60, 10) {
+        // basic.qos: amq-protocol drops prefetch-size; RabbitMQ refuses a
+        // byte-based prefetch (540, a connection error).
+        if let Some(size) = payload.get(4..8).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) {
+            if size != 0 {
+                return Err(AmqpError::not_implemented(format_args!("prefetch_size!=0 ({size})")).during(60, 10));
+            }
+        }
+    }
     match parse_class(payload) {
         Ok((_, class)) => Ok(class),
         Err(_) => {
@@ -64,6 +73,13 @@ mod tests {
     fn unknown_method_is_not_implemented() {
         let e = decode_method(&[0, 60, 0, 99]).unwrap_err();
         assert_eq!(e.code(), 540);
+    }
+
+    #[test]
+    fn byte_prefetch_is_not_implemented() {
+        let e = decode_method(&[0, 60, 0, 10, 0, 0, 3, 232, 0, 1, 0]).unwrap_err();
+        assert_eq!((e.code(), e.text.as_str()), (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1000)"));
+        assert!(decode_method(&[0, 60, 0, 10, 0, 0, 0, 0, 0, 1, 0]).is_ok());
     }
 
     #[test]
