@@ -4,6 +4,7 @@ Administration goes through `broker.ctl` (`warren ctl`, or `rabbitmqctl`
 in the differential run), so every expectation here is checked against
 RabbitMQ too.
 """
+import ast
 import os
 import shutil
 import subprocess
@@ -494,3 +495,32 @@ def test_user_limits(broker, user, vhost):
     )
     broker.ctl("clear_user_limits", user, "max-connections")
     assert broker.ctl("list_user_limits", "-q", "--user", user).stdout.splitlines() == ['{"max-channels":2}']
+
+
+def test_access_refused_quoting_three_long_names(broker):
+    """255-octet user, vhost and queue names in one 403 text (well over 255
+    octets): the text is cut as RabbitMQ cuts it, the channel closes with
+    403, and the connection goes on."""
+    tag = uuid.uuid4().hex[:8]
+    u = ("u-" + tag + "-").ljust(255, "ü")[:255]
+    u = u.encode()[:255].decode(errors="ignore")
+    v = ("v-" + tag + "-" + "€" * 90).encode()[:255].decode(errors="ignore")
+    q = ("q-" + tag + "-").ljust(255, "x")
+    broker.ctl("add_user", u, "pw")
+    broker.ctl("add_vhost", v)
+    try:
+        broker.ctl("set_permissions", "-p", v, u, "", "", "")  # may log in, may do nothing
+        c = connect(broker, u, "pw", v)
+        with pytest.raises(pe.ChannelClosedByBroker) as e:
+            c.channel().queue_declare(q)
+        code, text = e.value.args
+        assert code == 403
+        raw = ast.literal_eval(text) if text[:2] in ('b"', "b'") else text.encode()
+        assert len(raw) == 255 and raw.endswith(b"...")
+        assert raw[:252] == f"ACCESS_REFUSED - access to queue '{q}' in vhost '{v}'".encode()[:252]
+        c.channel().basic_publish("amq.direct", "k", b"")  # another channel on the same connection
+        assert c.is_open
+        c.close()
+    finally:
+        broker.ctl("delete_vhost", v, check=False)
+        broker.ctl("delete_user", u, check=False)
