@@ -89,3 +89,42 @@ def test_alarm_clears_when_the_backlog_goes(small_broker, name, how):
     t.join(10)
     w.close()
     admin.close()
+
+
+def breakdown(broker):
+    out = broker.ctl("status").stdout
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    return {r[0]: int(r[1]) for r in rows[1:]}
+
+
+def test_status_shows_a_memory_breakdown(name):
+    """`warren ctl status`: queue bodies in memory, connection buffers,
+    heap, RSS, as rabbitmq-diagnostics memory_breakdown shows them. Its own
+    Warren, so that no other test's queues move the figures."""
+    from conftest import Broker
+
+    proc, port, data = start_warren()
+    broker = Broker("127.0.0.1", port, proc, data)
+    try:
+        c = pika.BlockingConnection(broker.params())
+        ch = c.channel()
+        ch.queue_declare(name, exclusive=True)
+        assert breakdown(broker)["queue_bodies_in_memory"] == 0
+        ch.confirm_delivery()
+        for _ in range(100):
+            ch.basic_publish("", name, b"x" * 10000)
+        during = breakdown(broker)
+        assert during["queue_bodies_in_memory"] == 1_000_000
+        assert during["queue_bodies_on_disk"] == 0
+        assert during["total_rss"] >= during["heap_in_use"] > 1_000_000
+        assert wait_for(lambda: breakdown(broker)["connection_buffers"] > 0)
+        ch.queue_purge(name)
+        assert breakdown(broker)["queue_bodies_in_memory"] == 0
+        c.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(data, ignore_errors=True)

@@ -473,6 +473,13 @@ impl Queue {
         st.len() as u32
     }
 
+    /// Body bytes of the ready messages: (held in memory, paged out to the
+    /// message log), for the memory breakdown.
+    pub fn ready_bytes(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.ready_bytes, st.paged.iter().map(|p| p.bytes).sum())
+    }
+
     /// Deliveries waiting for their ack.
     pub fn unacked_count(&self) -> u32 {
         self.lock().unacked as u32

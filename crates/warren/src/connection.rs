@@ -48,6 +48,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// Open channels, kept current by the connection task.
     pub channels: AtomicUsize,
+    /// Bytes its read and write buffers hold (capacity, and what waits for
+    /// the writer), refreshed every tick (0.5 s) for the memory breakdown.
+    pub buffers: AtomicUsize,
 }
 
 /// What queues send to a connection.
@@ -370,6 +373,10 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
             }
             _ = tick.tick() => {
                 let now = Instant::now();
+                if let Some(info) = &c.registered {
+                    let held = rbuf.capacity() + c.out.capacity() + pending.load(Ordering::Relaxed);
+                    info.buffers.store(held, Ordering::Relaxed);
+                }
                 c.check_still_allowed();
                 if c.stage < Stage::Open && now - c.started > HANDSHAKE_TIMEOUT {
                     info!(peer = %c.peer, "handshake timeout");
@@ -921,6 +928,7 @@ impl Conn {
                     peer: self.peer,
                     tls: self.tls,
                     channels: AtomicUsize::new(0),
+                    buffers: AtomicUsize::new(0),
                 });
                 self.shared.connections.lock().insert(self.id, info.clone());
                 self.registered = Some(info);

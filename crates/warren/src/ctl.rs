@@ -323,6 +323,7 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
                 }
             }
         }
+        "status" | "memory_breakdown" => memory_breakdown(shared),
         "set_disk_free_limit" => {
             let spec = match a.as_slice() {
                 [kind, f] if kind == "mem_relative" => format!("mem_relative:{f}"),
@@ -483,6 +484,42 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
     }
 }
 
+/// Where the broker's memory is, in the spirit of `rabbitmq-diagnostics
+/// memory_breakdown`: one row per category, bytes and share of RSS.
+fn memory_breakdown(shared: &Shared) -> Response {
+    let (mut in_memory, mut paged) = (0u64, 0u64);
+    for vhost in shared.broker.vhosts() {
+        for q in vhost.queues() {
+            let (m, p) = q.ready_bytes();
+            in_memory += m;
+            paged += p;
+        }
+    }
+    let buffers: u64 = shared.connections.lock().values().map(|c| c.buffers.load(Ordering::Relaxed) as u64).sum();
+    let (heap_used, heap_free) = crate::resources::heap_usage();
+    let rss = crate::resources::rss_bytes().unwrap_or(0);
+    let share = |bytes: u64| if rss > 0 { format!("{:.1}", 100.0 * bytes as f64 / rss as f64) } else { String::new() };
+    let row = |what: &str, bytes: u64, percent: String| vec![what.to_owned(), bytes.to_string(), percent];
+    let rows = vec![
+        row("queue_bodies_in_memory", in_memory, share(in_memory)),
+        row("queue_bodies_on_disk", paged, String::new()),
+        row("connection_buffers", buffers, share(buffers)),
+        row("heap_in_use", heap_used, share(heap_used)),
+        row("allocator_free_held", heap_free, share(heap_free)),
+        row("total_rss", rss, share(rss)),
+        row("memory_high_watermark", shared.config.memory_limit().unwrap_or(0), String::new()),
+        row("disk_free_limit", shared.disk_free_limit.load(Ordering::Relaxed), String::new()),
+    ];
+    let mut r = table("Memory breakdown (bytes, percent of RSS) ...".into(), &["category", "bytes", "percent"], rows);
+    r.text = format!(
+        "queue_bodies_* count a body once per queue holding it (a body routed to several queues is stored once); \
+         queue_bodies_on_disk is paged to the message log and not in RSS; \
+         heap_in_use includes queue bodies and connection buffers. Alarms: {}.",
+        shared.alarm.borrow().clone().unwrap_or_else(|| "none".into())
+    );
+    r
+}
+
 fn list_connections(shared: &Shared, requested: &[String]) -> Response {
     const ALL: [&str; 8] = ["user", "peer_host", "peer_port", "state", "vhost", "channels", "ssl", "name"];
     let mut conns: Vec<_> = shared.connections.lock().values().cloned().collect();
@@ -533,6 +570,9 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
   list_connections [user peer_host peer_port state vhost channels ssl name]
   list_consumers [-p VHOST] [queue_name channel consumer_tag ack_required
               prefetch_count active]
+  status | memory_breakdown         where the memory is: queue bodies in memory
+                                    and on disk, connection buffers, heap in use,
+                                    allocator free space, RSS; alarms
   set_disk_free_limit LIMIT | mem_relative FRACTION
                                     (LIMIT: bytes or 50MB, 2GiB, ...)
   export_definitions FILE|-         (everything import_definitions reads)

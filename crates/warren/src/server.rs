@@ -179,13 +179,6 @@ fn trim_heap() {
     }
 }
 
-/// The broker's resident memory, from /proc/self/statm.
-fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
 /// The free-space check behind the disk alarm.
 struct DiskWatch {
     /// The data directory: its filesystem is the one measured.
@@ -234,12 +227,12 @@ async fn alarms(broker: Arc<Broker>, memory_limit: Option<u64>, disk: DiskWatch,
         }
         ticks = ticks.wrapping_add(1);
         let disk = low_on_disk || log.as_ref().is_some_and(|l| l.is_failed());
-        let mut memory = memory_limit.zip(rss_bytes()).is_some_and(|(limit, rss)| rss > limit);
+        let mut memory = memory_limit.zip(crate::resources::rss_bytes()).is_some_and(|(limit, rss)| rss > limit);
         if (memory && ticks % TRIM_TICKS_ALARMED == 0) || ticks % TRIM_TICKS == 0 {
             // Give the allocator's free pages back to the OS (see
             // `trim_heap`), then measure again.
             trim_heap();
-            memory = memory_limit.zip(rss_bytes()).is_some_and(|(limit, rss)| rss > limit);
+            memory = memory_limit.zip(crate::resources::rss_bytes()).is_some_and(|(limit, rss)| rss > limit);
         }
         let reason = if disk {
             Some("low on disk")
@@ -250,7 +243,11 @@ async fn alarms(broker: Arc<Broker>, memory_limit: Option<u64>, disk: DiskWatch,
         };
         if reason != alarm.borrow().as_deref() {
             match reason {
-                Some(r) => warn!(rss = rss_bytes(), limit = memory_limit, "resource alarm ({r}): blocking publishers"),
+                Some(r) => warn!(
+                    rss = crate::resources::rss_bytes(),
+                    limit = memory_limit,
+                    "resource alarm ({r}): blocking publishers"
+                ),
                 None => info!("resource alarm cleared"),
             }
             alarm.send_replace(reason.map(str::to_owned));
