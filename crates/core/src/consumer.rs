@@ -9,12 +9,14 @@ use warren_store::Entry;
 use crate::message::MessageRef;
 use crate::queue::Queue;
 
-/// How many deliveries a no-ack consumer may have in its connection's
-/// outbound path before the queue waits. Without it a no-ack consumer on a
-/// slow socket would drain the queue into memory.
+/// How many deliveries a consumer may have in its connection's outbound
+/// path (handed over, not yet written to the socket) before the queue
+/// waits. Without it a no-ack consumer, or one with unlimited prefetch, on
+/// a slow socket would drain the queue into memory — where it can be
+/// neither paged nor spilled.
 pub const NO_ACK_WINDOW: u32 = 4096;
 /// The same window in body bytes: 4,096 deliveries of 1 MiB bodies must not
-/// sit in front of a no-ack consumer that does not read.
+/// sit in front of a consumer that does not read.
 pub const NO_ACK_BYTES: u64 = 16 << 20;
 
 /// One message on its way to a consumer.
@@ -55,8 +57,11 @@ pub struct Consumer {
     pub prefetch: u32,
     /// Deliveries not yet acked (or, for no-ack, not yet written out).
     pub unacked: AtomicU32,
-    /// No-ack only: body bytes handed to the connection, not yet written out.
+    /// Body bytes handed to the connection, not yet written out.
     pub inflight_bytes: std::sync::atomic::AtomicU64,
+    /// Acking consumers: deliveries handed to the connection, not yet
+    /// written out (no-ack consumers count these in `unacked`).
+    pub unwritten: AtomicU32,
     pub channel_credit: Arc<ChannelCredit>,
     /// Set once the consumer is cancelled, so late deliveries are requeued.
     pub cancelled: AtomicBool,
@@ -75,12 +80,17 @@ impl Consumer {
             return self.inflight_bytes.load(Ordering::Acquire) < NO_ACK_BYTES
                 && try_take(&self.unacked, NO_ACK_WINDOW);
         }
+        if self.inflight_bytes.load(Ordering::Acquire) >= NO_ACK_BYTES || !try_take(&self.unwritten, NO_ACK_WINDOW) {
+            return false;
+        }
         if !try_take(&self.unacked, self.prefetch) {
+            self.unwritten.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         let limit = self.channel_credit.limit.load(Ordering::Acquire);
         if !try_take(&self.channel_credit.unacked, limit) {
             self.unacked.fetch_sub(1, Ordering::AcqRel);
+            self.unwritten.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         true
@@ -88,16 +98,22 @@ impl Consumer {
 
     /// A delivery of `body_len` bytes was handed to the connection.
     pub fn sent(&self, body_len: usize) {
-        if self.no_ack {
-            self.inflight_bytes.fetch_add(body_len as u64, Ordering::AcqRel);
-        }
+        self.inflight_bytes.fetch_add(body_len as u64, Ordering::AcqRel);
+    }
+
+    /// An acking consumer's delivery was written out: it leaves the
+    /// outbound window (its prefetch credit stays taken until the ack).
+    pub fn written(&self, body_len: usize) {
+        self.inflight_bytes.fetch_sub(body_len as u64, Ordering::AcqRel);
+        self.unwritten.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A delivery handed to the connection is done with there (written out,
     /// or given back): its credit returns, and for no-ack its bytes.
     pub fn finished(&self, body_len: usize) {
-        if self.no_ack {
-            self.inflight_bytes.fetch_sub(body_len as u64, Ordering::AcqRel);
+        self.inflight_bytes.fetch_sub(body_len as u64, Ordering::AcqRel);
+        if !self.no_ack {
+            self.unwritten.fetch_sub(1, Ordering::AcqRel);
         }
         self.release(1);
     }

@@ -14,6 +14,7 @@ pub mod definitions;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod spill;
 pub mod vhost;
 
 pub use broker::Broker;

@@ -83,6 +83,28 @@ const PAGE_IN_BYTES: u64 = 4 << 20;
 /// on 2 cores the consumer fell to ~0.6–0.8 M msg/s while the publisher ran
 /// at 1.0–1.2 M).
 const FLOW_HIGH: usize = 16_384;
+/// One paged tail per priority level (one for a plain queue).
+fn paged_tails(levels: usize, log: Option<Arc<dyn MessageStore>>, message_ttl: Option<u64>) -> Vec<Paged> {
+    (0..levels)
+        .map(|_| Paged {
+            log: log.clone(),
+            message_ttl,
+            order: VecDeque::new(),
+            base: 0,
+            pinned: FxHashMap::default(),
+            unsynced: VecDeque::new(),
+            bytes: 0,
+        })
+        .collect()
+}
+
+fn priority_levels(arguments: &FieldTable) -> usize {
+    match int_arg(arguments, "x-max-priority") {
+        Some(p) if p > 0 => p.min(255) as usize + 1,
+        _ => 1,
+    }
+}
+
 /// The TTL a message has in a queue: the shorter of the queue's
 /// `x-message-ttl` and the message's `expiration`.
 fn effective_ttl(queue_ttl: Option<u64>, message: &Message) -> Option<u64> {
@@ -94,14 +116,19 @@ fn effective_ttl(queue_ttl: Option<u64>, message: &Message) -> Option<u64> {
 
 /// In `Paged::order`: the message at this place is held in memory.
 const PINNED: u64 = 1 << 63;
+/// In `Paged::order`: the message is in the spill store at the location in
+/// the lower bits (a transient message written out under memory pressure).
+const SPILLED: u64 = 1 << 62;
 
-/// The paged-out tail of a durable queue: 8 bytes per message (its record's
-/// location in the message log), behind everything in `ready`. A message
-/// the log cannot give back — transient, redelivered, or not yet synced —
-/// keeps its place here but stays in memory (`pinned`); one waiting for the
-/// sync is let go once the log has it.
+/// The paged-out tail of a queue: 8 bytes per message (its record's
+/// location in the message log, or in the spill store), behind everything
+/// in `ready`. A message the log cannot give back — transient, redelivered,
+/// or not yet synced — keeps its place here but stays in memory (`pinned`),
+/// unless memory is short and it is transient: then it is spilled
+/// (`spill.rs`). One waiting for the sync is let go once the log has it.
+/// Queues without a log (non-durable) use this tail only to spill.
 struct Paged {
-    log: Arc<dyn MessageStore>,
+    log: Option<Arc<dyn MessageStore>>,
     message_ttl: Option<u64>,
     order: VecDeque<u64>,
     /// Index (since the queue began) of `order[0]`.
@@ -118,12 +145,26 @@ impl Paged {
     fn push(&mut self, message: MessageRef, meta: Meta) {
         self.bytes += message.body.len() as u64;
         let idx = self.base + self.order.len() as u64;
-        if let Some(p) = message.persisted.get().filter(|_| meta.delivery_count == 0) {
-            if p.end <= self.log.synced() {
-                self.order.push_back(p.location());
-                return;
+        match (&self.log, message.persisted.get()) {
+            (Some(log), Some(p)) if meta.delivery_count == 0 => {
+                if p.end <= log.synced() {
+                    self.order.push_back(p.location());
+                    return;
+                }
+                self.unsynced.push_back((idx, p.end));
             }
-            self.unsynced.push_back((idx, p.end));
+            (_, None) => {
+                if let Some(spill) = crate::spill::when_pressed() {
+                    match spill.append(&message, &meta) {
+                        Ok(location) => {
+                            self.order.push_back(SPILLED | location);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot spill a message to disk; keeping it in memory"),
+                    }
+                }
+            }
+            _ => {}
         }
         self.order.push_back(PINNED);
         self.pinned.insert(idx, (message, meta));
@@ -137,10 +178,8 @@ impl Paged {
 
     /// Lets go of pinned messages that the log now has on disk.
     fn settle(&mut self) {
-        if self.unsynced.is_empty() {
-            return;
-        }
-        let synced = self.log.synced();
+        let Some(log) = self.log.as_ref().filter(|_| !self.unsynced.is_empty()) else { return };
+        let synced = log.synced();
         while let Some(&(idx, end)) = self.unsynced.front() {
             if end > synced {
                 break;
@@ -171,7 +210,22 @@ impl Paged {
             self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
             return Some(Some((m, meta)));
         }
-        match self.log.read(v) {
+        if v & SPILLED != 0 {
+            let back = crate::spill::store().map(|s| s.take(v & !SPILLED));
+            return match back {
+                Some(Ok((m, meta))) => {
+                    self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
+                    Some(Some((m, meta)))
+                }
+                Some(Err(e)) => {
+                    tracing::error!(location = v & !SPILLED, error = %e, "cannot read a spilled message back; dropping it");
+                    Some(None)
+                }
+                None => Some(None),
+            };
+        }
+        let Some(log) = &self.log else { return Some(None) };
+        match log.read(v) {
             Ok(back) => {
                 let m = Arc::new(Message::from_stored(&back.message, back.persisted));
                 self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
@@ -222,7 +276,10 @@ impl QueueState {
             let over = self.ready.len() >= HOT_COUNT || self.ready_bytes >= HOT_BYTES;
             let paged = &mut self.paged[level];
             paged.settle();
-            if !paged.order.is_empty() || over {
+            // Without a log the tail is only for spilling: it takes messages
+            // under memory pressure, and while it holds any (order).
+            let takes = paged.log.is_some() || crate::spill::when_pressed().is_some();
+            if !paged.order.is_empty() || (over && takes) {
                 paged.push(message, meta);
                 return;
             }
@@ -387,7 +444,7 @@ impl Queue {
                     _ => Box::new(MemoryStore::default()),
                 },
                 ready_bytes: 0,
-                paged: Vec::new(),
+                paged: paged_tails(priority_levels(&arguments), None, nonneg("x-message-ttl")),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 unacked: 0,
@@ -412,22 +469,8 @@ impl Queue {
     /// recorded there, and its backlog is kept there rather than in memory
     /// (one paged tail per priority level).
     pub fn set_log(&mut self, log: Arc<dyn MessageStore>) {
-        let levels = match int_arg(&self.arguments, "x-max-priority") {
-            Some(p) if p > 0 => p.min(255) as usize + 1,
-            _ => 1,
-        };
-        let st = self.state.get_mut();
-        st.paged = (0..levels)
-            .map(|_| Paged {
-                log: log.clone(),
-                message_ttl: self.message_ttl,
-                order: VecDeque::new(),
-                base: 0,
-                pinned: FxHashMap::default(),
-                unsynced: VecDeque::new(),
-                bytes: 0,
-            })
-            .collect();
+        let levels = priority_levels(&self.arguments);
+        self.state.get_mut().paged = paged_tails(levels, Some(log.clone()), self.message_ttl);
         self.log = Some(log);
     }
 
@@ -882,8 +925,12 @@ impl Queue {
             // The paged-out backlog goes without being read back.
             for paged in std::mem::take(&mut st.paged) {
                 for v in paged.order {
-                    if v != PINNED {
-                        paged.log.forget(v);
+                    if v & SPILLED != 0 && v != PINNED {
+                        if let Some(spill) = crate::spill::store() {
+                            spill.forget(v & !SPILLED);
+                        }
+                    } else if let Some(log) = paged.log.as_ref().filter(|_| v != PINNED) {
+                        log.forget(v);
                     }
                     count += 1;
                 }

@@ -249,6 +249,9 @@ impl Channel {
             to_wake.push(d.queue);
             self.push_unacked(tag, None);
         } else {
+            // Out of the outbound window: the queue may hand over more.
+            d.consumer.written(msg.body.len());
+            to_wake.push(d.queue.clone());
             self.push_unacked(tag, Some(Unacked { queue: d.queue, entry: d.entry, consumer: Some(d.consumer) }));
         }
     }
@@ -960,6 +963,7 @@ impl Channel {
             prefetch: self.consumer_prefetch,
             unacked: Default::default(),
             inflight_bytes: Default::default(),
+            unwritten: Default::default(),
             channel_credit: self.credit.clone(),
             cancelled: Default::default(),
             outbox: ctx.outbox.clone(),

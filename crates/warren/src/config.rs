@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, env = "WARREN_MEMORY_HIGH_WATERMARK", default_value = "0.4")]
     pub memory_high_watermark: Watermark,
 
+    /// Fraction of the memory high watermark above which queues write
+    /// transient messages beyond their in-memory head to a spill file
+    /// (RabbitMQ's vm_memory_high_watermark_paging_ratio); above 1, never.
+    #[arg(long, env = "WARREN_MEMORY_PAGING_RATIO", default_value_t = 0.5)]
+    pub memory_paging_ratio: f64,
+
     /// Free disk space below which the disk alarm blocks publishers ("low on
     /// disk"), on the data directory's filesystem: a size (`50MB`, `2GiB`)
     /// or `mem_relative:1.5` (times the machine's RAM), as RabbitMQ's

@@ -503,6 +503,7 @@ fn memory_breakdown(shared: &Shared) -> Response {
     let rows = vec![
         row("queue_bodies_in_memory", in_memory, share(in_memory)),
         row("queue_bodies_on_disk", paged, String::new()),
+        row("spilled_on_disk", warren_core::spill::store().map_or(0, |s| s.bytes()), String::new()),
         row("connection_buffers", buffers, share(buffers)),
         row("heap_in_use", heap_used, share(heap_used)),
         row("allocator_free_held", heap_free, share(heap_free)),
@@ -513,7 +514,7 @@ fn memory_breakdown(shared: &Shared) -> Response {
     let mut r = table("Memory breakdown (bytes, percent of RSS) ...".into(), &["category", "bytes", "percent"], rows);
     r.text = format!(
         "queue_bodies_* count a body once per queue holding it (a body routed to several queues is stored once); \
-         queue_bodies_on_disk is paged to the message log and not in RSS; \
+         queue_bodies_on_disk is the paged tail (in the message log, or spilled; spilled_on_disk is the spill files' live bytes); \
          heap_in_use includes queue bodies and connection buffers. Alarms: {}.",
         shared.alarm.borrow().clone().unwrap_or_else(|| "none".into())
     );

@@ -61,11 +61,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Scratch space for transient messages under memory pressure: what an
+    // earlier run left there is removed (transient stays transient).
+    warren_core::spill::open(&data_dir.join("spill"))
+        .map_err(|e| anyhow::anyhow!("cannot create the spill directory in {}: {e}", data_dir.display()))?;
     let (alarm_tx, alarm) = watch::channel(None);
     let disk_free_limit = Arc::new(AtomicU64::new(config.disk_free_limit.bytes()));
     let disk = DiskWatch { dir: data_dir.clone(), limit: disk_free_limit.clone() };
     info!(bytes = disk_free_limit.load(Ordering::Relaxed), "disk free limit set");
-    tokio::spawn(alarms(broker.clone(), config.memory_limit(), disk, alarm_tx));
+    let paging_at = config.memory_limit().map(|l| (l as f64 * config.memory_paging_ratio) as u64);
+    tokio::spawn(alarms(broker.clone(), config.memory_limit(), paging_at, disk, alarm_tx));
     let shared = Arc::new(Shared { broker, config, synced, alarm, connections: Default::default(), disk_free_limit });
     tokio::spawn(expiry_timer(shared.broker.clone()));
     crate::ctl::listen(shared.clone(), &data_dir)
@@ -187,7 +192,8 @@ struct DiskWatch {
 }
 
 /// How often the heap is trimmed (`trim_heap`) while the memory alarm
-/// holds (so that it clears within a second of a backlog going away), and
+/// holds or queues are spilling (so that the alarm clears within a second
+/// of a backlog going away, and read-back bodies do not pile up), and
 /// otherwise (memory freed by closed connections goes back too). A trim of
 /// a small heap takes well under a millisecond.
 const TRIM_TICKS_ALARMED: u32 = 5;
@@ -204,7 +210,13 @@ const DISK_CHECK_TICKS: u32 = 20;
 /// `connection.blocked` ("low on disk" / "low on memory") and stop reading
 /// from publishers meanwhile, then `connection.unblocked` when it clears;
 /// consumers go on being served (which is what frees memory).
-async fn alarms(broker: Arc<Broker>, memory_limit: Option<u64>, disk: DiskWatch, alarm: watch::Sender<Option<String>>) {
+async fn alarms(
+    broker: Arc<Broker>,
+    memory_limit: Option<u64>,
+    paging_at: Option<u64>,
+    disk: DiskWatch,
+    alarm: watch::Sender<Option<String>>,
+) {
     let log = broker.log().cloned();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut ticks = 0;
@@ -227,13 +239,19 @@ async fn alarms(broker: Arc<Broker>, memory_limit: Option<u64>, disk: DiskWatch,
         }
         ticks = ticks.wrapping_add(1);
         let disk = low_on_disk || log.as_ref().is_some_and(|l| l.is_failed());
-        let mut memory = memory_limit.zip(crate::resources::rss_bytes()).is_some_and(|(limit, rss)| rss > limit);
-        if (memory && ticks % TRIM_TICKS_ALARMED == 0) || ticks % TRIM_TICKS == 0 {
+        // Above the paging threshold, queues spill transient messages.
+        let mut rss = crate::resources::rss_bytes();
+        let paging = paging_at.zip(rss).is_some_and(|(at, rss)| rss > at);
+        let mut memory = memory_limit.zip(rss).is_some_and(|(limit, rss)| rss > limit);
+        if ((memory || paging) && ticks % TRIM_TICKS_ALARMED == 0) || ticks % TRIM_TICKS == 0 {
             // Give the allocator's free pages back to the OS (see
-            // `trim_heap`), then measure again.
+            // `trim_heap`), then measure again: under pressure, bodies read
+            // back from spill files and freed leave holes in the heap.
             trim_heap();
-            memory = memory_limit.zip(crate::resources::rss_bytes()).is_some_and(|(limit, rss)| rss > limit);
+            rss = crate::resources::rss_bytes();
+            memory = memory_limit.zip(rss).is_some_and(|(limit, rss)| rss > limit);
         }
+        warren_core::spill::set_pressure(paging_at.zip(rss).is_some_and(|(at, rss)| rss > at));
         let reason = if disk {
             Some("low on disk")
         } else if memory {
