@@ -42,7 +42,6 @@ fn a_queue_far_ahead_of_its_consumers_asks_publishers_to_pause() {
         prefetch: 10,
         unacked: Default::default(),
         inflight_bytes: Default::default(),
-        unwritten: Default::default(),
         channel_credit: Default::default(),
         cancelled: Default::default(),
         outbox: Arc::new(Slow::default()),

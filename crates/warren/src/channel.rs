@@ -139,6 +139,35 @@ pub struct Channel {
     reply: Option<(Arc<Queue>, String)>,
 }
 
+/// What a batch of queue events leaves to do once it is handled: queues to
+/// wake, and the run of deliveries of one acking consumer just written out,
+/// which leaves its outbound window in one step (`Consumer::written`).
+#[derive(Default)]
+pub struct Turn {
+    pub to_wake: Vec<Arc<Queue>>,
+    run: Option<(Arc<Consumer>, Arc<Queue>, u64)>,
+}
+
+impl Turn {
+    fn written(&mut self, consumer: &Arc<Consumer>, queue: &Arc<Queue>, cost: u64) {
+        match &mut self.run {
+            Some((c, _, total)) if Arc::ptr_eq(c, consumer) => *total += cost,
+            _ => {
+                self.flush();
+                self.run = Some((consumer.clone(), queue.clone(), cost));
+            }
+        }
+    }
+
+    /// Ends the run: its window frees up, and its queue may hand over more.
+    pub fn flush(&mut self) {
+        if let Some((c, q, total)) = self.run.take() {
+            c.written(total);
+            self.to_wake.push(q);
+        }
+    }
+}
+
 fn reply(out: &mut BytesMut, channel: u16, m: AMQPClass) {
     frame::write_method(out, channel, &m);
 }
@@ -236,7 +265,7 @@ impl Channel {
     }
 
     /// Writes one delivery from a queue to the client.
-    pub fn deliver(&mut self, out: &mut BytesMut, frame_max: u32, d: Delivery, to_wake: &mut Vec<Arc<Queue>>) {
+    pub fn deliver(&mut self, out: &mut BytesMut, frame_max: u32, d: Delivery, turn: &mut Turn) {
         let tag = self.next_tag;
         self.next_tag += 1;
         let msg = &d.entry.message;
@@ -246,12 +275,10 @@ impl Channel {
         drop(props);
         if d.consumer.no_ack {
             d.consumer.finished(msg.body.len());
-            to_wake.push(d.queue);
+            turn.to_wake.push(d.queue);
             self.push_unacked(tag, None);
         } else {
-            // Out of the outbound window: the queue may hand over more.
-            d.consumer.written(msg.body.len());
-            to_wake.push(d.queue.clone());
+            turn.written(&d.consumer, &d.queue, d.consumer.window_cost(msg.body.len()));
             self.push_unacked(tag, Some(Unacked { queue: d.queue, entry: d.entry, consumer: Some(d.consumer) }));
         }
     }
@@ -963,7 +990,6 @@ impl Channel {
             prefetch: self.consumer_prefetch,
             unacked: Default::default(),
             inflight_bytes: Default::default(),
-            unwritten: Default::default(),
             channel_credit: self.credit.clone(),
             cancelled: Default::default(),
             outbox: ctx.outbox.clone(),

@@ -28,7 +28,7 @@ use warren_protocol::frame::{self, Frame, FrameKind};
 use warren_protocol::method::decode_method;
 use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, PROTOCOL_HEADER};
 
-use crate::channel::{Channel, Ctx};
+use crate::channel::{Channel, Ctx, Turn};
 use crate::server::Shared;
 
 /// A channel frame, decoded.
@@ -156,8 +156,9 @@ pub struct Conn {
     /// A queue this connection published to asked for a pause (its
     /// consumers are far behind): the next read waits `FLOW_PAUSE`.
     pressure: bool,
-    /// Queues that may deliver again once this turn's work is done.
-    to_wake: Vec<Arc<Queue>>,
+    /// Queues that may deliver again once this turn's work is done, and
+    /// the deliveries written out in it.
+    turn: Turn,
     started: Instant,
     closing_since: Option<Instant>,
 }
@@ -252,7 +253,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
         published: false,
         blocked_sent: false,
         pressure: false,
-        to_wake: Vec::new(),
+        turn: Turn::default(),
         started: Instant::now(),
         closing_since: None,
     };
@@ -684,7 +685,8 @@ impl Conn {
             ch.flush_confirms(&mut self.out, synced);
         }
         let mut seen: Vec<*const Queue> = Vec::new();
-        for q in std::mem::take(&mut self.to_wake) {
+        self.turn.flush();
+        for q in std::mem::take(&mut self.turn.to_wake) {
             let p = Arc::as_ptr(&q);
             if !seen.contains(&p) {
                 seen.push(p);
@@ -780,7 +782,7 @@ impl Conn {
             outbox: &self.outbox,
             frame_max: self.frame_max,
             max_message_size: self.shared.config.max_message_size,
-            to_wake: &mut self.to_wake,
+            to_wake: &mut self.turn.to_wake,
             synced,
             pressure: &mut self.pressure,
         };
@@ -974,7 +976,7 @@ impl Conn {
         match ev {
             Event::Deliver(d) => match self.channels.get_mut(&d.consumer.channel) {
                 Some(ch) if ch.owns(&d.consumer) => {
-                    ch.deliver(&mut self.out, self.frame_max, d, &mut self.to_wake);
+                    ch.deliver(&mut self.out, self.frame_max, d, &mut self.turn);
                 }
                 _ => {
                     let acked = !d.consumer.no_ack;
