@@ -202,3 +202,59 @@ def test_transient_backlog_spills_to_disk_and_comes_back_in_order(name):
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_consumer_that_never_reads_cannot_grow_the_broker(name):
+    """A consumer with unlimited prefetch whose socket is never read, while
+    a publisher floods its queue (1 GiB, or 30 s): the messages wait in the
+    queue — spilled — not in the connection, RSS stays under 1.5 x the
+    watermark, and once the consumer is gone no alarm holds."""
+    import os
+    import struct
+
+    from conftest import Broker
+    from rawamqp import Raw, method, shortstr
+
+    watermark = 256
+    proc, port, data = start_warren(extra=["--memory-high-watermark", f"{watermark}MiB"])
+    broker = Broker("127.0.0.1", port, proc, data)
+    peak, sampling = [0.0], threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            peak[0] = max(peak[0], rss_mib(proc.pid))
+            time.sleep(0.01)
+
+    threading.Thread(target=sample, daemon=True).start()
+    try:
+        c = pika.BlockingConnection(pika.ConnectionParameters(port=port, heartbeat=0))
+        ch = c.channel()
+        ch.queue_declare(name)
+        stalled = Raw("127.0.0.1", port)
+        stalled.handshake()
+        stalled.open_channel()
+        stalled.send(method(1, 60, 20, b"\x00\x00" + shortstr(name.encode()) + shortstr(b"stuck") + b"\x00"
+                            + struct.pack(">I", 0)))  # manual ack, no basic.qos: unlimited prefetch
+        ch.confirm_delivery()
+        deadline, sent = time.time() + 30, 0
+        while sent < 16384 and time.time() < deadline:
+            ch.basic_publish("", name, BODY)
+            sent += 1
+        assert sent > 2000, sent
+        stalled.s.close()  # the consumer goes: its unacked deliveries return
+        assert wait_for(lambda: ch.queue_declare(name, passive=True).method.message_count == sent, timeout=30)
+        assert os.listdir(os.path.join(data, "spill")), "nothing was spilled"
+        assert wait_for(lambda: "Alarms: none." in broker.ctl("status").stdout, timeout=10)
+        sampling.set()
+        assert peak[0] < 1.5 * watermark, f"RSS peaked at {peak[0]:.0f} MiB"
+        ch.queue_delete(name)
+        assert wait_for(lambda: os.listdir(os.path.join(data, "spill")) == [])
+        c.close()
+    finally:
+        sampling.set()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(data, ignore_errors=True)
