@@ -5,6 +5,7 @@ RabbitMQ: the differential run). Otherwise one real `warren` binary is
 started for the session on a free port with a temporary data directory.
 WARREN_BIN names the binary (default: target/debug/warren).
 """
+import contextlib
 import os
 import pathlib
 import shutil
@@ -100,6 +101,23 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False)
         proc.kill()
         raise RuntimeError("warren did not start")
     return proc, port, data
+
+
+@contextlib.contextmanager
+def own_warren(extra=(), env=None, allow_panic=False):
+    """A Warren of the test's own (flags, environment), as a Broker; stopped
+    and its data directory removed afterwards."""
+    proc, port, data = start_warren(extra=extra, env=env, allow_panic=allow_panic)
+    try:
+        yield Broker("127.0.0.1", port, proc, data)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proc.pump.join(10)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -284,22 +284,17 @@ def test_a_panic_costs_one_connection_and_is_logged_once(name):
     WARREN_FAULT_PANIC_QUEUE), that connection gets 541 INTERNAL_ERROR, the
     panic is logged once at error level with the peer and the method, and
     every other connection goes on."""
-    import shutil
-    import subprocess
-
-    from conftest import start_warren
+    from conftest import own_warren
 
     doomed = name + "-panics"
-    proc, port, data = start_warren(env={"WARREN_FAULT_PANIC_QUEUE": doomed}, allow_panic=True)
-    try:
-        params = pika.ConnectionParameters(host="127.0.0.1", port=port)
-        bystander = pika.BlockingConnection(params)
+    with own_warren(env={"WARREN_FAULT_PANIC_QUEUE": doomed}, allow_panic=True) as b:
+        bystander = pika.BlockingConnection(b.params())
         bch = bystander.channel()
         bch.queue_declare(name, exclusive=True)
         bch.confirm_delivery()
         bch.basic_publish("", name, b"before")
 
-        victim = pika.BlockingConnection(params)
+        victim = pika.BlockingConnection(b.params())
         local_port = victim._impl._transport._sock.getsockname()[1]
         with pytest.raises(pe.ConnectionClosedByBroker) as e:
             victim.channel().queue_declare(doomed)
@@ -307,21 +302,14 @@ def test_a_panic_costs_one_connection_and_is_logged_once(name):
 
         bch.basic_publish("", name, b"after")
         assert [bch.basic_get(name, auto_ack=True)[2] for _ in range(2)] == [b"before", b"after"]
-        again = pika.BlockingConnection(params)
+        again = pika.BlockingConnection(b.params())
         again.channel().queue_declare("", exclusive=True)
         again.close()
         bystander.close()
 
-        assert wait_for(lambda: any("panicked" in line for line in proc.log))
-        panics = [line for line in proc.log if "panicked" in line]
+        assert wait_for(lambda: any("panicked" in line for line in b.proc.log))
+        panics = [line for line in b.proc.log if "panicked" in line]
         assert len(panics) == 1, panics
         line = panics[0]
         assert "ERROR" in line and f"127.0.0.1:{local_port}" in line and "method=50.10" in line, line
         assert "fault injection" in line, line
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data, ignore_errors=True)

@@ -1,16 +1,21 @@
-"""Memory that comes back: after a burst fills the broker past its memory
+"""Memory under pressure: after a burst fills the broker past its memory
 high watermark and the backlog goes away (deleted or consumed), the memory
-alarm clears within seconds and publishers get connection.unblocked.
-Warren-only: each test starts its own Warren with a 64 MiB watermark."""
-import shutil
-import subprocess
+alarm clears within seconds and publishers get connection.unblocked;
+transient backlogs spill to disk and come back in order; a consumer that
+never reads cannot grow the broker; `warren ctl status` says where the
+memory is. Warren-only: each test starts its own Warren with small limits."""
+import contextlib
+import os
+import struct
 import threading
 import time
+import types
 
 import pika
 import pytest
 
-from conftest import start_warren, wait_for
+from conftest import own_warren, wait_for
+from rawamqp import Raw, method, shortstr
 
 BODY = b"x" * 65536
 
@@ -18,14 +23,8 @@ BODY = b"x" * 65536
 @pytest.fixture
 def small_broker():
     # No spilling (paging ratio above 1): the backlog must hit the alarm.
-    proc, port, data = start_warren(extra=["--memory-high-watermark", "64MiB", "--memory-paging-ratio", "2"])
-    yield proc, port
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    shutil.rmtree(data, ignore_errors=True)
+    with own_warren(extra=["--memory-high-watermark", "64MiB", "--memory-paging-ratio", "2"]) as b:
+        yield b.proc, b.port
 
 
 def logged(proc, text):
@@ -102,11 +101,7 @@ def test_status_shows_a_memory_breakdown(name):
     """`warren ctl status`: queue bodies in memory, connection buffers,
     heap, RSS, as rabbitmq-diagnostics memory_breakdown shows them. Its own
     Warren, so that no other test's queues move the figures."""
-    from conftest import Broker
-
-    proc, port, data = start_warren()
-    broker = Broker("127.0.0.1", port, proc, data)
-    try:
+    with own_warren() as broker:
         c = pika.BlockingConnection(broker.params())
         ch = c.channel()
         ch.queue_declare(name, exclusive=True)
@@ -122,13 +117,6 @@ def test_status_shows_a_memory_breakdown(name):
         ch.queue_purge(name)
         assert breakdown(broker)["queue_bodies_in_memory"] == 0
         c.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def rss_mib(pid):
@@ -139,6 +127,26 @@ def rss_mib(pid):
     return 0.0
 
 
+@contextlib.contextmanager
+def peak_rss(proc):
+    """Samples the process's RSS every 10 ms; `.mib` is the highest seen."""
+    peak = types.SimpleNamespace(mib=0.0)
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak.mib = max(peak.mib, rss_mib(proc.pid))
+            time.sleep(0.01)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        t.join(5)
+
+
 def test_transient_backlog_spills_to_disk_and_comes_back_in_order(name):
     """1 GiB of transient 64 KiB messages into a consumer-less non-durable
     queue under a 256 MiB watermark: every one is accepted (the publisher
@@ -147,61 +155,39 @@ def test_transient_backlog_spills_to_disk_and_comes_back_in_order(name):
     (The broker's fixed costs — a queue's 8 MiB head, a consumer's 16 MiB
     outbound window, 8 MiB of socket backlog — are not proportional to the
     watermark: a smaller one would measure them rather than the spilling.)"""
-    import os
-
-    watermark = 256
-    proc, port, data = start_warren(extra=["--memory-high-watermark", f"{watermark}MiB"])
-    peak, sampling = [0.0], threading.Event()
-
-    def sample():
-        while not sampling.is_set():
-            peak[0] = max(peak[0], rss_mib(proc.pid))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        c = pika.BlockingConnection(pika.ConnectionParameters(port=port, heartbeat=0))
+    watermark, n = 256, 16384
+    with own_warren(extra=["--memory-high-watermark", f"{watermark}MiB"]) as broker, peak_rss(broker.proc) as peak:
+        spill = os.path.join(broker.data, "spill")
+        c = pika.BlockingConnection(broker.params(heartbeat=0))
         ch = c.channel()
         ch.queue_declare(name)
         ch.confirm_delivery()
-        n = 16384
         for i in range(n):
             ch.basic_publish("", name, i.to_bytes(4, "big") + BODY[4:])
         assert ch.queue_declare(name, passive=True).method.message_count == n
-        spill = os.path.join(data, "spill")
         assert os.listdir(spill), "nothing was spilled"
         # A connection of its own, with a prefetch: a connection that also
         # publishes is not read from while the memory alarm holds (its acks
         # included), and an unlimited prefetch keeps every delivery in
         # memory as unacked — both as in RabbitMQ.
-        cc = pika.BlockingConnection(pika.ConnectionParameters(port=port, heartbeat=0))
-        ch = cc.channel()
-        ch.basic_qos(prefetch_count=256)
+        cc = pika.BlockingConnection(broker.params(heartbeat=0))
+        cch = cc.channel()
+        cch.basic_qos(prefetch_count=256)
         got = 0
-        for m, _, body in ch.consume(name, auto_ack=False, inactivity_timeout=30):
+        for m, _, body in cch.consume(name, auto_ack=False, inactivity_timeout=30):
             assert m is not None, f"stalled after {got}"
             assert body[:4] == got.to_bytes(4, "big") and body[4:] == BODY[4:], got
             got += 1
             if got % 100 == 0 or got == n:
-                ch.basic_ack(m.delivery_tag, multiple=True)
+                cch.basic_ack(m.delivery_tag, multiple=True)
             if got == n:
                 break
-        ch.cancel()
-        assert ch.queue_declare(name, passive=True).method.message_count == 0
+        cch.cancel()
+        assert cch.queue_declare(name, passive=True).method.message_count == 0
         assert wait_for(lambda: os.listdir(spill) == [])
-        sampling.set()
-        assert peak[0] < 1.2 * watermark, f"RSS peaked at {peak[0]:.0f} MiB"
+        assert peak.mib < 1.2 * watermark, f"RSS peaked at {peak.mib:.0f} MiB"
         cc.close()
         c.close()
-    finally:
-        sampling.set()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_consumer_that_never_reads_cannot_grow_the_broker(name):
@@ -209,32 +195,18 @@ def test_consumer_that_never_reads_cannot_grow_the_broker(name):
     a publisher floods its queue (1 GiB, or 30 s): the messages wait in the
     queue — spilled — not in the connection, RSS stays under 1.5 x the
     watermark, and once the consumer is gone no alarm holds."""
-    import os
-    import struct
-
-    from conftest import Broker
-    from rawamqp import Raw, method, shortstr
-
     watermark = 256
-    proc, port, data = start_warren(extra=["--memory-high-watermark", f"{watermark}MiB"])
-    broker = Broker("127.0.0.1", port, proc, data)
-    peak, sampling = [0.0], threading.Event()
-
-    def sample():
-        while not sampling.is_set():
-            peak[0] = max(peak[0], rss_mib(proc.pid))
-            time.sleep(0.01)
-
-    threading.Thread(target=sample, daemon=True).start()
-    try:
-        c = pika.BlockingConnection(pika.ConnectionParameters(port=port, heartbeat=0))
+    with own_warren(extra=["--memory-high-watermark", f"{watermark}MiB"]) as broker, peak_rss(broker.proc) as peak:
+        spill = os.path.join(broker.data, "spill")
+        c = pika.BlockingConnection(broker.params(heartbeat=0))
         ch = c.channel()
         ch.queue_declare(name)
-        stalled = Raw("127.0.0.1", port)
+        stalled = Raw(broker.host, broker.port)
         stalled.handshake()
         stalled.open_channel()
+        # Manual ack, no basic.qos: unlimited prefetch; then never read.
         stalled.send(method(1, 60, 20, b"\x00\x00" + shortstr(name.encode()) + shortstr(b"stuck") + b"\x00"
-                            + struct.pack(">I", 0)))  # manual ack, no basic.qos: unlimited prefetch
+                            + struct.pack(">I", 0)))
         ch.confirm_delivery()
         deadline, sent = time.time() + 30, 0
         while sent < 16384 and time.time() < deadline:
@@ -243,18 +215,9 @@ def test_consumer_that_never_reads_cannot_grow_the_broker(name):
         assert sent > 2000, sent
         stalled.s.close()  # the consumer goes: its unacked deliveries return
         assert wait_for(lambda: ch.queue_declare(name, passive=True).method.message_count == sent, timeout=30)
-        assert os.listdir(os.path.join(data, "spill")), "nothing was spilled"
+        assert os.listdir(spill), "nothing was spilled"
         assert wait_for(lambda: "Alarms: none." in broker.ctl("status").stdout, timeout=10)
-        sampling.set()
-        assert peak[0] < 1.5 * watermark, f"RSS peaked at {peak[0]:.0f} MiB"
+        assert peak.mib < 1.5 * watermark, f"RSS peaked at {peak.mib:.0f} MiB"
         ch.queue_delete(name)
-        assert wait_for(lambda: os.listdir(os.path.join(data, "spill")) == [])
+        assert wait_for(lambda: os.listdir(spill) == [])
         c.close()
-    finally:
-        sampling.set()
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data, ignore_errors=True)

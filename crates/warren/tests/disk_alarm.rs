@@ -83,6 +83,26 @@ async fn failing_disk_blocks_publishers_and_keeps_serving_consumers() {
     .expect("timed out");
 }
 
+/// Declares `queue`, publishes "first" to it (only publishers are blocked,
+/// after their first publish) and waits for `connection.blocked` among the
+/// connection's `events`; returns the reason.
+async fn publish_until_blocked(
+    publisher: &lapin::Connection,
+    events: &mut (impl futures_lite::Stream<Item = lapin::Event> + Unpin),
+    queue: &str,
+) -> String {
+    let ch = publisher.create_channel().await.unwrap();
+    ch.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), b"first", BasicProperties::default())
+        .await
+        .unwrap();
+    loop {
+        if let lapin::Event::ConnectionBlocked(reason) = events.next().await.expect("connection events") {
+            return reason.to_string();
+        }
+    }
+}
+
 #[tokio::test]
 async fn memory_alarm_blocks_publishers_and_keeps_serving_consumers() {
     // A watermark of 1 MiB (RabbitMQ's unit forms): the broker is over it from the start.
@@ -91,19 +111,7 @@ async fn memory_alarm_blocks_publishers_and_keeps_serving_consumers() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let publisher = b.connect().await;
         let mut events = publisher.events_listener();
-        let ch = publisher.create_channel().await.unwrap();
-        ch.queue_declare("mem".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-        // Only connections that publish are blocked, after their first publish.
-        ch.basic_publish("".into(), "mem".into(), BasicPublishOptions::default(), b"first", BasicProperties::default())
-            .await
-            .unwrap();
-        let reason = loop {
-            match events.next().await.expect("connection events") {
-                lapin::Event::ConnectionBlocked(reason) => break reason,
-                _ => continue,
-            }
-        };
-        assert_eq!(reason, "low on memory");
+        assert_eq!(publish_until_blocked(&publisher, &mut events, "mem").await, "low on memory");
         let consumer = b.connect().await;
         let cch = consumer.create_channel().await.unwrap();
         let got = cch.basic_get("mem".into(), BasicGetOptions { no_ack: true }).await.unwrap().expect("a message");
@@ -121,18 +129,7 @@ async fn free_space_below_the_disk_free_limit_blocks_publishers() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let publisher = b.connect().await;
         let mut events = publisher.events_listener();
-        let ch = publisher.create_channel().await.unwrap();
-        ch.queue_declare("d".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-        ch.basic_publish("".into(), "d".into(), BasicPublishOptions::default(), b"first", BasicProperties::default())
-            .await
-            .unwrap();
-        let reason = loop {
-            match events.next().await.expect("connection events") {
-                lapin::Event::ConnectionBlocked(reason) => break reason,
-                _ => continue,
-            }
-        };
-        assert_eq!(reason, "low on disk");
+        assert_eq!(publish_until_blocked(&publisher, &mut events, "d").await, "low on disk");
         // Lowered live, as with rabbitmqctl: the publisher is unblocked.
         let (code, out, err) = b.ctl(&["set_disk_free_limit", "50MB"]);
         assert_eq!(code, 0, "{out}{err}");
