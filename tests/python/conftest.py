@@ -26,11 +26,13 @@ def warren_binary():
 
 
 class Broker:
-    def __init__(self, host, port, proc=None, data=None):
+    def __init__(self, host, port, proc=None, data=None, http=None):
         self.host = host
         self.port = port
         self.proc = proc
         self.data = data
+        # Base URL of the management HTTP API (".../api/..." follows).
+        self.http = http or os.environ.get("WARREN_TEST_HTTP", f"http://{host}:15672")
 
     def ctl(self, *args, check=True):
         """Runs an administration command: `warren ctl` for the Warren this
@@ -76,14 +78,17 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False)
     binary = warren_binary()
     port = free_port()
     data = tempfile.mkdtemp(prefix="warren-pytest-")
+    http_port = free_port()
+    http = [] if "--http-listen" in extra else ["--http-listen", f"127.0.0.1:{http_port}"]
     proc = subprocess.Popen(
-        [binary, "--amqp-listen", f"{listen_host}:{port}", "--data-dir", data, *extra],
+        [binary, "--amqp-listen", f"{listen_host}:{port}", *http, "--data-dir", data, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **(env or {})},
     )
     proc.log = []
+    proc.http = f"http://127.0.0.1:{http_port}"
     ready = threading.Event()
 
     def pump():
@@ -109,7 +114,7 @@ def own_warren(extra=(), env=None, allow_panic=False):
     and its data directory removed afterwards."""
     proc, port, data = start_warren(extra=extra, env=env, allow_panic=allow_panic)
     try:
-        yield Broker("127.0.0.1", port, proc, data)
+        yield Broker("127.0.0.1", port, proc, data, proc.http)
     finally:
         proc.terminate()
         try:
@@ -128,7 +133,7 @@ def broker():
         yield Broker(host, int(port))
         return
     proc, port, data = start_warren()
-    yield Broker("127.0.0.1", port, proc, data)
+    yield Broker("127.0.0.1", port, proc, data, proc.http)
     proc.terminate()
     try:
         proc.wait(10)

@@ -53,6 +53,8 @@ pub struct ChannelCredit {
 
 pub struct Consumer {
     pub tag: Arc<str>,
+    /// Its connection's id and channel number (the management API).
+    pub connection: u64,
     pub channel: u16,
     pub no_ack: bool,
     pub exclusive: bool,

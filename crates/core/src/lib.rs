@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod message;
 pub mod queue;
 pub mod spill;
+pub mod stats;
 pub mod vhost;
 
 pub use broker::Broker;

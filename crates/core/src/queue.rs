@@ -25,6 +25,7 @@ use crate::arguments::int_arg;
 use crate::consumer::{Consumer, Delivery};
 use crate::dead_letter::Reason;
 use crate::message::{Message, MessageRef};
+use crate::stats;
 use crate::vhost::VHost;
 
 /// What a queue does when a publish would exceed its length limit.
@@ -67,6 +68,9 @@ pub struct Queue {
     /// Set while the queue has consumers and yet more than `FLOW_HIGH`
     /// ready messages: its publishers are slowed (see `under_pressure`).
     pressure: std::sync::atomic::AtomicBool,
+    /// Rates of `message_stats` and of the lengths, sampled by the
+    /// management timer (see [`Queue::sample`]).
+    pub rates: stats::Rates,
 }
 
 /// Disk-first: a durable queue keeps at most this many ready messages (or
@@ -267,6 +271,8 @@ struct QueueState {
     last_used: u64,
     /// Messages that died under the lock, dead-lettered once it is released.
     dead: Vec<(MessageRef, Reason)>,
+    /// `message_stats`, counted under the lock already held (no atomics).
+    stats: stats::Counts,
 }
 
 impl QueueState {
@@ -374,6 +380,24 @@ impl Drop for Locked<'_> {
     }
 }
 
+/// A queue's figures at one moment (see [`Queue::status`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueStatus {
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u32,
+    /// Body bytes of the ready messages, in memory and paged out.
+    pub ready_bytes: u64,
+    pub ready_bytes_in_memory: u64,
+    pub ready_in_memory: u64,
+    pub counts: stats::Counts,
+}
+
+/// Index in `Queue::rates` of the length rates, after the counters.
+pub const RATE_MESSAGES: usize = stats::N;
+pub const RATE_READY: usize = stats::N + 1;
+pub const RATE_UNACKED: usize = stats::N + 2;
+
 /// A message given back to a queue at startup (see [`Queue::restore`]).
 pub enum Restored {
     /// Read back already: it was delivered before, and its count matters.
@@ -453,9 +477,11 @@ impl Queue {
                 may_expire: false,
                 last_used: crate::now_ms(),
                 dead: Vec::new(),
+                stats: [0; stats::N],
             }),
             arguments,
             pressure: Default::default(),
+            rates: Default::default(),
         }
     }
 
@@ -523,6 +549,30 @@ impl Queue {
         (st.ready_bytes, st.paged.iter().map(|p| p.bytes).sum())
     }
 
+    /// What the management API shows of the queue, under one lock.
+    pub fn status(&self) -> QueueStatus {
+        let mut st = self.lock();
+        self.drop_expired(&mut st);
+        QueueStatus {
+            ready: st.len() as u64,
+            unacked: st.unacked as u64,
+            consumers: st.consumers.len() as u32,
+            ready_bytes: st.bytes(),
+            ready_bytes_in_memory: st.ready_bytes,
+            ready_in_memory: st.ready.len() as u64,
+            counts: st.stats,
+        }
+    }
+
+    /// Management timer: samples the counters and lengths into `rates`.
+    pub fn sample(&self) -> QueueStatus {
+        let s = self.status();
+        let mut values = s.counts.to_vec();
+        values.extend([s.ready + s.unacked, s.ready, s.unacked]);
+        self.rates.sample(&values);
+        s
+    }
+
     /// Deliveries waiting for their ack.
     pub fn unacked_count(&self) -> u32 {
         self.lock().unacked as u32
@@ -575,6 +625,7 @@ impl Queue {
                 return false;
             }
         }
+        st.stats[stats::PUBLISH] += 1;
         if ttl == Some(0) {
             // TTL 0: delivered if a consumer can take it right now, else expired.
             if st.len() > 0 {
@@ -750,6 +801,8 @@ impl Queue {
             };
             entry.delivery_count += 1;
             self.log_delivery(&entry);
+            st.stats[if consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }] += 1;
+            st.stats[stats::REDELIVER] += entry.redelivered as u64;
             consumer.sent(entry.message.body.len());
             if consumer.no_ack {
                 // No ack will come: it leaves the queue now.
@@ -787,6 +840,8 @@ impl Queue {
         let mut entry = st.pop()?;
         entry.delivery_count += 1;
         self.log_delivery(&entry);
+        st.stats[if no_ack { stats::GET_NO_ACK } else { stats::GET }] += 1;
+        st.stats[stats::REDELIVER] += entry.redelivered as u64;
         if no_ack {
             self.discard(&entry.message);
         } else {
@@ -802,9 +857,12 @@ impl Queue {
         }
     }
 
-    /// `n` delivered messages were acked (or rejected without requeue).
-    pub fn settled(&self, n: usize) {
+    /// `n` delivered messages were acked (`acked`) or rejected without requeue.
+    pub fn settled(&self, n: usize, acked: bool) {
         let mut st = self.lock();
+        if acked {
+            st.stats[stats::ACK] += n as u64;
+        }
         debug_assert!(st.unacked >= n, "queue '{}': more acks than deliveries", self.name);
         st.unacked = st.unacked.saturating_sub(n);
     }

@@ -16,6 +16,7 @@ use crate::definitions::{self, BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
 use crate::queue::Queue;
+use crate::stats;
 
 /// Exchanges every vhost has from the start.
 const PREDECLARED: &[(&str, ExchangeKind)] = &[
@@ -62,6 +63,10 @@ pub struct VHost {
     pub connections: std::sync::atomic::AtomicU64,
     /// Set by `delete_vhost`: its connections close with 320.
     deleted: std::sync::atomic::AtomicBool,
+    /// `message_stats` of its channels that have closed (the open ones
+    /// count their own; the vhost's figures are the sum).
+    pub retired: stats::Counters,
+    pub rates: stats::Rates,
 }
 
 /// The pseudo-queue a requester consumes replies from.
@@ -182,6 +187,8 @@ impl VHost {
             me: Weak::new(),
             reply_queues: RwLock::new(HashMap::default()),
             connections: Default::default(),
+            retired: Default::default(),
+            rates: Default::default(),
             deleted: Default::default(),
         }
     }
@@ -720,6 +727,15 @@ impl VHost {
     /// exchange-to-exchange bindings followed once each, and the alternate
     /// exchange when nothing else matched. Each queue appears once.
     pub fn route(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
+        let before = out.len();
+        self.route_from(exchange, message, out);
+        exchange.stats.add(stats::PUBLISH_IN, 1);
+        if out.len() > before {
+            exchange.stats.add(stats::PUBLISH_OUT, 1);
+        }
+    }
+
+    fn route_from(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
         if exchange.name.is_empty() {
             if let Some(q) = self.queues.read().get(&*message.routing_key) {
                 out.push(q.clone());

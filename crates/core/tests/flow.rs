@@ -34,6 +34,7 @@ fn a_queue_far_ahead_of_its_consumers_asks_publishers_to_pause() {
     }
     assert!(!q.under_pressure(), "no consumer: filling a backlog is not throttled");
     let consumer = Arc::new(Consumer {
+        connection: 0,
         tag: "c".into(),
         channel: 1,
         no_ack: false,

@@ -209,6 +209,9 @@ struct Shared {
 #[derive(Clone)]
 pub struct MessageLog {
     shared: Arc<Shared>,
+    /// The flusher thread, joined by `reopen` (tests) so that the old log
+    /// has stopped touching files before the new one recovers them.
+    flusher: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 fn segment_path(dir: &Path, n: u32) -> PathBuf {
@@ -418,10 +421,11 @@ impl MessageLog {
             readers: Mutex::new(HashMap::new()),
             segment_target,
         });
-        let log = MessageLog { shared };
+        let log = MessageLog { shared, flusher: Mutex::new(None) };
         log.collect_garbage();
         let flusher = log.shared.clone();
-        thread::Builder::new().name("warren-log-flusher".into()).spawn(move || flush_loop(flusher))?;
+        let handle = thread::Builder::new().name("warren-log-flusher".into()).spawn(move || flush_loop(flusher))?;
+        *log.flusher.lock().unwrap() = Some(handle);
         let n: usize = rec.queues.values().map(|v| v.len()).sum();
         info!(messages = n, queues = rec.queues.len(), segments = segments.len(), "message log recovered");
         Ok((log, rec))
@@ -522,8 +526,10 @@ impl MessageLog {
     /// Closes this log and opens it again, as a restart would.
     pub fn reopen(&self) -> io::Result<(MessageLog, Recovered)> {
         crate::MessageStore::close(self);
-        // Give the flusher thread a moment to let go of its file.
-        thread::sleep(std::time::Duration::from_millis(5));
+        // The flusher must be done with the files before they are recovered.
+        if let Some(h) = self.flusher.lock().unwrap().take() {
+            let _ = h.join();
+        }
         MessageLog::open_with(&self.shared.dir, self.shared.segment_target)
     }
 
@@ -668,7 +674,7 @@ fn write_batch(dir: &Path, file: &mut Option<(u32, File)>, chunks: &[Chunk]) -> 
 }
 
 fn flush_loop(shared: Arc<Shared>) {
-    let log = MessageLog { shared: shared.clone() };
+    let log = MessageLog { shared: shared.clone(), flusher: Mutex::new(None) };
     // The segment being appended to.
     let mut file: Option<(u32, File)> = None;
     loop {

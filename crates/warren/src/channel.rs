@@ -2,13 +2,14 @@
 //! confirms, transactions), consumers, deliveries and acknowledgements.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::protocol::{access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use warren_core::auth::{Access, Resource};
 use warren_core::queue::AfterCancel;
+use warren_core::stats::{self, Counters, Rates};
 use warren_core::vhost::REPLY_TO;
 use warren_core::{
     generated_name, Broker, ChannelCredit, Consumer, Delivery, ExchangeKind, Message, MessageRef, Outbox, Queue, VHost,
@@ -93,8 +94,38 @@ fn intern(last: &mut Arc<str>, s: &str) -> Arc<str> {
     last.clone()
 }
 
+/// What the management API sees of a channel: kept current by the
+/// channel (its only writer), read by the API.
+#[derive(Default)]
+pub struct ChannelInfo {
+    pub number: u16,
+    pub stats: Counters,
+    pub rates: Rates,
+    /// `basic.qos` prefetch for new consumers, and the channel-wide one.
+    pub prefetch: AtomicU32,
+    pub global_prefetch: AtomicU32,
+    pub unacked: AtomicU64,
+    pub consumers: AtomicU32,
+    /// 0 plain, 1 confirm, 2 transactional.
+    pub mode: AtomicU8,
+}
+
+impl ChannelInfo {
+    pub fn new(number: u16) -> Self {
+        ChannelInfo { number, ..Default::default() }
+    }
+
+    fn store(a: &AtomicU64, v: u64) {
+        a.store(v, Ordering::Relaxed);
+    }
+}
+
 pub struct Channel {
     id: u16,
+    /// Its statistics and settings, shared with the management API.
+    pub info: Arc<ChannelInfo>,
+    /// Deliveries awaiting their ack (`info.unacked`).
+    outstanding: u64,
     /// We sent channel.close and wait for close-ok.
     closing: bool,
     /// Done: the connection drops it.
@@ -176,6 +207,8 @@ impl Channel {
     pub fn new(id: u16) -> Self {
         Channel {
             id,
+            info: Arc::new(ChannelInfo::new(id)),
+            outstanding: 0,
             closing: false,
             closed: false,
             assembler: Assembler::default(),
@@ -244,6 +277,8 @@ impl Channel {
         }
         let all: Vec<Unacked> = self.unacked.drain(..).flatten().collect();
         self.first_tag = self.next_tag;
+        self.outstanding = 0;
+        ChannelInfo::store(&self.info.unacked, 0);
         Self::requeue(all);
         self.tx_publishes.clear();
         self.tx_settles.clear();
@@ -273,6 +308,10 @@ impl Channel {
         let props = warren_core::queue::delivery_properties(&d.queue, &d.entry);
         frame::write_content(out, self.id, frame_max, &props, &msg.body);
         drop(props);
+        self.info.stats.bump(if d.consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }, 1);
+        if d.entry.redelivered {
+            self.info.stats.bump(stats::REDELIVER, 1);
+        }
         if d.consumer.no_ack {
             d.consumer.finished(msg.body.len());
             turn.to_wake.push(d.queue);
@@ -284,6 +323,10 @@ impl Channel {
     }
 
     fn push_unacked(&mut self, tag: u64, u: Option<Unacked>) {
+        if u.is_some() {
+            self.outstanding += 1;
+            ChannelInfo::store(&self.info.unacked, self.outstanding);
+        }
         if self.unacked.is_empty() {
             if u.is_none() {
                 self.first_tag = tag + 1;
@@ -337,17 +380,13 @@ impl Channel {
                 Held::CommitOk => reply(out, self.id, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))),
             }
         }
-        if self.confirm_to == 0 {
-            return;
-        }
-        frame::write_confirm(out, self.id, self.confirm_to, self.confirm_to > self.confirm_from, true);
-        self.confirm_from = 0;
-        self.confirm_to = 0;
+        self.write_pending_acks(out);
     }
 
     fn write_pending_acks(&mut self, out: &mut BytesMut) {
         if self.confirm_to != 0 {
             frame::write_confirm(out, self.id, self.confirm_to, self.confirm_to > self.confirm_from, true);
+            self.info.stats.bump(stats::CONFIRM, self.confirm_to - self.confirm_from + 1);
             self.confirm_from = 0;
             self.confirm_to = 0;
         }
@@ -509,15 +548,21 @@ impl Channel {
         }
         let mut queues = std::mem::take(&mut self.routed);
         vhost.route(x, &msg, &mut queues);
-        if queues.is_empty() && p.mandatory {
-            frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
-            frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
+        if queues.is_empty() {
+            if p.mandatory {
+                frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
+                frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
+                self.info.stats.bump(stats::RETURN_UNROUTABLE, 1);
+            } else {
+                self.info.stats.bump(stats::DROP_UNROUTABLE, 1);
+            }
         }
         if queues.iter().any(|q| q.under_pressure()) {
             *ctx.pressure = true;
         }
         let (pos, accepted) = ctx.vhost.enqueue(msg, &mut queues);
         self.routed = queues;
+        self.info.stats.bump(stats::PUBLISH, 1);
         Ok((pos, accepted))
     }
 
@@ -548,6 +593,13 @@ impl Channel {
     /// tag must be outstanding; multiple takes every one up to it; tag 0
     /// with multiple means all).
     fn take_unacked(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+        let taken = self.take_unacked_inner(tag, multiple)?;
+        self.outstanding = self.outstanding.saturating_sub(taken.len() as u64);
+        ChannelInfo::store(&self.info.unacked, self.outstanding);
+        Ok(taken)
+    }
+
+    fn take_unacked_inner(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
         let unknown = || AmqpError::precondition(format_args!("unknown delivery tag {tag}"));
         if multiple && tag == 0 {
             let all = self.unacked.drain(..).flatten().collect();
@@ -580,6 +632,9 @@ impl Channel {
 
     fn settle(&mut self, ctx: &mut Ctx<'_>, s: Settle) -> Result<(), AmqpError> {
         let taken = self.take_unacked(s.tag, s.multiple)?;
+        if s.requeue.is_none() {
+            self.info.stats.bump(stats::ACK, taken.len() as u64);
+        }
         match s.requeue {
             Some(true) => Self::requeue(taken),
             _ => {
@@ -608,7 +663,7 @@ impl Channel {
                     if let Some((rc, k)) = run {
                         rc.release(k);
                     }
-                    q.settled(n);
+                    q.settled(n, s.requeue.is_none());
                     ctx.to_wake.push(q);
                 }
             }
@@ -636,7 +691,24 @@ impl Channel {
             return Err(self.assembler.expected());
         }
         let ids = (m.get_amqp_class_id(), m.get_amqp_method_id());
-        self.method(ctx, m).map_err(|e| e.during(ids.0, ids.1))
+        let r = self.method(ctx, m).map_err(|e| e.during(ids.0, ids.1));
+        self.show_settings();
+        r
+    }
+
+    /// Refreshes what the management API shows of the channel's settings
+    /// (after every method but publish: they change only there).
+    fn show_settings(&self) {
+        let i = &self.info;
+        i.prefetch.store(self.consumer_prefetch, Ordering::Relaxed);
+        i.global_prefetch.store(self.credit.limit.load(Ordering::Relaxed), Ordering::Relaxed);
+        i.consumers.store(self.consumers.len() as u32, Ordering::Relaxed);
+        let mode = match self.mode {
+            Mode::Plain => 0,
+            Mode::Confirm => 1,
+            Mode::Tx => 2,
+        };
+        i.mode.store(mode, Ordering::Relaxed);
     }
 
     fn method(&mut self, ctx: &mut Ctx<'_>, m: AMQPClass) -> Result<(), AmqpError> {
@@ -939,8 +1011,15 @@ impl Channel {
                 ctx.check(Resource::Queue, &name, Access::Read)?;
                 let q = ctx.vhost.queue_for(ctx.connection, &name)?;
                 match q.get(g.no_ack) {
-                    None => reply(ctx.out, id, AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {}))),
+                    None => {
+                        self.info.stats.bump(stats::GET_EMPTY, 1);
+                        reply(ctx.out, id, AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {})))
+                    }
                     Some((entry, remaining)) => {
+                        self.info.stats.bump(if g.no_ack { stats::GET_NO_ACK } else { stats::GET }, 1);
+                        if entry.redelivered {
+                            self.info.stats.bump(stats::REDELIVER, 1);
+                        }
                         let tag = self.next_tag;
                         self.next_tag += 1;
                         let msg = &entry.message;
@@ -983,6 +1062,7 @@ impl Channel {
     fn new_consumer(&self, ctx: &Ctx<'_>, tag: &str, no_ack: bool, exclusive: bool, priority: i64) -> Arc<Consumer> {
         Arc::new(Consumer {
             tag: tag.into(),
+            connection: ctx.connection,
             channel: self.id,
             no_ack,
             exclusive,
@@ -1002,6 +1082,8 @@ impl Channel {
         }
         let all: Vec<Unacked> = self.unacked.drain(..).flatten().collect();
         self.first_tag = self.next_tag;
+        self.outstanding = 0;
+        ChannelInfo::store(&self.info.unacked, 0);
         Self::requeue(all);
         Ok(())
     }

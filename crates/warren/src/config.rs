@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "WARREN_DISK_FREE_LIMIT", default_value = "50MB")]
     pub disk_free_limit: DiskFreeLimit,
 
+    /// Address of the management HTTP API (RabbitMQ's paths and JSON);
+    /// an empty value turns it off.
+    #[arg(long, env = "WARREN_HTTP_LISTEN", default_value = "127.0.0.1:15672")]
+    pub http_listen: String,
+
     /// Most client connections the node accepts at once; 0 = no limit.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u64,
@@ -107,6 +112,15 @@ impl Config {
 
     pub fn loopback_users(&self) -> impl Iterator<Item = &str> {
         self.loopback_users.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+
+    /// The management API's address, unless it is turned off.
+    pub fn http_listen(&self) -> Result<Option<SocketAddr>, String> {
+        let v = self.http_listen.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse().map(Some).map_err(|e| format!("invalid --http-listen '{v}': {e}"))
     }
 
     /// The data directory in effect.

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use warren_protocol::frame::{self, Frame, FrameKind};
 use warren_protocol::method::decode_method;
 use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, PROTOCOL_HEADER};
 
-use crate::channel::{Channel, Ctx, Turn};
+use crate::channel::{Channel, ChannelInfo, Ctx, Turn};
 use crate::server::Shared;
 
 /// A channel frame, decoded.
@@ -51,6 +51,41 @@ pub struct ConnInfo {
     /// Bytes its read and write buffers hold (capacity, and what waits for
     /// the writer), refreshed every tick (0.5 s) for the memory breakdown.
     pub buffers: AtomicUsize,
+    /// What the management API shows, fixed at connection.open.
+    pub client_properties: String,
+    pub auth_mechanism: String,
+    pub connected_at: u64,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    /// Bytes read and written (single writer: the connection task).
+    pub recv_oct: AtomicU64,
+    pub send_oct: AtomicU64,
+    pub rates: warren_core::stats::Rates,
+    /// Its open channels.
+    pub channel_list: parking_lot::Mutex<Vec<Arc<ChannelInfo>>>,
+    /// Set with a reason, then `kill` notified: the connection closes
+    /// with 320 CONNECTION_FORCED (`DELETE /api/connections/NAME`).
+    pub kill_reason: parking_lot::Mutex<Option<String>>,
+    pub kill: Arc<Notify>,
+}
+
+impl ConnInfo {
+    /// RabbitMQ's connection name: "peer -> listener".
+    pub fn name(&self, listen: SocketAddr) -> String {
+        format!("{} -> {}", self.peer, listen)
+    }
+
+    /// Asks the connection to close with 320 and `reason`.
+    pub fn force_close(&self, reason: String) {
+        *self.kill_reason.lock() = Some(reason);
+        self.kill.notify_one();
+    }
+}
+
+/// Adds `n` to a counter with one writer (no locked instruction).
+fn bump(a: &AtomicU64, n: usize) {
+    a.store(a.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
 }
 
 /// What queues send to a connection.
@@ -136,6 +171,11 @@ pub struct Conn {
     tls: bool,
     /// This connection's line in `list_connections`, once open.
     registered: Option<Arc<ConnInfo>>,
+    /// Notified to close the connection (see `ConnInfo::kill`).
+    kill: Arc<Notify>,
+    /// From connection.start-ok, kept for `registered`.
+    client_properties: String,
+    mechanism: String,
     frame_max: u32,
     channel_max: u16,
     heartbeat: u16,
@@ -242,6 +282,9 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
         access_epoch: 0,
         tls,
         registered: None,
+        kill: Arc::new(Notify::new()),
+        client_properties: String::new(),
+        mechanism: String::new(),
         frame_max: frame::FRAME_OVERHEAD as u32 + 4088,
         channel_max: shared.config.channel_max,
         heartbeat: 0,
@@ -275,8 +318,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
     tokio::pin!(pause);
     // Whether reads have filled the read buffer: then it is READ_BIG.
     let mut read_big = false;
+    let kill = c.kill.clone();
     loop {
         if !c.out.is_empty() {
+            if let Some(info) = &c.registered {
+                bump(&info.send_oct, c.out.len());
+            }
             // Write straight from this task while the writer is idle (no
             // hand-off, no wake-up); give the writer only what would block.
             let mut written = 0;
@@ -349,6 +396,9 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                         break;
                     }
                     Ok(n) => {
+                        if let Some(info) = &c.registered {
+                            bump(&info.recv_oct, n);
+                        }
                         last_read = Instant::now();
                         read_big |= n >= spare;
                         if c.on_bytes(&mut rbuf) >= YIELD_AFTER_FRAMES {
@@ -407,6 +457,13 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                     if now - last_write >= hb / 2 {
                         frame::write_heartbeat(&mut c.out);
                     }
+                }
+            }
+            _ = kill.notified() => {
+                let reason = c.registered.as_ref().and_then(|i| i.kill_reason.lock().clone()).unwrap_or_default();
+                if c.stage < Stage::Closing {
+                    info!(peer = %c.peer, %reason, "connection closed by an administrator");
+                    c.close(AmqpError::new(ErrorKind::ConnectionForced, reason));
                 }
             }
             _ = shutdown.changed() => {
@@ -759,7 +816,11 @@ impl Conn {
             return match input {
                 Input::Method(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
                     self.check_user_channel_limit()?;
-                    self.channels.insert(f.channel, Box::new(Channel::new(f.channel)));
+                    let ch = Box::new(Channel::new(f.channel));
+                    if let Some(info) = &self.registered {
+                        info.channel_list.lock().push(ch.info.clone());
+                    }
+                    self.channels.insert(f.channel, ch);
                     self.count_channels();
                     let ok = AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {}));
                     frame::write_method(&mut self.out, f.channel, &ok);
@@ -795,7 +856,9 @@ impl Conn {
         match result {
             Ok(()) => {
                 if ch.is_closed() {
-                    self.channels.remove(&f.channel);
+                    if let Some(ch) = self.channels.remove(&f.channel) {
+                        self.channel_gone(&ch.info);
+                    }
                     self.count_channels();
                 }
                 Ok(())
@@ -824,6 +887,8 @@ impl Conn {
                         matches!(caps.inner().get("authentication_failure_close"), Some(AMQPValue::Boolean(true)));
                 }
                 let mechanism = ok.mechanism.as_str();
+                self.mechanism = mechanism.to_owned();
+                self.client_properties = warren_core::arguments::table_to_json(&ok.client_properties).to_string();
                 let creds = credentials(mechanism, ok.response.as_bytes());
                 let refused = || {
                     AmqpError::access_refused(format_args!(
@@ -931,6 +996,18 @@ impl Conn {
                     tls: self.tls,
                     channels: AtomicUsize::new(0),
                     buffers: AtomicUsize::new(0),
+                    client_properties: std::mem::take(&mut self.client_properties),
+                    auth_mechanism: std::mem::take(&mut self.mechanism),
+                    connected_at: warren_core::now_ms(),
+                    frame_max: self.frame_max,
+                    channel_max: self.channel_max,
+                    heartbeat: self.heartbeat,
+                    recv_oct: Default::default(),
+                    send_oct: Default::default(),
+                    rates: Default::default(),
+                    channel_list: Default::default(),
+                    kill_reason: Default::default(),
+                    kill: self.kill.clone(),
                 });
                 self.shared.connections.lock().insert(self.id, info.clone());
                 self.registered = Some(info);
@@ -1065,10 +1142,22 @@ impl Conn {
         }
     }
 
+    /// A channel closed: it leaves the management API's list, and its
+    /// statistics go to its vhost's totals.
+    fn channel_gone(&self, info: &Arc<ChannelInfo>) {
+        if let Some(vhost) = &self.vhost {
+            vhost.retired.add_all(&info.stats.snapshot());
+        }
+        if let Some(conn) = &self.registered {
+            conn.channel_list.lock().retain(|c| !Arc::ptr_eq(c, info));
+        }
+    }
+
     fn close_all_channels(&mut self) {
         if let Some(vhost) = self.vhost.clone() {
-            for (_, mut ch) in self.channels.drain() {
+            for (_, mut ch) in std::mem::take(&mut self.channels) {
                 ch.release_all(&vhost);
+                self.channel_gone(&ch.info);
             }
         }
     }

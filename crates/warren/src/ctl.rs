@@ -486,7 +486,7 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
 
 /// Where the broker's memory is, in the spirit of `rabbitmq-diagnostics
 /// memory_breakdown`: one row per category, bytes and share of RSS.
-fn memory_breakdown(shared: &Shared) -> Response {
+pub fn memory_breakdown(shared: &Shared) -> Response {
     let (mut in_memory, mut paged) = (0u64, 0u64);
     for vhost in shared.broker.vhosts() {
         for q in vhost.queues() {

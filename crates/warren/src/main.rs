@@ -4,6 +4,7 @@ mod channel;
 mod config;
 mod connection;
 mod ctl;
+mod http;
 mod panics;
 mod resources;
 mod server;

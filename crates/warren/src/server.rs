@@ -27,6 +27,15 @@ pub struct Shared {
     /// Free disk space (bytes) below which the disk alarm holds; set from
     /// `--disk-free-limit`, changed by `warren ctl set_disk_free_limit`.
     pub disk_free_limit: Arc<AtomicU64>,
+    /// Where the management API listens, once bound.
+    pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    pub started: std::time::Instant,
+}
+
+impl Shared {
+    pub fn http_listen(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr.get().copied()
+    }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -71,7 +80,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(bytes = disk_free_limit.load(Ordering::Relaxed), "disk free limit set");
     let paging_at = config.memory_limit().map(|l| (l as f64 * config.memory_paging_ratio) as u64);
     tokio::spawn(alarms(broker.clone(), config.memory_limit(), paging_at, disk, alarm_tx));
-    let shared = Arc::new(Shared { broker, config, synced, alarm, connections: Default::default(), disk_free_limit });
+    let http_at = config.http_listen().map_err(|e| anyhow::anyhow!(e))?;
+    let shared = Arc::new(Shared {
+        broker,
+        config,
+        synced,
+        alarm,
+        connections: Default::default(),
+        disk_free_limit,
+        http_addr: Default::default(),
+        started: std::time::Instant::now(),
+    });
+    if let Some(at) = http_at {
+        let bound = crate::http::listen(shared.clone(), at).await?;
+        let _ = shared.http_addr.set(bound);
+    }
     tokio::spawn(expiry_timer(shared.broker.clone()));
     crate::ctl::listen(shared.clone(), &data_dir)
         .await

@@ -83,6 +83,9 @@ pub struct Exchange {
     pub internal: bool,
     pub arguments: FieldTable,
     bindings: RwLock<Bindings>,
+    /// `publish_in` / `publish_out`, shared by every publisher.
+    pub stats: crate::stats::Counters,
+    pub rates: crate::stats::Rates,
 }
 
 impl Exchange {
@@ -102,6 +105,8 @@ impl Exchange {
             internal,
             arguments,
             bindings: RwLock::new(Bindings::default()),
+            stats: Default::default(),
+            rates: Default::default(),
         }
     }
 

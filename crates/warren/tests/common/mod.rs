@@ -70,7 +70,7 @@ impl TestBroker {
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .envs(env.iter().copied())
-            .args(["--amqp-listen", &addr, "--data-dir"])
+            .args(["--amqp-listen", &addr, "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&dir)
             .env("WARREN_LOG", "info")
             .stdout(Stdio::piped())

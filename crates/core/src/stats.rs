@@ -1,0 +1,163 @@
+//! Message statistics for the management API: counters and sampled rates.
+//!
+//! Counters are touched on the per-message path, so they cost as little as
+//! the owner allows: a queue counts under the lock it already holds (plain
+//! integers in its state); a channel, the only writer of its counters, does
+//! a relaxed load and store (no locked instruction, see [`Counters::bump`]);
+//! an exchange, shared by publishers, one relaxed `fetch_add`. Rates are
+//! never computed per message: a timer samples every object's counters
+//! ([`Rates::sample`], every [`SAMPLE_INTERVAL_MS`]) and the rate is the
+//! change over the last interval, as RabbitMQ's `collect_statistics_interval`
+//! (5 s by default) samples them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// How often the management timer samples counters into rates.
+pub const SAMPLE_INTERVAL_MS: u64 = 5000;
+
+/// The `message_stats` fields, by index, with RabbitMQ's names.
+pub const PUBLISH: usize = 0;
+pub const PUBLISH_IN: usize = 1;
+pub const PUBLISH_OUT: usize = 2;
+pub const CONFIRM: usize = 3;
+pub const DELIVER: usize = 4;
+pub const DELIVER_NO_ACK: usize = 5;
+pub const GET: usize = 6;
+pub const GET_NO_ACK: usize = 7;
+pub const GET_EMPTY: usize = 8;
+pub const ACK: usize = 9;
+pub const REDELIVER: usize = 10;
+pub const RETURN_UNROUTABLE: usize = 11;
+pub const DROP_UNROUTABLE: usize = 12;
+pub const N: usize = 13;
+
+pub const NAMES: [&str; N] = [
+    "publish",
+    "publish_in",
+    "publish_out",
+    "confirm",
+    "deliver",
+    "deliver_no_ack",
+    "get",
+    "get_no_ack",
+    "get_empty",
+    "ack",
+    "redeliver",
+    "return_unroutable",
+    "drop_unroutable",
+];
+
+/// A snapshot of the counters.
+pub type Counts = [u64; N];
+
+/// `deliver_get`: every message handed out, by consume or get, either ack mode.
+pub fn deliver_get(c: &Counts) -> u64 {
+    c[DELIVER] + c[DELIVER_NO_ACK] + c[GET] + c[GET_NO_ACK]
+}
+
+/// Adds `b` into `a`.
+pub fn add(a: &mut Counts, b: &Counts) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+#[derive(Default)]
+pub struct Counters([AtomicU64; N]);
+
+impl Counters {
+    /// For counters with several writers (an exchange).
+    pub fn add(&self, i: usize, n: u64) {
+        self.0[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// For counters with a single writer (a channel, on its connection's
+    /// task): a plain load and store, no locked read-modify-write. Readers
+    /// see a value at most one update behind.
+    pub fn bump(&self, i: usize, n: u64) {
+        let a = &self.0[i];
+        a.store(a.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    /// Adds a whole snapshot (a closed channel's totals into its vhost's).
+    pub fn add_all(&self, c: &Counts) {
+        for (a, n) in self.0.iter().zip(c) {
+            if *n > 0 {
+                a.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Counts {
+        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+    }
+}
+
+/// Per-second rates of a set of counters over the last sample interval.
+#[derive(Default)]
+pub struct Rates(Mutex<Option<RateState>>);
+
+struct RateState {
+    at: std::time::Instant,
+    last: Vec<u64>,
+    rate: Vec<f64>,
+}
+
+impl Rates {
+    /// Records the values now: the rate becomes their change since the
+    /// previous sample, per second.
+    pub fn sample(&self, values: &[u64]) {
+        let now = std::time::Instant::now();
+        let mut st = self.0.lock();
+        match st.as_mut() {
+            Some(s) if s.last.len() == values.len() => {
+                let dt = now.duration_since(s.at).as_secs_f64();
+                if dt < 0.001 {
+                    return;
+                }
+                for (i, v) in values.iter().enumerate() {
+                    // Lengths may fall: the rate is signed.
+                    s.rate[i] = (*v as f64 - s.last[i] as f64) / dt;
+                    s.last[i] = *v;
+                }
+                s.at = now;
+            }
+            _ => *st = Some(RateState { at: now, last: values.to_vec(), rate: vec![0.0; values.len()] }),
+        }
+    }
+
+    /// The rate of value `i` (0 until two samples were taken).
+    pub fn get(&self, i: usize) -> f64 {
+        self.0.lock().as_ref().and_then(|s| s.rate.get(i).copied()).unwrap_or(0.0)
+    }
+
+    /// All rates (empty until sampled).
+    pub fn all(&self) -> Vec<f64> {
+        self.0.lock().as_ref().map(|s| s.rate.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_rates() {
+        let c = Counters::default();
+        c.bump(PUBLISH, 3);
+        c.add(ACK, 2);
+        c.add_all(&[1; N]);
+        let s = c.snapshot();
+        assert_eq!(s[PUBLISH], 4);
+        assert_eq!(s[ACK], 3);
+        assert_eq!(deliver_get(&s), 4);
+        let r = Rates::default();
+        r.sample(&[10, 5]);
+        assert_eq!(r.get(0), 0.0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        r.sample(&[20, 0]);
+        assert!(r.get(0) > 0.0 && r.get(1) < 0.0, "{:?}", r.all());
+    }
+}

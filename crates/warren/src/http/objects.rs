@@ -1,0 +1,548 @@
+//! The broker's objects as the management API shows them, with RabbitMQ's
+//! field names, and the timer that samples their counters into rates.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+
+use serde_json::{json, Map, Value};
+use warren_core::arguments::table_to_json;
+use warren_core::exchange::Destination;
+use warren_core::queue::{RATE_MESSAGES, RATE_READY, RATE_UNACKED};
+use warren_core::stats::{self, Counts, Rates};
+use warren_core::{Exchange, Queue, VHost};
+
+use crate::channel::ChannelInfo;
+use crate::connection::ConnInfo;
+use crate::server::Shared;
+
+/// Rates of the whole node's `message_stats` and queue totals.
+static OVERVIEW: LazyLock<Rates> = LazyLock::new(Rates::default);
+
+/// The `message_stats` of each kind of object, as RabbitMQ lists them.
+const CHANNEL_STATS: &[usize] = &[
+    stats::PUBLISH,
+    stats::CONFIRM,
+    stats::RETURN_UNROUTABLE,
+    stats::DROP_UNROUTABLE,
+    stats::DELIVER,
+    stats::DELIVER_NO_ACK,
+    stats::GET,
+    stats::GET_NO_ACK,
+    stats::GET_EMPTY,
+    stats::ACK,
+    stats::REDELIVER,
+];
+const QUEUE_STATS: &[usize] = &[
+    stats::PUBLISH,
+    stats::DELIVER,
+    stats::DELIVER_NO_ACK,
+    stats::GET,
+    stats::GET_NO_ACK,
+    stats::ACK,
+    stats::REDELIVER,
+];
+const EXCHANGE_STATS: &[usize] = &[stats::PUBLISH_IN, stats::PUBLISH_OUT];
+
+pub fn node_name() -> String {
+    static NAME: LazyLock<String> = LazyLock::new(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = host.trim();
+        format!("warren@{}", if host.is_empty() { "localhost" } else { host })
+    });
+    NAME.clone()
+}
+
+fn details(rate: f64) -> Value {
+    // RabbitMQ rounds rates to one decimal.
+    json!({ "rate": (rate * 10.0).round() / 10.0 })
+}
+
+fn rate(rates: &[f64], i: usize) -> f64 {
+    rates.get(i).copied().unwrap_or(0.0)
+}
+
+/// `message_stats`: each counter and its `_details.rate`, plus `deliver_get`.
+fn message_stats(counts: &Counts, rates: &[f64], fields: &[usize]) -> Value {
+    let mut m = Map::new();
+    for &i in fields {
+        m.insert(stats::NAMES[i].to_owned(), counts[i].into());
+        m.insert(format!("{}_details", stats::NAMES[i]), details(rate(rates, i)));
+    }
+    if fields.contains(&stats::DELIVER) {
+        m.insert("deliver_get".into(), stats::deliver_get(counts).into());
+        let r = [stats::DELIVER, stats::DELIVER_NO_ACK, stats::GET, stats::GET_NO_ACK]
+            .iter()
+            .map(|&i| rate(rates, i))
+            .sum();
+        m.insert("deliver_get_details".into(), details(r));
+    }
+    Value::Object(m)
+}
+
+pub fn queue(q: &Queue) -> Value {
+    let s = q.status();
+    let rates = q.rates.all();
+    let consumers: Vec<Value> = Vec::new();
+    let single_active = q.arguments.inner().contains_key("x-single-active-consumer");
+    let exclusive_tag = q.consumers().iter().find(|(c, _)| c.exclusive).map(|(c, _)| c.tag.to_string());
+    json!({
+        "name": q.name,
+        "vhost": q.vhost,
+        "durable": q.durable,
+        "auto_delete": q.auto_delete,
+        "exclusive": q.exclusive_owner.is_some(),
+        "arguments": table_to_json(&q.arguments),
+        "node": node_name(),
+        "state": "running",
+        "type": if q.quorum { "quorum" } else { "classic" },
+        "messages": s.ready + s.unacked,
+        "messages_details": details(rate(&rates, RATE_MESSAGES)),
+        "messages_ready": s.ready,
+        "messages_ready_details": details(rate(&rates, RATE_READY)),
+        "messages_unacknowledged": s.unacked,
+        "messages_unacknowledged_details": details(rate(&rates, RATE_UNACKED)),
+        "messages_ram": s.ready_in_memory + s.unacked,
+        "messages_ready_ram": s.ready_in_memory,
+        "messages_paged_out": s.ready - s.ready_in_memory.min(s.ready),
+        "message_bytes": s.ready_bytes,
+        "message_bytes_ready": s.ready_bytes,
+        "message_bytes_ram": s.ready_bytes_in_memory,
+        "message_bytes_paged_out": s.ready_bytes - s.ready_bytes_in_memory.min(s.ready_bytes),
+        "consumers": s.consumers,
+        "consumer_capacity": if s.consumers > 0 { 1.0 } else { 0.0 },
+        "consumer_utilisation": if s.consumers > 0 { 1.0 } else { 0.0 },
+        "consumer_details": consumers,
+        "exclusive_consumer_tag": exclusive_tag,
+        "single_active_consumer_tag": if single_active { q.consumers().first().map(|(c, _)| c.tag.to_string()) } else { None },
+        "policy": Value::Null,
+        "operator_policy": Value::Null,
+        "effective_policy_definition": {},
+        "head_message_timestamp": Value::Null,
+        "memory": s.ready_bytes_in_memory + 1024,
+        "message_stats": message_stats(&s.counts, &rates, QUEUE_STATS),
+    })
+}
+
+pub fn exchange(x: &Exchange, vhost: &str) -> Value {
+    let counts = x.stats.snapshot();
+    let rates = x.rates.all();
+    let name = if x.name.is_empty() { "amq.default" } else { x.name.as_str() };
+    let mut v = json!({
+        "name": x.name,
+        "vhost": vhost,
+        "type": x.kind.as_str(),
+        "durable": x.durable,
+        "auto_delete": x.auto_delete,
+        "internal": x.internal,
+        "arguments": table_to_json(&x.arguments),
+        "user_who_performed_action": "rmq-internal",
+        "policy": Value::Null,
+    });
+    let _ = name;
+    if counts[stats::PUBLISH_IN] > 0 {
+        v["message_stats"] = message_stats(&counts, &rates, EXCHANGE_STATS);
+    }
+    v
+}
+
+/// One binding, as the API lists it.
+pub struct BindingRow {
+    pub vhost: String,
+    pub source: String,
+    pub destination: String,
+    pub destination_type: &'static str,
+    pub routing_key: String,
+    pub arguments: Value,
+}
+
+/// RabbitMQ's `properties_key`: names one binding between a source and a
+/// destination in a URL. The routing key (`~` when empty), plus a hash of
+/// the arguments when there are any.
+pub fn properties_key(routing_key: &str, arguments: &Value) -> String {
+    let empty = arguments.as_object().is_none_or(|m| m.is_empty());
+    let key = if routing_key.is_empty() { "~" } else { routing_key };
+    if empty {
+        return key.to_owned();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(arguments.to_string().as_bytes());
+    use base64::Engine;
+    format!("{key}~{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..12]))
+}
+
+pub fn binding(b: &BindingRow) -> Value {
+    json!({
+        "source": b.source,
+        "vhost": b.vhost,
+        "destination": b.destination,
+        "destination_type": b.destination_type,
+        "routing_key": b.routing_key,
+        "arguments": b.arguments,
+        "properties_key": properties_key(&b.routing_key, &b.arguments),
+    })
+}
+
+/// Every binding of a vhost: the default exchange's implicit ones first,
+/// as RabbitMQ lists them.
+pub fn bindings(vhost: &VHost) -> Vec<BindingRow> {
+    let mut queues = vhost.queues();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows: Vec<BindingRow> = queues
+        .iter()
+        .map(|q| BindingRow {
+            vhost: vhost.name.clone(),
+            source: String::new(),
+            destination: q.name.clone(),
+            destination_type: "queue",
+            routing_key: q.name.clone(),
+            arguments: json!({}),
+        })
+        .collect();
+    let mut xs = vhost.exchanges();
+    xs.sort_by(|a, b| a.name.cmp(&b.name));
+    for x in xs.iter().filter(|x| !x.name.is_empty()) {
+        for b in x.bindings() {
+            let (destination, destination_type) = match &b.destination {
+                Destination::Queue(q) => (q.name.clone(), "queue"),
+                Destination::Exchange(e) => (e.clone(), "exchange"),
+            };
+            rows.push(BindingRow {
+                vhost: vhost.name.clone(),
+                source: x.name.clone(),
+                destination,
+                destination_type,
+                routing_key: b.routing_key.clone(),
+                arguments: table_to_json(&b.arguments),
+            });
+        }
+    }
+    rows
+}
+
+pub fn connection(shared: &Shared, c: &ConnInfo) -> Value {
+    let rates = c.rates.all();
+    let client: Value = serde_json::from_str(&c.client_properties).unwrap_or_else(|_| json!({}));
+    json!({
+        "name": c.name(shared.config.amqp_listen),
+        "node": node_name(),
+        "type": "network",
+        "state": "running",
+        "user": c.user,
+        "user_who_performed_action": c.user,
+        "vhost": c.vhost,
+        "protocol": "AMQP 0-9-1",
+        "auth_mechanism": c.auth_mechanism,
+        "host": shared.config.amqp_listen.ip().to_string(),
+        "port": shared.config.amqp_listen.port(),
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+        "ssl": c.tls,
+        "channels": c.channels.load(Ordering::Relaxed),
+        "channel_max": c.channel_max,
+        "frame_max": c.frame_max,
+        "timeout": c.heartbeat,
+        "connected_at": c.connected_at,
+        "client_properties": client,
+        "recv_oct": c.recv_oct.load(Ordering::Relaxed),
+        "recv_oct_details": details(rate(&rates, 0)),
+        "send_oct": c.send_oct.load(Ordering::Relaxed),
+        "send_oct_details": details(rate(&rates, 1)),
+        "send_pend": 0,
+    })
+}
+
+pub fn channel_name(shared: &Shared, c: &ConnInfo, ch: &ChannelInfo) -> String {
+    format!("{} ({})", c.name(shared.config.amqp_listen), ch.number)
+}
+
+pub fn channel(shared: &Shared, c: &ConnInfo, ch: &ChannelInfo) -> Value {
+    let counts = ch.stats.snapshot();
+    let rates = ch.rates.all();
+    let mode = ch.mode.load(Ordering::Relaxed);
+    json!({
+        "name": channel_name(shared, c, ch),
+        "node": node_name(),
+        "number": ch.number,
+        "user": c.user,
+        "user_who_performed_action": c.user,
+        "vhost": c.vhost,
+        "state": "running",
+        "confirm": mode == 1,
+        "transactional": mode == 2,
+        "consumer_count": ch.consumers.load(Ordering::Relaxed),
+        "prefetch_count": ch.prefetch.load(Ordering::Relaxed),
+        "global_prefetch_count": ch.global_prefetch.load(Ordering::Relaxed),
+        "messages_unacknowledged": ch.unacked.load(Ordering::Relaxed),
+        "messages_unconfirmed": 0,
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+        "connection_details": {
+            "name": c.name(shared.config.amqp_listen),
+            "peer_host": c.peer.ip().to_string(),
+            "peer_port": c.peer.port(),
+        },
+        "message_stats": message_stats(&counts, &rates, CHANNEL_STATS),
+    })
+}
+
+pub fn consumer(shared: &Shared, q: &Queue, c: &warren_core::Consumer, active: bool) -> Value {
+    let conn = shared.connections.lock().get(&c.connection).cloned();
+    let channel_details = match &conn {
+        Some(ci) => json!({
+            "name": format!("{} ({})", ci.name(shared.config.amqp_listen), c.channel),
+            "number": c.channel,
+            "node": node_name(),
+            "connection_name": ci.name(shared.config.amqp_listen),
+            "peer_host": ci.peer.ip().to_string(),
+            "peer_port": ci.peer.port(),
+            "user": ci.user,
+        }),
+        None => json!({}),
+    };
+    json!({
+        "consumer_tag": &*c.tag,
+        "queue": { "name": q.name, "vhost": q.vhost },
+        "channel_details": channel_details,
+        "ack_required": !c.no_ack,
+        "exclusive": c.exclusive,
+        "prefetch_count": c.prefetch,
+        "active": active,
+        "activity_status": if active { "up" } else { "waiting" },
+        "arguments": {},
+    })
+}
+
+/// Every open channel's counters, summed per vhost.
+fn live_channel_counts(shared: &Shared) -> HashMap<String, Counts> {
+    let conns: Vec<Arc<ConnInfo>> = shared.connections.lock().values().cloned().collect();
+    let mut by_vhost: HashMap<String, Counts> = HashMap::new();
+    for c in conns {
+        let total = by_vhost.entry(c.vhost.clone()).or_insert([0; stats::N]);
+        for ch in c.channel_list.lock().iter() {
+            stats::add(total, &ch.stats.snapshot());
+        }
+    }
+    by_vhost
+}
+
+/// A vhost's `message_stats`: its closed channels' plus its open ones'.
+fn vhost_counts(vhost: &VHost, live: &HashMap<String, Counts>) -> Counts {
+    let mut c = vhost.retired.snapshot();
+    if let Some(l) = live.get(&vhost.name) {
+        stats::add(&mut c, l);
+    }
+    c
+}
+
+/// Ready and unacked messages of a vhost's queues.
+fn vhost_lengths(vhost: &VHost) -> (u64, u64) {
+    vhost.queues().iter().map(|q| q.status()).fold((0, 0), |(r, u), s| (r + s.ready, u + s.unacked))
+}
+
+pub fn vhosts(shared: &Shared) -> Vec<Arc<VHost>> {
+    let mut v = shared.broker.vhosts();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+pub fn vhost(shared: &Shared, vhost: &VHost) -> Value {
+    let live = live_channel_counts(shared);
+    vhost_with(vhost, &live)
+}
+
+fn vhost_with(vhost: &VHost, live: &HashMap<String, Counts>) -> Value {
+    let counts = vhost_counts(vhost, live);
+    let rates = vhost.rates.all();
+    let (ready, unacked) = vhost_lengths(vhost);
+    json!({
+        "name": vhost.name,
+        "description": if vhost.name == "/" { "Default virtual host" } else { "" },
+        "tags": [],
+        "metadata": { "description": if vhost.name == "/" { "Default virtual host" } else { "" }, "tags": [] },
+        "default_queue_type": "undefined",
+        "tracing": false,
+        "cluster_state": { node_name(): "running" },
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "messages_details": details(rate(&rates, stats::N)),
+        "messages_ready_details": details(rate(&rates, stats::N + 1)),
+        "messages_unacknowledged_details": details(rate(&rates, stats::N + 2)),
+        "message_stats": message_stats(&counts, &rates, CHANNEL_STATS),
+    })
+}
+
+pub fn vhosts_json(shared: &Shared, list: Vec<Arc<VHost>>) -> Vec<Value> {
+    let live = live_channel_counts(shared);
+    list.iter().map(|v| vhost_with(v, &live)).collect()
+}
+
+pub fn overview(shared: &Shared, caller: &super::auth::Caller) -> Value {
+    let live = live_channel_counts(shared);
+    let mut counts = [0; stats::N];
+    let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0, 0, 0, 0, 0);
+    for v in vhosts(shared).iter().filter(|v| caller.sees_vhost(shared, &v.name)) {
+        stats::add(&mut counts, &vhost_counts(v, &live));
+        for q in v.queues() {
+            let s = q.status();
+            ready += s.ready;
+            unacked += s.unacked;
+            consumers += s.consumers as u64;
+            queues += 1;
+        }
+        exchanges += v.exchanges().len();
+    }
+    let conns: Vec<Arc<ConnInfo>> =
+        shared.connections.lock().values().filter(|c| caller.sees_user(&c.user)).cloned().collect();
+    let channels: usize = conns.iter().map(|c| c.channels.load(Ordering::Relaxed)).sum();
+    let rates = OVERVIEW.all();
+    let listen = shared.config.amqp_listen;
+    let mut listeners = vec![json!({
+        "node": node_name(), "protocol": "amqp", "ip_address": listen.ip().to_string(), "port": listen.port(),
+    })];
+    if let Some(at) = shared.http_listen() {
+        listeners.push(
+            json!({"node": node_name(), "protocol": "http", "ip_address": at.ip().to_string(), "port": at.port()}),
+        );
+    }
+    if let Some(at) = shared.config.amqps_listen {
+        listeners.push(
+            json!({"node": node_name(), "protocol": "amqp/ssl", "ip_address": at.ip().to_string(), "port": at.port()}),
+        );
+    }
+    json!({
+        "management_version": "3.10.8",
+        "rates_mode": "basic",
+        "product_name": "Warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rabbitmq_version": "3.10.8",
+        "warren_version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": node_name(),
+        "erlang_version": "none",
+        "erlang_full_version": "none (Warren is written in Rust)",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "node": node_name(),
+        "exchange_types": exchange_types(),
+        "message_stats": message_stats(&counts, &rates, CHANNEL_STATS),
+        "queue_totals": {
+            "messages": ready + unacked,
+            "messages_details": details(rate(&rates, stats::N)),
+            "messages_ready": ready,
+            "messages_ready_details": details(rate(&rates, stats::N + 1)),
+            "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": details(rate(&rates, stats::N + 2)),
+        },
+        "object_totals": {
+            "connections": conns.len(),
+            "channels": channels,
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+        },
+        "statistics_db_event_queue": 0,
+        "listeners": listeners,
+        "contexts": [],
+        "memory": memory(shared),
+    })
+}
+
+pub fn exchange_types() -> Value {
+    json!([
+        {"name": "direct", "description": "AMQP direct exchange, as per the AMQP specification", "enabled": true},
+        {"name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": true},
+        {"name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": true},
+        {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": true},
+    ])
+}
+
+/// The memory breakdown (`warren ctl status`), by category.
+pub fn memory(shared: &Shared) -> Value {
+    let r = crate::ctl::memory_breakdown(shared);
+    let mut m = Map::new();
+    for row in r.rows {
+        if let (Some(k), Some(v)) = (row.first(), row.get(1)) {
+            m.insert(k.clone(), v.parse::<u64>().map(Value::from).unwrap_or(Value::Null));
+        }
+    }
+    Value::Object(m)
+}
+
+pub fn node(shared: &Shared) -> Value {
+    let rss = crate::resources::rss_bytes().unwrap_or(0);
+    let limit = shared.config.memory_limit().unwrap_or(0);
+    let alarm = shared.alarm.borrow().clone();
+    let disk_free = crate::resources::free_disk_bytes(&shared.config.data_dir()).unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let fd_total = {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit only writes into the struct we pass.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
+        l.rlim_cur
+    };
+    json!({
+        "name": node_name(),
+        "type": "disc",
+        "running": true,
+        "os_pid": std::process::id().to_string(),
+        "mem_used": rss,
+        "mem_limit": limit,
+        "mem_alarm": alarm.as_deref().is_some_and(|a| a.contains("memory")),
+        "disk_free": disk_free,
+        "disk_free_limit": shared.disk_free_limit.load(Ordering::Relaxed),
+        "disk_free_alarm": alarm.as_deref().is_some_and(|a| a.contains("disk")),
+        "fd_used": fds,
+        "fd_total": fd_total,
+        "sockets_used": shared.connections.lock().len(),
+        "proc_used": 0,
+        "proc_total": 0,
+        "processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "uptime": shared.started.elapsed().as_millis() as u64,
+        "run_queue": 0,
+        "rates_mode": "basic",
+        "exchange_types": exchange_types(),
+        "auth_mechanisms": [{"name": "PLAIN", "enabled": true}, {"name": "AMQPLAIN", "enabled": true}],
+        "applications": [{"name": "warren", "description": "Warren", "version": env!("CARGO_PKG_VERSION")}],
+        "partitions": [],
+        "cluster_links": [],
+        "enabled_plugins": ["rabbitmq_management"],
+        "db_dir": shared.config.data_dir().display().to_string(),
+        "memory": memory(shared),
+    })
+}
+
+/// Samples every object's counters into rates (every 5 s).
+pub fn sample_all(shared: &Shared) {
+    let live = live_channel_counts(shared);
+    let mut total = [0u64; stats::N];
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    for v in shared.broker.vhosts() {
+        let (mut vr, mut vu) = (0, 0);
+        for q in v.queues() {
+            let s = q.sample();
+            vr += s.ready;
+            vu += s.unacked;
+        }
+        for x in v.exchanges() {
+            x.rates.sample(&x.stats.snapshot());
+        }
+        let counts = vhost_counts(&v, &live);
+        stats::add(&mut total, &counts);
+        let mut values = counts.to_vec();
+        values.extend([vr + vu, vr, vu]);
+        v.rates.sample(&values);
+        ready += vr;
+        unacked += vu;
+    }
+    let mut values = total.to_vec();
+    values.extend([ready + unacked, ready, unacked]);
+    OVERVIEW.sample(&values);
+    let conns: Vec<Arc<ConnInfo>> = shared.connections.lock().values().cloned().collect();
+    for c in conns {
+        c.rates.sample(&[c.recv_oct.load(Ordering::Relaxed), c.send_oct.load(Ordering::Relaxed)]);
+        for ch in c.channel_list.lock().iter() {
+            ch.rates.sample(&ch.stats.snapshot());
+        }
+    }
+}
