@@ -196,6 +196,9 @@ pub struct AccessControl {
     pub permissions: BTreeMap<(String, String), Permission>,
     /// (vhost, user, exchange) → topic permission.
     pub topic_permissions: BTreeMap<(String, String, String), TopicPermission>,
+    /// (vhost, name) → policy, and the operator policies apart.
+    pub policies: BTreeMap<(String, String), crate::policy::Policy>,
+    pub operator_policies: BTreeMap<(String, String), crate::policy::Policy>,
 }
 
 /// The 403 a denied operation gets, in RabbitMQ's words.
@@ -280,6 +283,13 @@ impl AccessControl {
             "topic_permissions": self.topic_permissions.iter().map(|((vhost, user, exchange), p)| json!({
                 "user": user, "vhost": vhost, "exchange": exchange, "write": p.write, "read": p.read,
             })).collect::<Vec<_>>(),
+            "policies": self.policies.values().map(|p| p.to_json()).collect::<Vec<_>>(),
+            // RabbitMQ exports operator policies as runtime parameters.
+            "parameters": self.operator_policies.values().map(|p| json!({
+                "vhost": p.vhost, "component": "operator_policy", "name": p.name,
+                "value": {"pattern": p.pattern, "definition": p.definition, "priority": p.priority,
+                          "apply-to": p.apply_to.as_str()},
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -335,6 +345,23 @@ impl AccessControl {
             let (user, vhost, exchange) = (text(&p, "user"), text(&p, "vhost"), text(&p, "exchange"));
             let perm = TopicPermission::new(&text(&p, "write"), &text(&p, "read"), &user, &vhost)?;
             self.topic_permissions.insert((vhost, user, exchange), perm);
+        }
+        let policy = |vhost: String, name: String, v: &serde_json::Value, operator: bool| {
+            let definition = v.get("definition").and_then(|d| d.as_object()).cloned().unwrap_or_default();
+            let priority = v.get("priority").and_then(|p| p.as_i64()).unwrap_or(0);
+            let apply_to = v.get("apply-to").and_then(|a| a.as_str()).unwrap_or("all");
+            let vhost = if vhost.is_empty() { "/".to_owned() } else { vhost };
+            crate::policy::Policy::new(&vhost, &name, &text(v, "pattern"), apply_to, priority, definition, operator)
+                .map_err(|e| format!("policy '{name}' in vhost '{vhost}': {e}"))
+        };
+        for p in list("policies") {
+            let pol = policy(text(&p, "vhost"), text(&p, "name"), &p, false)?;
+            self.policies.insert((pol.vhost.clone(), pol.name.clone()), pol);
+        }
+        for p in list("parameters").iter().filter(|p| text(p, "component") == "operator_policy") {
+            let value = p.get("value").cloned().unwrap_or_default();
+            let pol = policy(text(p, "vhost"), text(p, "name"), &value, true)?;
+            self.operator_policies.insert((pol.vhost.clone(), pol.name.clone()), pol);
         }
         Ok(())
     }

@@ -198,6 +198,9 @@ impl Broker {
         if recovered.dropped_records > 0 {
             tracing::warn!("dropped {} corrupt records from the message log", recovered.dropped_records);
         }
+        for v in b.vhosts() {
+            b.push_policies(&v.name);
+        }
         Ok(b)
     }
 
@@ -296,6 +299,8 @@ impl Broker {
             ac.vhosts.remove(name).ok_or_else(|| admin_error(65, format!("Virtual host '{name}' does not exist")))?;
             ac.permissions.retain(|(v, _), _| v != name);
             ac.topic_permissions.retain(|(v, _, _), _| v != name);
+            ac.policies.retain(|(v, _), _| v != name);
+            ac.operator_policies.retain(|(v, _), _| v != name);
             Ok(())
         })?;
         if let Some(v) = self.vhosts.write().remove(name) {
@@ -388,8 +393,6 @@ impl Broker {
         doc["exchanges"] = exchanges.into();
         doc["queues"] = queues.into();
         doc["bindings"] = bindings.into();
-        doc["policies"] = serde_json::json!([]);
-        doc["parameters"] = serde_json::json!([]);
         doc["global_parameters"] = serde_json::json!([]);
         doc
     }
@@ -406,8 +409,9 @@ impl Broker {
             *ac = merged;
             Ok(ac.vhosts.keys().cloned().collect::<Vec<_>>())
         })?;
-        for name in names {
-            self.ensure_vhost(&name);
+        for name in &names {
+            self.ensure_vhost(name);
+            self.push_policies(name);
         }
         let list = |key: &str| doc.get(key).and_then(|v| v.as_array()).cloned().unwrap_or_default();
         let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).unwrap_or("").to_owned();
@@ -458,6 +462,59 @@ impl Broker {
             counts.2 += 1;
         }
         Ok(counts)
+    }
+
+    /// Sets a policy (or an operator policy), as `rabbitmqctl set_policy`:
+    /// validated with RabbitMQ's texts, applied at once to the vhost's
+    /// queues and exchanges.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_policy(
+        &self,
+        vhost: &str,
+        name: &str,
+        pattern: &str,
+        apply_to: &str,
+        priority: i64,
+        definition: serde_json::Map<String, serde_json::Value>,
+        operator: bool,
+    ) -> Result<(), AdminError> {
+        let p = crate::policy::Policy::new(vhost, name, pattern, apply_to, priority, definition, operator)
+            .map_err(|e| admin_error(69, format!("Validation failed\n\n{e}\n")))?;
+        self.change_access(|ac| {
+            if !ac.vhosts.contains_key(vhost) {
+                return Err(no_vhost(vhost));
+            }
+            let map = if operator { &mut ac.operator_policies } else { &mut ac.policies };
+            map.insert((vhost.to_owned(), name.to_owned()), p);
+            Ok(())
+        })?;
+        self.push_policies(vhost);
+        Ok(())
+    }
+
+    pub fn clear_policy(&self, vhost: &str, name: &str, operator: bool) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            let map = if operator { &mut ac.operator_policies } else { &mut ac.policies };
+            map.remove(&(vhost.to_owned(), name.to_owned()))
+                .map(|_| ())
+                .ok_or_else(|| admin_error(69, "Parameter does not exist"))
+        })?;
+        self.push_policies(vhost);
+        Ok(())
+    }
+
+    /// Hands a vhost its policies (after a change), which re-resolves
+    /// the settings of its queues and exchanges.
+    pub fn push_policies(&self, vhost: &str) {
+        let Some(v) = self.vhost(vhost) else { return };
+        let (user, op) = {
+            let ac = self.access();
+            let of = |m: &std::collections::BTreeMap<(String, String), crate::policy::Policy>| {
+                m.iter().filter(|((vh, _), _)| vh == vhost).map(|(_, p)| p.clone()).collect::<Vec<_>>()
+            };
+            (of(&ac.policies), of(&ac.operator_policies))
+        };
+        v.set_policies(user, op);
     }
 
     /// A fresh connection id (used for exclusive queue ownership).

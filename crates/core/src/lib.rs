@@ -13,6 +13,7 @@ pub mod dead_letter;
 pub mod definitions;
 pub mod exchange;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod spill;
 pub mod stats;

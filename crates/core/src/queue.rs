@@ -25,6 +25,7 @@ use crate::arguments::int_arg;
 use crate::consumer::{Consumer, Delivery};
 use crate::dead_letter::Reason;
 use crate::message::{Message, MessageRef};
+use crate::policy::QueueSettings;
 use crate::stats;
 use crate::vhost::VHost;
 
@@ -44,18 +45,8 @@ pub struct Queue {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
-    /// `x-message-ttl`, in milliseconds.
-    pub message_ttl: Option<u64>,
-    /// `x-max-length` (ready messages) and `x-max-length-bytes` (ready bodies).
-    max_length: Option<u64>,
-    max_length_bytes: Option<u64>,
-    overflow: Overflow,
-    /// `x-expires`: delete after this many ms without use.
-    pub expires: Option<u64>,
     /// `x-single-active-consumer`.
     single_active: bool,
-    /// `x-delivery-limit` (quorum queues, as in RabbitMQ).
-    delivery_limit: Option<u32>,
     /// `x-queue-type: quorum`: deliveries carry `x-delivery-count`.
     pub quorum: bool,
     /// The message log, for durable queues when the broker has one.
@@ -273,6 +264,9 @@ struct QueueState {
     dead: Vec<(MessageRef, Reason)>,
     /// `message_stats`, counted under the lock already held (no atomics).
     stats: stats::Counts,
+    /// Limits, TTLs and dead-lettering: the arguments resolved with the
+    /// policies that match (`policy.rs`), replaced when a policy changes.
+    settings: QueueSettings,
 }
 
 impl QueueState {
@@ -414,19 +408,6 @@ pub enum AfterCancel {
     AutoDelete,
 }
 
-fn overflow_arg(args: &FieldTable) -> Overflow {
-    let mode = match args.inner().get("x-overflow") {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
-        _ => String::new(),
-    };
-    match mode.as_str() {
-        "reject-publish" => Overflow::RejectPublish,
-        "reject-publish-dlx" => Overflow::RejectPublishDlx,
-        _ => Overflow::DropHead,
-    }
-}
-
 fn is_quorum(args: &FieldTable) -> bool {
     matches!(args.inner().get("x-queue-type"), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"quorum")
 }
@@ -440,24 +421,14 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
     ) -> Self {
-        let nonneg = |k| int_arg(&arguments, k).map(|v| v.max(0) as u64);
+        let settings = crate::policy::resolve_queue(&arguments, is_quorum(&arguments), None, None);
         Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
             durable,
             exclusive_owner,
             auto_delete,
-            message_ttl: nonneg("x-message-ttl"),
-            max_length: nonneg("x-max-length"),
-            max_length_bytes: nonneg("x-max-length-bytes"),
-            overflow: overflow_arg(&arguments),
-            expires: nonneg("x-expires"),
             single_active: matches!(arguments.inner().get("x-single-active-consumer"), Some(AMQPValue::Boolean(true))),
-            delivery_limit: if is_quorum(&arguments) {
-                nonneg("x-delivery-limit").map(|v| v.min(u32::MAX as u64) as u32)
-            } else {
-                None
-            },
             quorum: is_quorum(&arguments),
             log: None,
             log_key: log_key(vhost, name),
@@ -468,7 +439,7 @@ impl Queue {
                     _ => Box::new(MemoryStore::default()),
                 },
                 ready_bytes: 0,
-                paged: paged_tails(priority_levels(&arguments), None, nonneg("x-message-ttl")),
+                paged: paged_tails(priority_levels(&arguments), None, settings.message_ttl),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 unacked: 0,
@@ -478,6 +449,7 @@ impl Queue {
                 last_used: crate::now_ms(),
                 dead: Vec::new(),
                 stats: [0; stats::N],
+                settings,
             }),
             arguments,
             pressure: Default::default(),
@@ -496,7 +468,8 @@ impl Queue {
     /// (one paged tail per priority level).
     pub fn set_log(&mut self, log: Arc<dyn MessageStore>) {
         let levels = priority_levels(&self.arguments);
-        self.state.get_mut().paged = paged_tails(levels, Some(log.clone()), self.message_ttl);
+        let st = self.state.get_mut();
+        st.paged = paged_tails(levels, Some(log.clone()), st.settings.message_ttl);
         self.log = Some(log);
     }
 
@@ -549,6 +522,31 @@ impl Queue {
         (st.ready_bytes, st.paged.iter().map(|p| p.bytes).sum())
     }
 
+    /// The settings in effect (arguments resolved with policies).
+    pub fn settings(&self) -> QueueSettings {
+        self.lock().settings.clone()
+    }
+
+    /// The dead-letter exchange and routing key in effect.
+    pub fn dead_letter_target(&self) -> Option<(String, Option<String>)> {
+        self.lock().settings.dead_letter.clone()
+    }
+
+    /// A policy changed: the queue runs with `settings` from now on. A
+    /// lower length limit applies at once (the head is dropped or
+    /// dead-lettered), as in RabbitMQ.
+    pub fn apply_settings(&self, settings: QueueSettings) {
+        let mut st = self.lock();
+        if st.settings == settings {
+            return;
+        }
+        for p in &mut st.paged {
+            p.message_ttl = settings.message_ttl;
+        }
+        st.settings = settings;
+        self.enforce_drop_head(&mut st);
+    }
+
     /// What the management API shows of the queue, under one lock.
     pub fn status(&self) -> QueueStatus {
         let mut st = self.lock();
@@ -596,30 +594,31 @@ impl Queue {
 
     /// Whether `x-expires` has run out: unused, without consumers, for that long.
     pub fn is_expired(&self, now: u64) -> bool {
-        let Some(expires) = self.expires else { return false };
         let st = self.lock();
+        let Some(expires) = st.settings.expires else { return false };
         !st.deleted && st.consumers.is_empty() && now.saturating_sub(st.last_used) >= expires
     }
 
     /// Enqueues a routed message and delivers what it can. Returns false if
     /// the queue refused it (length limit with a reject-publish overflow).
     pub fn publish(self: &Arc<Self>, message: MessageRef) -> bool {
-        let ttl = effective_ttl(self.message_ttl, &message);
+        let mut st = self.lock();
+        if st.deleted {
+            return true;
+        }
+        let ttl = effective_ttl(st.settings.message_ttl, &message);
         let meta = Meta {
             priority: message.properties.priority().unwrap_or(0),
             expires_at: ttl.map(|t| crate::now_ms().saturating_add(t)),
             delivery_count: 0,
         };
-        let mut st = self.lock();
-        if st.deleted {
-            return true;
-        }
-        if self.overflow != Overflow::DropHead {
-            let full = self.max_length.is_some_and(|m| st.len() as u64 >= m)
-                || self.max_length_bytes.is_some_and(|m| st.bytes() + message.body.len() as u64 > m);
+        let overflow = st.settings.overflow;
+        if overflow != Overflow::DropHead {
+            let full = st.settings.max_length.is_some_and(|m| st.len() as u64 >= m)
+                || st.settings.max_length_bytes.is_some_and(|m| st.bytes() + message.body.len() as u64 > m);
             if full {
                 self.discard(&message);
-                if self.overflow == Overflow::RejectPublishDlx {
+                if overflow == Overflow::RejectPublishDlx {
                     st.dead.push((message, Reason::MaxLen));
                 }
                 return false;
@@ -651,11 +650,11 @@ impl Queue {
     }
 
     fn enforce_drop_head(&self, st: &mut QueueState) {
-        if self.overflow != Overflow::DropHead {
+        if st.settings.overflow != Overflow::DropHead {
             return;
         }
-        while self.max_length.is_some_and(|m| st.len() as u64 > m)
-            || self.max_length_bytes.is_some_and(|m| st.bytes() > m)
+        while st.settings.max_length.is_some_and(|m| st.len() as u64 > m)
+            || st.settings.max_length_bytes.is_some_and(|m| st.bytes() > m)
         {
             let Some(e) = st.pop() else { break };
             self.remove(st, e.message, Some(Reason::MaxLen));
@@ -669,7 +668,7 @@ impl Queue {
     fn remove(&self, st: &mut QueueState, message: MessageRef, reason: Option<Reason>) {
         self.discard(&message);
         if let Some(reason) = reason {
-            if crate::dead_letter::target(&self.arguments).is_some() {
+            if st.settings.dead_letter.is_some() {
                 st.dead.push((message, reason));
             }
         }
@@ -753,7 +752,7 @@ impl Queue {
                 }
                 Restored::Loaded { message, delivery_count, published_at } => (message, delivery_count, published_at),
             };
-            let ttl = effective_ttl(self.message_ttl, &message);
+            let ttl = effective_ttl(st.settings.message_ttl, &message);
             let expires_at = ttl.map(|t| published_at.saturating_add(t));
             st.may_expire |= expires_at.is_some();
             let meta = Meta { priority: message.properties.priority().unwrap_or(0), expires_at, delivery_count };
@@ -876,7 +875,7 @@ impl Queue {
             st.unacked = st.unacked.saturating_sub(1);
             if st.deleted {
                 self.discard(&e.message);
-            } else if self.delivery_limit.is_some_and(|l| e.delivery_count > l) {
+            } else if st.settings.delivery_limit.is_some_and(|l| e.delivery_count > l) {
                 self.remove(&mut st, e.message, Some(Reason::DeliveryLimit));
             } else {
                 e.redelivered = true;

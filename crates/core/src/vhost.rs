@@ -15,6 +15,7 @@ use crate::arguments::type_name;
 use crate::definitions::{self, BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
+use crate::policy::{self, Policy};
 use crate::queue::Queue;
 use crate::stats;
 
@@ -67,6 +68,8 @@ pub struct VHost {
     /// count their own; the vhost's figures are the sum).
     pub retired: stats::Counters,
     pub rates: stats::Rates,
+    /// Its policies and operator policies (`policy.rs`), set by the broker.
+    policies: RwLock<(Vec<Policy>, Vec<Policy>)>,
 }
 
 /// The pseudo-queue a requester consumes replies from.
@@ -189,6 +192,7 @@ impl VHost {
             connections: Default::default(),
             retired: Default::default(),
             rates: Default::default(),
+            policies: Default::default(),
             deleted: Default::default(),
         }
     }
@@ -350,10 +354,9 @@ impl VHost {
         for x in &d.exchanges {
             let args = definitions::decode_table(&x.arguments).unwrap_or_default();
             if let Ok(kind) = ExchangeKind::parse(&x.kind) {
-                self.exchanges.write().insert(
-                    x.name.clone(),
-                    Arc::new(Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, args)),
-                );
+                let ex = Arc::new(Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, args));
+                self.apply_exchange_policy(&ex);
+                self.exchanges.write().insert(x.name.clone(), ex);
             }
         }
         for q in &d.queues {
@@ -382,7 +385,39 @@ impl VHost {
             q.set_log(log);
         }
         q.owner = self.me.clone();
+        q.apply_settings(self.settings_for(&q));
         q
+    }
+
+    /// A queue's arguments resolved with the policies that match it.
+    fn settings_for(&self, q: &Queue) -> crate::policy::QueueSettings {
+        let p = self.policies.read();
+        let (user, op) = (policy::select(&p.0, &q.name, true), policy::select(&p.1, &q.name, true));
+        policy::resolve_queue(&q.arguments, q.quorum, user, op)
+    }
+
+    fn apply_exchange_policy(&self, x: &Exchange) {
+        let p = self.policies.read();
+        let now = policy::select(&p.0, &x.name, false).filter(|_| !x.name.is_empty() && !x.name.starts_with("amq."));
+        let value = now.map(|p| (p.name.clone(), policy::alternate_exchange(&FieldTable::default(), Some(p))));
+        *x.policy.write() = value;
+    }
+
+    /// The policies and operator policies, as listed.
+    pub fn policies(&self) -> (Vec<Policy>, Vec<Policy>) {
+        self.policies.read().clone()
+    }
+
+    /// Replaces the vhost's policies and applies them to every queue and
+    /// exchange (RabbitMQ re-applies on every policy change).
+    pub fn set_policies(&self, user: Vec<Policy>, operator: Vec<Policy>) {
+        *self.policies.write() = (user, operator);
+        for q in self.queues() {
+            q.apply_settings(self.settings_for(&q));
+        }
+        for x in self.exchanges() {
+            self.apply_exchange_policy(&x);
+        }
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -489,10 +524,9 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        exchanges.insert(
-            name.to_owned(),
-            Arc::new(Exchange::new(name, kind_parsed, durable, auto_delete, internal, arguments)),
-        );
+        let x = Arc::new(Exchange::new(name, kind_parsed, durable, auto_delete, internal, arguments));
+        self.apply_exchange_policy(&x);
+        exchanges.insert(name.to_owned(), x);
         drop(exchanges);
         self.persist(durable);
         Ok(())
@@ -836,7 +870,7 @@ impl VHost {
 
     /// Republishes messages that died in `from` to its dead-letter exchange.
     pub fn dead_letter(&self, from: &Queue, dead: Vec<(MessageRef, crate::dead_letter::Reason)>) {
-        let Some((dlx, key)) = crate::dead_letter::target(&from.arguments) else { return };
+        let Some((dlx, key)) = from.dead_letter_target() else { return };
         // A missing dead-letter exchange drops the message, as in RabbitMQ.
         let Ok(x) = self.exchange(&dlx) else { return };
         let mut queues = Vec::new();

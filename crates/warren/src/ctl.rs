@@ -356,9 +356,81 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
             text: serde_json::to_string_pretty(&broker.export_definitions()).unwrap_or_default(),
             ..done("Exporting definitions in JSON ...".to_owned())
         },
+        "set_policy" | "set_operator_policy" => set_policy(shared, req),
+        "clear_policy" | "clear_operator_policy" => {
+            let operator = req.command == "clear_operator_policy";
+            let what = if operator { "operator policy" } else { "policy" };
+            let info = format!("Clearing {what} \"{}\" on vhost \"{vh}\" ...", arg(0));
+            need(1, info.clone(), &|| broker.clear_policy(vh, arg(0), operator).map(|()| done(info.clone())))
+        }
+        "list_policies" | "list_operator_policies" => {
+            let operator = req.command == "list_operator_policies";
+            let info = if operator {
+                format!("Listing operator policy overrides for vhost \"{vh}\" ...")
+            } else {
+                format!("Listing policies for vhost \"{vh}\" ...")
+            };
+            let ac = broker.access();
+            let map = if operator { &ac.operator_policies } else { &ac.policies };
+            let rows = map
+                .values()
+                .filter(|p| p.vhost == vh)
+                .map(|p| {
+                    vec![
+                        p.vhost.clone(),
+                        p.name.clone(),
+                        p.pattern.clone(),
+                        p.apply_to.as_str().to_owned(),
+                        serde_json::Value::Object(p.definition.clone()).to_string(),
+                        p.priority.to_string(),
+                    ]
+                })
+                .collect();
+            table(info, &["vhost", "name", "pattern", "apply-to", "definition", "priority"], rows)
+        }
         "list_queues" | "list_exchanges" | "list_bindings" | "list_consumers" => list_entities(shared, req),
         "list_connections" => list_connections(shared, a),
         other => usage(String::new(), &format!("unknown command '{other}'; see `warren ctl help`")),
+    }
+}
+
+/// `set_policy [--priority N] [--apply-to all|queues|exchanges] NAME PATTERN DEFINITION`
+/// (and `set_operator_policy`), with rabbitmqctl's texts.
+fn set_policy(shared: &Shared, req: &Request) -> Response {
+    let operator = req.command == "set_operator_policy";
+    let (mut priority, mut apply_to, mut rest) = ("0".to_owned(), "all".to_owned(), Vec::new());
+    let mut it = req.args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--priority" => priority = it.next().cloned().unwrap_or_default(),
+            "--apply-to" => apply_to = it.next().cloned().unwrap_or_default(),
+            _ => rest.push(a.clone()),
+        }
+    }
+    let [name, pattern, definition] = rest.as_slice() else {
+        return usage(
+            String::new(),
+            &format!("{} [--priority N] [--apply-to all|queues|exchanges] NAME PATTERN DEFINITION", req.command),
+        );
+    };
+    let what = if operator { "operator policy override" } else { "policy" };
+    let info = format!(
+        "Setting {what} \"{name}\" for pattern \"{pattern}\" to \"{definition}\" with priority \"{priority}\" for vhost \"{}\" ...",
+        req.vhost
+    );
+    let Ok(priority) = priority.parse::<i64>() else {
+        return failed(
+            info,
+            AdminError { exit_code: 65, message: format!("priority should be a number, actually was {priority}") },
+        );
+    };
+    let definition = match serde_json::from_str::<serde_json::Value>(definition) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return failed(info, AdminError { exit_code: 69, message: "JSON decoding error. Reason: badarg".into() }),
+    };
+    match shared.broker.set_policy(&req.vhost, name, pattern, &apply_to, priority, definition, operator) {
+        Ok(()) => Response { info, ..Default::default() },
+        Err(e) => failed(info, e),
     }
 }
 
@@ -576,6 +648,14 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
                                     allocator free space, RSS; alarms
   set_disk_free_limit LIMIT | mem_relative FRACTION
                                     (LIMIT: bytes or 50MB, 2GiB, ...)
+  set_policy [-p VHOST] [--priority N] [--apply-to all|queues|exchanges]
+             NAME PATTERN DEFINITION      (DEFINITION: JSON, e.g.
+                                           '{\"max-length\":1000}')
+  clear_policy [-p VHOST] NAME      list_policies [-p VHOST]
+  set_operator_policy / clear_operator_policy / list_operator_policies
+                                    (the same, for operator policies, which
+                                     cap message-ttl, expires, max-length,
+                                     max-length-bytes, delivery-limit)
   export_definitions FILE|-         (everything import_definitions reads)
   import_definitions FILE           (users, vhosts, permissions, exchanges,
                                      queues, bindings; e.g. from

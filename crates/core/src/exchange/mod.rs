@@ -83,6 +83,8 @@ pub struct Exchange {
     pub internal: bool,
     pub arguments: FieldTable,
     bindings: RwLock<Bindings>,
+    /// The policy that applies (its name, and its `alternate-exchange`).
+    pub policy: RwLock<Option<(String, Option<String>)>>,
     /// `publish_in` / `publish_out`, shared by every publisher.
     pub stats: crate::stats::Counters,
     pub rates: crate::stats::Rates,
@@ -105,17 +107,19 @@ impl Exchange {
             internal,
             arguments,
             bindings: RwLock::new(Bindings::default()),
+            policy: Default::default(),
             stats: Default::default(),
             rates: Default::default(),
         }
     }
 
     /// Name of the alternate exchange, if the `alternate-exchange` argument is set.
+    /// The alternate exchange: the argument, else the policy's.
     pub fn alternate_exchange(&self) -> Option<String> {
         match self.arguments.inner().get("alternate-exchange") {
             Some(warren_protocol::AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
             Some(warren_protocol::AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
-            _ => None,
+            _ => self.policy.read().as_ref().and_then(|(_, ae)| ae.clone()),
         }
     }
 

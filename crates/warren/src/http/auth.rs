@@ -19,7 +19,6 @@ pub struct Caller {
     pub tags: Vec<String>,
     pub administrator: bool,
     pub monitoring: bool,
-    #[allow(dead_code)] // policies come next
     pub policymaker: bool,
 }
 

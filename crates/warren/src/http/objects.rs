@@ -82,6 +82,7 @@ fn message_stats(counts: &Counts, rates: &[f64], fields: &[usize]) -> Value {
 
 pub fn queue(q: &Queue) -> Value {
     let s = q.status();
+    let settings = q.settings();
     let rates = q.rates.all();
     let consumers: Vec<Value> = Vec::new();
     let single_active = q.arguments.inner().contains_key("x-single-active-consumer");
@@ -115,9 +116,9 @@ pub fn queue(q: &Queue) -> Value {
         "consumer_details": consumers,
         "exclusive_consumer_tag": exclusive_tag,
         "single_active_consumer_tag": if single_active { q.consumers().first().map(|(c, _)| c.tag.to_string()) } else { None },
-        "policy": Value::Null,
-        "operator_policy": Value::Null,
-        "effective_policy_definition": {},
+        "policy": settings.policy,
+        "operator_policy": settings.operator_policy,
+        "effective_policy_definition": settings.effective_definition,
         "head_message_timestamp": Value::Null,
         "memory": s.ready_bytes_in_memory + 1024,
         "message_stats": message_stats(&s.counts, &rates, QUEUE_STATS),
@@ -137,7 +138,7 @@ pub fn exchange(x: &Exchange, vhost: &str) -> Value {
         "internal": x.internal,
         "arguments": table_to_json(&x.arguments),
         "user_who_performed_action": "rmq-internal",
-        "policy": Value::Null,
+        "policy": x.policy.read().as_ref().map(|(name, _)| name.clone()),
     });
     let _ = name;
     if counts[stats::PUBLISH_IN] > 0 {
