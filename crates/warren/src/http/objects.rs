@@ -486,6 +486,7 @@ pub fn node(shared: &Shared) -> Value {
         "name": node_name(),
         "type": "disc",
         "running": true,
+        "being_drained": false,
         "os_pid": std::process::id().to_string(),
         "mem_used": rss,
         "mem_limit": limit,

@@ -26,11 +26,15 @@ pub struct TestBroker {
     pub panics: Arc<Mutex<Vec<String>>>,
     /// The thread reading the current process's log.
     pump: Option<std::thread::JoinHandle<()>>,
+    /// Base URL of the management API (`.../api/...` follows).
+    pub http: String,
 }
 
 impl TestBroker {
     pub fn start() -> TestBroker {
         if let Ok(addr) = std::env::var("WARREN_TEST_ADDR") {
+            let host = addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h).to_owned();
+            let http = std::env::var("WARREN_TEST_HTTP").unwrap_or_else(|_| format!("http://{host}:15672"));
             return TestBroker {
                 addr,
                 child: None,
@@ -38,6 +42,7 @@ impl TestBroker {
                 env: Vec::new(),
                 panics: Default::default(),
                 pump: None,
+                http,
             };
         }
         Self::spawn()
@@ -80,9 +85,15 @@ impl TestBroker {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let seen = panics.clone();
+        let http = Arc::new(Mutex::new(String::new()));
+        let http_seen = http.clone();
         let pump = std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(at) = line.split("HTTP API ready on ").nth(1) {
+                    let url = at.split_whitespace().next().unwrap_or_default();
+                    *http_seen.lock().unwrap() = url.trim_end_matches("/api/").to_owned();
+                }
                 if !sent && line.contains("listening") {
                     let _ = tx.send(());
                     sent = true;
@@ -95,7 +106,8 @@ impl TestBroker {
         });
         rx.recv_timeout(Duration::from_secs(20)).expect("warren did not log 'listening'");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        TestBroker { addr, child: Some(child), data_dir: Some(dir), env, panics, pump: Some(pump) }
+        let http = http.lock().unwrap().clone();
+        TestBroker { addr, child: Some(child), data_dir: Some(dir), env, panics, pump: Some(pump), http }
     }
 
     pub fn is_warren(&self) -> bool {
