@@ -236,6 +236,18 @@ def test_message_stats(conn, api, name):
     assert ov["object_totals"]["queues"] >= 1 and "queue_totals" in ov
     v = api.until("/vhosts", lambda js: any(x["name"] == "/" and x.get("message_stats", {}).get("ack", 0) >= 20 for x in js))
     assert v
+    # With msg_rates_age / lengths_age, the details carry samples.
+    ages = "msg_rates_age=60&msg_rates_incr=5&lengths_age=60&lengths_incr=5"
+
+    def newest(j, key):
+        samples = j.get("message_stats", {}).get(f"{key}_details", {}).get("samples") or [{"sample": 0}]
+        return samples[0]["sample"]
+
+    ov = api.until(f"/overview?{ages}", lambda j: newest(j, "publish") >= 20)
+    assert set(ov["message_stats"]["publish_details"]["samples"][0]) == {"sample", "timestamp"}
+    assert "avg_rate" in ov["message_stats"]["publish_details"]
+    assert "samples" in ov["queue_totals"]["messages_details"]
+    api.until(f"/vhosts/%2F?{ages}", lambda j: newest(j, "ack") >= 20)
     ch.queue_delete(name)
 
 

@@ -139,6 +139,46 @@ impl Rates {
     }
 }
 
+/// The last samples of a set of values (the overview's and each vhost's),
+/// for `msg_rates_age` / `lengths_age`: RabbitMQ's basic retention, 10
+/// minutes at one sample per interval.
+#[derive(Default)]
+pub struct History(Mutex<std::collections::VecDeque<(u64, Vec<u64>)>>);
+
+/// Samples kept: 600 s / 5 s.
+const HISTORY_LEN: usize = 120;
+
+impl History {
+    pub fn push(&self, at_ms: u64, values: &[u64]) {
+        let mut h = self.0.lock();
+        if h.len() == HISTORY_LEN {
+            h.pop_front();
+        }
+        h.push_back((at_ms, values.to_vec()));
+    }
+
+    /// Value `i` at every `incr_ms` over the last `age_ms` (newest first):
+    /// the latest sample at or before each point.
+    pub fn samples(&self, i: usize, now_ms: u64, age_ms: u64, incr_ms: u64) -> Vec<(u64, u64)> {
+        let h = self.0.lock();
+        let incr = incr_ms.max(1);
+        let mut out = Vec::new();
+        let mut t = now_ms - now_ms % incr;
+        let oldest = now_ms.saturating_sub(age_ms);
+        while t >= oldest && out.len() < 10_000 {
+            match h.iter().rev().find(|(at, _)| *at <= t) {
+                Some((_, v)) => out.push((t, v.get(i).copied().unwrap_or(0))),
+                None => break,
+            }
+            if t < incr {
+                break;
+            }
+            t -= incr;
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +199,13 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         r.sample(&[20, 0]);
         assert!(r.get(0) > 0.0 && r.get(1) < 0.0, "{:?}", r.all());
+        let h = History::default();
+        for k in 0..200u64 {
+            h.push(k * 5000, &[k]);
+        }
+        let s = h.samples(0, 999_000, 60_000, 5000);
+        assert_eq!(s.len(), 12);
+        assert_eq!(s[0], (995_000, 199), "newest first, latest sample at or before");
+        assert_eq!(s[11], (940_000, 188));
     }
 }

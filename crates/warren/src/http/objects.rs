@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use warren_core::arguments::table_to_json;
 use warren_core::exchange::Destination;
 use warren_core::queue::{RATE_MESSAGES, RATE_READY, RATE_UNACKED};
-use warren_core::stats::{self, Counts, Rates};
+use warren_core::stats::{self, Counts, History, Rates};
 use warren_core::{Exchange, Queue, VHost};
 
 use crate::channel::ChannelInfo;
@@ -18,6 +18,69 @@ use crate::server::Shared;
 
 /// Rates of the whole node's `message_stats` and queue totals.
 static OVERVIEW: LazyLock<Rates> = LazyLock::new(Rates::default);
+/// Their samples over the last 10 minutes, the node's and each vhost's
+/// (counters, then messages, ready, unacked), for `msg_rates_age`.
+static OVERVIEW_HISTORY: LazyLock<History> = LazyLock::new(History::default);
+static VHOST_HISTORY: LazyLock<parking_lot::Mutex<HashMap<String, Arc<History>>>> = LazyLock::new(Default::default);
+
+/// `msg_rates_age` / `msg_rates_incr` and `lengths_age` / `lengths_incr`
+/// (seconds), as RabbitMQ takes them: with them, `*_details` carry samples.
+#[derive(Clone, Copy, Default)]
+pub struct Ages {
+    pub msg: Option<(u64, u64)>,
+    pub lengths: Option<(u64, u64)>,
+}
+
+impl Ages {
+    pub fn from_call(call: &super::Call) -> Ages {
+        let pair = |age: &str, incr: &str| {
+            let a = call.param(age)?.parse::<u64>().ok()?;
+            let i = call.param(incr).and_then(|v| v.parse::<u64>().ok()).unwrap_or(5);
+            Some((a.min(600) * 1000, i.max(1) * 1000))
+        };
+        Ages { msg: pair("msg_rates_age", "msg_rates_incr"), lengths: pair("lengths_age", "lengths_incr") }
+    }
+}
+
+/// Adds `samples`, `avg` and `avg_rate` to `obj[key_details]` from value
+/// `i` of `hist`.
+fn add_samples(obj: &mut Value, key: &str, hist: &History, i: usize, age: Option<(u64, u64)>) {
+    let Some((age, incr)) = age else { return };
+    let samples = hist.samples(i, warren_core::now_ms(), age, incr);
+    let Some(d) = obj.get_mut(format!("{key}_details")).and_then(Value::as_object_mut) else { return };
+    let avg =
+        if samples.is_empty() { 0.0 } else { samples.iter().map(|s| s.1 as f64).sum::<f64>() / samples.len() as f64 };
+    let avg_rate = match (samples.first(), samples.last()) {
+        (Some(new), Some(old)) if new.0 > old.0 => (new.1 as f64 - old.1 as f64) * 1000.0 / (new.0 - old.0) as f64,
+        _ => 0.0,
+    };
+    d.insert("avg".into(), avg.into());
+    d.insert("avg_rate".into(), avg_rate.into());
+    d.insert(
+        "samples".into(),
+        Value::Array(samples.iter().map(|(t, v)| json!({"sample": v, "timestamp": t})).collect()),
+    );
+}
+
+/// Samples of `message_stats` and of the three lengths into a JSON object
+/// holding `message_stats` and the lengths under `lengths_at` (None: the
+/// object itself).
+fn add_history(obj: &mut Value, lengths_at: Option<&str>, hist: &History, ages: Ages) {
+    if let Some(ms) = obj.get_mut("message_stats") {
+        for i in 0..stats::N {
+            add_samples(ms, stats::NAMES[i], hist, i, ages.msg);
+        }
+    }
+    let target = match lengths_at {
+        Some(k) => obj.get_mut(k),
+        None => Some(obj),
+    };
+    if let Some(t) = target {
+        for (j, k) in ["messages", "messages_ready", "messages_unacknowledged"].iter().enumerate() {
+            add_samples(t, k, hist, stats::N + j, ages.lengths);
+        }
+    }
+}
 
 /// The `message_stats` of each kind of object, as RabbitMQ lists them.
 const CHANNEL_STATS: &[usize] = &[
@@ -347,16 +410,16 @@ pub fn vhosts(shared: &Shared) -> Vec<Arc<VHost>> {
     v
 }
 
-pub fn vhost(shared: &Shared, vhost: &VHost) -> Value {
+pub fn vhost(shared: &Shared, vhost: &VHost, ages: Ages) -> Value {
     let live = live_channel_counts(shared);
-    vhost_with(vhost, &live)
+    vhost_with(vhost, &live, ages)
 }
 
-fn vhost_with(vhost: &VHost, live: &HashMap<String, Counts>) -> Value {
+fn vhost_with(vhost: &VHost, live: &HashMap<String, Counts>, ages: Ages) -> Value {
     let counts = vhost_counts(vhost, live);
     let rates = vhost.rates.all();
     let (ready, unacked) = vhost_lengths(vhost);
-    json!({
+    let mut v = json!({
         "name": vhost.name,
         "description": if vhost.name == "/" { "Default virtual host" } else { "" },
         "tags": [],
@@ -371,15 +434,21 @@ fn vhost_with(vhost: &VHost, live: &HashMap<String, Counts>) -> Value {
         "messages_ready_details": details(rate(&rates, stats::N + 1)),
         "messages_unacknowledged_details": details(rate(&rates, stats::N + 2)),
         "message_stats": message_stats(&counts, &rates, CHANNEL_STATS),
-    })
+    });
+    if ages.msg.is_some() || ages.lengths.is_some() {
+        if let Some(h) = VHOST_HISTORY.lock().get(&vhost.name).cloned() {
+            add_history(&mut v, None, &h, ages);
+        }
+    }
+    v
 }
 
-pub fn vhosts_json(shared: &Shared, list: Vec<Arc<VHost>>) -> Vec<Value> {
+pub fn vhosts_json(shared: &Shared, list: Vec<Arc<VHost>>, ages: Ages) -> Vec<Value> {
     let live = live_channel_counts(shared);
-    list.iter().map(|v| vhost_with(v, &live)).collect()
+    list.iter().map(|v| vhost_with(v, &live, ages)).collect()
 }
 
-pub fn overview(shared: &Shared, caller: &super::auth::Caller) -> Value {
+pub fn overview(shared: &Shared, caller: &super::auth::Caller, ages: Ages) -> Value {
     let live = live_channel_counts(shared);
     let mut counts = [0; stats::N];
     let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0, 0, 0, 0, 0);
@@ -412,7 +481,7 @@ pub fn overview(shared: &Shared, caller: &super::auth::Caller) -> Value {
             json!({"node": node_name(), "protocol": "amqp/ssl", "ip_address": at.ip().to_string(), "port": at.port()}),
         );
     }
-    json!({
+    let mut v = json!({
         "management_version": "3.10.8",
         "rates_mode": "basic",
         "product_name": "Warren",
@@ -446,7 +515,12 @@ pub fn overview(shared: &Shared, caller: &super::auth::Caller) -> Value {
         "listeners": listeners,
         "contexts": [],
         "memory": memory(shared),
-    })
+    });
+    if caller.monitoring {
+        // Node-wide history: only for those who see every vhost.
+        add_history(&mut v, Some("queue_totals"), &OVERVIEW_HISTORY, ages);
+    }
+    v
 }
 
 pub fn exchange_types() -> Value {
@@ -534,12 +608,16 @@ pub fn sample_all(shared: &Shared) {
         let mut values = counts.to_vec();
         values.extend([vr + vu, vr, vu]);
         v.rates.sample(&values);
+        VHOST_HISTORY.lock().entry(v.name.clone()).or_default().push(warren_core::now_ms(), &values);
         ready += vr;
         unacked += vu;
     }
     let mut values = total.to_vec();
     values.extend([ready + unacked, ready, unacked]);
     OVERVIEW.sample(&values);
+    OVERVIEW_HISTORY.push(warren_core::now_ms(), &values);
+    let names: std::collections::HashSet<String> = shared.broker.vhosts().iter().map(|v| v.name.clone()).collect();
+    VHOST_HISTORY.lock().retain(|n, _| names.contains(n));
     let conns: Vec<Arc<ConnInfo>> = shared.connections.lock().values().cloned().collect();
     for c in conns {
         c.rates.sample(&[c.recv_oct.load(Ordering::Relaxed), c.send_oct.load(Ordering::Relaxed)]);

@@ -96,7 +96,7 @@ fn dispatch(shared: &Arc<Shared>, call: &Call) -> Result {
     let get = *m == Method::GET || *m == Method::HEAD;
     match (seg.as_slice(), m.clone()) {
         ([], _) => Ok(not_found()),
-        (["overview"], _) if get => Ok(ok(&objects::overview(shared, &call.user))),
+        (["overview"], _) if get => Ok(ok(&objects::overview(shared, &call.user, objects::Ages::from_call(call)))),
         (["cluster-name"], _) if get => Ok(ok(&json!({"name": objects::node_name()}))),
         (["whoami"], _) if get => Ok(ok(&json!({"name": call.user.name, "tags": call.user.tags}))),
         (["extensions"], _) if get => Ok(ok(&json!([]))),
@@ -376,13 +376,13 @@ fn dispatch(shared: &Arc<Shared>, call: &Call) -> Result {
         (["vhosts"], _) if get => {
             let list_v: Vec<_> =
                 objects::vhosts(shared).into_iter().filter(|v| call.user.sees_vhost(shared, &v.name)).collect();
-            let rendered = objects::vhosts_json(shared, list_v);
+            let rendered = objects::vhosts_json(shared, list_v, objects::Ages::from_call(call));
             Ok(list(call, rendered, |v| v.clone()))
         }
         (["vhosts", vh], _) => match *m {
             Method::GET | Method::HEAD => {
                 call.user.require_admin()?;
-                Ok(ok(&objects::vhost(shared, &*vhost(shared, vh)?)))
+                Ok(ok(&objects::vhost(shared, &*vhost(shared, vh)?, objects::Ages::from_call(call))))
             }
             Method::PUT => {
                 call.user.require_admin()?;
