@@ -28,7 +28,7 @@ run() { # name addr rss-command
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 data=$(mktemp -d)
-target/release/warren --amqp-listen "127.0.0.1:$port" --http-listen "" --data-dir "$data/d" >"$data/warren.log" 2>&1 &
+target/release/warren --amqp-listen "127.0.0.1:$port" --http-listen "" --prometheus-listen "" --data-dir "$data/d" >"$data/warren.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do grep -q "AMQP listening" "$data/warren.log" && break; sleep 0.1; done

@@ -84,7 +84,7 @@ def main():
     port, hport = free_port(), free_port()
     data = tempfile.mkdtemp()
     proc = subprocess.Popen([str(ROOT / "target/release/warren"), "--amqp-listen", f"127.0.0.1:{port}",
-                             "--http-listen", f"127.0.0.1:{hport}", "--data-dir", data],
+                             "--http-listen", f"127.0.0.1:{hport}", "--prometheus-listen", "", "--data-dir", data],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):

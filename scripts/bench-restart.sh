@@ -13,7 +13,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 data=$(mktemp -d)
 log=$data/warren.log
 start() {
-    target/release/warren --amqp-listen "127.0.0.1:$port" --http-listen "" --data-dir "$data/d" >"$log" 2>&1 &
+    target/release/warren --amqp-listen "127.0.0.1:$port" --http-listen "" --prometheus-listen "" --data-dir "$data/d" >"$log" 2>&1 &
     pid=$!
 }
 trap 'kill -9 $pid 2>/dev/null; rm -rf "$data"' EXIT

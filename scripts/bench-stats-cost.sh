@@ -30,7 +30,7 @@ for r in $(seq "$rounds"); do
         if [ "$v" = base ]; then
             "$bin" --amqp-listen "127.0.0.1:$port" --data-dir "$work/data" >"$work/log" 2>&1 &
         else
-            "$bin" --amqp-listen "127.0.0.1:$port" --http-listen "$http" --data-dir "$work/data" >"$work/log" 2>&1 &
+            "$bin" --amqp-listen "127.0.0.1:$port" --http-listen "$http" --prometheus-listen "" --data-dir "$work/data" >"$work/log" 2>&1 &
         fi
         pid=$!
         for _ in $(seq 100); do grep -q listening "$work/log" && break; sleep 0.1; done

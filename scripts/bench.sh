@@ -16,7 +16,7 @@ cd "$root"
 cargo build --release --quiet -p warren -p warren-perf
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 data=$(mktemp -d)
-target/release/warren --amqp-listen "127.0.0.1:$port" --http-listen "${WARREN_BENCH_HTTP:-}" --data-dir "$data" >"$data/warren.log" 2>&1 &
+target/release/warren --amqp-listen "127.0.0.1:$port" --http-listen "${WARREN_BENCH_HTTP:-}" --prometheus-listen "" --data-dir "$data" >"$data/warren.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do grep -q listening "$data/warren.log" && break; sleep 0.1; done

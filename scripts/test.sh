@@ -2,7 +2,9 @@
 # Warren's whole test suite, as CI runs it:
 #   1. formatting and lints,
 #   2. Rust unit tests and integration tests (the real binary, driven by lapin),
-#   3. Python behaviour tests (pika, py-amqp, kombu, celery) in the project's venv,
+#   3. Python behaviour tests (pika, py-amqp, kombu, celery; the management
+#      API with rabbitmqadmin and Flower; metrics scraped by Prometheus) in the
+#      project's venv,
 #   4. Node behaviour tests (amqplib, pinned in tests/node/package-lock.json),
 #   5. kombu's and py-amqp's own upstream integration suites.
 # Set WARREN_TEST_ADDR=host:port to run the behaviour tests against a broker
@@ -16,6 +18,7 @@ cargo build --workspace --quiet
 cargo test --workspace
 
 venv=$(scripts/python-env.sh)
+scripts/observability-env.sh      # Prometheus, Chromium, ChromeDriver (Debian)
 export WARREN_BIN=${WARREN_BIN:-$PWD/target/debug/warren}
 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider --timeout 300
 scripts/node-env.sh

@@ -64,7 +64,7 @@ other.private_key_pem.write_to_path(f"{d}/client_key_broken.pem")
 client.cert_chain_pems[0].write_to_path(f"{d}/client_certificate_broken.pem")
 PY
     log=$cache/warren-upstream.log
-    "$bin" --amqp-listen "$host:$port" --http-listen 127.0.0.1:0 --data-dir "$data" --amqps-listen "$host:$tls_port" \
+    "$bin" --amqp-listen "$host:$port" --http-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0 --data-dir "$data" --amqps-listen "$host:$tls_port" \
         --tls-cert "$certs/server_certificate.pem" --tls-key "$certs/server_key.pem" \
         --tls-ca "$certs/ca_certificate.pem" --tls-verify-peer >"$log" 2>&1 &
     pid=$!

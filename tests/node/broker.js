@@ -32,7 +32,7 @@ async function startBroker() {
   const bin = process.env.WARREN_BIN || path.join(ROOT, 'target', 'debug', 'warren');
   const port = await freePort();
   const data = fs.mkdtempSync(path.join(os.tmpdir(), 'warren-node-'));
-  const proc = spawn(bin, ['--amqp-listen', `127.0.0.1:${port}`, '--http-listen', '127.0.0.1:0', '--data-dir', data], {
+  const proc = spawn(bin, ['--amqp-listen', `127.0.0.1:${port}`, '--http-listen', '127.0.0.1:0', '--prometheus-listen', '127.0.0.1:0', '--data-dir', data], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const log = [];

@@ -33,6 +33,9 @@ class Broker:
         self.data = data
         # Base URL of the management HTTP API (".../api/..." follows).
         self.http = http or os.environ.get("WARREN_TEST_HTTP", f"http://{host}:15672")
+        # Base URL of the Prometheus endpoint ("/metrics" follows).
+        self.prometheus = getattr(proc, "prometheus", None) or os.environ.get(
+            "WARREN_TEST_PROMETHEUS", f"http://{host}:15692")
 
     def ctl(self, *args, check=True):
         """Runs an administration command: `warren ctl` for the Warren this
@@ -80,6 +83,9 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False)
     data = tempfile.mkdtemp(prefix="warren-pytest-")
     http_port = free_port()
     http = [] if "--http-listen" in extra else ["--http-listen", f"127.0.0.1:{http_port}"]
+    prometheus_port = free_port()
+    if "--prometheus-listen" not in extra:
+        http += ["--prometheus-listen", f"127.0.0.1:{prometheus_port}"]
     proc = subprocess.Popen(
         [binary, "--amqp-listen", f"{listen_host}:{port}", *http, "--data-dir", data, *extra],
         stdout=subprocess.PIPE,
@@ -89,6 +95,7 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False)
     )
     proc.log = []
     proc.http = f"http://127.0.0.1:{http_port}"
+    proc.prometheus = f"http://127.0.0.1:{prometheus_port}"
     ready = threading.Event()
 
     def pump():

@@ -232,7 +232,7 @@ def test_policies_survive_a_restart(broker, name, tmp_path):
 
     def run():
         port = free_port()
-        proc = subprocess.Popen([warren_binary(), "--amqp-listen", f"127.0.0.1:{port}", "--http-listen", "",
+        proc = subprocess.Popen([warren_binary(), "--amqp-listen", f"127.0.0.1:{port}", "--http-listen", "", "--prometheus-listen", "",
                                  "--data-dir", data], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         params = pika.ConnectionParameters(port=port)
 

@@ -578,6 +578,7 @@ impl VHost {
         auto_delete: bool,
         arguments: FieldTable,
     ) -> Result<DeclaredQueue, AmqpError> {
+        stats::QUEUES_DECLARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let report = |q: &Arc<Queue>| DeclaredQueue {
             queue: q.clone(),
             message_count: q.message_count(),
@@ -618,6 +619,7 @@ impl VHost {
         crate::arguments::validate_queue_args(&arguments, name, &self.name)?;
         let q = Arc::new(self.new_queue(name, durable, exclusive.then_some(connection), auto_delete, arguments));
         queues.insert(name.to_owned(), q.clone());
+        stats::QUEUES_CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(queues);
         self.persist(durable && !exclusive);
         // Every queue is bound to the default exchange by its name; that
@@ -644,6 +646,7 @@ impl VHost {
             match queues.get(&q.name) {
                 Some(existing) if Arc::ptr_eq(existing, q) => {
                     queues.remove(&q.name);
+                    stats::QUEUES_DELETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 _ => return 0,
             }

@@ -99,6 +99,12 @@ pub struct Config {
     #[arg(long, env = "WARREN_HTTP_LISTEN", default_value = "127.0.0.1:15672")]
     pub http_listen: String,
 
+    /// Address of the Prometheus metrics endpoint (`/metrics`,
+    /// `/metrics/per-object`, rabbitmq_prometheus's names); an empty value
+    /// turns it off.
+    #[arg(long, env = "WARREN_PROMETHEUS_LISTEN", default_value = "127.0.0.1:15692")]
+    pub prometheus_listen: String,
+
     /// Most client connections the node accepts at once; 0 = no limit.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u64,
@@ -121,6 +127,15 @@ impl Config {
             return Ok(None);
         }
         v.parse().map(Some).map_err(|e| format!("invalid --http-listen '{v}': {e}"))
+    }
+
+    /// The Prometheus endpoint's address, unless it is turned off.
+    pub fn prometheus_listen(&self) -> Result<Option<SocketAddr>, String> {
+        let v = self.prometheus_listen.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse().map(Some).map_err(|e| format!("invalid --prometheus-listen '{v}': {e}"))
     }
 
     /// The data directory in effect.

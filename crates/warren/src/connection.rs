@@ -820,6 +820,7 @@ impl Conn {
                     if let Some(info) = &self.registered {
                         info.channel_list.lock().push(ch.info.clone());
                     }
+                    self.shared.totals.channels_opened.fetch_add(1, Ordering::Relaxed);
                     self.channels.insert(f.channel, ch);
                     self.count_channels();
                     let ok = AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {}));
@@ -1010,6 +1011,7 @@ impl Conn {
                     kill: self.kill.clone(),
                 });
                 self.shared.connections.lock().insert(self.id, info.clone());
+                self.shared.totals.connections_opened.fetch_add(1, Ordering::Relaxed);
                 self.registered = Some(info);
                 self.vhost = Some(vhost);
                 frame::write_method(&mut self.out, 0, &AMQPClass::Connection(M::OpenOk(conn::OpenOk {})));
@@ -1145,6 +1147,7 @@ impl Conn {
     /// A channel closed: it leaves the management API's list, and its
     /// statistics go to its vhost's totals.
     fn channel_gone(&self, info: &Arc<ChannelInfo>) {
+        self.shared.totals.channels_closed.fetch_add(1, Ordering::Relaxed);
         if let Some(vhost) = &self.vhost {
             vhost.retired.add_all(&info.stats.snapshot());
         }
@@ -1178,6 +1181,7 @@ impl Conn {
             vhost.connection_closed(self.id);
         }
         if self.registered.take().is_some() {
+            self.shared.totals.connections_closed.fetch_add(1, Ordering::Relaxed);
             let mut open = self.shared.connections.lock();
             open.remove(&self.id);
             if open.capacity() > 64 && open.len() * 4 < open.capacity() {

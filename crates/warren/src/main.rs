@@ -5,6 +5,7 @@ mod config;
 mod connection;
 mod ctl;
 mod http;
+mod metrics;
 mod panics;
 mod resources;
 mod server;

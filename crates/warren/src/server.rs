@@ -30,6 +30,16 @@ pub struct Shared {
     /// Where the management API listens, once bound.
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
     pub started: std::time::Instant,
+    /// Connections and channels opened and closed since the start.
+    pub totals: Totals,
+}
+
+#[derive(Default)]
+pub struct Totals {
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+    pub channels_opened: AtomicU64,
+    pub channels_closed: AtomicU64,
 }
 
 impl Shared {
@@ -81,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let paging_at = config.memory_limit().map(|l| (l as f64 * config.memory_paging_ratio) as u64);
     tokio::spawn(alarms(broker.clone(), config.memory_limit(), paging_at, disk, alarm_tx));
     let http_at = config.http_listen().map_err(|e| anyhow::anyhow!(e))?;
+    let prometheus_at = config.prometheus_listen().map_err(|e| anyhow::anyhow!(e))?;
     let shared = Arc::new(Shared {
         broker,
         config,
@@ -90,10 +101,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         disk_free_limit,
         http_addr: Default::default(),
         started: std::time::Instant::now(),
+        totals: Default::default(),
     });
     if let Some(at) = http_at {
         let bound = crate::http::listen(shared.clone(), at).await?;
         let _ = shared.http_addr.set(bound);
+    }
+    if let Some(at) = prometheus_at {
+        crate::metrics::listen(shared.clone(), at).await?;
     }
     tokio::spawn(expiry_timer(shared.broker.clone()));
     crate::ctl::listen(shared.clone(), &data_dir)

@@ -519,7 +519,15 @@ async fn users_vhosts_permissions_and_limits_survive_kill_9() {
 fn a_second_broker_on_the_same_data_dir_refuses_to_start() {
     let b = TestBroker::spawn();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--prometheus-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(b.data_dir.as_ref().unwrap())
         .output()
         .unwrap();

@@ -21,6 +21,8 @@ mod objects;
 mod query;
 mod routes;
 
+pub use objects::node_name;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -113,6 +115,16 @@ pub async fn listen(shared: Arc<Shared>, at: SocketAddr) -> anyhow::Result<Socke
     let listener = TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at} (HTTP): {e}"))?;
     let addr = listener.local_addr()?;
     tokio::spawn(sampler(shared.clone()));
+    serve(listener, shared, |shared, peer, req| Box::pin(async move { handle(&shared, peer, req).await }));
+    info!(%addr, "HTTP API ready on http://{addr}/api/");
+    Ok(addr)
+}
+
+type Handler =
+    fn(Arc<Shared>, SocketAddr, Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
+
+/// Serves HTTP/1.1 on `listener` from a task, one task per connection.
+pub fn serve(listener: TcpListener, shared: Arc<Shared>, handler: Handler) {
     tokio::spawn(async move {
         loop {
             let (socket, peer) = match listener.accept().await {
@@ -128,7 +140,7 @@ pub async fn listen(shared: Arc<Shared>, at: SocketAddr) -> anyhow::Result<Socke
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
+                    async move { Ok::<_, Infallible>(handler(shared, peer, req).await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(socket);
                 if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
@@ -137,8 +149,6 @@ pub async fn listen(shared: Arc<Shared>, at: SocketAddr) -> anyhow::Result<Socke
             });
         }
     });
-    info!(%addr, "HTTP API ready on http://{addr}/api/");
-    Ok(addr)
 }
 
 /// A request, read whole and decoded: what the routes see.

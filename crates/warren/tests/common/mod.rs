@@ -75,7 +75,15 @@ impl TestBroker {
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .envs(env.iter().copied())
-            .args(["--amqp-listen", &addr, "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "--amqp-listen",
+                &addr,
+                "--http-listen",
+                "127.0.0.1:0",
+                "--prometheus-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(&dir)
             .env("WARREN_LOG", "info")
             .stdout(Stdio::piped())

@@ -1,0 +1,417 @@
+//! Prometheus metrics on `--prometheus-listen` (default 127.0.0.1:15692),
+//! with rabbitmq_prometheus's metric names, help texts and labels, so the
+//! Grafana dashboards made for RabbitMQ ("RabbitMQ-Overview") work:
+//!
+//! - `/metrics`: node-wide figures, objects aggregated (no per-queue labels),
+//! - `/metrics/per-object`: the same plus one series per queue
+//!   (`vhost`, `queue`), as RabbitMQ's per-object endpoint.
+//!
+//! A scrape reads the broker's own counters (the ones the management API
+//! shows) into a fresh registry of the `prometheus` crate and encodes it in
+//! the text exposition format 0.0.4. Nothing is counted for the scrape's
+//! sake.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use prometheus::core::Collector;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tracing::info;
+use warren_core::stats;
+
+use crate::http::{Body, Reply};
+use crate::server::Shared;
+
+pub async fn listen(shared: Arc<Shared>, at: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener =
+        TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at} (Prometheus): {e}"))?;
+    let addr = listener.local_addr()?;
+    crate::http::serve(listener, shared, |shared, _peer, req| Box::pin(async move { handle(&shared, req) }));
+    info!(%addr, "Prometheus metrics ready on http://{addr}/metrics");
+    Ok(addr)
+}
+
+fn handle(shared: &Shared, req: Request<Incoming>) -> Reply {
+    let per_object = match req.uri().path() {
+        "/metrics" => false,
+        "/metrics/per-object" => true,
+        _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    let registry = Registry::new();
+    if let Err(e) = collect(shared, &registry, per_object) {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
+    }
+    let mut out = Vec::with_capacity(64 * 1024);
+    match TextEncoder::new().encode(&registry.gather(), &mut out) {
+        Ok(()) => {
+            let mut r = Response::new(Body::Full(Some(Bytes::from(out))));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Reply {
+    let mut r = Response::new(Body::Full(Some(Bytes::from(body))));
+    *r.status_mut() = status;
+    r
+}
+
+/// Adds gauges and counters to one registry.
+struct Scrape<'a>(&'a Registry);
+
+impl Scrape<'_> {
+    fn add(&self, c: impl Collector + 'static) -> prometheus::Result<()> {
+        self.0.register(Box::new(c))
+    }
+
+    fn gauge(&self, name: &str, help: &str, v: i64) -> prometheus::Result<()> {
+        let g = IntGauge::new(name, help)?;
+        g.set(v);
+        self.add(g)
+    }
+
+    fn counter(&self, name: &str, help: &str, v: u64) -> prometheus::Result<()> {
+        let c = IntCounter::new(name, help)?;
+        c.inc_by(v);
+        self.add(c)
+    }
+
+    /// A counter with the `protocol="amqp091"` label of the global metrics.
+    fn global(&self, name: &str, help: &str, v: u64) -> prometheus::Result<()> {
+        let c = IntCounterVec::new(Opts::new(name, help), &["protocol"])?;
+        c.with_label_values(&["amqp091"]).inc_by(v);
+        self.add(c)
+    }
+
+    /// A global counter RabbitMQ also splits by queue type: Warren has one
+    /// kind of queue underneath, counted as classic.
+    fn global_q(&self, name: &str, help: &str, v: u64) -> prometheus::Result<()> {
+        let c = IntCounterVec::new(Opts::new(name, help), &["protocol", "queue_type"])?;
+        c.with_label_values(&["amqp091", "rabbit_classic_queue"]).inc_by(v);
+        self.add(c)
+    }
+
+    fn info(&self, name: &str, help: &str, labels: &[(&str, String)]) -> prometheus::Result<()> {
+        let names: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
+        let values: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
+        let g = IntGaugeVec::new(Opts::new(name, help), &names)?;
+        g.with_label_values(&values).set(1);
+        self.add(g)
+    }
+}
+
+fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus::Result<()> {
+    let s = Scrape(registry);
+    let node = crate::http::node_name();
+    s.info(
+        "rabbitmq_identity_info",
+        "RabbitMQ node & cluster identity info",
+        &[
+            ("rabbitmq_node", node.clone()),
+            ("rabbitmq_cluster", node.clone()),
+            ("rabbitmq_cluster_permanent_id", format!("warren-cluster-id-{node}")),
+        ],
+    )?;
+    s.info(
+        "rabbitmq_build_info",
+        "RabbitMQ & Erlang/OTP version info",
+        &[
+            ("rabbitmq_version", "3.10.8".into()),
+            ("prometheus_plugin_version", "3.10.8".into()),
+            ("prometheus_client_version", "warren".into()),
+            ("erlang_version", "none".into()),
+            ("warren_version", env!("CARGO_PKG_VERSION").into()),
+        ],
+    )?;
+
+    // Connections and channels.
+    let conns: Vec<_> = shared.connections.lock().values().cloned().collect();
+    let mut channel_totals = [0u64; stats::N];
+    let (mut channels, mut unacked, mut channel_consumers, mut publishers) = (0i64, 0u64, 0i64, 0i64);
+    for c in &conns {
+        let list = c.channel_list.lock();
+        channels += list.len() as i64;
+        for ch in list.iter() {
+            let counts = ch.stats.snapshot();
+            publishers += (counts[stats::PUBLISH] > 0) as i64;
+            stats::add(&mut channel_totals, &counts);
+            unacked += ch.unacked.load(Ordering::Relaxed);
+            channel_consumers += ch.consumers.load(Ordering::Relaxed) as i64;
+        }
+    }
+    s.gauge("rabbitmq_connections", "Connections currently open", conns.len() as i64)?;
+    s.gauge("rabbitmq_channels", "Channels currently open", channels)?;
+    let t = &shared.totals;
+    s.counter(
+        "rabbitmq_connections_opened_total",
+        "Total number of connections opened",
+        t.connections_opened.load(Ordering::Relaxed),
+    )?;
+    s.counter(
+        "rabbitmq_connections_closed_total",
+        "Total number of connections closed or terminated",
+        t.connections_closed.load(Ordering::Relaxed),
+    )?;
+    s.counter(
+        "rabbitmq_channels_opened_total",
+        "Total number of channels opened",
+        t.channels_opened.load(Ordering::Relaxed),
+    )?;
+    s.counter(
+        "rabbitmq_channels_closed_total",
+        "Total number of channels closed",
+        t.channels_closed.load(Ordering::Relaxed),
+    )?;
+    s.gauge("rabbitmq_channel_consumers", "Consumers on a channel", channel_consumers)?;
+    s.gauge("rabbitmq_channel_messages_unacked", "Delivered but not yet acknowledged messages", unacked as i64)?;
+    let recv: u64 = conns.iter().map(|c| c.recv_oct.load(Ordering::Relaxed)).sum();
+    let sent: u64 = conns.iter().map(|c| c.send_oct.load(Ordering::Relaxed)).sum();
+    s.counter("rabbitmq_connection_incoming_bytes_total", "Total number of bytes received on a connection", recv)?;
+    s.counter("rabbitmq_connection_outgoing_bytes_total", "Total number of bytes sent on a connection", sent)?;
+    let ch = &channel_totals;
+    s.counter(
+        "rabbitmq_channel_messages_published_total",
+        "Total number of messages published into an exchange on a channel",
+        ch[stats::PUBLISH],
+    )?;
+    s.counter(
+        "rabbitmq_channel_messages_confirmed_total",
+        "Total number of messages published into an exchange and confirmed on the channel",
+        ch[stats::CONFIRM],
+    )?;
+    s.counter(
+        "rabbitmq_channel_messages_delivered_ack_total",
+        "Total number of messages delivered to consumers in manual acknowledgement mode",
+        ch[stats::DELIVER],
+    )?;
+    s.counter(
+        "rabbitmq_channel_messages_delivered_total",
+        "Total number of messages delivered to consumers in automatic acknowledgement mode",
+        ch[stats::DELIVER_NO_ACK],
+    )?;
+    s.counter(
+        "rabbitmq_channel_messages_acked_total",
+        "Total number of messages acknowledged by consumers",
+        ch[stats::ACK],
+    )?;
+    s.counter(
+        "rabbitmq_channel_messages_redelivered_total",
+        "Total number of messages redelivered to consumers",
+        ch[stats::REDELIVER],
+    )?;
+    s.counter(
+        "rabbitmq_channel_get_ack_total",
+        "Total number of messages fetched with basic.get in manual acknowledgement mode",
+        ch[stats::GET],
+    )?;
+    s.counter(
+        "rabbitmq_channel_get_total",
+        "Total number of messages fetched with basic.get in automatic acknowledgement mode",
+        ch[stats::GET_NO_ACK],
+    )?;
+    s.counter(
+        "rabbitmq_channel_get_empty_total",
+        "Total number of times basic.get operations fetched no message",
+        ch[stats::GET_EMPTY],
+    )?;
+    s.counter(
+        "rabbitmq_channel_messages_unroutable_dropped_total",
+        "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+        ch[stats::DROP_UNROUTABLE],
+    )?;
+    s.counter(
+        "rabbitmq_channel_messages_unroutable_returned_total",
+        "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+        ch[stats::RETURN_UNROUTABLE],
+    )?;
+
+    // Queues.
+    let mut global = [0u64; stats::N];
+    let (mut queues, mut ready, mut unacked_q, mut ready_bytes, mut consumers, mut published) =
+        (0i64, 0u64, 0u64, 0u64, 0i64, 0u64);
+    let per_queue = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["vhost", "queue"]);
+    let q_ready = per_queue("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers")?;
+    let q_unacked =
+        per_queue("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged")?;
+    let q_messages =
+        per_queue("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages - total queue depth")?;
+    let q_bytes = per_queue("rabbitmq_queue_messages_ready_bytes", "Size in bytes of ready messages")?;
+    let q_consumers = per_queue("rabbitmq_queue_consumers", "Consumers on a queue")?;
+    let q_published = IntCounterVec::new(
+        Opts::new("rabbitmq_queue_messages_published_total", "Total number of messages published to queues"),
+        &["vhost", "queue"],
+    )?;
+    for v in shared.broker.vhosts() {
+        stats::add(&mut global, &v.retired.snapshot());
+        for q in v.queues() {
+            let st = q.status();
+            queues += 1;
+            ready += st.ready;
+            unacked_q += st.unacked;
+            ready_bytes += st.ready_bytes;
+            consumers += st.consumers as i64;
+            published += st.counts[stats::PUBLISH];
+            if per_object {
+                let l = [v.name.as_str(), q.name.as_str()];
+                q_ready.with_label_values(&l).set(st.ready as i64);
+                q_unacked.with_label_values(&l).set(st.unacked as i64);
+                q_messages.with_label_values(&l).set((st.ready + st.unacked) as i64);
+                q_bytes.with_label_values(&l).set(st.ready_bytes as i64);
+                q_consumers.with_label_values(&l).set(st.consumers as i64);
+                q_published.with_label_values(&l).inc_by(st.counts[stats::PUBLISH]);
+            }
+        }
+    }
+    stats::add(&mut global, &channel_totals);
+    s.gauge("rabbitmq_queues", "Queues available", queues)?;
+    s.gauge("rabbitmq_consumers", "Consumers currently connected", consumers)?;
+    let totals = warren_core::stats::queue_totals();
+    s.counter("rabbitmq_queues_declared_total", "Total number of queues declared", totals.0)?;
+    s.counter("rabbitmq_queues_created_total", "Total number of queues created", totals.1)?;
+    s.counter("rabbitmq_queues_deleted_total", "Total number of queues deleted", totals.2)?;
+    if per_object {
+        s.add(q_ready)?;
+        s.add(q_unacked)?;
+        s.add(q_messages)?;
+        s.add(q_bytes)?;
+        s.add(q_consumers)?;
+        s.add(q_published)?;
+    } else {
+        s.gauge("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers", ready as i64)?;
+        s.gauge(
+            "rabbitmq_queue_messages_unacked",
+            "Messages delivered to consumers but not yet acknowledged",
+            unacked_q as i64,
+        )?;
+        s.gauge(
+            "rabbitmq_queue_messages",
+            "Sum of ready and unacknowledged messages - total queue depth",
+            (ready + unacked_q) as i64,
+        )?;
+        s.gauge("rabbitmq_queue_messages_ready_bytes", "Size in bytes of ready messages", ready_bytes as i64)?;
+        s.gauge("rabbitmq_queue_consumers", "Consumers on a queue", consumers)?;
+        s.counter(
+            "rabbitmq_queue_messages_published_total",
+            "Total number of messages published to queues",
+            published,
+        )?;
+    }
+
+    // Global counters (every channel, open or closed, of every vhost).
+    let g = &global;
+    let routed = g[stats::PUBLISH].saturating_sub(g[stats::DROP_UNROUTABLE] + g[stats::RETURN_UNROUTABLE]);
+    s.global(
+        "rabbitmq_global_messages_received_total",
+        "Total number of messages received from publishers",
+        g[stats::PUBLISH],
+    )?;
+    s.global("rabbitmq_global_messages_routed_total", "Total number of messages routed to queues or streams", routed)?;
+    s.global(
+        "rabbitmq_global_messages_unroutable_dropped_total",
+        "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+        g[stats::DROP_UNROUTABLE],
+    )?;
+    s.global(
+        "rabbitmq_global_messages_unroutable_returned_total",
+        "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+        g[stats::RETURN_UNROUTABLE],
+    )?;
+    s.global(
+        "rabbitmq_global_messages_confirmed_total",
+        "Total number of messages confirmed to publishers",
+        g[stats::CONFIRM],
+    )?;
+    s.global_q(
+        "rabbitmq_global_messages_delivered_total",
+        "Total number of messages delivered to consumers",
+        stats::deliver_get(g),
+    )?;
+    s.global_q(
+        "rabbitmq_global_messages_delivered_consume_manual_ack_total",
+        "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
+        g[stats::DELIVER],
+    )?;
+    s.global_q(
+        "rabbitmq_global_messages_delivered_consume_auto_ack_total",
+        "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
+        g[stats::DELIVER_NO_ACK],
+    )?;
+    s.global_q(
+        "rabbitmq_global_messages_delivered_get_manual_ack_total",
+        "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
+        g[stats::GET],
+    )?;
+    s.global_q(
+        "rabbitmq_global_messages_delivered_get_auto_ack_total",
+        "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
+        g[stats::GET_NO_ACK],
+    )?;
+    s.global_q(
+        "rabbitmq_global_messages_get_empty_total",
+        "Total number of times basic.get operations fetched no message",
+        g[stats::GET_EMPTY],
+    )?;
+    s.global_q(
+        "rabbitmq_global_messages_redelivered_total",
+        "Total number of messages redelivered to consumers",
+        g[stats::REDELIVER],
+    )?;
+    s.global_q(
+        "rabbitmq_global_messages_acknowledged_total",
+        "Total number of messages acknowledged by consumers",
+        g[stats::ACK],
+    )?;
+    let gauge_amqp = |name: &str, help: &str, v: i64| -> prometheus::Result<()> {
+        let g = IntGaugeVec::new(Opts::new(name, help), &["protocol"])?;
+        g.with_label_values(&["amqp091"]).set(v);
+        s.add(g)
+    };
+    gauge_amqp("rabbitmq_global_consumers", "Current number of consumers", consumers)?;
+    gauge_amqp("rabbitmq_global_publishers", "Current number of publishers", publishers)?;
+
+    // The process and its alarms.
+    let rss = crate::resources::rss_bytes().unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let max_fds = {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit only writes into the struct we pass.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
+        l.rlim_cur
+    };
+    let alarm = shared.alarm.borrow().clone();
+    s.gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes", rss as i64)?;
+    s.gauge(
+        "rabbitmq_resident_memory_limit_bytes",
+        "Memory high watermark in bytes",
+        shared.config.memory_limit().unwrap_or(0) as i64,
+    )?;
+    s.gauge("rabbitmq_process_open_fds", "Open file descriptors", fds as i64)?;
+    s.gauge("rabbitmq_process_max_fds", "Open file descriptors limit", max_fds as i64)?;
+    s.gauge("rabbitmq_process_open_tcp_sockets", "Open TCP sockets", conns.len() as i64)?;
+    s.gauge("rabbitmq_process_max_tcp_sockets", "Open TCP sockets limit", max_fds as i64)?;
+    let disk = crate::resources::free_disk_bytes(&shared.config.data_dir()).unwrap_or(0);
+    s.gauge("rabbitmq_disk_space_available_bytes", "Disk space available in bytes", disk as i64)?;
+    s.gauge(
+        "rabbitmq_disk_space_available_limit_bytes",
+        "Free disk space low watermark in bytes",
+        shared.disk_free_limit.load(Ordering::Relaxed) as i64,
+    )?;
+    let on = |what: &str| alarm.as_deref().is_some_and(|a| a.contains(what)) as i64;
+    s.gauge("rabbitmq_alarms_memory_used_watermark", "is 1 if VM memory watermark alarm is in effect", on("memory"))?;
+    s.gauge(
+        "rabbitmq_alarms_free_disk_space_watermark",
+        "is 1 if free disk space watermark alarm is in effect",
+        on("disk"),
+    )?;
+    s.gauge("rabbitmq_alarms_file_descriptor_limit", "is 1 if file descriptor limit alarm is in effect", 0)?;
+    s.gauge("rabbitmq_erlang_uptime_seconds", "Node uptime", shared.started.elapsed().as_secs() as i64)?;
+    Ok(())
+}
