@@ -190,3 +190,22 @@ def wait_for(pred, timeout=10.0, interval=0.02):
             return True
         time.sleep(interval)
     return False
+
+
+def pump_until(conn, pred, timeout=10.0):
+    """Runs a pika BlockingConnection's event loop until `pred()` holds or
+    the deadline passes; returns whether it held. (Never one fixed
+    `process_data_events(time_limit=...)`: a slow run misses deliveries.)"""
+    deadline = time.time() + timeout
+    while not pred():
+        if time.time() >= deadline:
+            return False
+        conn.process_data_events(time_limit=0.02)
+    return True
+
+
+def round_trip(conn, ch, queue):
+    """A synchronous method on `ch` and the events before its reply: what
+    the broker had sent on the channel by then has been dispatched."""
+    ch.queue_declare(queue, passive=True)
+    conn.process_data_events(time_limit=0)

@@ -5,7 +5,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import wait_for
+from conftest import pump_until, round_trip, wait_for
 
 
 def get(ch, q):
@@ -181,11 +181,6 @@ def test_queue_with_consumer_does_not_expire(conn, name):
     ch.queue_delete(name)
 
 
-def pump(conn):
-    # pika's process_data_events(time_limit) can leave the last delivery
-    # undispatched; a second short call hands it over.
-    conn.process_data_events(time_limit=0.3)
-    conn.process_data_events(time_limit=0.1)
 
 
 def test_single_active_consumer(conn, name):
@@ -198,11 +193,12 @@ def test_single_active_consumer(conn, name):
     ch_b.basic_consume(name, lambda c, m, p, b: got["b"].append(b), auto_ack=True)
     for i in range(4):
         ch.basic_publish("", name, str(i).encode())
-    pump(conn)
+    assert pump_until(conn, lambda: len(got["a"]) + len(got["b"]) >= 4)
+    round_trip(conn, ch, name)
     assert got == {"a": [b"0", b"1", b"2", b"3"], "b": []}
     ch_a.close()  # the next consumer takes over
     ch.basic_publish("", name, b"4")
-    pump(conn)
+    assert pump_until(conn, lambda: len(got["b"]) >= 1)
     assert got["b"] == [b"4"]
     ch.queue_delete(name)
 
@@ -216,7 +212,8 @@ def test_consumer_priority_is_served_first(conn, name):
     ch.basic_consume(name, lambda c, m, p, b: got["high"].append(m), consumer_tag="high", arguments={"x-priority": 10})
     for i in range(3):
         ch.basic_publish("", name, str(i).encode())
-    pump(conn)
+    assert pump_until(conn, lambda: len(got["high"]) + len(got["low"]) >= 3)
+    round_trip(conn, ch, name)
     # The high-priority consumer takes what its prefetch allows, the rest spills over.
     assert len(got["high"]) == 2 and len(got["low"]) == 1
 

@@ -7,6 +7,8 @@ import pika
 import pika.exceptions as pe
 import pytest
 
+from conftest import pump_until, round_trip
+
 
 def declare(ch, name, **kw):
     return ch.queue_declare(name, **kw).method
@@ -71,10 +73,12 @@ def test_global_qos_limits_the_whole_channel(conn, name):
     got = []
     ch.basic_consume(q1, lambda c, m, p, b: got.append(m))
     ch.basic_consume(q2, lambda c, m, p, b: got.append(m))
-    conn.process_data_events(time_limit=0.5)
-    assert len(got) == 3
+    assert pump_until(conn, lambda: len(got) >= 3)
+    round_trip(conn, ch, q1)
+    assert len(got) == 3, "no more than the channel's prefetch"
     ch.basic_ack(got[-1].delivery_tag, multiple=True)
-    conn.process_data_events(time_limit=0.5)
+    assert pump_until(conn, lambda: len(got) >= 6)
+    round_trip(conn, ch, q1)
     assert len(got) == 6
 
 
@@ -88,8 +92,9 @@ def test_per_consumer_qos(conn, name):
     got = []
     ch.basic_consume(q1, lambda c, m, p, b: got.append(m))
     ch.basic_consume(q2, lambda c, m, p, b: got.append(m))
-    conn.process_data_events(time_limit=0.5)
-    assert len(got) == 4
+    assert pump_until(conn, lambda: len(got) >= 4)
+    round_trip(conn, ch, q1)
+    assert len(got) == 4, "2 per consumer"
 
 
 def test_purge_and_delete_conditions(conn, name):

@@ -6,7 +6,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import wait_for
+from conftest import pump_until, round_trip, wait_for
 
 
 def count(ch, q):
@@ -49,7 +49,8 @@ def test_ttl_zero_delivered_only_to_a_waiting_consumer(conn, name):
     got = []
     ch.basic_consume(name, lambda c, m, p, b: got.append(b), auto_ack=True)
     ch.basic_publish("", name, b"consumer waiting")
-    conn.process_data_events(time_limit=0.5)
+    assert pump_until(conn, lambda: got)
+    round_trip(conn, ch, name)
     assert got == [b"consumer waiting"]
 
 

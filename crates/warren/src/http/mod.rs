@@ -10,7 +10,8 @@
 //! pagination, filtering, sorting and column selection are in `query.rs`;
 //! a long unpaginated list is streamed in chunks as it is serialized
 //! (`Body::Stream`), never held twice. Rates come from a timer that samples
-//! every object's counters every 5 s (`sampler`).
+//! every object's counters every 5 s (`sampler`). The dashboard's files are
+//! served from `/` (`ui.rs`).
 
 // Handlers return whole HTTP responses as their errors: large, but off
 // the per-message path (one per request).
@@ -20,6 +21,7 @@ mod auth;
 mod objects;
 mod query;
 mod routes;
+mod ui;
 
 pub use objects::node_name;
 
@@ -185,7 +187,8 @@ async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) 
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(query::parse_query).unwrap_or_default();
     let Some(rest) = path.strip_prefix("/api").filter(|r| r.is_empty() || r.starts_with('/')) else {
-        return not_found();
+        // The dashboard's files need no login: the page asks for one.
+        return ui::asset(&path).unwrap_or_else(not_found);
     };
     let segments: Vec<String> =
         rest.split('/').filter(|s| !s.is_empty()).map(|s| query::percent_decode(s, false)).collect();

@@ -42,11 +42,17 @@ impl Ages {
     }
 }
 
-/// Adds `samples`, `avg` and `avg_rate` to `obj[key_details]` from value
-/// `i` of `hist`.
-fn add_samples(obj: &mut Value, key: &str, hist: &History, i: usize, age: Option<(u64, u64)>) {
+/// Adds `samples`, `avg` and `avg_rate` to `obj[key_details]` from the sum
+/// of values `idx` of `hist`.
+fn add_samples(obj: &mut Value, key: &str, hist: &History, idx: &[usize], age: Option<(u64, u64)>) {
     let Some((age, incr)) = age else { return };
-    let samples = hist.samples(i, warren_core::now_ms(), age, incr);
+    let now = warren_core::now_ms();
+    let mut samples = hist.samples(idx[0], now, age, incr);
+    for &i in &idx[1..] {
+        for (s, (_, v)) in samples.iter_mut().zip(hist.samples(i, now, age, incr)) {
+            s.1 += v;
+        }
+    }
     let Some(d) = obj.get_mut(format!("{key}_details")).and_then(Value::as_object_mut) else { return };
     let avg =
         if samples.is_empty() { 0.0 } else { samples.iter().map(|s| s.1 as f64).sum::<f64>() / samples.len() as f64 };
@@ -68,8 +74,10 @@ fn add_samples(obj: &mut Value, key: &str, hist: &History, i: usize, age: Option
 fn add_history(obj: &mut Value, lengths_at: Option<&str>, hist: &History, ages: Ages) {
     if let Some(ms) = obj.get_mut("message_stats") {
         for i in 0..stats::N {
-            add_samples(ms, stats::NAMES[i], hist, i, ages.msg);
+            add_samples(ms, stats::NAMES[i], hist, &[i], ages.msg);
         }
+        let parts = [stats::DELIVER, stats::DELIVER_NO_ACK, stats::GET, stats::GET_NO_ACK];
+        add_samples(ms, "deliver_get", hist, &parts, ages.msg);
     }
     let target = match lengths_at {
         Some(k) => obj.get_mut(k),
@@ -77,7 +85,7 @@ fn add_history(obj: &mut Value, lengths_at: Option<&str>, hist: &History, ages: 
     };
     if let Some(t) = target {
         for (j, k) in ["messages", "messages_ready", "messages_unacknowledged"].iter().enumerate() {
-            add_samples(t, k, hist, stats::N + j, ages.lengths);
+            add_samples(t, k, hist, &[stats::N + j], ages.lengths);
         }
     }
 }
