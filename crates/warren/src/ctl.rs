@@ -20,7 +20,6 @@ use tokio::net::UnixListener;
 use tracing::{info, warn};
 use warren_core::auth::{UserLimits, VHostLimits};
 use warren_core::broker::AdminError;
-use warren_core::exchange::Destination;
 
 use crate::server::Shared;
 
@@ -533,24 +532,11 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
         _ => {
             const ALL: [&str; 5] =
                 ["source_name", "source_kind", "destination_name", "destination_kind", "routing_key"];
-            let mut rows = Vec::new();
-            let mut queues = vhost.queues();
-            queues.sort_by(|a, b| a.name.cmp(&b.name));
             // The default exchange's implicit bindings come first, as RabbitMQ lists them.
-            for q in &queues {
-                rows.push(vec![String::new(), "exchange".into(), q.name.clone(), "queue".into(), q.name.clone()]);
-            }
-            let mut xs = vhost.exchanges();
-            xs.sort_by(|a, b| a.name.cmp(&b.name));
-            for x in xs.iter().filter(|x| !x.name.is_empty()) {
-                for b in x.bindings() {
-                    let (dest, kind) = match &b.destination {
-                        Destination::Queue(q) => (q.name.clone(), "queue"),
-                        Destination::Exchange(e) => (e.clone(), "exchange"),
-                    };
-                    rows.push(vec![x.name.clone(), "exchange".into(), dest, kind.into(), b.routing_key.clone()]);
-                }
-            }
+            let rows = crate::http::bindings(&vhost)
+                .into_iter()
+                .map(|b| vec![b.source, "exchange".into(), b.destination, b.destination_type.into(), b.routing_key])
+                .collect();
             select(format!("Listing bindings for vhost {vh}..."), &req.args, &ALL, &ALL, rows)
         }
     }

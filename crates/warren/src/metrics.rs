@@ -150,26 +150,18 @@ fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus
     s.gauge("rabbitmq_connections", "Connections currently open", conns.len() as i64)?;
     s.gauge("rabbitmq_channels", "Channels currently open", channels)?;
     let t = &shared.totals;
-    s.counter(
-        "rabbitmq_connections_opened_total",
-        "Total number of connections opened",
-        t.connections_opened.load(Ordering::Relaxed),
-    )?;
-    s.counter(
-        "rabbitmq_connections_closed_total",
-        "Total number of connections closed or terminated",
-        t.connections_closed.load(Ordering::Relaxed),
-    )?;
-    s.counter(
-        "rabbitmq_channels_opened_total",
-        "Total number of channels opened",
-        t.channels_opened.load(Ordering::Relaxed),
-    )?;
-    s.counter(
-        "rabbitmq_channels_closed_total",
-        "Total number of channels closed",
-        t.channels_closed.load(Ordering::Relaxed),
-    )?;
+    for (name, help, n) in [
+        ("rabbitmq_connections_opened_total", "Total number of connections opened", &t.connections_opened),
+        (
+            "rabbitmq_connections_closed_total",
+            "Total number of connections closed or terminated",
+            &t.connections_closed,
+        ),
+        ("rabbitmq_channels_opened_total", "Total number of channels opened", &t.channels_opened),
+        ("rabbitmq_channels_closed_total", "Total number of channels closed", &t.channels_closed),
+    ] {
+        s.counter(name, help, n.load(Ordering::Relaxed))?;
+    }
     s.gauge("rabbitmq_channel_consumers", "Consumers on a channel", channel_consumers)?;
     s.gauge("rabbitmq_channel_messages_unacked", "Delivered but not yet acknowledged messages", unacked as i64)?;
     let recv: u64 = conns.iter().map(|c| c.recv_oct.load(Ordering::Relaxed)).sum();
@@ -379,13 +371,7 @@ fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus
 
     // The process and its alarms.
     let rss = crate::resources::rss_bytes().unwrap_or(0);
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
-    let max_fds = {
-        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit only writes into the struct we pass.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
-        l.rlim_cur
-    };
+    let (fds, max_fds) = crate::resources::file_descriptors();
     let alarm = shared.alarm.borrow().clone();
     s.gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes", rss as i64)?;
     s.gauge(

@@ -23,7 +23,7 @@ mod query;
 mod routes;
 mod ui;
 
-pub use objects::node_name;
+pub use objects::{bindings, node_name};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -557,13 +557,7 @@ pub fn node(shared: &Shared) -> Value {
     let limit = shared.config.memory_limit().unwrap_or(0);
     let alarm = shared.alarm.borrow().clone();
     let disk_free = crate::resources::free_disk_bytes(&shared.config.data_dir()).unwrap_or(0);
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
-    let fd_total = {
-        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit only writes into the struct we pass.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
-        l.rlim_cur
-    };
+    let (fds, fd_total) = crate::resources::file_descriptors();
     json!({
         "name": node_name(),
         "type": "disc",
