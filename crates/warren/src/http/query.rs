@@ -111,12 +111,97 @@ fn compare(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
     }
 }
 
-fn name_matches(v: &Value, filter: &str, regex: Option<&regex::Regex>) -> bool {
-    let name = v.get("name").and_then(Value::as_str).unwrap_or("");
-    match regex {
-        Some(r) => r.is_match(name),
-        None => name.to_lowercase().contains(&filter.to_lowercase()),
+/// Pagination parameters, checked as RabbitMQ checks them.
+fn pagination(call: &Call) -> Option<Result<(usize, usize), Reply>> {
+    let page = call.param("page")?;
+    let page_size = call.param("page_size").unwrap_or("100");
+    let (Ok(page), Ok(page_size)) = (page.parse::<i64>(), page_size.parse::<i64>()) else {
+        return Some(Err(bad_request("Pagination parameters are invalid")));
+    };
+    if page < 1 || page_size < 1 || page_size > MAX_PAGE_SIZE as i64 {
+        return Some(Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_pagination_parameters",
+            format!("Invalid pagination parameters: page number {page}, page size {page_size}"),
+        )));
     }
+    Some(Ok((page as usize, page_size as usize)))
+}
+
+/// The `name` filter (`use_regex`), if any.
+type NameFilter = Box<dyn Fn(&str) -> bool>;
+
+fn name_filter(call: &Call) -> Result<Option<NameFilter>, Reply> {
+    let Some(filter) = call.param("name").filter(|f| !f.is_empty()).map(str::to_owned) else { return Ok(None) };
+    if call.param("use_regex") == Some("true") {
+        let r = regex::Regex::new(&filter).map_err(|e| bad_request(format!("invalid regex: {e}")))?;
+        Ok(Some(Box::new(move |n: &str| r.is_match(n))))
+    } else {
+        let f = filter.to_lowercase();
+        Ok(Some(Box::new(move |n: &str| n.to_lowercase().contains(&f))))
+    }
+}
+
+fn out_of_range(page: usize, page_size: usize, filtered: usize) -> Option<Reply> {
+    let page_count = filtered.div_ceil(page_size);
+    (filtered > 0 && page > page_count || filtered == 0 && page > 1).then(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "page_out_of_range",
+            format!("Page out of range, page: {page} page size: {page_size}, len: {filtered}"),
+        )
+    })
+}
+
+fn columns_of(call: &Call) -> Vec<String> {
+    call.param("columns")
+        .map(|c| c.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Like [`list`], for long lists whose items know their name: a page
+/// sorted by name (or unsorted) is cut before anything is rendered, so a
+/// page of 100 out of 10,000 queues renders 100.
+pub fn list_named<T, F>(call: &Call, items: Vec<T>, name_of: fn(&T) -> &str, render: F) -> Reply
+where
+    T: Send + 'static,
+    F: Fn(&T) -> Value + Send + 'static,
+{
+    let sort = call.param("sort").filter(|s| !s.is_empty());
+    let Some(Ok((page, page_size))) = pagination(call) else { return list(call, items, render) };
+    if sort.is_some_and(|s| s != "name") {
+        return list(call, items, render);
+    }
+    let total = items.len();
+    let mut items = items;
+    match name_filter(call) {
+        Ok(Some(keep)) => items.retain(|t| keep(name_of(t))),
+        Ok(None) => {}
+        Err(r) => return r,
+    }
+    if sort.is_some() {
+        items.sort_by(|a, b| name_of(a).cmp(name_of(b)));
+    }
+    if call.param("sort_reverse") == Some("true") {
+        items.reverse();
+    }
+    let filtered = items.len();
+    if let Some(r) = out_of_range(page, page_size, filtered) {
+        return r;
+    }
+    let columns = columns_of(call);
+    let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let page_items: Vec<Value> =
+        items.iter().skip((page - 1) * page_size).take(page_size).map(|t| select_columns(render(t), &cols)).collect();
+    ok(&serde_json::json!({
+        "filtered_count": filtered,
+        "item_count": page_items.len(),
+        "items": page_items,
+        "page": page,
+        "page_count": filtered.div_ceil(page_size),
+        "page_size": page_size,
+        "total_count": total,
+    }))
 }
 
 /// Serves a list of `items` (already in the default order), rendering
@@ -126,10 +211,7 @@ where
     T: Send + 'static,
     F: Fn(&T) -> Value + Send + 'static,
 {
-    let columns: Vec<String> = call
-        .param("columns")
-        .map(|c| c.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
-        .unwrap_or_default();
+    let columns = columns_of(call);
     let sort = call.param("sort").filter(|s| !s.is_empty()).map(str::to_owned);
     let reverse = call.param("sort_reverse") == Some("true");
     let Some(page) = call.param("page") else {
@@ -145,41 +227,25 @@ where
             select_columns(render(t), &cols)
         });
     };
-    let page_size = call.param("page_size").unwrap_or("100");
-    let (Ok(page), Ok(page_size)) = (page.parse::<i64>(), page_size.parse::<i64>()) else {
-        return bad_request("Pagination parameters are invalid");
+    let _ = page;
+    let (page, page_size) = match pagination(call) {
+        Some(Ok(p)) => p,
+        Some(Err(r)) => return r,
+        None => return bad_request("Pagination parameters are invalid"),
     };
-    if page < 1 || page_size < 1 || page_size > MAX_PAGE_SIZE as i64 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_pagination_parameters",
-            format!("Invalid pagination parameters: page number {page}, page size {page_size}"),
-        );
-    }
-    let (page, page_size) = (page as usize, page_size as usize);
     let total = items.len();
     let mut all: Vec<Value> = items.iter().map(&render).collect();
     drop(items);
-    if let Some(filter) = call.param("name").filter(|f| !f.is_empty()) {
-        let regex = if call.param("use_regex") == Some("true") {
-            match regex::Regex::new(filter) {
-                Ok(r) => Some(r),
-                Err(e) => return bad_request(format!("invalid regex: {e}")),
-            }
-        } else {
-            None
-        };
-        all.retain(|v| name_matches(v, filter, regex.as_ref()));
+    match name_filter(call) {
+        Ok(Some(keep)) => all.retain(|v| keep(v.get("name").and_then(Value::as_str).unwrap_or(""))),
+        Ok(None) => {}
+        Err(r) => return r,
     }
     sort_values(&mut all, sort.as_deref(), reverse);
     let filtered = all.len();
     let page_count = filtered.div_ceil(page_size);
-    if filtered > 0 && page > page_count || filtered == 0 && page > 1 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "page_out_of_range",
-            format!("Page out of range, page: {page} page size: {page_size}, len: {filtered}"),
-        );
+    if let Some(r) = out_of_range(page, page_size, filtered) {
+        return r;
     }
     let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
     let items: Vec<Value> =

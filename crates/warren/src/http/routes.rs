@@ -13,7 +13,7 @@ use warren_core::{AmqpError, VHost};
 
 use super::auth::not_authorised;
 use super::objects::{self, BindingRow};
-use super::query::list;
+use super::query::{list, list_named};
 use super::{bad_request, empty, error, json, not_found, ok, Call, Reply};
 use crate::server::Shared;
 
@@ -809,7 +809,7 @@ fn exchanges(shared: &Arc<Shared>, call: &Call, vh: Option<&str>) -> Reply {
         xs.sort_by(|a, b| a.name.cmp(&b.name));
         rows.extend(xs.into_iter().map(|x| (v.name.clone(), x)));
     }
-    list(call, rows, |(vh, x)| objects::exchange(x, vh))
+    list_named(call, rows, |(_, x)| x.name.as_str(), |(vh, x)| objects::exchange(x, vh))
 }
 
 fn queues(shared: &Arc<Shared>, call: &Call, vh: Option<&str>) -> Reply {
@@ -819,7 +819,7 @@ fn queues(shared: &Arc<Shared>, call: &Call, vh: Option<&str>) -> Reply {
         qs.sort_by(|a, b| a.name.cmp(&b.name));
         rows.extend(qs);
     }
-    list(call, rows, |q| objects::queue(q))
+    list_named(call, rows, |q| q.name.as_str(), |q| objects::queue(q))
 }
 
 fn matching_bindings(v: &VHost, src: &str, dest_type: &str, dst: &str) -> Result<Vec<BindingRow>> {
