@@ -466,6 +466,14 @@ def test_flower_shows_queue_lengths(broker, api, name):
         assert wait_for(lambda: (lengths() or {}).get(queue) == 3, timeout=60, interval=0.5), lengths()
         page = requests.get(f"http://127.0.0.1:{port}/broker", timeout=10).text
         assert queue in page
+        # A worker of the app drains the queue; Flower sees it go to 0.
+        from test_celery import start_worker, stop
+
+        worker = start_worker(broker, queue)
+        try:
+            assert wait_for(lambda: (lengths() or {}).get(queue) == 0, timeout=60, interval=0.5), lengths()
+        finally:
+            stop(worker)
     finally:
         import signal
 
