@@ -61,7 +61,7 @@ pub struct Queue {
     pressure: std::sync::atomic::AtomicBool,
     /// Rates of `message_stats` and of the lengths, sampled by the
     /// management timer (see [`Queue::sample`]).
-    pub rates: stats::Rates,
+    pub rates: stats::LengthRates,
 }
 
 /// Disk-first: a durable queue keeps at most this many ready messages (or
@@ -565,9 +565,7 @@ impl Queue {
     /// Management timer: samples the counters and lengths into `rates`.
     pub fn sample(&self) -> QueueStatus {
         let s = self.status();
-        let mut values = s.counts.to_vec();
-        values.extend([s.ready + s.unacked, s.ready, s.unacked]);
-        self.rates.sample(&values);
+        self.rates.sample(&stats::with_lengths(&s.counts, s.ready, s.unacked));
         s
     }
 

@@ -32,6 +32,10 @@ pub const REDELIVER: usize = 10;
 pub const RETURN_UNROUTABLE: usize = 11;
 pub const DROP_UNROUTABLE: usize = 12;
 pub const N: usize = 13;
+/// The counters and the three lengths (messages, ready, unacked).
+pub const NL: usize = N + 3;
+/// Rates of the counters and the lengths (queues, vhosts, the node).
+pub type LengthRates = Rates<NL>;
 
 pub const NAMES: [&str; N] = [
     "publish",
@@ -67,6 +71,15 @@ pub type Counts = [u64; N];
 /// `deliver_get`: every message handed out, by consume or get, either ack mode.
 pub fn deliver_get(c: &Counts) -> u64 {
     c[DELIVER] + c[DELIVER_NO_ACK] + c[GET] + c[GET_NO_ACK]
+}
+
+/// The counters followed by the three lengths, as rates and histories
+/// of queues, vhosts and the node keep them.
+pub fn with_lengths(c: &Counts, ready: u64, unacked: u64) -> [u64; NL] {
+    let mut v = [0; NL];
+    v[..N].copy_from_slice(c);
+    v[N..].copy_from_slice(&[ready + unacked, ready, unacked]);
+    v
 }
 
 /// Adds `b` into `a`.
@@ -107,47 +120,54 @@ impl Counters {
     }
 }
 
-/// Per-second rates of a set of counters over the last sample interval.
-#[derive(Default)]
-pub struct Rates(Mutex<Option<RateState>>);
+/// Per-second rates of `K` values over the last sample interval. Kept
+/// inline (no allocation): every channel and connection has one, and an
+/// idle connection should cost little (`docs/benchmarks.md`).
+pub struct Rates<const K: usize = N>(Mutex<Option<RateState<K>>>);
 
-struct RateState {
+struct RateState<const K: usize> {
     at: std::time::Instant,
-    last: Vec<u64>,
-    rate: Vec<f64>,
+    last: [u64; K],
+    rate: [f32; K],
 }
 
-impl Rates {
+impl<const K: usize> Default for Rates<K> {
+    fn default() -> Self {
+        Rates(Mutex::new(None))
+    }
+}
+
+impl<const K: usize> Rates<K> {
     /// Records the values now: the rate becomes their change since the
     /// previous sample, per second.
-    pub fn sample(&self, values: &[u64]) {
+    pub fn sample(&self, values: &[u64; K]) {
         let now = std::time::Instant::now();
         let mut st = self.0.lock();
         match st.as_mut() {
-            Some(s) if s.last.len() == values.len() => {
+            Some(s) => {
                 let dt = now.duration_since(s.at).as_secs_f64();
                 if dt < 0.001 {
                     return;
                 }
                 for (i, v) in values.iter().enumerate() {
                     // Lengths may fall: the rate is signed.
-                    s.rate[i] = (*v as f64 - s.last[i] as f64) / dt;
-                    s.last[i] = *v;
+                    s.rate[i] = ((*v as f64 - s.last[i] as f64) / dt) as f32;
                 }
+                s.last = *values;
                 s.at = now;
             }
-            _ => *st = Some(RateState { at: now, last: values.to_vec(), rate: vec![0.0; values.len()] }),
+            None => *st = Some(RateState { at: now, last: *values, rate: [0.0; K] }),
         }
     }
 
     /// The rate of value `i` (0 until two samples were taken).
     pub fn get(&self, i: usize) -> f64 {
-        self.0.lock().as_ref().and_then(|s| s.rate.get(i).copied()).unwrap_or(0.0)
+        self.0.lock().as_ref().and_then(|s| s.rate.get(i).copied()).unwrap_or(0.0) as f64
     }
 
     /// All rates (empty until sampled).
     pub fn all(&self) -> Vec<f64> {
-        self.0.lock().as_ref().map(|s| s.rate.clone()).unwrap_or_default()
+        self.0.lock().as_ref().map(|s| s.rate.iter().map(|r| *r as f64).collect()).unwrap_or_default()
     }
 }
 
@@ -205,7 +225,7 @@ mod tests {
         assert_eq!(s[PUBLISH], 4);
         assert_eq!(s[ACK], 3);
         assert_eq!(deliver_get(&s), 4);
-        let r = Rates::default();
+        let r = Rates::<2>::default();
         r.sample(&[10, 5]);
         assert_eq!(r.get(0), 0.0);
         std::thread::sleep(std::time::Duration::from_millis(50));

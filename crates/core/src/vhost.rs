@@ -67,7 +67,7 @@ pub struct VHost {
     /// `message_stats` of its channels that have closed (the open ones
     /// count their own; the vhost's figures are the sum).
     pub retired: stats::Counters,
-    pub rates: stats::Rates,
+    pub rates: stats::LengthRates,
     /// Its policies and operator policies (`policy.rs`), set by the broker.
     policies: RwLock<(Vec<Policy>, Vec<Policy>)>,
 }
@@ -252,7 +252,13 @@ impl VHost {
 
     /// Wraps a vhost in an `Arc` that its queues can reach back to.
     pub fn into_arc(self) -> Arc<VHost> {
-        Arc::new_cyclic(|me| VHost { me: me.clone(), ..self })
+        // (Not `VHost { me, ..self }`: with the const-generic `Rates`
+        // field, that form crashes rustc 1.95's borrow checker.)
+        let mut v = self;
+        Arc::new_cyclic(move |me| {
+            v.me = me.clone();
+            v
+        })
     }
 
     /// A vhost whose durable definitions and messages are stored.

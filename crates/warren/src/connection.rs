@@ -52,8 +52,8 @@ pub struct ConnInfo {
     /// the writer), refreshed every tick (0.5 s) for the memory breakdown.
     pub buffers: AtomicUsize,
     /// What the management API shows, fixed at connection.open.
-    pub client_properties: String,
-    pub auth_mechanism: String,
+    pub client_properties: Box<str>,
+    pub auth_mechanism: &'static str,
     pub connected_at: u64,
     pub frame_max: u32,
     pub channel_max: u16,
@@ -61,13 +61,13 @@ pub struct ConnInfo {
     /// Bytes read and written (single writer: the connection task).
     pub recv_oct: AtomicU64,
     pub send_oct: AtomicU64,
-    pub rates: warren_core::stats::Rates,
+    pub rates: warren_core::stats::Rates<2>,
     /// Its open channels.
     pub channel_list: parking_lot::Mutex<Vec<Arc<ChannelInfo>>>,
-    /// Set with a reason, then `kill` notified: the connection closes
-    /// with 320 CONNECTION_FORCED (`DELETE /api/connections/NAME`).
+    /// Set with a reason (`DELETE /api/connections/NAME`): within a tick
+    /// (0.5 s) the connection closes with 320 CONNECTION_FORCED, even one
+    /// stalled on a client that does not read.
     pub kill_reason: parking_lot::Mutex<Option<String>>,
-    pub kill: Arc<Notify>,
 }
 
 impl ConnInfo {
@@ -79,7 +79,6 @@ impl ConnInfo {
     /// Asks the connection to close with 320 and `reason`.
     pub fn force_close(&self, reason: String) {
         *self.kill_reason.lock() = Some(reason);
-        self.kill.notify_one();
     }
 }
 
@@ -171,11 +170,9 @@ pub struct Conn {
     tls: bool,
     /// This connection's line in `list_connections`, once open.
     registered: Option<Arc<ConnInfo>>,
-    /// Notified to close the connection (see `ConnInfo::kill`).
-    kill: Arc<Notify>,
     /// From connection.start-ok, kept for `registered`.
-    client_properties: String,
-    mechanism: String,
+    client_properties: Box<str>,
+    mechanism: &'static str,
     frame_max: u32,
     channel_max: u16,
     heartbeat: u16,
@@ -282,9 +279,8 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
         access_epoch: 0,
         tls,
         registered: None,
-        kill: Arc::new(Notify::new()),
-        client_properties: String::new(),
-        mechanism: String::new(),
+        client_properties: Box::from(""),
+        mechanism: "",
         frame_max: frame::FRAME_OVERHEAD as u32 + 4088,
         channel_max: shared.config.channel_max,
         heartbeat: 0,
@@ -318,7 +314,6 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
     tokio::pin!(pause);
     // Whether reads have filled the read buffer: then it is READ_BIG.
     let mut read_big = false;
-    let kill = c.kill.clone();
     loop {
         if !c.out.is_empty() {
             if let Some(info) = &c.registered {
@@ -429,6 +424,11 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                     info.buffers.store(held, Ordering::Relaxed);
                 }
                 c.check_still_allowed();
+                let killed = c.registered.as_ref().and_then(|i| i.kill_reason.lock().take());
+                if let Some(reason) = killed.filter(|_| c.stage < Stage::Closing) {
+                    info!(peer = %c.peer, %reason, "connection closed by an administrator");
+                    c.close(AmqpError::new(ErrorKind::ConnectionForced, reason));
+                }
                 if c.stage < Stage::Open && now - c.started > HANDSHAKE_TIMEOUT {
                     info!(peer = %c.peer, "handshake timeout");
                     break;
@@ -457,13 +457,6 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                     if now - last_write >= hb / 2 {
                         frame::write_heartbeat(&mut c.out);
                     }
-                }
-            }
-            _ = kill.notified() => {
-                let reason = c.registered.as_ref().and_then(|i| i.kill_reason.lock().clone()).unwrap_or_default();
-                if c.stage < Stage::Closing {
-                    info!(peer = %c.peer, %reason, "connection closed by an administrator");
-                    c.close(AmqpError::new(ErrorKind::ConnectionForced, reason));
                 }
             }
             _ = shutdown.changed() => {
@@ -888,8 +881,14 @@ impl Conn {
                         matches!(caps.inner().get("authentication_failure_close"), Some(AMQPValue::Boolean(true)));
                 }
                 let mechanism = ok.mechanism.as_str();
-                self.mechanism = mechanism.to_owned();
-                self.client_properties = warren_core::arguments::table_to_json(&ok.client_properties).to_string();
+                self.mechanism = match mechanism {
+                    "PLAIN" => "PLAIN",
+                    "AMQPLAIN" => "AMQPLAIN",
+                    "EXTERNAL" => "EXTERNAL",
+                    _ => "other",
+                };
+                self.client_properties =
+                    warren_core::arguments::table_to_json(&ok.client_properties).to_string().into_boxed_str();
                 let creds = credentials(mechanism, ok.response.as_bytes());
                 let refused = || {
                     AmqpError::access_refused(format_args!(
@@ -998,7 +997,7 @@ impl Conn {
                     channels: AtomicUsize::new(0),
                     buffers: AtomicUsize::new(0),
                     client_properties: std::mem::take(&mut self.client_properties),
-                    auth_mechanism: std::mem::take(&mut self.mechanism),
+                    auth_mechanism: self.mechanism,
                     connected_at: warren_core::now_ms(),
                     frame_max: self.frame_max,
                     channel_max: self.channel_max,
@@ -1008,7 +1007,6 @@ impl Conn {
                     rates: Default::default(),
                     channel_list: Default::default(),
                     kill_reason: Default::default(),
-                    kill: self.kill.clone(),
                 });
                 self.shared.connections.lock().insert(self.id, info.clone());
                 self.shared.totals.connections_opened.fetch_add(1, Ordering::Relaxed);

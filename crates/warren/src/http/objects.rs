@@ -17,7 +17,7 @@ use crate::connection::ConnInfo;
 use crate::server::Shared;
 
 /// Rates of the whole node's `message_stats` and queue totals.
-static OVERVIEW: LazyLock<Rates> = LazyLock::new(Rates::default);
+static OVERVIEW: LazyLock<stats::LengthRates> = LazyLock::new(Rates::default);
 /// Their samples over the last 10 minutes, the node's and each vhost's
 /// (counters, then messages, ready, unacked), for `msg_rates_age`.
 static OVERVIEW_HISTORY: LazyLock<History> = LazyLock::new(History::default);
@@ -607,15 +607,13 @@ pub fn sample_all(shared: &Shared) {
         }
         let counts = vhost_counts(&v, &live);
         stats::add(&mut total, &counts);
-        let mut values = counts.to_vec();
-        values.extend([vr + vu, vr, vu]);
+        let values = stats::with_lengths(&counts, vr, vu);
         v.rates.sample(&values);
         VHOST_HISTORY.lock().entry(v.name.clone()).or_default().push(warren_core::now_ms(), &values);
         ready += vr;
         unacked += vu;
     }
-    let mut values = total.to_vec();
-    values.extend([ready + unacked, ready, unacked]);
+    let values = stats::with_lengths(&total, ready, unacked);
     OVERVIEW.sample(&values);
     OVERVIEW_HISTORY.push(warren_core::now_ms(), &values);
     let names: std::collections::HashSet<String> = shared.broker.vhosts().iter().map(|v| v.name.clone()).collect();
