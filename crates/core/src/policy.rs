@@ -245,7 +245,7 @@ fn min(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// Keys where the lower of policy and operator policy wins.
 const MIN_KEYS: &[&str] = &["message-ttl", "expires", "max-length", "max-length-bytes", "delivery-limit"];
 
-/// Resolves a queue's settings (`quorum`: delivery limits apply).
+/// Resolves a queue's settings (`quorum`: policies' delivery limits apply).
 pub fn resolve_queue(args: &FieldTable, quorum: bool, policy: Option<&Policy>, op: Option<&Policy>) -> QueueSettings {
     let nonneg = |k: &str| int_arg(args, k).map(|v| v.max(0) as u64);
     let mut effective = policy.map(|p| p.definition.clone()).unwrap_or_default();
@@ -272,11 +272,12 @@ pub fn resolve_queue(args: &FieldTable, quorum: bool, policy: Option<&Policy>, o
             (dlx, key)
         }),
     };
-    let delivery_limit = if quorum {
-        min(nonneg("x-delivery-limit"), pol_int("delivery-limit")).map(|v| v.min(u32::MAX as u64) as u32)
-    } else {
-        None
-    };
+    // RabbitMQ 3.10 applies delivery limits to quorum queues only; Warren
+    // to a classic queue too when its argument asks (a policy's
+    // `delivery-limit` stays quorum-only, as there).
+    let limit =
+        if quorum { min(nonneg("x-delivery-limit"), pol_int("delivery-limit")) } else { nonneg("x-delivery-limit") };
+    let delivery_limit = limit.map(|v| v.min(u32::MAX as u64) as u32);
     QueueSettings {
         message_ttl: min(nonneg("x-message-ttl"), pol_int("message-ttl")),
         expires: min(nonneg("x-expires"), pol_int("expires")),

@@ -49,6 +49,9 @@ pub struct Queue {
     single_active: bool,
     /// `x-queue-type: quorum`: deliveries carry `x-delivery-count`.
     pub quorum: bool,
+    /// Deliveries carry `x-delivery-count` (quorum queues, and classic ones
+    /// declared with `x-delivery-count-header: true`).
+    pub delivery_count_header: bool,
     /// The message log, for durable queues when the broker has one.
     pub log: Option<Arc<dyn MessageStore>>,
     /// This queue's name in the message log (vhost and name).
@@ -430,6 +433,8 @@ impl Queue {
             auto_delete,
             single_active: matches!(arguments.inner().get("x-single-active-consumer"), Some(AMQPValue::Boolean(true))),
             quorum: is_quorum(&arguments),
+            delivery_count_header: is_quorum(&arguments)
+                || matches!(arguments.inner().get("x-delivery-count-header"), Some(AMQPValue::Boolean(true))),
             log: None,
             log_key: log_key(vhost, name),
             owner: Weak::new(),
@@ -1009,9 +1014,11 @@ impl Queue {
 
 /// The property bytes a delivery from `queue` carries: as published, except
 /// that quorum queues add `x-delivery-count` (deliveries before this one),
-/// as RabbitMQ's quorum queues do.
+/// as RabbitMQ's quorum queues do — and so do classic queues declared with
+/// `x-delivery-count-header: true` (a Warren argument: the count is kept
+/// for every queue, RabbitMQ's classic queues just do not send it).
 pub fn delivery_properties<'a>(queue: &Queue, entry: &'a Entry<MessageRef>) -> std::borrow::Cow<'a, [u8]> {
-    if !queue.quorum {
+    if !queue.delivery_count_header {
         return std::borrow::Cow::Borrowed(&entry.message.properties_raw[..]);
     }
     let mut props = entry.message.full_properties();

@@ -41,6 +41,7 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
     "x-overflow",
     "x-queue-type",
     "x-single-active-consumer",
+    "x-delivery-count-header",
     "x-delivery-limit",
 ];
 

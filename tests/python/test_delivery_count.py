@@ -1,0 +1,75 @@
+"""Delivery counts on every queue type (issue "celery-first"): a classic
+queue declared with `x-delivery-count-header: true` sends `x-delivery-count`
+as quorum queues do, and `x-delivery-limit` works on classic queues too.
+Both are Warren's own (RabbitMQ's classic queues ignore them), so those
+tests run against Warren only; that a plain classic queue sends no header
+holds on both."""
+import pika
+import pika.exceptions as pe
+import pytest
+
+from conftest import wait_for
+
+
+def count(ch, name):
+    return ch.queue_declare(name, passive=True).method.message_count
+
+
+def deliveries(ch, name, n):
+    seen = []
+    for _ in range(n):
+        assert wait_for(lambda: count(ch, name) == 1)
+        m, props, _ = ch.basic_get(name)
+        seen.append((m.redelivered, (props.headers or {}).get("x-delivery-count")))
+        ch.basic_nack(m.delivery_tag, requeue=True)
+    return seen
+
+
+def test_plain_classic_queue_sends_no_delivery_count(conn, name):
+    ch = conn.channel()
+    ch.queue_declare(name, exclusive=True)
+    ch.basic_publish("", name, b"m")
+    assert deliveries(ch, name, 2) == [(False, None), (True, None)]
+
+
+def test_classic_queue_with_delivery_count_header(broker, conn, name):
+    if not broker.is_warren:
+        pytest.skip("a Warren queue argument")
+    ch = conn.channel()
+    ch.queue_declare(name, durable=True, arguments={"x-delivery-count-header": True})
+    ch.confirm_delivery()
+    ch.basic_publish("", name, b"m", pika.BasicProperties(delivery_mode=2, headers={"app": 1}))
+    assert deliveries(ch, name, 3) == [(False, 0), (True, 1), (True, 2)]
+    m, props, _ = ch.basic_get(name, auto_ack=True)
+    assert props.headers == {"app": 1, "x-delivery-count": 3}
+    # Redeclared with another value: inequivalent, as for any argument.
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.queue_declare(name, durable=True, arguments={"x-delivery-count-header": False})
+    assert e.value.reply_code == 406
+    conn.channel().queue_delete(name)
+
+
+def test_delivery_count_header_must_be_a_boolean(broker, conn, name):
+    if not broker.is_warren:
+        pytest.skip("a Warren queue argument")
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        conn.channel().queue_declare(name, arguments={"x-delivery-count-header": "yes"})
+    assert e.value.reply_code == 406
+    assert "x-delivery-count-header" in e.value.reply_text
+
+
+def test_delivery_limit_on_a_classic_queue(broker, conn, name):
+    if not broker.is_warren:
+        pytest.skip("RabbitMQ applies x-delivery-limit to quorum queues only")
+    ch = conn.channel()
+    dlq = f"{name}-dlq"
+    ch.queue_declare(dlq, exclusive=True)
+    ch.queue_declare(name, exclusive=True, arguments={
+        "x-delivery-limit": 2, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
+    ch.basic_publish("", name, b"poison")
+    # Delivered 3 times (the first and 2 redeliveries), then dead-lettered.
+    assert len(deliveries(ch, name, 3)) == 3
+    assert wait_for(lambda: count(ch, dlq) == 1)
+    assert count(ch, name) == 0
+    _, props, body = ch.basic_get(dlq, auto_ack=True)
+    assert body == b"poison" and props.headers["x-death"][0]["reason"] == "delivery_limit"
