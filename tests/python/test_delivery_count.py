@@ -73,3 +73,34 @@ def test_delivery_limit_on_a_classic_queue(broker, conn, name):
     assert count(ch, name) == 0
     _, props, body = ch.basic_get(dlq, auto_ack=True)
     assert body == b"poison" and props.headers["x-death"][0]["reason"] == "delivery_limit"
+
+
+@pytest.mark.parametrize("fair", [False, True])
+def test_fair_dispatch_sends_to_the_consumer_with_fewest_unacked(broker, conn, name, fair):
+    """A slow consumer (never acks, prefetch 10) and a fast one (acks at
+    once): round-robin gives the slow one every other message until its
+    prefetch is full; `x-fair-dispatch: true` gives it only the first."""
+    if fair and not broker.is_warren:
+        pytest.skip("a Warren queue argument")
+    from conftest import pump_until
+
+    ch = conn.channel()
+    ch.queue_declare(name, exclusive=True, arguments={"x-fair-dispatch": True} if fair else {})
+    got = {"slow": 0, "fast": 0}
+    slow, fast = conn.channel(), conn.channel()
+    for c in (slow, fast):
+        c.basic_qos(prefetch_count=10)
+
+    def on_fast(c, m, p, b):
+        got["fast"] += 1
+        c.basic_ack(m.delivery_tag)
+
+    slow.basic_consume(name, lambda c, m, p, b: got.__setitem__("slow", got["slow"] + 1))
+    fast.basic_consume(name, on_fast)
+    for i in range(20):
+        ch.basic_publish("", name, b"x")
+        assert pump_until(conn, lambda: got["slow"] + got["fast"] == i + 1)
+    if fair:
+        assert got == {"slow": 1, "fast": 19}
+    else:
+        assert got["slow"] == 10 and got["fast"] == 10

@@ -93,7 +93,7 @@ fn check_other(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), String
             Some(m) if ["drop-head", "reject-publish", "reject-publish-dlx"].contains(&m.as_str()) => Ok(()),
             Some(_) => Err("invalid_overflow".to_owned()),
         },
-        "x-single-active-consumer" | "x-delivery-count-header" => match v {
+        "x-single-active-consumer" | "x-delivery-count-header" | "x-fair-dispatch" => match v {
             AMQPValue::Boolean(_) => Ok(()),
             _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
         },

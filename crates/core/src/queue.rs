@@ -47,6 +47,9 @@ pub struct Queue {
     pub arguments: FieldTable,
     /// `x-single-active-consumer`.
     single_active: bool,
+    /// `x-fair-dispatch: true` (Warren's): a ready message goes to the
+    /// consumer with the fewest unacked deliveries (ties round-robin).
+    fair: bool,
     /// `x-queue-type: quorum`: deliveries carry `x-delivery-count`.
     pub quorum: bool,
     /// Deliveries carry `x-delivery-count` (quorum queues, and classic ones
@@ -432,6 +435,7 @@ impl Queue {
             exclusive_owner,
             auto_delete,
             single_active: matches!(arguments.inner().get("x-single-active-consumer"), Some(AMQPValue::Boolean(true))),
+            fair: matches!(arguments.inner().get("x-fair-dispatch"), Some(AMQPValue::Boolean(true))),
             quorum: is_quorum(&arguments),
             delivery_count_header: is_quorum(&arguments)
                 || matches!(arguments.inner().get("x-delivery-count-header"), Some(AMQPValue::Boolean(true))),
@@ -766,7 +770,7 @@ impl Queue {
     /// Picks the consumer for the next delivery and takes its credit:
     /// the highest priority with credit, round-robin among equals; with a
     /// single active consumer, only the first.
-    fn pick(st: &mut QueueState, single_active: bool) -> Option<usize> {
+    fn pick(st: &mut QueueState, single_active: bool, fair: bool) -> Option<usize> {
         let n = st.consumers.len();
         if single_active {
             return (n > 0 && st.consumers[0].try_acquire()).then_some(0);
@@ -776,6 +780,13 @@ impl Queue {
             let p = st.consumers[start].priority;
             let end = start + st.consumers[start..].iter().take_while(|c| c.priority == p).count();
             let len = end - start;
+            if fair && len <= 64 {
+                if let Some(idx) = Self::pick_fewest_unacked(st, start, len) {
+                    return Some(idx);
+                }
+                start = end;
+                continue;
+            }
             for i in 0..len {
                 let idx = start + (st.next_consumer + i) % len;
                 if st.consumers[idx].try_acquire() {
@@ -788,13 +799,40 @@ impl Queue {
         None
     }
 
+    /// Fair dispatch within one priority group (`start..start + len`, at
+    /// most 64): the consumer with the fewest unacked deliveries that has
+    /// credit, the first in round-robin order among equals.
+    fn pick_fewest_unacked(st: &mut QueueState, start: usize, len: usize) -> Option<usize> {
+        let mut tried = 0u64;
+        for _ in 0..len {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..len {
+                let idx = start + (st.next_consumer + i) % len;
+                if tried & (1 << (idx - start)) != 0 {
+                    continue;
+                }
+                let unacked = st.consumers[idx].unacked.load(Ordering::Acquire);
+                if best.is_none_or(|(u, _)| unacked < u) {
+                    best = Some((unacked, idx));
+                }
+            }
+            let (_, idx) = best?;
+            if st.consumers[idx].try_acquire() {
+                st.next_consumer = idx + 1;
+                return Some(idx);
+            }
+            tried |= 1 << (idx - start);
+        }
+        None
+    }
+
     /// Delivers ready messages to consumers with credit.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
         while st.len() > 0 && !st.consumers.is_empty() {
             if self.drop_expired(st) > 0 {
                 continue;
             }
-            let Some(idx) = Self::pick(st, self.single_active) else { break };
+            let Some(idx) = Self::pick(st, self.single_active, self.fair) else { break };
             let consumer = st.consumers[idx].clone();
             let Some(mut entry) = st.pop() else {
                 // Only paged-out messages that could not be read back were left.

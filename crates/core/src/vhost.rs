@@ -42,6 +42,7 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
     "x-queue-type",
     "x-single-active-consumer",
     "x-delivery-count-header",
+    "x-fair-dispatch",
     "x-delivery-limit",
 ];
 
