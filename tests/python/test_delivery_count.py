@@ -104,3 +104,37 @@ def test_fair_dispatch_sends_to_the_consumer_with_fewest_unacked(broker, conn, n
         assert got == {"slow": 1, "fast": 19}
     else:
         assert got["slow"] == 10 and got["fast"] == 10
+
+
+@pytest.mark.parametrize("global_qos", [True, False])
+def test_basic_qos_applies_to_existing_consumers(broker, conn, name, global_qos):
+    """celery raises and lowers its prefetch around ETA tasks on a channel
+    that already consumes. With global=true both brokers apply the new
+    limit at once; with global=false RabbitMQ 3.10 keeps the old limit for
+    existing consumers, Warren applies it to them too (a deliberate
+    difference, README)."""
+    from conftest import pump_until, round_trip
+
+    ch = conn.channel()
+    ch.queue_declare(name, exclusive=True)
+    for _ in range(10):
+        ch.basic_publish("", name, b"x")
+    got = []
+    ch.basic_qos(prefetch_count=2, global_qos=global_qos)
+    ch.basic_consume(name, lambda c, m, p, b: got.append(m))
+    assert pump_until(conn, lambda: len(got) >= 2)
+    round_trip(conn, ch, name)
+    assert len(got) == 2
+    ch.basic_qos(prefetch_count=5, global_qos=global_qos)
+    live = global_qos or broker.is_warren
+    if live:
+        assert pump_until(conn, lambda: len(got) >= 5)
+    round_trip(conn, ch, name)
+    assert len(got) == (5 if live else 2)
+    # Lowered: after acking everything, only one at a time.
+    ch.basic_qos(prefetch_count=1, global_qos=global_qos)
+    ch.basic_ack(got[-1].delivery_tag, multiple=True)
+    n = len(got)
+    assert pump_until(conn, lambda: len(got) >= n + 1)
+    round_trip(conn, ch, name)
+    assert len(got) == n + (1 if live else 2)

@@ -60,8 +60,10 @@ pub struct Consumer {
     pub exclusive: bool,
     /// `x-priority` from basic.consume: higher is served first.
     pub priority: i64,
-    /// Per-consumer prefetch (`basic.qos` global=false before consume); 0 = none.
-    pub prefetch: u32,
+    /// Per-consumer prefetch (`basic.qos` global=false); 0 = none. Atomic:
+    /// a later `basic.qos` on its channel changes it live (Warren; RabbitMQ
+    /// applies it to later consumers only).
+    pub prefetch: AtomicU32,
     /// Deliveries not yet acked (or, for no-ack, not yet written out).
     pub unacked: AtomicU32,
     /// Bytes handed to the connection, not yet written out: bodies, plus
@@ -85,7 +87,7 @@ impl Consumer {
             return self.inflight_bytes.load(Ordering::Acquire) < NO_ACK_BYTES
                 && try_take(&self.unacked, NO_ACK_WINDOW);
         }
-        if self.inflight_bytes.load(Ordering::Acquire) >= NO_ACK_BYTES || !try_take(&self.unacked, self.prefetch) {
+        if self.inflight_bytes.load(Ordering::Acquire) >= NO_ACK_BYTES || !try_take(&self.unacked, self.prefetch.load(Ordering::Relaxed)) {
             return false;
         }
         let limit = self.channel_credit.limit.load(Ordering::Acquire);

@@ -40,7 +40,7 @@ fn a_queue_far_ahead_of_its_consumers_asks_publishers_to_pause() {
         no_ack: false,
         exclusive: false,
         priority: 0,
-        prefetch: 10,
+        prefetch: 10.into(),
         unacked: Default::default(),
         inflight_bytes: Default::default(),
         channel_credit: Default::default(),

@@ -930,6 +930,12 @@ impl Channel {
                     ctx.to_wake.extend(self.consumers.values().map(|(_, q)| q.clone()));
                 } else {
                     self.consumer_prefetch = q.prefetch_count as u32;
+                    // Live, for the consumers already here too (a deliberate
+                    // difference: RabbitMQ applies it to later consumers only).
+                    for (c, queue) in self.consumers.values() {
+                        c.prefetch.store(self.consumer_prefetch, Ordering::Relaxed);
+                        ctx.to_wake.push(queue.clone());
+                    }
                 }
                 reply(ctx.out, id, AMQPClass::Basic(M::QosOk(basic::QosOk {})));
                 Ok(())
@@ -1067,7 +1073,7 @@ impl Channel {
             no_ack,
             exclusive,
             priority,
-            prefetch: self.consumer_prefetch,
+            prefetch: self.consumer_prefetch.into(),
             unacked: Default::default(),
             inflight_bytes: Default::default(),
             channel_credit: self.credit.clone(),

@@ -503,7 +503,7 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
                         c.channel.to_string(),
                         c.tag.to_string(),
                         yes(!c.no_ack),
-                        c.prefetch.to_string(),
+                        c.prefetch.load(std::sync::atomic::Ordering::Relaxed).to_string(),
                         yes(active),
                     ]);
                 }

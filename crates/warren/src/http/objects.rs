@@ -378,7 +378,7 @@ pub fn consumer(shared: &Shared, q: &Queue, c: &warren_core::Consumer, active: b
         "channel_details": channel_details,
         "ack_required": !c.no_ack,
         "exclusive": c.exclusive,
-        "prefetch_count": c.prefetch,
+        "prefetch_count": c.prefetch.load(Ordering::Relaxed),
         "active": active,
         "activity_status": if active { "up" } else { "waiting" },
         "arguments": {},
