@@ -72,6 +72,9 @@ pub struct Consumer {
     pub channel_credit: Arc<ChannelCredit>,
     /// Set once the consumer is cancelled, so late deliveries are requeued.
     pub cancelled: AtomicBool,
+    /// Consumer timeout (ms): a delivery unacked for longer cancels this
+    /// consumer alone (`x-consumer-timeout`, Warren's; off when None).
+    pub timeout_ms: Option<u64>,
     pub outbox: Arc<dyn Outbox>,
 }
 
@@ -87,7 +90,9 @@ impl Consumer {
             return self.inflight_bytes.load(Ordering::Acquire) < NO_ACK_BYTES
                 && try_take(&self.unacked, NO_ACK_WINDOW);
         }
-        if self.inflight_bytes.load(Ordering::Acquire) >= NO_ACK_BYTES || !try_take(&self.unacked, self.prefetch.load(Ordering::Relaxed)) {
+        if self.inflight_bytes.load(Ordering::Acquire) >= NO_ACK_BYTES
+            || !try_take(&self.unacked, self.prefetch.load(Ordering::Relaxed))
+        {
             return false;
         }
         let limit = self.channel_credit.limit.load(Ordering::Acquire);

@@ -73,6 +73,7 @@ const QUEUE_KEYS: &[&str] = &[
     "ha-sync-mode",
     "queue-master-locator",
     "queue-version",
+    "consumer-timeout",
 ];
 /// Keys an operator policy may set (RabbitMQ's list).
 const OPERATOR_KEYS: &[&str] = &[
@@ -113,6 +114,10 @@ fn validate_value(key: &str, v: &Value) -> Result<(), String> {
         },
         "max-length" | "max-length-bytes" | "max-in-memory-length" | "max-in-memory-bytes" => non_neg("maximum length"),
         "delivery-limit" => non_neg("delivery limit"),
+        "consumer-timeout" => match v.as_i64() {
+            Some(n) if n >= 1 => Ok(()),
+            _ => Err(format!("{} is not a valid consumer timeout", erl(v))),
+        },
         "overflow" => match v.as_str() {
             Some("drop-head" | "reject-publish" | "reject-publish-dlx") => Ok(()),
             _ => Err(format!("{} is not a valid overflow value", erl(v))),
@@ -221,6 +226,8 @@ pub struct QueueSettings {
     /// Dead-letter exchange and routing key.
     pub dead_letter: Option<(String, Option<String>)>,
     pub delivery_limit: Option<u32>,
+    /// Consumer timeout in ms (`x-consumer-timeout`, policy `consumer-timeout`).
+    pub consumer_timeout: Option<u64>,
     pub policy: Option<String>,
     pub operator_policy: Option<String>,
     /// The policy's definition as the operator policy caps it.
@@ -286,6 +293,7 @@ pub fn resolve_queue(args: &FieldTable, quorum: bool, policy: Option<&Policy>, o
         overflow,
         dead_letter,
         delivery_limit,
+        consumer_timeout: min(nonneg("x-consumer-timeout").filter(|t| *t > 0), pol_int("consumer-timeout")),
         policy: policy.map(|p| p.name.clone()),
         operator_policy: op.map(|p| p.name.clone()),
         effective_definition: effective,

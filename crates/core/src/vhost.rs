@@ -43,6 +43,7 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
     "x-single-active-consumer",
     "x-delivery-count-header",
     "x-fair-dispatch",
+    "x-consumer-timeout",
     "x-delivery-limit",
 ];
 

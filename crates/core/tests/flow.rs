@@ -41,6 +41,7 @@ fn a_queue_far_ahead_of_its_consumers_asks_publishers_to_pause() {
         exclusive: false,
         priority: 0,
         prefetch: 10.into(),
+        timeout_ms: None,
         unacked: Default::default(),
         inflight_bytes: Default::default(),
         channel_credit: Default::default(),

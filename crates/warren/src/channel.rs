@@ -52,6 +52,8 @@ struct Unacked {
     entry: Entry<MessageRef>,
     /// None for `basic.get`: no consumer credit to give back.
     consumer: Option<Arc<Consumer>>,
+    /// When it was delivered (ms), for a consumer with a timeout; else 0.
+    at_ms: u64,
 }
 
 /// A reply that may only go out once the message log is synced.
@@ -126,6 +128,9 @@ pub struct Channel {
     pub info: Arc<ChannelInfo>,
     /// Deliveries awaiting their ack (`info.unacked`).
     outstanding: u64,
+    /// Tags requeued because their consumer timed out: a late ack or
+    /// reject of one is ignored rather than closing the channel.
+    timed_out: Vec<u64>,
     /// We sent channel.close and wait for close-ok.
     closing: bool,
     /// Done: the connection drops it.
@@ -209,6 +214,7 @@ impl Channel {
             id,
             info: Arc::new(ChannelInfo::new(id)),
             outstanding: 0,
+            timed_out: Vec::new(),
             closing: false,
             closed: false,
             assembler: Assembler::default(),
@@ -318,7 +324,8 @@ impl Channel {
             self.push_unacked(tag, None);
         } else {
             turn.written(&d.consumer, &d.queue, d.consumer.window_cost(msg.body.len()));
-            self.push_unacked(tag, Some(Unacked { queue: d.queue, entry: d.entry, consumer: Some(d.consumer) }));
+            let at_ms = if d.consumer.timeout_ms.is_some() { warren_core::now_ms() } else { 0 };
+            self.push_unacked(tag, Some(Unacked { queue: d.queue, entry: d.entry, consumer: Some(d.consumer), at_ms }));
         }
     }
 
@@ -360,6 +367,62 @@ impl Channel {
     /// Whether replies wait for a sync of the message log.
     pub fn has_held(&self) -> bool {
         !self.held.is_empty()
+    }
+
+    /// Consumer timeouts (every tick): a consumer holding a delivery unacked
+    /// for longer than its timeout is cancelled alone — `basic.cancel` if
+    /// the client takes it, its unacked deliveries requeued, the channel
+    /// and its other consumers untouched (RabbitMQ closes the whole
+    /// channel with 406 instead).
+    pub fn expire_consumers(&mut self, out: &mut BytesMut, vhost: &Arc<VHost>, notify: bool, now_ms: u64) {
+        if self.closing || !self.consumers.values().any(|(c, _)| c.timeout_ms.is_some()) {
+            return;
+        }
+        let mut expired: Vec<Arc<Consumer>> = Vec::new();
+        for u in self.unacked.iter().flatten() {
+            let Some(c) = &u.consumer else { continue };
+            let Some(t) = c.timeout_ms else { continue };
+            if u.at_ms > 0 && now_ms.saturating_sub(u.at_ms) > t && !expired.iter().any(|e| Arc::ptr_eq(e, c)) {
+                expired.push(c.clone());
+            }
+        }
+        for c in expired {
+            tracing::warn!(channel = self.id, consumer = %c.tag, timeout_ms = c.timeout_ms, "consumer timed out: cancelled, its deliveries requeued");
+            if self.consumers.get(&*c.tag).is_some_and(|(x, _)| Arc::ptr_eq(x, &c)) {
+                if let Some((consumer, q)) = self.consumers.remove(&*c.tag) {
+                    if q.remove_consumer(&consumer) == AfterCancel::AutoDelete {
+                        vhost.remove_queue(&q);
+                    }
+                }
+            }
+            let mut taken = Vec::new();
+            for (i, slot) in self.unacked.iter_mut().enumerate() {
+                if slot.as_ref().is_some_and(|u| u.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c))) {
+                    taken.extend(slot.take());
+                    self.timed_out.push(self.first_tag + i as u64);
+                }
+            }
+            while let Some(None) = self.unacked.front() {
+                self.unacked.pop_front();
+                self.first_tag += 1;
+            }
+            if self.unacked.is_empty() {
+                self.first_tag = self.next_tag;
+            }
+            self.outstanding = self.outstanding.saturating_sub(taken.len() as u64);
+            ChannelInfo::store(&self.info.unacked, self.outstanding);
+            Self::requeue(taken);
+            if notify {
+                reply(
+                    out,
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                        consumer_tag: c.tag.as_ref().into(),
+                        nowait: true,
+                    })),
+                );
+            }
+        }
     }
 
     /// Sends what the log's progress allows: held replies up to `synced`,
@@ -605,6 +668,11 @@ impl Channel {
             let all = self.unacked.drain(..).flatten().collect();
             self.first_tag = self.next_tag;
             return Ok(all);
+        }
+        if let Some(i) = self.timed_out.iter().position(|t| *t == tag).filter(|_| !multiple) {
+            // Requeued when its consumer timed out: the late ack is moot.
+            self.timed_out.swap_remove(i);
+            return Ok(Vec::new());
         }
         if tag < self.first_tag {
             return Err(unknown());
@@ -953,7 +1021,7 @@ impl Channel {
                     c.consumer_tag.as_str().to_owned()
                 };
                 let q = ctx.vhost.new_reply_queue(ctx.connection);
-                let consumer = self.new_consumer(ctx, &tag, true, false, 0);
+                let consumer = self.new_consumer(ctx, &tag, true, false, 0, None);
                 if !c.nowait {
                     reply(
                         ctx.out,
@@ -979,7 +1047,22 @@ impl Channel {
                     return Err(AmqpError::not_allowed(format_args!("attempt to reuse consumer tag '{tag}'")));
                 }
                 let priority = warren_core::arguments::int_arg(&c.arguments, "x-priority").unwrap_or(0);
-                let consumer = self.new_consumer(ctx, &tag, c.no_ack, c.exclusive, priority);
+                // Consumer timeout: the consumer's own argument, else the
+                // queue's (argument or policy). Only acking consumers.
+                let timeout_ms = match c.arguments.inner().get("x-consumer-timeout") {
+                    None => q.settings().consumer_timeout,
+                    Some(v) => match warren_core::arguments::int_arg(&c.arguments, "x-consumer-timeout") {
+                        Some(t) if t > 0 => Some(t as u64),
+                        _ => {
+                            return Err(AmqpError::precondition(format_args!(
+                                "invalid arg 'x-consumer-timeout' for consumer '{tag}': {}",
+                                warren_core::arguments::type_name(v)
+                            )))
+                        }
+                    },
+                }
+                .filter(|_| !c.no_ack);
+                let consumer = self.new_consumer(ctx, &tag, c.no_ack, c.exclusive, priority, timeout_ms);
                 // consume-ok must precede the first delivery: deliveries go
                 // through the connection's event queue, handled after this.
                 if !c.nowait {
@@ -1041,7 +1124,7 @@ impl Channel {
                         let props = warren_core::queue::delivery_properties(&q, &entry);
                         frame::write_content(ctx.out, id, ctx.frame_max, &props, &msg.body);
                         drop(props);
-                        let u = (!g.no_ack).then_some(Unacked { queue: q, entry, consumer: None });
+                        let u = (!g.no_ack).then_some(Unacked { queue: q, entry, consumer: None, at_ms: 0 });
                         self.push_unacked(tag, u);
                     }
                 }
@@ -1065,8 +1148,18 @@ impl Channel {
         }
     }
 
-    fn new_consumer(&self, ctx: &Ctx<'_>, tag: &str, no_ack: bool, exclusive: bool, priority: i64) -> Arc<Consumer> {
+    #[allow(clippy::too_many_arguments)]
+    fn new_consumer(
+        &self,
+        ctx: &Ctx<'_>,
+        tag: &str,
+        no_ack: bool,
+        exclusive: bool,
+        priority: i64,
+        timeout_ms: Option<u64>,
+    ) -> Arc<Consumer> {
         Arc::new(Consumer {
+            timeout_ms,
             tag: tag.into(),
             connection: ctx.connection,
             channel: self.id,

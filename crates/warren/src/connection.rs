@@ -424,6 +424,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                     info.buffers.store(held, Ordering::Relaxed);
                 }
                 c.check_still_allowed();
+                if let Some(vhost) = c.vhost.clone() {
+                    let now_ms = warren_core::now_ms();
+                    for ch in c.channels.values_mut() {
+                        ch.expire_consumers(&mut c.out, &vhost, c.cancel_notify, now_ms);
+                    }
+                }
                 let killed = c.registered.as_ref().and_then(|i| i.kill_reason.lock().take());
                 if let Some(reason) = killed.filter(|_| c.stage < Stage::Closing) {
                     info!(peer = %c.peer, %reason, "connection closed by an administrator");
