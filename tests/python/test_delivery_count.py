@@ -138,3 +138,48 @@ def test_basic_qos_applies_to_existing_consumers(broker, conn, name, global_qos)
     assert pump_until(conn, lambda: len(got) >= n + 1)
     round_trip(conn, ch, name)
     assert len(got) == n + (1 if live else 2)
+
+
+def test_requeue_backoff_delays_rejected_messages(broker, conn, name):
+    """`x-requeue-backoff: 200`: a message nacked with requeue comes back
+    after 200 ms, then 400, then 800 (doubling per delivery), not at once."""
+    if not broker.is_warren:
+        pytest.skip("a Warren queue argument")
+    import time
+
+    from conftest import pump_until
+
+    ch = conn.channel()
+    ch.queue_declare(name, exclusive=True, arguments={"x-requeue-backoff": 200, "x-delivery-count-header": True})
+    seen = []
+
+    def on_message(c, m, p, b):
+        seen.append((time.monotonic(), p.headers["x-delivery-count"]))
+        c.basic_nack(m.delivery_tag, requeue=True)
+
+    ch.basic_consume(name, on_message)
+    ch.basic_publish("", name, b"poison")
+    assert pump_until(conn, lambda: len(seen) >= 4, timeout=20)
+    gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:4])]
+    assert [c for _, c in seen[:4]] == [0, 1, 2, 3]
+    for gap, wait in zip(gaps, (0.2, 0.4, 0.8)):
+        assert gap >= wait * 0.95, (gaps, "a rejected message came back before its back-off")
+    ch.basic_cancel(ch.consumer_tags[0])
+
+
+def test_requeue_backoff_with_a_delivery_limit(broker, conn, name):
+    if not broker.is_warren:
+        pytest.skip("a Warren queue argument")
+    from conftest import pump_until
+
+    ch = conn.channel()
+    dlq = f"{name}-dlq"
+    ch.queue_declare(dlq, exclusive=True)
+    ch.queue_declare(name, exclusive=True, arguments={
+        "x-requeue-backoff": 50, "x-delivery-limit": 2, "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dlq})
+    seen = []
+    ch.basic_consume(name, lambda c, m, p, b: (seen.append(b), c.basic_nack(m.delivery_tag, requeue=True)))
+    ch.basic_publish("", name, b"poison")
+    assert pump_until(conn, lambda: ch.queue_declare(dlq, passive=True).method.message_count == 1, timeout=20)
+    assert seen == [b"poison"] * 3

@@ -139,7 +139,7 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
         }
         let bound = match key.as_str() {
             "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" => Bound::NonNegative,
-            "x-consumer-timeout" => Bound::Expiry { positive: true },
+            "x-consumer-timeout" | "x-requeue-backoff" => Bound::Expiry { positive: true },
             "x-message-ttl" => Bound::Expiry { positive: false },
             "x-expires" => Bound::Expiry { positive: true },
             "x-max-priority" => Bound::Priority,

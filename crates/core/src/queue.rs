@@ -50,6 +50,10 @@ pub struct Queue {
     /// `x-fair-dispatch: true` (Warren's): a ready message goes to the
     /// consumer with the fewest unacked deliveries (ties round-robin).
     fair: bool,
+    /// `x-requeue-backoff` (ms, Warren's): a message rejected with requeue
+    /// waits this long, doubled at each further delivery (at most an hour),
+    /// before it is ready again, instead of coming straight back.
+    pub requeue_backoff: Option<u64>,
     /// `x-queue-type: quorum`: deliveries carry `x-delivery-count`.
     pub quorum: bool,
     /// Deliveries carry `x-delivery-count` (quorum queues, and classic ones
@@ -273,6 +277,8 @@ struct QueueState {
     /// Limits, TTLs and dead-lettering: the arguments resolved with the
     /// policies that match (`policy.rs`), replaced when a policy changes.
     settings: QueueSettings,
+    /// Rejected messages waiting out their requeue back-off: (due ms, entry).
+    backed_off: Vec<(u64, Entry<MessageRef>)>,
 }
 
 impl QueueState {
@@ -436,6 +442,7 @@ impl Queue {
             auto_delete,
             single_active: matches!(arguments.inner().get("x-single-active-consumer"), Some(AMQPValue::Boolean(true))),
             fair: matches!(arguments.inner().get("x-fair-dispatch"), Some(AMQPValue::Boolean(true))),
+            requeue_backoff: int_arg(&arguments, "x-requeue-backoff").filter(|b| *b > 0).map(|b| b as u64),
             quorum: is_quorum(&arguments),
             delivery_count_header: is_quorum(&arguments)
                 || matches!(arguments.inner().get("x-delivery-count-header"), Some(AMQPValue::Boolean(true))),
@@ -459,6 +466,7 @@ impl Queue {
                 dead: Vec::new(),
                 stats: [0; stats::N],
                 settings,
+                backed_off: Vec::new(),
             }),
             arguments,
             pressure: Default::default(),
@@ -926,6 +934,50 @@ impl Queue {
         self.dispatch(&mut st);
     }
 
+    /// Rejected or nacked with requeue. With `x-requeue-backoff`, each waits
+    /// base × 2^(deliveries − 1) ms (at most an hour) before it is ready
+    /// again — the vhost's 100 ms tick releases it (`release_backed_off`) —
+    /// so a poison message is not redelivered in a hot loop.
+    pub fn reject_requeue(self: &Arc<Self>, entries: Vec<Entry<MessageRef>>) {
+        let Some(base) = self.requeue_backoff else { return self.requeue(entries) };
+        let now = crate::now_ms();
+        let mut st = self.lock();
+        for mut e in entries {
+            st.unacked = st.unacked.saturating_sub(1);
+            if st.deleted {
+                self.discard(&e.message);
+            } else if st.settings.delivery_limit.is_some_and(|l| e.delivery_count > l) {
+                self.remove(&mut st, e.message, Some(Reason::DeliveryLimit));
+            } else {
+                e.redelivered = true;
+                let shift = e.delivery_count.clamp(1, 32) - 1;
+                let wait = base.saturating_mul(1u64 << shift).min(3_600_000);
+                st.backed_off.push((now + wait, e));
+            }
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// Makes rejected messages whose back-off is over ready again (tick).
+    pub fn release_backed_off(self: &Arc<Self>, now: u64) {
+        let mut st = self.lock();
+        if !st.backed_off.iter().any(|(due, _)| *due <= now) {
+            return;
+        }
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut st.backed_off).into_iter().partition(|(d, _)| *d <= now);
+        st.backed_off = waiting;
+        for (_, e) in due {
+            st.requeue(e);
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// Messages waiting out a requeue back-off.
+    pub fn backed_off_count(&self) -> usize {
+        self.lock().backed_off.len()
+    }
+
     /// A delivery that never reached the client (its channel closed while it
     /// was in flight) goes back unchanged.
     pub fn undeliver(self: &Arc<Self>, mut entry: Entry<MessageRef>, was_acked_mode: bool) {
@@ -1039,6 +1091,9 @@ impl Queue {
             while let Some(e) = st.pop() {
                 self.discard(&e.message);
                 count += 1;
+            }
+            for (_, e) in std::mem::take(&mut st.backed_off) {
+                self.discard(&e.message);
             }
             (std::mem::take(&mut st.consumers), count)
         };

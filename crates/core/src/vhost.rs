@@ -44,6 +44,7 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
     "x-delivery-count-header",
     "x-fair-dispatch",
     "x-consumer-timeout",
+    "x-requeue-backoff",
     "x-delivery-limit",
 ];
 
@@ -901,6 +902,9 @@ impl VHost {
         let now = crate::now_ms();
         for q in self.queues() {
             q.settle_paged();
+            if q.requeue_backoff.is_some() {
+                q.release_backed_off(now);
+            }
             if q.may_expire() {
                 q.expire();
             }

@@ -291,6 +291,12 @@ impl Channel {
     }
 
     fn requeue(taken: Vec<Unacked>) {
+        Self::requeue_as(taken, false);
+    }
+
+    /// Gives deliveries back to their queues: `rejected` (nack/reject with
+    /// requeue) lets a queue with a requeue back-off hold them for a while.
+    fn requeue_as(taken: Vec<Unacked>, rejected: bool) {
         for (q, group) in group_by_queue(taken) {
             let entries: Vec<_> = group
                 .into_iter()
@@ -301,7 +307,11 @@ impl Channel {
                     u.entry
                 })
                 .collect();
-            q.requeue(entries);
+            if rejected {
+                q.reject_requeue(entries);
+            } else {
+                q.requeue(entries);
+            }
         }
     }
 
@@ -704,7 +714,7 @@ impl Channel {
             self.info.stats.bump(stats::ACK, taken.len() as u64);
         }
         match s.requeue {
-            Some(true) => Self::requeue(taken),
+            Some(true) => Self::requeue_as(taken, true),
             _ => {
                 for (q, group) in group_by_queue(taken) {
                     let n = group.len();
