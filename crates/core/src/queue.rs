@@ -919,19 +919,7 @@ impl Queue {
     /// redelivered, and delivers again. Past `x-delivery-limit` they are
     /// dead-lettered (or dropped) instead.
     pub fn requeue(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry<MessageRef>>) {
-        let mut st = self.lock();
-        for mut e in entries {
-            st.unacked = st.unacked.saturating_sub(1);
-            if st.deleted {
-                self.discard(&e.message);
-            } else if st.settings.delivery_limit.is_some_and(|l| e.delivery_count > l) {
-                self.remove(&mut st, e.message, Some(Reason::DeliveryLimit));
-            } else {
-                e.redelivered = true;
-                st.requeue(e);
-            }
-        }
-        self.dispatch(&mut st);
+        self.requeue_after(entries, None);
     }
 
     /// Rejected or nacked with requeue. With `x-requeue-backoff`, each waits
@@ -939,8 +927,11 @@ impl Queue {
     /// again — the vhost's 100 ms tick releases it (`release_backed_off`) —
     /// so a poison message is not redelivered in a hot loop.
     pub fn reject_requeue(self: &Arc<Self>, entries: Vec<Entry<MessageRef>>) {
-        let Some(base) = self.requeue_backoff else { return self.requeue(entries) };
-        let now = crate::now_ms();
+        self.requeue_after(entries, self.requeue_backoff);
+    }
+
+    fn requeue_after(self: &Arc<Self>, entries: impl IntoIterator<Item = Entry<MessageRef>>, backoff: Option<u64>) {
+        let now = if backoff.is_some() { crate::now_ms() } else { 0 };
         let mut st = self.lock();
         for mut e in entries {
             st.unacked = st.unacked.saturating_sub(1);
@@ -950,9 +941,14 @@ impl Queue {
                 self.remove(&mut st, e.message, Some(Reason::DeliveryLimit));
             } else {
                 e.redelivered = true;
-                let shift = e.delivery_count.clamp(1, 32) - 1;
-                let wait = base.saturating_mul(1u64 << shift).min(3_600_000);
-                st.backed_off.push((now + wait, e));
+                match backoff {
+                    Some(base) => {
+                        let shift = e.delivery_count.clamp(1, 32) - 1;
+                        let wait = base.saturating_mul(1u64 << shift).min(3_600_000);
+                        st.backed_off.push((now + wait, e));
+                    }
+                    None => st.requeue(e),
+                }
             }
         }
         self.dispatch(&mut st);
