@@ -11,6 +11,7 @@ pub mod broker;
 pub mod consumer;
 pub mod dead_letter;
 pub mod definitions;
+pub mod delayed;
 pub mod exchange;
 pub mod message;
 pub mod policy;

@@ -72,6 +72,8 @@ pub struct VHost {
     /// count their own; the vhost's figures are the sum).
     pub retired: stats::Counters,
     pub rates: stats::LengthRates,
+    /// Messages published to its `x-delayed-message` exchanges, until due.
+    pub delayed: crate::delayed::DelayedIndex,
     /// Its policies and operator policies (`policy.rs`), set by the broker.
     policies: RwLock<(Vec<Policy>, Vec<Policy>)>,
 }
@@ -197,6 +199,7 @@ impl VHost {
             retired: Default::default(),
             rates: Default::default(),
             policies: Default::default(),
+            delayed: Default::default(),
             deleted: Default::default(),
         }
     }
@@ -281,7 +284,7 @@ impl VHost {
             if !PREDECLARED.iter().any(|(n, _)| *n == x.name) {
                 d.exchanges.push(ExchangeDef {
                     name: x.name.clone(),
-                    kind: x.kind.as_str().to_owned(),
+                    kind: x.type_name().to_owned(),
                     auto_delete: x.auto_delete,
                     internal: x.internal,
                     arguments: definitions::encode_table(&x.arguments),
@@ -363,8 +366,10 @@ impl VHost {
     pub fn restore(&self, d: &Definitions) {
         for x in &d.exchanges {
             let args = definitions::decode_table(&x.arguments).unwrap_or_default();
-            if let Ok(kind) = ExchangeKind::parse(&x.kind) {
-                let ex = Arc::new(Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, args));
+            if let Ok((kind, delayed)) = crate::delayed::resolve_kind(&x.kind, &args) {
+                let mut ex = Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, args);
+                ex.delayed = delayed;
+                let ex = Arc::new(ex);
                 self.apply_exchange_policy(&ex);
                 self.exchanges.write().insert(x.name.clone(), ex);
             }
@@ -492,18 +497,18 @@ impl VHost {
         if passive {
             return self.exchange(name).map(|_| ());
         }
-        let kind_parsed = ExchangeKind::parse(kind)?;
+        let (kind_parsed, delayed) = crate::delayed::resolve_kind(kind, &arguments)?;
         let mut exchanges = self.exchanges.write();
         if let Some(x) = exchanges.get(name) {
             let n = &self.name;
-            if x.kind != kind_parsed {
+            if x.kind != kind_parsed || x.delayed != delayed {
                 return Err(inequivalent(
                     "type",
                     "exchange",
                     name,
                     n,
                     format_args!("'{kind}'"),
-                    format_args!("'{}'", x.kind.as_str()),
+                    format_args!("'{}'", x.type_name()),
                 ));
             }
             if x.durable != durable {
@@ -534,7 +539,9 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let x = Arc::new(Exchange::new(name, kind_parsed, durable, auto_delete, internal, arguments));
+        let mut x = Exchange::new(name, kind_parsed, durable, auto_delete, internal, arguments);
+        x.delayed = delayed;
+        let x = Arc::new(x);
         self.apply_exchange_policy(&x);
         exchanges.insert(name.to_owned(), x);
         drop(exchanges);
@@ -898,6 +905,21 @@ impl VHost {
 
     /// Timer work: expired messages at queue heads, and queues whose
     /// `x-expires` ran out.
+    /// Routes the delayed messages now due, to the bindings their exchange
+    /// has now (a deleted exchange drops them, as the plugin does).
+    pub fn release_delayed(&self, now: u64) {
+        if self.delayed.is_empty() {
+            return;
+        }
+        let mut queues = Vec::new();
+        for (exchange, msg) in self.delayed.take_due(now) {
+            let Ok(x) = self.exchange(&exchange) else { continue };
+            queues.clear();
+            self.route(&x, &msg, &mut queues);
+            self.enqueue(msg, &mut queues);
+        }
+    }
+
     pub fn tick(&self) {
         let now = crate::now_ms();
         for q in self.queues() {

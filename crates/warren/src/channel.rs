@@ -619,6 +619,15 @@ impl Channel {
                 .check_topic(&ctx.vhost.name, ctx.user, &x.name, &p.routing_key, Access::Write)
                 .map_err(|e| e.during(60, 40))?;
         }
+        if x.delayed {
+            if let Some(delay) = warren_core::delayed::delay_of(&msg) {
+                // Held until due, then routed (`delayed.rs`); like the
+                // plugin, no basic.return for it.
+                vhost.delayed.schedule(&x.name, msg, warren_core::now_ms().saturating_add(delay));
+                self.info.stats.bump(stats::PUBLISH, 1);
+                return Ok((0, true));
+            }
+        }
         let mut queues = std::mem::take(&mut self.routed);
         vhost.route(x, &msg, &mut queues);
         if queues.is_empty() {

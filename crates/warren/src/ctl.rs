@@ -518,13 +518,7 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
             let rows = xs
                 .iter()
                 .map(|x| {
-                    vec![
-                        x.name.clone(),
-                        x.kind.as_str().to_owned(),
-                        yes(x.durable),
-                        yes(x.auto_delete),
-                        yes(x.internal),
-                    ]
+                    vec![x.name.clone(), x.type_name().to_owned(), yes(x.durable), yes(x.auto_delete), yes(x.internal)]
                 })
                 .collect();
             select(format!("Listing exchanges for vhost {vh} ..."), &req.args, &["name", "type"], &ALL, rows)

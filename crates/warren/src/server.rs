@@ -111,6 +111,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::metrics::listen(shared.clone(), at).await?;
     }
     tokio::spawn(expiry_timer(shared.broker.clone()));
+    tokio::spawn(delay_timer(shared.broker.clone()));
     crate::ctl::listen(shared.clone(), &data_dir)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the ctl socket in {}: {e}", data_dir.display()))?;
@@ -198,6 +199,20 @@ async fn accept_tls(
 /// expired messages shrinks without a consumer, as RabbitMQ's TTL timers do)
 /// and unused queues with `x-expires` are deleted.
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Releases delayed messages when due: a 10 ms tick (one timer for every
+/// delayed message of every vhost; due messages go out within ~10 ms).
+async fn delay_timer(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = warren_core::now_ms();
+        for vhost in broker.vhosts() {
+            vhost.release_delayed(now);
+        }
+    }
+}
 
 async fn expiry_timer(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(EXPIRY_INTERVAL);

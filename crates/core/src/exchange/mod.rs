@@ -85,6 +85,9 @@ pub struct Exchange {
     bindings: RwLock<Bindings>,
     /// The policy that applies (its name, and its `alternate-exchange`).
     pub policy: RwLock<Option<(String, Option<String>)>>,
+    /// Declared as `x-delayed-message` (`kind` is then its `x-delayed-type`):
+    /// messages with an `x-delay` header wait in the vhost's index.
+    pub delayed: bool,
     /// `publish_in` / `publish_out`, shared by every publisher.
     pub stats: crate::stats::Counters,
     pub rates: crate::stats::Rates,
@@ -108,8 +111,18 @@ impl Exchange {
             arguments,
             bindings: RwLock::new(Bindings::default()),
             policy: Default::default(),
+            delayed: false,
             stats: Default::default(),
             rates: Default::default(),
+        }
+    }
+
+    /// The type a client declared: `x-delayed-message` or the routing kind.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            crate::delayed::TYPE
+        } else {
+            self.kind.as_str()
         }
     }
 

@@ -203,7 +203,7 @@ pub fn exchange(x: &Exchange, vhost: &str) -> Value {
     let mut v = json!({
         "name": x.name,
         "vhost": vhost,
-        "type": x.kind.as_str(),
+        "type": x.type_name(),
         "durable": x.durable,
         "auto_delete": x.auto_delete,
         "internal": x.internal,
@@ -537,6 +537,7 @@ pub fn exchange_types() -> Value {
         {"name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": true},
         {"name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": true},
         {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": true},
+        {"name": "x-delayed-message", "description": "Delayed Message Exchange", "enabled": true},
     ])
 }
 

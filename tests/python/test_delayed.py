@@ -1,0 +1,74 @@
+"""Delayed delivery (issue "celery-first", first slice): the
+`x-delayed-message` exchange type of RabbitMQ's delayed-message plugin.
+RabbitMQ 3.10 as Debian ships it has no such plugin, so these run against
+Warren only."""
+import time
+
+import pika
+import pika.exceptions as pe
+import pytest
+
+from conftest import round_trip, wait_for
+
+
+@pytest.fixture(autouse=True)
+def warren_only(broker):
+    if not broker.is_warren:
+        pytest.skip("the delayed-message exchange type")
+
+
+def count(ch, name):
+    return ch.queue_declare(name, passive=True).method.message_count
+
+
+def delayed_exchange(ch, name, kind="direct"):
+    ch.exchange_declare(name, "x-delayed-message", auto_delete=True, arguments={"x-delayed-type": kind})
+
+
+def test_a_delayed_message_arrives_when_due(conn, name):
+    ch = conn.channel()
+    delayed_exchange(ch, name)
+    ch.queue_declare(name, exclusive=True)
+    ch.queue_bind(name, name, "k")
+    t0 = time.monotonic()
+    ch.basic_publish(name, "k", b"later", pika.BasicProperties(headers={"x-delay": 400}))
+    ch.basic_publish(name, "k", b"now")
+    round_trip(conn, ch, name)
+    assert count(ch, name) == 1, "only the undelayed one is there at once"
+    assert wait_for(lambda: count(ch, name) == 2, timeout=10, interval=0.01)
+    assert time.monotonic() - t0 >= 0.4
+    bodies = [ch.basic_get(name, auto_ack=True)[2] for _ in range(2)]
+    assert bodies == [b"now", b"later"]
+
+
+def test_routed_to_the_bindings_that_exist_when_due(conn, name):
+    ch = conn.channel()
+    delayed_exchange(ch, name, "fanout")
+    ch.basic_publish(name, "", b"x", pika.BasicProperties(headers={"x-delay": 300}))
+    ch.queue_declare(name, exclusive=True)
+    ch.queue_bind(name, name)
+    assert wait_for(lambda: count(ch, name) == 1, timeout=10)
+
+
+def test_declaration_needs_a_delayed_type(conn, name):
+    ch = conn.channel()
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.exchange_declare(name, "x-delayed-message")
+    assert e.value.reply_code == 406
+    assert "x-delayed-type" in e.value.reply_text
+    ch = conn.channel()
+    delayed_exchange(ch, name, "topic")
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.exchange_declare(name, "topic", auto_delete=True)
+    assert e.value.reply_code == 406 and "x-delayed-message" in e.value.reply_text
+
+
+def test_the_api_shows_the_declared_type(broker, conn, name):
+    import requests
+
+    ch = conn.channel()
+    delayed_exchange(ch, name)
+    ch.queue_declare(name, exclusive=True)
+    ch.queue_bind(name, name, "k")
+    x = requests.get(f"{broker.http}/api/exchanges/%2F/{name}", auth=("guest", "guest"), timeout=10).json()
+    assert x["type"] == "x-delayed-message" and x["arguments"] == {"x-delayed-type": "direct"}
