@@ -72,3 +72,25 @@ def test_the_api_shows_the_declared_type(broker, conn, name):
     ch.queue_bind(name, name, "k")
     x = requests.get(f"{broker.http}/api/exchanges/%2F/{name}", auth=("guest", "guest"), timeout=10).json()
     assert x["type"] == "x-delayed-message" and x["arguments"] == {"x-delayed-type": "direct"}
+
+
+def test_long_delays_are_held_and_counted(broker, conn, name):
+    """A delay beyond 2^32 ms (49.7 days) is held, not wrapped around to a
+    short one; the exchange shows how many wait (`messages_delayed`, as the
+    plugin's), also for one published through the HTTP API."""
+    import requests
+
+    ch = conn.channel()
+    delayed_exchange(ch, name)
+    ch.queue_declare(name, exclusive=True)
+    ch.queue_bind(name, name, "k")
+    fifty_days = 50 * 24 * 3600 * 1000
+    ch.basic_publish(name, "k", b"much later", pika.BasicProperties(headers={"x-delay": fifty_days}))
+    api = f"{broker.http}/api/exchanges/%2F/{name}"
+    r = requests.post(api + "/publish", auth=("guest", "guest"), timeout=10, json={
+        "properties": {"headers": {"x-delay": 2 ** 32 + 5}}, "routing_key": "k",
+        "payload": "via http", "payload_encoding": "string"})
+    assert r.json() == {"routed": False}
+    assert wait_for(lambda: requests.get(api, auth=("guest", "guest"), timeout=10).json().get("messages_delayed") == 2)
+    round_trip(conn, ch, name)
+    assert count(ch, name) == 0

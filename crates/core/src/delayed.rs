@@ -105,6 +105,11 @@ impl DelayedIndex {
         out
     }
 
+    /// How many wait for exchange `name` (the plugin's `messages_delayed`).
+    pub fn count_for(&self, name: &str) -> usize {
+        self.heap.lock().iter().filter(|Reverse(d)| d.exchange == name).count()
+    }
+
     pub fn len(&self) -> usize {
         self.heap.lock().len()
     }

@@ -177,7 +177,14 @@ fn dispatch(shared: &Arc<Shared>, call: &Call) -> Result {
             let v = use_vhost(shared, call, vh)?;
             let name = if *name == "amq.default" { "" } else { *name };
             match *m {
-                Method::GET => Ok(ok(&objects::exchange(&*v.exchange(name).map_err(amqp_error)?, vh))),
+                Method::GET => {
+                    let x = v.exchange(name).map_err(amqp_error)?;
+                    let mut j = objects::exchange(&x, vh);
+                    if x.delayed {
+                        j["messages_delayed"] = v.delayed.count_for(&x.name).into();
+                    }
+                    Ok(ok(&j))
+                }
                 Method::PUT => {
                     let body = call.json_body()?;
                     short_name("exchange", name)?;
@@ -1000,6 +1007,13 @@ fn publish(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
         payload,
     ));
     msg.check_expiration().map_err(amqp_error)?;
+    if x.delayed {
+        if let Some(delay) = warren_core::delayed::delay_of(&msg) {
+            // As over AMQP: held until due (and, as the plugin, not "routed" yet).
+            v.delayed.schedule(&x.name, msg, warren_core::now_ms().saturating_add(delay));
+            return Ok(ok(&json!({"routed": false})));
+        }
+    }
     let mut queues = Vec::new();
     v.route(&x, &msg, &mut queues);
     let routed = !queues.is_empty();
