@@ -94,3 +94,57 @@ def test_long_delays_are_held_and_counted(broker, conn, name):
     assert wait_for(lambda: requests.get(api, auth=("guest", "guest"), timeout=10).json().get("messages_delayed") == 2)
     round_trip(conn, ch, name)
     assert count(ch, name) == 0
+
+
+def test_a_confirmed_persistent_delayed_message_survives_kill_9(broker, name, tmp_path):
+    """Confirmed only once on disk; after kill -9 and a restart it is
+    delivered when due, once."""
+    import signal
+    import subprocess
+
+    from conftest import free_port, warren_binary
+
+    data = str(tmp_path / "data")
+    port = free_port()
+
+    def start():
+        proc = subprocess.Popen([warren_binary(), "--amqp-listen", f"127.0.0.1:{port}", "--http-listen", "",
+                                 "--prometheus-listen", "", "--data-dir", data],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+        def up():
+            try:
+                pika.BlockingConnection(pika.ConnectionParameters(port=port)).close()
+                return True
+            except pika.exceptions.AMQPConnectionError:
+                return False
+
+        assert wait_for(up, timeout=20)
+        return proc
+
+    proc = start()
+    try:
+        c = pika.BlockingConnection(pika.ConnectionParameters(port=port))
+        ch = c.channel()
+        ch.exchange_declare(name, "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"})
+        ch.queue_declare(name, durable=True)
+        ch.queue_bind(name, name, "k")
+        ch.confirm_delivery()
+        ch.basic_publish(name, "k", b"survivor", pika.BasicProperties(delivery_mode=2, headers={"x-delay": 1500}))
+        ch.basic_publish(name, "k", b"transient", pika.BasicProperties(headers={"x-delay": 1500}))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    proc = start()
+    try:
+        c = pika.BlockingConnection(pika.ConnectionParameters(port=port))
+        ch = c.channel()
+        assert wait_for(lambda: count(ch, name) >= 1, timeout=20)
+        _, _, body = ch.basic_get(name, auto_ack=True)
+        assert body == b"survivor"
+        round_trip(c, ch, name)
+        assert count(ch, name) == 0, "once, and the transient one is gone"
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

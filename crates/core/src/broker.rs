@@ -154,6 +154,28 @@ impl Broker {
         let mut orphaned = 0usize;
         let mut unreadable = 0usize;
         for (key, entries) in recovered.queues {
+            // Delayed messages of a durable x-delayed-message exchange go
+            // back in its vhost's index, due when they were due.
+            if let Some((vh, x)) =
+                key.split_once('\0').and_then(|(vh, q)| Some((vh, q.strip_prefix(crate::delayed::LOG_PREFIX)?)))
+            {
+                let vhost = b.vhost(vh).filter(|v| v.exchange(x).is_ok_and(|e| e.delayed));
+                for e in entries {
+                    let back = match (&vhost, log.read(e.persisted.location())) {
+                        (Some(v), Ok(back)) => (v, back),
+                        _ => {
+                            log.ack(&key, e.persisted);
+                            orphaned += 1;
+                            continue;
+                        }
+                    };
+                    let message = Arc::new(Message::from_stored(&back.1.message, e.persisted));
+                    let due = e.published_at.saturating_add(crate::delayed::delay_of(&message).unwrap_or(0));
+                    back.0.delayed.schedule(x, message, due, Some((key.clone(), e.persisted)));
+                    restored += 1;
+                }
+                continue;
+            }
             let queue = key.split_once('\0').and_then(|(vh, q)| b.vhost(vh)?.queue(q).ok());
             let Some(queue) = queue else {
                 // Its queue is gone: let the messages go so segments can be reclaimed.

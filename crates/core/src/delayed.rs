@@ -6,9 +6,15 @@
 //! for all, no timer per message), and routed when due — to the bindings
 //! that exist then, as the plugin does.
 //!
-//! This first version keeps delayed messages in memory: they are lost if
-//! the broker stops before they are due (the plugin's own weakness, which
-//! the message log is meant to remove next).
+//! A persistent message delayed by a durable exchange is written to the
+//! message log first, under the pseudo-queue key of its exchange
+//! ([`log_key`]), and confirmed once that is on disk; at startup such
+//! records are put back in the index (due = published + x-delay). When
+//! due, it is routed as a fresh message (its queues record it as usual)
+//! and only then is the delayed record acked — after the new records in
+//! the log's order, so a crash in between leaves it delayed or delivered,
+//! never neither (at worst both: a redelivery). Other delayed messages are
+//! held in memory only: transient stays transient.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -57,11 +63,22 @@ pub fn delay_of(message: &Message) -> Option<u64> {
     (ms > 0).then_some(ms as u64)
 }
 
+/// The queue name delayed messages of `exchange` are logged under.
+pub const LOG_PREFIX: &str = "\u{0}delayed\u{0}";
+
+pub fn log_key(vhost: &str, exchange: &str) -> String {
+    crate::queue::log_key(vhost, &format!("{LOG_PREFIX}{exchange}"))
+}
+
+/// Where a stored delayed message is in the log (its key and record).
+pub type Stored = (String, warren_store::log::Persisted);
+
 struct Delayed {
     due: u64,
     seq: u64,
     exchange: String,
     message: MessageRef,
+    stored: Option<Stored>,
 }
 
 impl PartialEq for Delayed {
@@ -89,18 +106,19 @@ pub struct DelayedIndex {
 }
 
 impl DelayedIndex {
-    pub fn schedule(&self, exchange: &str, message: MessageRef, due: u64) {
+    pub fn schedule(&self, exchange: &str, message: MessageRef, due: u64, stored: Option<Stored>) {
         let seq = self.seq.fetch_add(1, AtomicOrdering::Relaxed);
-        self.heap.lock().push(Reverse(Delayed { due, seq, exchange: exchange.to_owned(), message }));
+        self.heap.lock().push(Reverse(Delayed { due, seq, exchange: exchange.to_owned(), message, stored }));
     }
 
-    /// The messages due by `now` (ms), in due order, with their exchange.
-    pub fn take_due(&self, now: u64) -> Vec<(String, MessageRef)> {
+    /// The messages due by `now` (ms), in due order, with their exchange
+    /// and their record in the log, if stored.
+    pub fn take_due(&self, now: u64) -> Vec<(String, MessageRef, Option<Stored>)> {
         let mut heap = self.heap.lock();
         let mut out = Vec::new();
         while heap.peek().is_some_and(|Reverse(d)| d.due <= now) {
             let Reverse(d) = heap.pop().expect("peeked");
-            out.push((d.exchange, d.message));
+            out.push((d.exchange, d.message, d.stored));
         }
         out
     }

@@ -100,6 +100,19 @@ impl Message {
         Message { exchange, routing_key, properties_raw, properties, body, persisted: OnceLock::new() }
     }
 
+    /// The same message, not (yet) in the message log: what a stored
+    /// delayed message is routed as when due, so that its destination
+    /// queues record it afresh.
+    pub fn unstored_copy(&self) -> Message {
+        Message::with_props(
+            self.exchange.clone(),
+            self.routing_key.clone(),
+            self.properties_raw.clone(),
+            self.properties.clone(),
+            self.body.clone(),
+        )
+    }
+
     pub fn new(
         exchange: Arc<str>,
         routing_key: Arc<str>,

@@ -912,11 +912,38 @@ impl VHost {
             return;
         }
         let mut queues = Vec::new();
-        for (exchange, msg) in self.delayed.take_due(now) {
-            let Ok(x) = self.exchange(&exchange) else { continue };
-            queues.clear();
-            self.route(&x, &msg, &mut queues);
-            self.enqueue(msg, &mut queues);
+        for (exchange, msg, stored) in self.delayed.take_due(now) {
+            if let Ok(x) = self.exchange(&exchange) {
+                let msg = if stored.is_some() { Arc::new(msg.unstored_copy()) } else { msg };
+                queues.clear();
+                self.route(&x, &msg, &mut queues);
+                self.enqueue(msg, &mut queues);
+            }
+            // After the routed copies, in the log's order (`delayed.rs`).
+            if let (Some((key, persisted)), Some(log)) = (stored, &self.log) {
+                log.ack(&key, persisted);
+            }
+        }
+    }
+
+    /// Holds a message published to a delayed exchange until `delay` ms
+    /// from now. A persistent one on a durable exchange is logged first:
+    /// returns the log position to sync before confirming it (0 if none).
+    pub fn schedule_delayed(&self, x: &Exchange, msg: MessageRef, delay: u64) -> u64 {
+        let now = crate::now_ms();
+        let due = now.saturating_add(delay);
+        match self.log.as_ref().filter(|_| x.durable && msg.is_persistent()) {
+            Some(log) => {
+                let key = crate::delayed::log_key(&self.name, &x.name);
+                let (persisted, pos) =
+                    log.publish(&[key.as_str()], now, &msg.exchange, &msg.routing_key, &msg.properties_raw, &msg.body);
+                self.delayed.schedule(&x.name, msg, due, Some((key, persisted)));
+                pos
+            }
+            None => {
+                self.delayed.schedule(&x.name, msg, due, None);
+                0
+            }
         }
     }
 

@@ -623,9 +623,9 @@ impl Channel {
             if let Some(delay) = warren_core::delayed::delay_of(&msg) {
                 // Held until due, then routed (`delayed.rs`); like the
                 // plugin, no basic.return for it.
-                vhost.delayed.schedule(&x.name, msg, warren_core::now_ms().saturating_add(delay));
+                let pos = vhost.schedule_delayed(x, msg, delay);
                 self.info.stats.bump(stats::PUBLISH, 1);
-                return Ok((0, true));
+                return Ok((pos, true));
             }
         }
         let mut queues = std::mem::take(&mut self.routed);

@@ -1010,7 +1010,7 @@ fn publish(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
     if x.delayed {
         if let Some(delay) = warren_core::delayed::delay_of(&msg) {
             // As over AMQP: held until due (and, as the plugin, not "routed" yet).
-            v.delayed.schedule(&x.name, msg, warren_core::now_ms().saturating_add(delay));
+            v.schedule_delayed(&x, msg, delay);
             return Ok(ok(&json!({"routed": false})));
         }
     }
