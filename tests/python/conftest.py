@@ -209,3 +209,8 @@ def round_trip(conn, ch, queue):
     the broker had sent on the channel by then has been dispatched."""
     ch.queue_declare(queue, passive=True)
     conn.process_data_events(time_limit=0)
+
+
+def count(ch, name):
+    """Ready messages of a queue (a passive declare, in step with the channel)."""
+    return ch.queue_declare(name, passive=True).method.message_count

@@ -11,17 +11,13 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import pump_until, round_trip, wait_for
+from conftest import count, pump_until, round_trip, wait_for
 
 
 @pytest.fixture(autouse=True)
 def warren_only(broker):
     if not broker.is_warren:
         pytest.skip("Warren's consumer timeout")
-
-
-def count(ch, name):
-    return ch.queue_declare(name, passive=True).method.message_count
 
 
 @pytest.mark.parametrize("where", ["queue", "consumer", "policy"])

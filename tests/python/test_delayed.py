@@ -8,17 +8,13 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import round_trip, wait_for
+from conftest import count, round_trip, wait_for
 
 
 @pytest.fixture(autouse=True)
 def warren_only(broker):
     if not broker.is_warren:
         pytest.skip("the delayed-message exchange type")
-
-
-def count(ch, name):
-    return ch.queue_declare(name, passive=True).method.message_count
 
 
 def delayed_exchange(ch, name, kind="direct"):

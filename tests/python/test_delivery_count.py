@@ -8,11 +8,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import wait_for
-
-
-def count(ch, name):
-    return ch.queue_declare(name, passive=True).method.message_count
+from conftest import count, wait_for
 
 
 def deliveries(ch, name, n):

@@ -11,17 +11,13 @@ import subprocess
 import pika
 import pytest
 
-from conftest import warren_binary, wait_for
+from conftest import count, wait_for, warren_binary
 from test_management import Api, q
 
 
 @pytest.fixture
 def api(broker):
     return Api(broker.http)
-
-
-def count(ch, name):
-    return ch.queue_declare(name, passive=True).method.message_count
 
 
 def put_policy(api, name, pattern, definition, priority=0, apply_to="queues", operator=False):
