@@ -363,14 +363,25 @@ impl Channel {
         }
         self.consumers.remove(&*consumer.tag);
         if notify {
-            reply(
-                out,
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                    consumer_tag: consumer.tag.as_ref().into(),
-                    nowait: true,
-                })),
-            );
+            self.write_cancel(out, &consumer.tag);
+        }
+    }
+
+    /// A server-sent `basic.cancel` for consumer `tag`.
+    fn write_cancel(&self, out: &mut BytesMut, tag: &str) {
+        let cancel = basic::Cancel { consumer_tag: tag.into(), nowait: true };
+        reply(out, self.id, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
+    }
+
+    /// Drops the settled slots at the front of `unacked`, keeping
+    /// `first_tag` the tag of its first slot.
+    fn trim_settled(&mut self) {
+        while let Some(None) = self.unacked.front() {
+            self.unacked.pop_front();
+            self.first_tag += 1;
+        }
+        if self.unacked.is_empty() {
+            self.first_tag = self.next_tag;
         }
     }
 
@@ -412,25 +423,12 @@ impl Channel {
                     self.timed_out.push(self.first_tag + i as u64);
                 }
             }
-            while let Some(None) = self.unacked.front() {
-                self.unacked.pop_front();
-                self.first_tag += 1;
-            }
-            if self.unacked.is_empty() {
-                self.first_tag = self.next_tag;
-            }
+            self.trim_settled();
             self.outstanding = self.outstanding.saturating_sub(taken.len() as u64);
             ChannelInfo::store(&self.info.unacked, self.outstanding);
             Self::requeue(taken);
             if notify {
-                reply(
-                    out,
-                    self.id,
-                    AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                        consumer_tag: c.tag.as_ref().into(),
-                        nowait: true,
-                    })),
-                );
+                self.write_cancel(out, &c.tag);
             }
         }
     }
@@ -707,13 +705,7 @@ impl Channel {
         } else {
             vec![self.unacked[idx].take().expect("checked")]
         };
-        while let Some(None) = self.unacked.front() {
-            self.unacked.pop_front();
-            self.first_tag += 1;
-        }
-        if self.unacked.is_empty() {
-            self.first_tag = self.next_tag;
-        }
+        self.trim_settled();
         Ok(taken)
     }
 

@@ -538,7 +538,29 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
 
 /// Where the broker's memory is, in the spirit of `rabbitmq-diagnostics
 /// memory_breakdown`: one row per category, bytes and share of RSS.
-pub fn memory_breakdown(shared: &Shared) -> Response {
+fn memory_breakdown(shared: &Shared) -> Response {
+    let rows = memory_rows(shared);
+    let rss = rows.iter().find(|(k, _, _)| *k == "total_rss").map_or(0, |r| r.1);
+    let share = |bytes: u64| if rss > 0 { format!("{:.1}", 100.0 * bytes as f64 / rss as f64) } else { String::new() };
+    let rows = rows
+        .into_iter()
+        .map(|(what, bytes, of_rss)| {
+            vec![what.to_owned(), bytes.to_string(), if of_rss { share(bytes) } else { String::new() }]
+        })
+        .collect();
+    let mut r = table("Memory breakdown (bytes, percent of RSS) ...".into(), &["category", "bytes", "percent"], rows);
+    r.text = format!(
+        "queue_bodies_* count a body once per queue holding it (a body routed to several queues is stored once); \
+         queue_bodies_on_disk is the paged tail (in the message log, or spilled; spilled_on_disk is the spill files' live bytes); \
+         heap_in_use includes queue bodies and connection buffers. Alarms: {}.",
+        shared.alarm.borrow().clone().unwrap_or_else(|| "none".into())
+    );
+    r
+}
+
+/// Where the broker's memory is: (category, bytes, whether a share of RSS
+/// makes sense), for `warren ctl status` and the management API.
+pub fn memory_rows(shared: &Shared) -> Vec<(&'static str, u64, bool)> {
     let (mut in_memory, mut paged) = (0u64, 0u64);
     for vhost in shared.broker.vhosts() {
         for q in vhost.queues() {
@@ -550,27 +572,17 @@ pub fn memory_breakdown(shared: &Shared) -> Response {
     let buffers: u64 = shared.connections.lock().values().map(|c| c.buffers.load(Ordering::Relaxed) as u64).sum();
     let (heap_used, heap_free) = crate::resources::heap_usage();
     let rss = crate::resources::rss_bytes().unwrap_or(0);
-    let share = |bytes: u64| if rss > 0 { format!("{:.1}", 100.0 * bytes as f64 / rss as f64) } else { String::new() };
-    let row = |what: &str, bytes: u64, percent: String| vec![what.to_owned(), bytes.to_string(), percent];
-    let rows = vec![
-        row("queue_bodies_in_memory", in_memory, share(in_memory)),
-        row("queue_bodies_on_disk", paged, String::new()),
-        row("spilled_on_disk", warren_core::spill::store().map_or(0, |s| s.bytes()), String::new()),
-        row("connection_buffers", buffers, share(buffers)),
-        row("heap_in_use", heap_used, share(heap_used)),
-        row("allocator_free_held", heap_free, share(heap_free)),
-        row("total_rss", rss, share(rss)),
-        row("memory_high_watermark", shared.config.memory_limit().unwrap_or(0), String::new()),
-        row("disk_free_limit", shared.disk_free_limit.load(Ordering::Relaxed), String::new()),
-    ];
-    let mut r = table("Memory breakdown (bytes, percent of RSS) ...".into(), &["category", "bytes", "percent"], rows);
-    r.text = format!(
-        "queue_bodies_* count a body once per queue holding it (a body routed to several queues is stored once); \
-         queue_bodies_on_disk is the paged tail (in the message log, or spilled; spilled_on_disk is the spill files' live bytes); \
-         heap_in_use includes queue bodies and connection buffers. Alarms: {}.",
-        shared.alarm.borrow().clone().unwrap_or_else(|| "none".into())
-    );
-    r
+    vec![
+        ("queue_bodies_in_memory", in_memory, true),
+        ("queue_bodies_on_disk", paged, false),
+        ("spilled_on_disk", warren_core::spill::store().map_or(0, |s| s.bytes()), false),
+        ("connection_buffers", buffers, true),
+        ("heap_in_use", heap_used, true),
+        ("allocator_free_held", heap_free, true),
+        ("total_rss", rss, true),
+        ("memory_high_watermark", shared.config.memory_limit().unwrap_or(0), false),
+        ("disk_free_limit", shared.disk_free_limit.load(Ordering::Relaxed), false),
+    ]
 }
 
 fn list_connections(shared: &Shared, requested: &[String]) -> Response {

@@ -157,7 +157,11 @@ pub fn queue(q: &Queue) -> Value {
     let rates = q.rates.all();
     let consumers: Vec<Value> = Vec::new();
     let single_active = q.arguments.inner().contains_key("x-single-active-consumer");
-    let exclusive_tag = q.consumers().iter().find(|(c, _)| c.exclusive).map(|(c, _)| c.tag.to_string());
+    let (exclusive_tag, first_tag) = {
+        let cs = q.consumers();
+        let exclusive = cs.iter().find(|(c, _)| c.exclusive).map(|(c, _)| c.tag.to_string());
+        (exclusive, cs.first().map(|(c, _)| c.tag.to_string()))
+    };
     json!({
         "name": q.name,
         "vhost": q.vhost,
@@ -186,7 +190,7 @@ pub fn queue(q: &Queue) -> Value {
         "consumer_utilisation": if s.consumers > 0 { 1.0 } else { 0.0 },
         "consumer_details": consumers,
         "exclusive_consumer_tag": exclusive_tag,
-        "single_active_consumer_tag": if single_active { q.consumers().first().map(|(c, _)| c.tag.to_string()) } else { None },
+        "single_active_consumer_tag": if single_active { first_tag } else { None },
         "policy": settings.policy,
         "operator_policy": settings.operator_policy,
         "effective_policy_definition": settings.effective_definition,
@@ -199,7 +203,6 @@ pub fn queue(q: &Queue) -> Value {
 pub fn exchange(x: &Exchange, vhost: &str) -> Value {
     let counts = x.stats.snapshot();
     let rates = x.rates.all();
-    let name = if x.name.is_empty() { "amq.default" } else { x.name.as_str() };
     let mut v = json!({
         "name": x.name,
         "vhost": vhost,
@@ -211,7 +214,6 @@ pub fn exchange(x: &Exchange, vhost: &str) -> Value {
         "user_who_performed_action": "rmq-internal",
         "policy": x.policy.read().as_ref().map(|(name, _)| name.clone()),
     });
-    let _ = name;
     if counts[stats::PUBLISH_IN] > 0 {
         v["message_stats"] = message_stats(&counts, &rates, EXCHANGE_STATS);
     }
@@ -543,14 +545,7 @@ pub fn exchange_types() -> Value {
 
 /// The memory breakdown (`warren ctl status`), by category.
 pub fn memory(shared: &Shared) -> Value {
-    let r = crate::ctl::memory_breakdown(shared);
-    let mut m = Map::new();
-    for row in r.rows {
-        if let (Some(k), Some(v)) = (row.first(), row.get(1)) {
-            m.insert(k.clone(), v.parse::<u64>().map(Value::from).unwrap_or(Value::Null));
-        }
-    }
-    Value::Object(m)
+    Value::Object(crate::ctl::memory_rows(shared).into_iter().map(|(k, v, _)| (k.to_owned(), v.into())).collect())
 }
 
 pub fn node(shared: &Shared) -> Value {

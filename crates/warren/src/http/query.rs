@@ -74,7 +74,7 @@ fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 /// Keeps only the requested columns (dotted paths), as RabbitMQ does.
-fn select_columns(v: Value, columns: &[&str]) -> Value {
+fn select_columns(v: Value, columns: &[String]) -> Value {
     if columns.is_empty() {
         return v;
     }
@@ -190,9 +190,12 @@ where
         return r;
     }
     let columns = columns_of(call);
-    let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let page_items: Vec<Value> =
-        items.iter().skip((page - 1) * page_size).take(page_size).map(|t| select_columns(render(t), &cols)).collect();
+    let page_items: Vec<Value> = items
+        .iter()
+        .skip((page - 1) * page_size)
+        .take(page_size)
+        .map(|t| select_columns(render(t), &columns))
+        .collect();
     ok(&serde_json::json!({
         "filtered_count": filtered,
         "item_count": page_items.len(),
@@ -214,24 +217,16 @@ where
     let columns = columns_of(call);
     let sort = call.param("sort").filter(|s| !s.is_empty()).map(str::to_owned);
     let reverse = call.param("sort_reverse") == Some("true");
-    let Some(page) = call.param("page") else {
-        if sort.is_some() || reverse {
-            let mut all: Vec<Value> = items.iter().map(&render).collect();
-            sort_values(&mut all, sort.as_deref(), reverse);
-            let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
-            let all: Vec<Value> = all.into_iter().map(|v| select_columns(v, &cols)).collect();
-            return ok(&Value::Array(all));
-        }
-        return stream(items, move |t| {
-            let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
-            select_columns(render(t), &cols)
-        });
-    };
-    let _ = page;
     let (page, page_size) = match pagination(call) {
         Some(Ok(p)) => p,
         Some(Err(r)) => return r,
-        None => return bad_request("Pagination parameters are invalid"),
+        None if sort.is_some() || reverse => {
+            let mut all: Vec<Value> = items.iter().map(&render).collect();
+            sort_values(&mut all, sort.as_deref(), reverse);
+            let all: Vec<Value> = all.into_iter().map(|v| select_columns(v, &columns)).collect();
+            return ok(&Value::Array(all));
+        }
+        None => return stream(items, move |t| select_columns(render(t), &columns)),
     };
     let total = items.len();
     let mut all: Vec<Value> = items.iter().map(&render).collect();
@@ -247,9 +242,8 @@ where
     if let Some(r) = out_of_range(page, page_size, filtered) {
         return r;
     }
-    let cols: Vec<&str> = columns.iter().map(String::as_str).collect();
     let items: Vec<Value> =
-        all.into_iter().skip((page - 1) * page_size).take(page_size).map(|v| select_columns(v, &cols)).collect();
+        all.into_iter().skip((page - 1) * page_size).take(page_size).map(|v| select_columns(v, &columns)).collect();
     ok(&serde_json::json!({
         "filtered_count": filtered,
         "item_count": items.len(),
@@ -329,7 +323,7 @@ mod tests {
     fn columns() {
         let v = serde_json::json!({"name": "q", "message_stats": {"publish": 2, "ack": 1}, "messages": 3});
         assert_eq!(
-            select_columns(v, &["name", "message_stats.publish"]),
+            select_columns(v, &["name".into(), "message_stats.publish".into()]),
             serde_json::json!({"name": "q", "message_stats": {"publish": 2}})
         );
     }
