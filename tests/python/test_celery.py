@@ -1,5 +1,6 @@
 """Celery end to end: a worker process runs tasks a separate client sends,
 with results coming back through the broker (rpc:// backend)."""
+import json
 import os
 import signal
 import subprocess
@@ -12,19 +13,24 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def client_app(broker, queue):
+def client_app(broker, queue, queue_args=None):
     os.environ["WARREN_CELERY_BROKER"] = broker.url
     os.environ["WARREN_CELERY_QUEUE"] = queue
-    sys.path.insert(0, HERE)
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
     from celery_app import tasks
+    from kombu import Queue
 
     tasks.app.conf.broker_url = broker.url
     tasks.app.conf.task_default_queue = queue
+    tasks.app.conf.task_queues = [Queue(queue, queue_arguments=queue_args)] if queue_args else None
     return tasks
 
 
-def start_worker(broker, queue, pool="solo", concurrency=1, name=None):
+def start_worker(broker, queue, pool="solo", concurrency=1, name=None, queue_args=None):
     env = dict(os.environ, WARREN_CELERY_BROKER=broker.url, WARREN_CELERY_QUEUE=queue)
+    if queue_args:
+        env["WARREN_CELERY_QUEUE_ARGS"] = json.dumps(queue_args)
     cmd = [
         sys.executable, "-m", "celery", "-A", "celery_app.tasks", "worker",
         "-P", pool, "-c", str(concurrency), "-Q", queue, "-n", f"{name or uuid.uuid4().hex[:8]}@%h",

@@ -8,7 +8,7 @@ pub fn int_arg(args: &FieldTable, key: &str) -> Option<i64> {
     as_int(args.inner().get(key)?)
 }
 
-fn as_int(v: &AMQPValue) -> Option<i64> {
+pub fn as_int(v: &AMQPValue) -> Option<i64> {
     use AMQPValue::*;
     Some(match v {
         ShortShortInt(i) => *i as i64,
@@ -87,6 +87,9 @@ fn string_value(v: &AMQPValue) -> Option<String> {
 
 /// Checks of non-integer arguments: the detail after "invalid arg ...: ".
 fn check_other(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), String> {
+    if let Some(checked) = crate::dedup::check_arg(key, v) {
+        return checked;
+    }
     match key {
         "x-overflow" => match string_value(v) {
             None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod broker;
 pub mod consumer;
 pub mod dead_letter;
+pub mod dedup;
 pub mod definitions;
 pub mod delayed;
 pub mod exchange;

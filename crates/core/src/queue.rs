@@ -279,6 +279,8 @@ struct QueueState {
     settings: QueueSettings,
     /// Rejected messages waiting out their requeue back-off: (due ms, entry).
     backed_off: Vec<(u64, Entry<MessageRef>)>,
+    /// `x-message-deduplication` (`dedup.rs`): the values seen lately.
+    dedup: Option<crate::dedup::Dedup>,
 }
 
 impl QueueState {
@@ -467,6 +469,7 @@ impl Queue {
                 stats: [0; stats::N],
                 settings,
                 backed_off: Vec::new(),
+                dedup: crate::dedup::Dedup::from_arguments(&arguments, false),
             }),
             arguments,
             pressure: Default::default(),
@@ -619,6 +622,11 @@ impl Queue {
     pub fn publish(self: &Arc<Self>, message: MessageRef) -> bool {
         let mut st = self.lock();
         if st.deleted {
+            return true;
+        }
+        if st.dedup.as_mut().is_some_and(|d| d.is_duplicate(&message, crate::now_ms())) {
+            // Accepted (confirmed) and dropped: the queue already had it.
+            self.discard(&message);
             return true;
         }
         let ttl = effective_ttl(st.settings.message_ttl, &message);

@@ -366,9 +366,7 @@ impl VHost {
     pub fn restore(&self, d: &Definitions) {
         for x in &d.exchanges {
             let args = definitions::decode_table(&x.arguments).unwrap_or_default();
-            if let Ok((kind, delayed)) = crate::delayed::resolve_kind(&x.kind, &args) {
-                let mut ex = Exchange::new(&x.name, kind, true, x.auto_delete, x.internal, args);
-                ex.delayed = delayed;
+            if let Ok(ex) = Exchange::declared(&x.name, &x.kind, true, x.auto_delete, x.internal, args, &self.name) {
                 let ex = Arc::new(ex);
                 self.apply_exchange_policy(&ex);
                 self.exchanges.write().insert(x.name.clone(), ex);
@@ -497,11 +495,11 @@ impl VHost {
         if passive {
             return self.exchange(name).map(|_| ());
         }
-        let (kind_parsed, delayed) = crate::delayed::resolve_kind(kind, &arguments)?;
+        let new = Exchange::declared(name, kind, durable, auto_delete, internal, arguments, &self.name)?;
         let mut exchanges = self.exchanges.write();
         if let Some(x) = exchanges.get(name) {
             let n = &self.name;
-            if x.kind != kind_parsed || x.delayed != delayed {
+            if x.kind != new.kind || x.type_name() != new.type_name() {
                 return Err(inequivalent(
                     "type",
                     "exchange",
@@ -528,7 +526,7 @@ impl VHost {
                 return Err(inequivalent("internal", "exchange", name, n, quoted(internal), quoted(x.internal)));
             }
             let key = "alternate-exchange";
-            let (new, cur) = (arguments.inner().get(key), x.arguments.inner().get(key));
+            let (new, cur) = (new.arguments.inner().get(key), x.arguments.inner().get(key));
             if !equivalent(new, cur) {
                 return Err(inequivalent(key, "exchange", name, n, describe(new), describe(cur)));
             }
@@ -539,9 +537,7 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let mut x = Exchange::new(name, kind_parsed, durable, auto_delete, internal, arguments);
-        x.delayed = delayed;
-        let x = Arc::new(x);
+        let x = Arc::new(new);
         self.apply_exchange_policy(&x);
         exchanges.insert(name.to_owned(), x);
         drop(exchanges);
@@ -780,13 +776,19 @@ impl VHost {
     /// The queues a message published to `exchange` reaches: its bindings,
     /// exchange-to-exchange bindings followed once each, and the alternate
     /// exchange when nothing else matched. Each queue appears once.
-    pub fn route(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
+    /// An exchange with deduplication routes a repeated message nowhere:
+    /// returns false for such a duplicate (it is not "unroutable").
+    pub fn route(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) -> bool {
+        exchange.stats.add(stats::PUBLISH_IN, 1);
+        if exchange.is_duplicate(message) {
+            return false;
+        }
         let before = out.len();
         self.route_from(exchange, message, out);
-        exchange.stats.add(stats::PUBLISH_IN, 1);
         if out.len() > before {
             exchange.stats.add(stats::PUBLISH_OUT, 1);
         }
+        true
     }
 
     fn route_from(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
@@ -820,6 +822,9 @@ impl VHost {
             return;
         }
         visited.push(x.name.clone());
+        if x.is_duplicate(message) {
+            return;
+        }
         let mut dests = Vec::new();
         x.route(message, &mut dests);
         if dests.is_empty() {

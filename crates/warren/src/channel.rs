@@ -627,8 +627,8 @@ impl Channel {
             }
         }
         let mut queues = std::mem::take(&mut self.routed);
-        vhost.route(x, &msg, &mut queues);
-        if queues.is_empty() {
+        let fresh = vhost.route(x, &msg, &mut queues);
+        if queues.is_empty() && fresh {
             if p.mandatory {
                 frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
                 frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);

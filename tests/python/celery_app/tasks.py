@@ -1,10 +1,12 @@
 """Celery tasks for the end-to-end tests. The broker URL and queue come from
 the environment, set by the test that starts the worker."""
+import json
 import os
 import pathlib
 import time
 
 from celery import Celery
+from kombu import Queue
 
 app = Celery("warren_tests", broker=os.environ["WARREN_CELERY_BROKER"], backend="rpc://")
 app.conf.update(
@@ -13,6 +15,20 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     result_expires=300,
 )
+# Queue arguments for the task queue (JSON), as a celery configuration
+# declaring Warren's queue features would set them.
+if os.environ.get("WARREN_CELERY_QUEUE_ARGS"):
+    app.conf.task_queues = [
+        Queue(app.conf.task_default_queue, queue_arguments=json.loads(os.environ["WARREN_CELERY_QUEUE_ARGS"]))
+    ]
+
+
+@app.task
+def record(path, tag):
+    """Appends `tag` to the file at `path`: how often a task ran."""
+    with open(path, "a") as f:
+        f.write(tag + "\n")
+    return tag
 
 
 @app.task

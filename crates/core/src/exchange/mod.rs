@@ -88,6 +88,10 @@ pub struct Exchange {
     /// Declared as `x-delayed-message` (`kind` is then its `x-delayed-type`):
     /// messages with an `x-delay` header wait in the vhost's index.
     pub delayed: bool,
+    /// `x-message-deduplication` (`dedup.rs`): the values seen lately.
+    pub dedup: Option<parking_lot::Mutex<crate::dedup::Dedup>>,
+    /// Declared with the deduplication plugin's type (routes as fanout).
+    dedup_type: bool,
     /// `publish_in` / `publish_out`, shared by every publisher.
     pub stats: crate::stats::Counters,
     pub rates: crate::stats::Rates,
@@ -108,22 +112,58 @@ impl Exchange {
             durable,
             auto_delete,
             internal,
+            dedup: crate::dedup::Dedup::from_arguments(&arguments, false).map(parking_lot::Mutex::new),
             arguments,
             bindings: RwLock::new(Bindings::default()),
             policy: Default::default(),
             delayed: false,
+            dedup_type: false,
             stats: Default::default(),
             rates: Default::default(),
         }
     }
 
-    /// The type a client declared: `x-delayed-message` or the routing kind.
+    /// An exchange declared with type `kind`: one of the four, or
+    /// `x-delayed-message` (`delayed.rs`) or `x-message-deduplication`
+    /// (`dedup.rs`). Checks the arguments those act on.
+    pub fn declared(
+        name: &str,
+        kind: &str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+        vhost: &str,
+    ) -> Result<Self, AmqpError> {
+        crate::dedup::validate_exchange_args(&arguments, name, vhost)?;
+        if kind == crate::dedup::TYPE {
+            let mut x = Exchange::new(name, ExchangeKind::Fanout, durable, auto_delete, internal, arguments);
+            x.dedup = crate::dedup::Dedup::from_arguments(&x.arguments, true).map(parking_lot::Mutex::new);
+            x.dedup_type = true;
+            return Ok(x);
+        }
+        let (kind, delayed) = crate::delayed::resolve_kind(kind, &arguments)?;
+        let mut x = Exchange::new(name, kind, durable, auto_delete, internal, arguments);
+        x.delayed = delayed;
+        Ok(x)
+    }
+
+    /// The type a client declared: `x-delayed-message`,
+    /// `x-message-deduplication` or the routing kind.
     pub fn type_name(&self) -> &'static str {
         if self.delayed {
             crate::delayed::TYPE
+        } else if self.dedup_type {
+            crate::dedup::TYPE
         } else {
             self.kind.as_str()
         }
+    }
+
+    /// Whether `message` repeats a deduplication value this exchange still
+    /// remembers (then it is routed nowhere).
+    pub fn is_duplicate(&self, message: &Message) -> bool {
+        self.dedup.as_ref().is_some_and(|d| d.lock().is_duplicate(message, crate::now_ms()))
     }
 
     /// Name of the alternate exchange, if the `alternate-exchange` argument is set.
