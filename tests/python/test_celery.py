@@ -27,8 +27,8 @@ def client_app(broker, queue, queue_args=None):
     return tasks
 
 
-def start_worker(broker, queue, pool="solo", concurrency=1, name=None, queue_args=None):
-    env = dict(os.environ, WARREN_CELERY_BROKER=broker.url, WARREN_CELERY_QUEUE=queue)
+def start_worker(broker, queue, pool="solo", concurrency=1, name=None, queue_args=None, env=None):
+    env = dict(os.environ, WARREN_CELERY_BROKER=broker.url, WARREN_CELERY_QUEUE=queue, **(env or {}))
     if queue_args:
         env["WARREN_CELERY_QUEUE_ARGS"] = json.dumps(queue_args)
     cmd = [

@@ -6,7 +6,7 @@ import pathlib
 import time
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 app = Celery("warren_tests", broker=os.environ["WARREN_CELERY_BROKER"], backend="rpc://")
 app.conf.update(
@@ -15,9 +15,18 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     result_expires=300,
 )
-# Queue arguments for the task queue (JSON), as a celery configuration
-# declaring Warren's queue features would set them.
-if os.environ.get("WARREN_CELERY_QUEUE_ARGS"):
+if os.environ.get("WARREN_CELERY_NATIVE_DELAYED"):
+    # Celery 5.5's native delayed delivery: it is on when the task queues are
+    # quorum queues; countdown/ETA tasks then wait in the broker's
+    # celery_delayed_* queues, not in the worker. It needs a topic exchange.
+    _q = app.conf.task_default_queue
+    app.conf.task_queues = [
+        Queue(_q, Exchange(_q, type="topic"), routing_key=_q, queue_arguments={"x-queue-type": "quorum"})
+    ]
+    app.conf.broker_transport_options = {"confirm_publish": True}
+elif os.environ.get("WARREN_CELERY_QUEUE_ARGS"):
+    # Queue arguments for the task queue (JSON), as a celery configuration
+    # declaring Warren's queue features would set them.
     app.conf.task_queues = [
         Queue(app.conf.task_default_queue, queue_arguments=json.loads(os.environ["WARREN_CELERY_QUEUE_ARGS"]))
     ]
@@ -25,9 +34,10 @@ if os.environ.get("WARREN_CELERY_QUEUE_ARGS"):
 
 @app.task
 def record(path, tag):
-    """Appends `tag` to the file at `path`: how often a task ran."""
+    """Appends `tag` and the time to the file at `path`: when and how often
+    a task ran."""
     with open(path, "a") as f:
-        f.write(tag + "\n")
+        f.write(f"{tag} {time.time()}\n")
     return tag
 
 
