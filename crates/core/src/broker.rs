@@ -169,9 +169,10 @@ impl Broker {
                             continue;
                         }
                     };
-                    let message = Arc::new(Message::from_stored(&back.1.message, e.persisted));
+                    // Only the due time is kept: the content stays on disk.
+                    let message = Message::from_stored(&back.1.message, e.persisted);
                     let due = e.published_at.saturating_add(crate::delayed::delay_of(&message).unwrap_or(0));
-                    back.0.delayed.schedule(x, message, due, Some((key.clone(), e.persisted)));
+                    back.0.delayed.schedule(x, crate::delayed::Held::Logged(e.persisted), due, None);
                     restored += 1;
                 }
                 continue;

@@ -13,6 +13,7 @@ use warren_store::MessageStore;
 
 use crate::arguments::type_name;
 use crate::definitions::{self, BindingDef, Definitions, ExchangeDef, QueueDef};
+use crate::delayed::Held;
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
 use crate::policy::{self, Policy};
@@ -911,22 +912,48 @@ impl VHost {
     /// Timer work: expired messages at queue heads, and queues whose
     /// `x-expires` ran out.
     /// Routes the delayed messages now due, to the bindings their exchange
-    /// has now (a deleted exchange drops them, as the plugin does).
+    /// has now (a deleted exchange drops them, as the plugin does). At most
+    /// `DUE_BATCH` per call, so one tick never holds the timer task long.
     pub fn release_delayed(&self, now: u64) {
-        if self.delayed.is_empty() {
+        const DUE_BATCH: usize = 4096;
+        if let Some(log) = &self.log {
+            self.delayed.settle(log.synced());
+        }
+        if self.delayed.next_due().is_none_or(|due| due > now) {
             return;
         }
         let mut queues = Vec::new();
-        for (exchange, msg, stored) in self.delayed.take_due(now) {
-            if let Ok(x) = self.exchange(&exchange) {
-                let msg = if stored.is_some() { Arc::new(msg.unstored_copy()) } else { msg };
+        for due in self.delayed.take_due(now, DUE_BATCH) {
+            let exchange = self.exchange(&due.exchange).ok();
+            let msg = match (&due.held, due.unsynced) {
+                (Held::Memory(m), _) => Some(m.clone()),
+                // Routed as a fresh message: its queues record it afresh.
+                (Held::Logged(_), Some(m)) => Some(Arc::new(m.unstored_copy())),
+                (Held::Logged(p), None) => self.log.as_ref().and_then(|log| match log.read(p.location()) {
+                    Ok(back) => Some(Arc::new(Message::from_stored(&back.message, *p).unstored_copy())),
+                    Err(e) => {
+                        tracing::error!(exchange = %due.exchange, error = %e, "cannot read a delayed message back; dropping it");
+                        None
+                    }
+                }),
+                (Held::Spilled(at), _) => match crate::spill::store().map(|s| s.take(*at)) {
+                    Some(Ok((m, _))) => Some(m),
+                    other => {
+                        if let Some(Err(e)) = other {
+                            tracing::error!(exchange = %due.exchange, error = %e, "cannot read a delayed message back; dropping it");
+                        }
+                        None
+                    }
+                },
+            };
+            if let (Some(x), Some(msg)) = (exchange, msg) {
                 queues.clear();
                 self.route(&x, &msg, &mut queues);
                 self.enqueue(msg, &mut queues);
             }
             // After the routed copies, in the log's order (`delayed.rs`).
-            if let (Some((key, persisted)), Some(log)) = (stored, &self.log) {
-                log.ack(&key, persisted);
+            if let (Held::Logged(p), Some(log)) = (due.held, &self.log) {
+                log.ack(&crate::delayed::log_key(&self.name, &due.exchange), p);
             }
         }
     }
@@ -934,6 +961,7 @@ impl VHost {
     /// Holds a message published to a delayed exchange until `delay` ms
     /// from now. A persistent one on a durable exchange is logged first:
     /// returns the log position to sync before confirming it (0 if none).
+    /// Others wait in the spill store.
     pub fn schedule_delayed(&self, x: &Exchange, msg: MessageRef, delay: u64) -> u64 {
         let now = crate::now_ms();
         let due = now.saturating_add(delay);
@@ -942,11 +970,16 @@ impl VHost {
                 let key = crate::delayed::log_key(&self.name, &x.name);
                 let (persisted, pos) =
                     log.publish(&[key.as_str()], now, &msg.exchange, &msg.routing_key, &msg.properties_raw, &msg.body);
-                self.delayed.schedule(&x.name, msg, due, Some((key, persisted)));
+                self.delayed.schedule(&x.name, Held::Logged(persisted), due, Some((pos, msg)));
                 pos
             }
             None => {
-                self.delayed.schedule(&x.name, msg, due, None);
+                let meta = warren_store::Meta { priority: 0, expires_at: None, delivery_count: 0 };
+                let held = match crate::spill::store().map(|s| s.append(&msg, &meta)) {
+                    Some(Ok(at)) => Held::Spilled(at),
+                    _ => Held::Memory(msg),
+                };
+                self.delayed.schedule(&x.name, held, due, None);
                 0
             }
         }
