@@ -5,7 +5,10 @@ basic.consume argument, or policy `consumer-timeout`) is cancelled alone —
 consumers goes on. RabbitMQ 3.10 has no such argument (its global
 consumer timeout closes the whole channel with 406), so these run against
 Warren only."""
+import datetime
+import os
 import time
+import uuid
 
 import pika
 import pika.exceptions as pe
@@ -87,3 +90,58 @@ def test_invalid_consumer_timeout(conn, name):
     with pytest.raises(pe.ChannelClosedByBroker) as e:
         ch.queue_declare(f"{name}-2", arguments={"x-consumer-timeout": 0})
     assert e.value.reply_code == 406
+
+
+def test_the_clock_starts_at_a_celery_eta(conn, name):
+    """A message with celery's `eta` header (ISO 8601) is measured from its
+    ETA: held before it, the consumer is not timed out; held past ETA +
+    timeout, it is."""
+    ch = conn.channel()
+    ch.queue_declare(name, exclusive=True, arguments={"x-consumer-timeout": 700})
+    eta = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
+    ch.basic_publish("", name, b"eta task", pika.BasicProperties(headers={"eta": eta.isoformat()}))
+    cancelled, held = [], []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(time.time()))
+    t0 = time.time()
+    ch.basic_consume(name, lambda c, m, p, b: held.append(m))
+    assert pump_until(conn, lambda: cancelled, timeout=15)
+    assert len(held) == 1
+    waited = cancelled[0] - t0
+    assert waited >= 2.7, f"cancelled {waited:.1f} s after delivery: before ETA + timeout"
+
+
+def test_celery_worker_holding_eta_tasks_keeps_working_and_runs_each_once(broker, tmp_path):
+    """A queue timeout far shorter than the countdowns: the worker holds its
+    ETA tasks past it, is never cancelled, and runs every task once. Celery
+    sends the acks of ETA tasks only when its connection next has traffic,
+    so its AMQP heartbeat (1 s here) must be shorter than the timeout."""
+    from test_celery import client_app, start_worker, stop
+
+    queue = f"celery-eta-{uuid.uuid4().hex[:8]}"
+    args = {"x-consumer-timeout": 1500}
+    tasks = client_app(broker, queue, args)
+    log = tmp_path / "runs"
+    w = start_worker(broker, queue, queue_args=args, env={"WARREN_CELERY_HEARTBEAT": "1"})
+    try:
+        expected = []
+        for i in range(3):
+            tasks.record.apply_async((str(log), f"eta-{i}"), countdown=4)
+            expected.append(f"eta-{i}")
+        for i in range(5):
+            tasks.record.apply_async((str(log), f"now-{i}"))
+            expected.append(f"now-{i}")
+
+        def ran():
+            return sorted(line.split()[0] for line in log.read_text().splitlines()) if log.exists() else []
+
+        assert wait_for(lambda: set(ran()) == set(expected), timeout=60, interval=0.1)
+        # Still working: tasks sent now run too.
+        for i in range(3):
+            tasks.record.apply_async((str(log), f"after-{i}"))
+            expected.append(f"after-{i}")
+        assert wait_for(lambda: set(ran()) == set(expected), timeout=60, interval=0.1)
+        assert ran() == sorted(expected), "every task once"
+        timed_out = [line for line in broker.proc.log if "consumer timed out" in line and queue in line]
+        assert not timed_out
+    finally:
+        stop(w)

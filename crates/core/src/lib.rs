@@ -9,6 +9,7 @@ pub mod arguments;
 pub mod auth;
 pub mod broker;
 pub mod consumer;
+pub mod consumer_timeout;
 pub mod dead_letter;
 pub mod dedup;
 pub mod definitions;

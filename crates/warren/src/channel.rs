@@ -52,7 +52,8 @@ struct Unacked {
     entry: Entry<MessageRef>,
     /// None for `basic.get`: no consumer credit to give back.
     consumer: Option<Arc<Consumer>>,
-    /// When it was delivered (ms), for a consumer with a timeout; else 0.
+    /// When its consumer's timeout starts counting (ms: its delivery, or a
+    /// later celery ETA, `consumer_timeout.rs`); 0 without a timeout.
     at_ms: u64,
 }
 
@@ -334,7 +335,11 @@ impl Channel {
             self.push_unacked(tag, None);
         } else {
             turn.written(&d.consumer, &d.queue, d.consumer.window_cost(msg.body.len()));
-            let at_ms = if d.consumer.timeout_ms.is_some() { warren_core::now_ms() } else { 0 };
+            // Its timeout counts from now, or from a celery ETA it carries.
+            let at_ms = match d.consumer.timeout_ms {
+                Some(_) => warren_core::consumer_timeout::clock_start(msg, warren_core::now_ms()),
+                None => 0,
+            };
             self.push_unacked(tag, Some(Unacked { queue: d.queue, entry: d.entry, consumer: Some(d.consumer), at_ms }));
         }
     }
@@ -408,7 +413,9 @@ impl Channel {
             }
         }
         for c in expired {
-            tracing::warn!(channel = self.id, consumer = %c.tag, timeout_ms = c.timeout_ms, "consumer timed out: cancelled, its deliveries requeued");
+            let queue = self.unacked.iter().flatten().find(|u| u.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c)));
+            let queue = queue.map(|u| u.queue.name.clone()).unwrap_or_default();
+            tracing::warn!(channel = self.id, consumer = %c.tag, %queue, timeout_ms = c.timeout_ms, "consumer timed out: cancelled, its deliveries requeued");
             if self.consumers.get(&*c.tag).is_some_and(|(x, _)| Arc::ptr_eq(x, &c)) {
                 if let Some((consumer, q)) = self.consumers.remove(&*c.tag) {
                     if q.remove_consumer(&consumer) == AfterCancel::AutoDelete {

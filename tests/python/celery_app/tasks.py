@@ -15,6 +15,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     result_expires=300,
 )
+if os.environ.get("WARREN_CELERY_HEARTBEAT"):
+    app.conf.broker_heartbeat = int(os.environ["WARREN_CELERY_HEARTBEAT"])
 if os.environ.get("WARREN_CELERY_NATIVE_DELAYED"):
     # Celery 5.5's native delayed delivery: it is on when the task queues are
     # quorum queues; countdown/ETA tasks then wait in the broker's
