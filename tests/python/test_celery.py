@@ -24,6 +24,9 @@ def client_app(broker, queue, queue_args=None):
     tasks.app.conf.broker_url = broker.url
     tasks.app.conf.task_default_queue = queue
     tasks.app.conf.task_queues = [Queue(queue, queue_arguments=queue_args)] if queue_args else None
+    # celery builds its queues and router once per app: forget the last test's.
+    for cached in ("queues", "router", "default_queue"):
+        tasks.app.amqp.__dict__.pop(cached, None)
     return tasks
 
 

@@ -26,6 +26,12 @@ if os.environ.get("WARREN_CELERY_NATIVE_DELAYED"):
         Queue(_q, Exchange(_q, type="topic"), routing_key=_q, queue_arguments={"x-queue-type": "quorum"})
     ]
     app.conf.broker_transport_options = {"confirm_publish": True}
+elif os.environ.get("WARREN_CELERY_DELAYED_EXCHANGE"):
+    # The task queue behind an x-delayed-message exchange: tasks sent with
+    # an `x-delay` header wait in the broker.
+    _q = app.conf.task_default_queue
+    _x = Exchange(_q + "-delayed", type="x-delayed-message", arguments={"x-delayed-type": "direct"})
+    app.conf.task_queues = [Queue(_q, _x, routing_key=_q)]
 elif os.environ.get("WARREN_CELERY_QUEUE_ARGS"):
     # Queue arguments for the task queue (JSON), as a celery configuration
     # declaring Warren's queue features would set them.
@@ -67,3 +73,15 @@ def flaky(self, marker):
         p.write_text("1")
         raise self.retry(countdown=1)
     return "ok after retry"
+
+
+@app.task(bind=True, acks_late=True)
+def poison(self, path):
+    """A poison message: records the delivery count it sees (the
+    `x-delivery-count` header), then rejects
+    itself with requeue, every time."""
+    from celery.exceptions import Reject
+
+    with open(path, "a") as f:
+        f.write(f"{self.request.get('x-delivery-count')}\n")
+    raise Reject("poison", requeue=True)
