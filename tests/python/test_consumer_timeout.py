@@ -110,7 +110,8 @@ def test_the_clock_starts_at_a_celery_eta(conn, name):
     assert waited >= 2.7, f"cancelled {waited:.1f} s after delivery: before ETA + timeout"
 
 
-def test_celery_worker_holding_eta_tasks_keeps_working_and_runs_each_once(broker, tmp_path):
+@pytest.mark.parametrize("pool,concurrency", [("solo", 1), ("prefork", 2)])
+def test_celery_worker_holding_eta_tasks_keeps_working_and_runs_each_once(broker, tmp_path, pool, concurrency):
     """A queue timeout far shorter than the countdowns: the worker holds its
     ETA tasks past it, is never cancelled, and runs every task once. Celery
     sends the acks of ETA tasks only when its connection next has traffic,
@@ -121,7 +122,7 @@ def test_celery_worker_holding_eta_tasks_keeps_working_and_runs_each_once(broker
     args = {"x-consumer-timeout": 1500}
     tasks = client_app(broker, queue, args)
     log = tmp_path / "runs"
-    w = start_worker(broker, queue, queue_args=args, env={"WARREN_CELERY_HEARTBEAT": "1"})
+    w = start_worker(broker, queue, pool, concurrency, queue_args=args, env={"WARREN_CELERY_HEARTBEAT": "1"})
     try:
         expected = []
         for i in range(3):
