@@ -19,6 +19,7 @@ cargo test --workspace
 
 venv=$(scripts/python-env.sh)
 scripts/observability-env.sh      # Prometheus, Chromium, ChromeDriver (Debian)
+scripts/etcd-env.sh                # etcd for the cluster tests (Debian)
 export WARREN_BIN=${WARREN_BIN:-$PWD/target/debug/warren}
 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider --timeout 300
 scripts/node-env.sh

@@ -108,6 +108,31 @@ pub struct Config {
     /// Most client connections the node accepts at once; 0 = no limit.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u64,
+
+    /// etcd endpoints (comma-separated URLs, e.g. http://127.0.0.1:2379):
+    /// turns on cluster mode — one leader at a time serves clients, the
+    /// other nodes proxy their connections to it (`docs/cluster.md`).
+    #[arg(long, env = "WARREN_CLUSTER_ETCD", default_value = "")]
+    pub cluster_etcd: String,
+
+    /// The cluster's name: its nodes share the etcd keys under it.
+    #[arg(long, env = "WARREN_CLUSTER_NAME", default_value = "warren")]
+    pub cluster_name: String,
+
+    /// This node's name in the cluster (required with --cluster-etcd).
+    #[arg(long, env = "WARREN_NODE_NAME", default_value = "")]
+    pub node_name: String,
+
+    /// Address for the cluster's replication traffic (reserved: replication
+    /// is not there yet; recorded with the node in etcd).
+    #[arg(long, env = "WARREN_CLUSTER_LISTEN", default_value = "")]
+    pub cluster_listen: String,
+
+    /// The AMQP address other nodes and proxied clients reach this node at,
+    /// where the listen address is not reachable as is (default: the
+    /// AMQP listen address).
+    #[arg(long, env = "WARREN_CLUSTER_ADVERTISE", default_value = "")]
+    pub cluster_advertise: String,
 }
 
 impl Config {

@@ -323,6 +323,16 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
             }
         }
         "status" | "memory_breakdown" => memory_breakdown(shared),
+        "cluster_status" => match &shared.cluster {
+            Some(c) => Response {
+                text: serde_json::to_string_pretty(&c.status()).unwrap_or_default(),
+                ..done("Cluster status of node ...".into())
+            },
+            None => failed(
+                "Cluster status of node ...".into(),
+                AdminError { exit_code: 69, message: "this node is not in a cluster (no --cluster-etcd)".into() },
+            ),
+        },
         "set_disk_free_limit" => {
             let spec = match a.as_slice() {
                 [kind, f] if kind == "mem_relative" => format!("mem_relative:{f}"),

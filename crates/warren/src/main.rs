@@ -1,6 +1,7 @@
 //! `warren`: the broker binary.
 
 mod channel;
+mod cluster;
 mod config;
 mod connection;
 mod ctl;

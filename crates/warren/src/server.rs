@@ -32,6 +32,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// Connections and channels opened and closed since the start.
     pub totals: Totals,
+    /// Cluster mode (`--cluster-etcd`): leadership and the leader's address.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 #[derive(Default)]
@@ -90,6 +92,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(bytes = disk_free_limit.load(Ordering::Relaxed), "disk free limit set");
     let paging_at = config.memory_limit().map(|l| (l as f64 * config.memory_paging_ratio) as u64);
     tokio::spawn(alarms(broker.clone(), config.memory_limit(), paging_at, disk, alarm_tx));
+    let cluster = match config.cluster_etcd.trim() {
+        "" => None,
+        endpoints => {
+            let advertise = match config.cluster_advertise.trim() {
+                "" => addr.to_string(),
+                a => a.to_owned(),
+            };
+            let settings = crate::cluster::Settings {
+                etcd: endpoints.split(',').map(str::to_owned).collect(),
+                name: config.cluster_name.clone(),
+                node: config.node_name.clone(),
+                advertise,
+                listen: config.cluster_listen.clone(),
+            };
+            Some(crate::cluster::Cluster::new(settings).map_err(|e| anyhow::anyhow!(e))?)
+        }
+    };
     let http_at = config.http_listen().map_err(|e| anyhow::anyhow!(e))?;
     let prometheus_at = config.prometheus_listen().map_err(|e| anyhow::anyhow!(e))?;
     let shared = Arc::new(Shared {
@@ -102,7 +121,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         http_addr: Default::default(),
         started: std::time::Instant::now(),
         totals: Default::default(),
+        cluster,
     });
+    if let Some(cluster) = shared.cluster.clone() {
+        tokio::spawn(cluster.clone().run());
+        tokio::spawn(close_clients_when_not_leader(shared.clone(), cluster.subscribe()));
+    }
     if let Some(at) = http_at {
         let bound = crate::http::listen(shared.clone(), at).await?;
         let _ = shared.http_addr.set(bound);
@@ -133,6 +157,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     let shared = shared.clone();
                     let shutdown = shutdown_rx.clone();
                     let done = done_tx.clone();
+                    // A cluster follower hands the connection to the leader;
+                    // without a leader it is closed at once.
+                    match shared.cluster.as_ref().map(|c| c.role()) {
+                        Some(crate::cluster::Role::Follower { amqp, .. }) => {
+                            tokio::spawn(crate::cluster::proxy(socket, amqp));
+                            continue;
+                        }
+                        Some(crate::cluster::Role::Unknown) => continue,
+                        _ => {}
+                    }
                     tokio::spawn(async move {
                         connection::serve(connection::Stream::Tcp(socket), peer, shared, shutdown).await;
                         drop(done);
@@ -199,6 +233,20 @@ async fn accept_tls(
 /// expired messages shrinks without a consumer, as RabbitMQ's TTL timers do)
 /// and unused queues with `x-expires` are deleted.
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A node that stops being the cluster's leader closes its clients (320
+/// CONNECTION_FORCED): they reconnect, through a follower, to the new one.
+async fn close_clients_when_not_leader(shared: Arc<Shared>, mut role: watch::Receiver<crate::cluster::Role>) {
+    while role.changed().await.is_ok() {
+        if matches!(*role.borrow(), crate::cluster::Role::Leader { .. }) {
+            continue;
+        }
+        let open: Vec<_> = shared.connections.lock().values().cloned().collect();
+        for c in open {
+            c.force_close("not the cluster leader any more".into());
+        }
+    }
+}
 
 /// Releases delayed messages when due: a 10 ms tick (one timer for every
 /// delayed message of every vhost; due messages go out within ~10 ms).

@@ -1,0 +1,234 @@
+//! Cluster mode, first slice: leadership on etcd. With `--cluster-etcd`,
+//! every node holds an etcd lease and registers itself under
+//! `/warren/<cluster>/members/<node>`; one node at a time is the leader —
+//! it holds `/warren/<cluster>/leader` under its lease, written in the same
+//! transaction that bumps `/warren/<cluster>/epoch` (the fencing epoch). Only
+//! the leader serves clients; a follower proxies each AMQP connection to
+//! the leader byte for byte, so one address list serves the whole cluster.
+//! A leader that cannot renew its lease for 2 s of its 3 s TTL stops being
+//! leader before the lease can have expired anywhere: it closes its client
+//! connections with 320 CONNECTION_FORCED and takes no more.
+//!
+//! Not yet: replication. Each node serves from its own data directory, so
+//! after a failover the new leader does not have what the old one
+//! confirmed (`docs/cluster.md`).
+
+pub mod etcd;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use etcd::{Compare, Etcd};
+
+/// Lease TTL (s); a leader gives up after `STEP_DOWN` without renewing.
+const LEASE_TTL: i64 = 3;
+const STEP_DOWN: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub etcd: Vec<String>,
+    pub name: String,
+    pub node: String,
+    /// Where this node's AMQP listener is reachable by the others.
+    pub advertise: String,
+    /// The replication listener (reserved: replication is not yet there).
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// No lease, or no leader known: clients are turned away.
+    Unknown,
+    Leader {
+        epoch: u64,
+    },
+    Follower {
+        leader: String,
+        amqp: String,
+        epoch: u64,
+    },
+}
+
+pub struct Cluster {
+    pub settings: Settings,
+    etcd: Etcd,
+    role: watch::Sender<Role>,
+    /// Members seen in etcd: node name → its AMQP address.
+    members: Mutex<Vec<(String, String)>>,
+}
+
+impl Cluster {
+    pub fn new(settings: Settings) -> Result<Arc<Cluster>, String> {
+        if settings.node.is_empty() {
+            return Err("--node-name is required with --cluster-etcd".into());
+        }
+        let etcd = Etcd::new(&settings.etcd)?;
+        let (role, _) = watch::channel(Role::Unknown);
+        Ok(Arc::new(Cluster { settings, etcd, role, members: Mutex::new(Vec::new()) }))
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("/warren/{}/{rest}", self.settings.name)
+    }
+
+    /// `warren ctl cluster_status`.
+    pub fn status(&self) -> Value {
+        let (role, leader, epoch) = match self.role() {
+            Role::Unknown => ("unknown", None, None),
+            Role::Leader { epoch } => ("leader", Some(self.settings.node.clone()), Some(epoch)),
+            Role::Follower { leader, epoch, .. } => ("follower", Some(leader), Some(epoch)),
+        };
+        let members: Vec<Value> =
+            self.members.lock().iter().map(|(n, amqp)| json!({ "name": n, "amqp": amqp })).collect();
+        json!({
+            "cluster_name": self.settings.name,
+            "node": self.settings.node,
+            "role": role,
+            "leader": leader,
+            "epoch": epoch,
+            "members": members,
+            "replication": "not yet: each node serves from its own data directory",
+        })
+    }
+
+    fn set_role(&self, new: Role) {
+        self.role.send_if_modified(|r| {
+            if *r == new {
+                return false;
+            }
+            info!(from = ?r, to = ?new, node = %self.settings.node, "cluster role changed");
+            *r = new;
+            true
+        });
+    }
+
+    /// The election loop: keeps the lease, the member key and the view of
+    /// the leader current, and campaigns when there is no leader.
+    pub async fn run(self: Arc<Self>) {
+        let mut lease = 0i64;
+        let mut renewed = Instant::now();
+        let member_key = self.key(&format!("members/{}", self.settings.node));
+        let member = json!({ "amqp": self.settings.advertise, "listen": self.settings.listen }).to_string();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if lease != 0 {
+                match self.etcd.keepalive(lease).await {
+                    Ok(ttl) if ttl > 0 => renewed = Instant::now(),
+                    Ok(_) => {
+                        warn!(node = %self.settings.node, "cluster lease expired");
+                        lease = 0;
+                    }
+                    Err(e) => warn!(node = %self.settings.node, error = %e, "cannot renew the cluster lease"),
+                }
+                if lease != 0 && renewed.elapsed() > STEP_DOWN {
+                    // It may expire before we can renew it: act as if it had.
+                    lease = 0;
+                }
+            }
+            if lease == 0 {
+                self.set_role(Role::Unknown);
+                match self.etcd.grant(LEASE_TTL).await {
+                    Ok(id) => {
+                        lease = id;
+                        renewed = Instant::now();
+                    }
+                    Err(e) => {
+                        warn!(node = %self.settings.node, error = %e, "cannot reach etcd");
+                        continue;
+                    }
+                }
+                if let Err(e) = self.etcd.put(&member_key, &member, lease).await {
+                    warn!(error = %e, "cannot register in etcd");
+                }
+            }
+            match self.elect(lease).await {
+                Ok(role) => self.set_role(role),
+                Err(e) => {
+                    warn!(node = %self.settings.node, error = %e, "cluster election step failed");
+                    if renewed.elapsed() > STEP_DOWN {
+                        self.set_role(Role::Unknown);
+                    }
+                }
+            }
+            if let Ok(kvs) = self.etcd.get_prefix(&self.key("members/")).await {
+                let prefix = self.key("members/");
+                let mut seen: Vec<(String, String)> = kvs
+                    .into_iter()
+                    .map(|kv| {
+                        let amqp = serde_json::from_str::<Value>(&kv.value)
+                            .ok()
+                            .and_then(|v| v["amqp"].as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        (kv.key.trim_start_matches(&prefix).to_owned(), amqp)
+                    })
+                    .collect();
+                seen.sort();
+                *self.members.lock() = seen;
+            }
+        }
+    }
+
+    /// One look at the leader key; a campaign if it is free.
+    async fn elect(&self, lease: i64) -> Result<Role, String> {
+        let leader_key = self.key("leader");
+        let epoch_key = self.key("epoch");
+        if let Some(kv) = self.etcd.get(&leader_key).await? {
+            let v: Value = serde_json::from_str(&kv.value).map_err(|e| e.to_string())?;
+            let node = v["node"].as_str().unwrap_or_default().to_owned();
+            let epoch = v["epoch"].as_u64().unwrap_or(0);
+            if node == self.settings.node && kv.lease == lease {
+                return Ok(Role::Leader { epoch });
+            }
+            let amqp = v["amqp"].as_str().unwrap_or_default().to_owned();
+            return Ok(Role::Follower { leader: node, amqp, epoch });
+        }
+        // No leader: take the next epoch, if nobody else did meanwhile.
+        let (epoch, revision) = match self.etcd.get(&epoch_key).await? {
+            Some(kv) => (kv.value.parse::<u64>().unwrap_or(0), kv.mod_revision),
+            None => (0, 0),
+        };
+        let next = epoch + 1;
+        let value = json!({ "node": self.settings.node, "epoch": next, "amqp": self.settings.advertise }).to_string();
+        let won = self
+            .etcd
+            .txn(
+                &[Compare::Absent(&leader_key), Compare::ModRevision(&epoch_key, revision)],
+                &[(&leader_key, &value, lease), (&epoch_key, &next.to_string(), 0)],
+            )
+            .await?;
+        if won {
+            info!(node = %self.settings.node, epoch = next, "elected cluster leader");
+            return Ok(Role::Leader { epoch: next });
+        }
+        Ok(Role::Unknown)
+    }
+}
+
+/// Splices a client's connection to the leader's AMQP listener.
+pub async fn proxy(mut client: TcpStream, leader: String) {
+    match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&leader)).await {
+        Ok(Ok(mut upstream)) => {
+            let _ = upstream.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+        Ok(Err(e)) => warn!(%leader, error = %e, "cannot reach the cluster leader"),
+        Err(_) => warn!(%leader, "cannot reach the cluster leader: timed out"),
+    }
+}
