@@ -204,6 +204,20 @@ def pump_until(conn, pred, timeout=10.0):
     return True
 
 
+def drain_until(conn, pred, timeout=10.0):
+    """The same for a kombu Connection: drains events until `pred()` holds
+    or the deadline passes; returns whether it held."""
+    deadline = time.time() + timeout
+    while not pred():
+        if time.time() >= deadline:
+            return False
+        try:
+            conn.drain_events(timeout=0.2)
+        except TimeoutError:
+            pass
+    return True
+
+
 def round_trip(conn, ch, queue):
     """A synchronous method on `ch` and the events before its reply: what
     the broker had sent on the channel by then has been dispatched."""

@@ -12,7 +12,7 @@ import uuid
 import kombu
 import pytest
 
-from conftest import wait_for
+from conftest import drain_until, wait_for
 from test_celery import HERE, client_app, start_worker, stop
 
 
@@ -61,12 +61,7 @@ def test_kombu_consumer_reads_the_delivery_count(broker, name):
     with kombu.Connection(broker.url) as c:
         c.Producer().publish({"n": 1}, routing_key=name, declare=[queue])
         with c.Consumer(queue, callbacks=[on_message]):
-            deadline = time.monotonic() + 10
-            while len(seen) < 3 and time.monotonic() < deadline:
-                try:
-                    c.drain_events(timeout=0.2)
-                except TimeoutError:
-                    pass
+            assert drain_until(c, lambda: len(seen) == 3)
     assert seen == [0, 1, 2]
 
 
@@ -80,12 +75,7 @@ def test_kombu_through_a_delayed_exchange(broker, name):
                              headers={"x-delay": 1000})
         c.Producer().publish({"now": True}, exchange=exchange, routing_key="k", declare=[queue])
         with c.Consumer(queue, callbacks=[lambda body, m: (got.append((body, time.monotonic() - t0)), m.ack())]):
-            deadline = time.monotonic() + 10
-            while len(got) < 2 and time.monotonic() < deadline:
-                try:
-                    c.drain_events(timeout=0.2)
-                except TimeoutError:
-                    pass
+            assert drain_until(c, lambda: len(got) == 2)
     assert [b for b, _ in got] == [{"now": True}, {"later": True}]
     assert got[1][1] >= 1.0
 

@@ -6,7 +6,6 @@ consumers goes on. RabbitMQ 3.10 has no such argument (its global
 consumer timeout closes the whole channel with 406), so these run against
 Warren only."""
 import datetime
-import os
 import time
 import uuid
 

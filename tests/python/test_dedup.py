@@ -10,7 +10,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import count, round_trip, wait_for
+from conftest import count, drain_until, round_trip, wait_for
 
 from test_celery import client_app, start_worker, stop
 
@@ -155,12 +155,7 @@ def test_kombu_producer_retries_are_deduplicated(broker, name):
                                  declare=[queue], headers={"x-deduplication-header": order})
         got = []
         with c.Consumer(queue, callbacks=[lambda body, m: (got.append(body), m.ack())]):
-            deadline = time.monotonic() + 10
-            while len(got) < 2 and time.monotonic() < deadline:
-                try:
-                    c.drain_events(timeout=0.2)
-                except TimeoutError:
-                    pass
+            assert drain_until(c, lambda: len(got) == 2)
             # anything further would be a duplicate: drain until the queue is seen empty
             with c.channel() as ch:
                 assert wait_for(lambda: ch.queue_declare(name, passive=True).message_count == 0)
