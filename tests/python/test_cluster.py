@@ -14,6 +14,7 @@ import time
 
 import pika
 import pytest
+import requests
 
 from conftest import free_port, start_warren, wait_for, warren_binary
 
@@ -123,9 +124,12 @@ def test_one_leader_serves_and_followers_proxy_to_it(cluster):
     assert bodies == [b"n0", b"n1", b"n2"]
     assert ch.basic_get("shared", auto_ack=True)[0] is None
     c.close()
-    # Only the leader's broker holds it: its log lines name the connections.
-    leader_node = next(n for n in cluster if n.name == leader)
-    assert leader_node.status()["role"] == "leader"
+    # The management API of every node shows its view of the cluster.
+    for n in cluster:
+        node = requests.get(f"{n.proc.http}/api/nodes", auth=("guest", "guest"), timeout=10).json()[0]
+        view = node["warren_cluster"]
+        assert view["node"] == n.name and view["leader"] == leader and view["epoch"] == epoch
+        assert view["role"] == ("leader" if n.name == leader else "follower")
 
 
 def test_a_killed_leader_is_replaced_within_seconds(cluster):

@@ -348,7 +348,12 @@ async fn alarms(
             // Give the allocator's free pages back to the OS (see
             // `trim_heap`), then measure again: under pressure, bodies read
             // back from spill files and freed leave holes in the heap.
+            let t0 = std::time::Instant::now();
             trim_heap();
+            let took = t0.elapsed();
+            if took > Duration::from_millis(5) {
+                tracing::debug!(ms = took.as_millis() as u64, "heap trim was slow");
+            }
             rss = crate::resources::rss_bytes();
             memory = memory_limit.zip(rss).is_some_and(|(limit, rss)| rss > limit);
         }

@@ -583,6 +583,9 @@ pub fn node(shared: &Shared) -> Value {
         "enabled_plugins": ["rabbitmq_management"],
         "db_dir": shared.config.data_dir().display().to_string(),
         "memory": memory(shared),
+        // Cluster mode: this node's view (role, leader, epoch, members), as
+        // `warren ctl cluster_status` prints it; null on a single node.
+        "warren_cluster": shared.cluster.as_ref().map(|c| c.status()),
     })
 }
 
