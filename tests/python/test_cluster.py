@@ -140,6 +140,12 @@ def test_a_killed_leader_is_replaced_within_seconds(cluster):
     t0 = time.monotonic()
     old.proc.send_signal(signal.SIGKILL)
     old.proc.wait()
+    # A client that connects during the election is held until there is a
+    # new leader, then served by it: one attempt, no retry.
+    c = pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=survivors[0].port, connection_attempts=1, stack_timeout=30))
+    c.channel().queue_declare("during-election", durable=True)
+    c.close()
     assert wait_for(lambda: (agreed_leader(survivors) or (None, 0))[1] > epoch, timeout=30, interval=0.1)
     took = time.monotonic() - t0
     new, new_epoch = agreed_leader(survivors)

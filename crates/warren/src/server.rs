@@ -157,15 +157,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     let shared = shared.clone();
                     let shutdown = shutdown_rx.clone();
                     let done = done_tx.clone();
-                    // A cluster follower hands the connection to the leader;
-                    // without a leader it is closed at once.
-                    match shared.cluster.as_ref().map(|c| c.role()) {
-                        Some(crate::cluster::Role::Follower { amqp, .. }) => {
-                            tokio::spawn(crate::cluster::proxy(socket, amqp));
-                            continue;
-                        }
-                        Some(crate::cluster::Role::Unknown) => continue,
-                        _ => {}
+                    // In a cluster, a follower hands the connection to the
+                    // leader (waiting out an election); with no leader it is
+                    // closed.
+                    if let Some(cluster) = shared.cluster.clone() {
+                        tokio::spawn(async move {
+                            match cluster.route().await {
+                                Some(crate::cluster::Route::Local) => {
+                                    connection::serve(connection::Stream::Tcp(socket), peer, shared, shutdown).await;
+                                }
+                                Some(crate::cluster::Route::Proxied(up)) => crate::cluster::proxy(socket, up).await,
+                                None => warn!(%peer, "no cluster leader: connection closed"),
+                            }
+                            drop(done);
+                        });
+                        continue;
                     }
                     tokio::spawn(async move {
                         connection::serve(connection::Stream::Tcp(socket), peer, shared, shutdown).await;

@@ -221,14 +221,50 @@ impl Cluster {
     }
 }
 
-/// Splices a client's connection to the leader's AMQP listener.
-pub async fn proxy(mut client: TcpStream, leader: String) {
-    match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&leader)).await {
-        Ok(Ok(mut upstream)) => {
-            let _ = upstream.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+/// Where a client's connection goes.
+pub enum Route {
+    /// This node is the leader: serve it here.
+    Local,
+    /// Spliced to the leader (the connection to it already made).
+    Proxied(TcpStream),
+}
+
+/// How long a new connection waits for a leader to be known and reachable
+/// (an election takes the old lease's TTL plus a tick).
+const ROUTE_WAIT: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    /// Finds where a new client connection goes: here if this node leads,
+    /// else the leader's listener — waiting out an election, and a leader
+    /// that cannot be reached, for up to `ROUTE_WAIT`. None: no leader.
+    pub async fn route(&self) -> Option<Route> {
+        let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
+        let mut role = self.subscribe();
+        loop {
+            let current = role.borrow_and_update().clone();
+            match current {
+                Role::Leader { .. } => return Some(Route::Local),
+                Role::Follower { amqp, .. } => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let attempt = Duration::from_secs(1).min(left);
+                    if let Ok(Ok(up)) = tokio::time::timeout(attempt, TcpStream::connect(&amqp)).await {
+                        return Some(Route::Proxied(up));
+                    }
+                }
+                Role::Unknown => {}
+            }
+            // Wait for the view to change (or a moment, to retry the leader).
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = tokio::time::timeout(left.min(TICK), role.changed()).await;
         }
-        Ok(Err(e)) => warn!(%leader, error = %e, "cannot reach the cluster leader"),
-        Err(_) => warn!(%leader, "cannot reach the cluster leader: timed out"),
     }
+}
+
+/// Splices a client's connection to the leader's AMQP listener.
+pub async fn proxy(mut client: TcpStream, mut upstream: TcpStream) {
+    let _ = upstream.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
