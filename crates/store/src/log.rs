@@ -203,6 +203,46 @@ struct Shared {
     /// Segment files opened for reading paged-out messages back.
     readers: Mutex<HashMap<u32, Arc<File>>>,
     segment_target: u64,
+    /// Told every change to the files (replication), if set.
+    file_ops: Mutex<Option<FileOpObserver>>,
+}
+
+/// One change to the log's files, in the order the flusher made it: what a
+/// replica applies (with [`apply_file_op`]) to hold the same bytes. Appends
+/// are reported once written (before their sync), deletions once done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp<'a> {
+    /// `bytes` written at `offset` of segment `segment` (a new segment's
+    /// first append is its header, at offset 0).
+    Append { segment: u32, offset: u64, bytes: &'a [u8] },
+    /// Segment `segment` was deleted.
+    Delete { segment: u32 },
+}
+
+pub type FileOpObserver = Box<dyn Fn(FileOp<'_>) + Send + Sync>;
+
+/// Applies a [`FileOp`] to a replica's log directory `dir` and syncs it.
+/// An append must land exactly at the end of the replica's segment file:
+/// anything else means the replica has diverged (an error).
+pub fn apply_file_op(dir: &Path, op: FileOp<'_>) -> io::Result<()> {
+    match op {
+        FileOp::Append { segment, offset, bytes } => {
+            let mut f = OpenOptions::new().create(true).append(true).open(segment_path(dir, segment))?;
+            let len = f.metadata()?.len();
+            if len != offset {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("segment {segment}: replica has {len} bytes, append is at {offset}"),
+                ));
+            }
+            f.write_all(bytes)?;
+            f.sync_data()
+        }
+        FileOp::Delete { segment } => match fs::remove_file(segment_path(dir, segment)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    }
 }
 
 /// Handle to the message log; cheap to clone.
@@ -415,6 +455,7 @@ impl MessageLog {
             synced: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             on_sync: Mutex::new(None),
+            file_ops: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             write_limit: std::env::var("WARREN_FAULT_LOG_WRITE_LIMIT").ok().and_then(|v| v.parse().ok()),
             written: AtomicU64::new(0),
@@ -523,14 +564,25 @@ impl MessageLog {
         Ok(f)
     }
 
+    /// Reports every later change to the log's files to `observe`, in order
+    /// (replication: a replica applies them with [`apply_file_op`]).
+    pub fn on_file_op(&self, observe: FileOpObserver) {
+        *self.shared.file_ops.lock().unwrap() = Some(observe);
+    }
+
     /// Closes this log and opens it again, as a restart would.
     pub fn reopen(&self) -> io::Result<(MessageLog, Recovered)> {
+        self.close_and_join();
+        MessageLog::open_with(&self.shared.dir, self.shared.segment_target)
+    }
+
+    /// Closes the log and waits until its flusher is done with the files
+    /// (its last garbage collection, and the file ops it reports, included).
+    pub fn close_and_join(&self) {
         crate::MessageStore::close(self);
-        // The flusher must be done with the files before they are recovered.
         if let Some(h) = self.flusher.lock().unwrap().take() {
             let _ = h.join();
         }
-        MessageLog::open_with(&self.shared.dir, self.shared.segment_target)
     }
 
     /// Deletes segments nothing needs any more. A segment with no live
@@ -599,6 +651,9 @@ impl MessageLog {
         st.barriers.remove(&seg);
         st.on_disk.retain(|s| *s != seg);
         self.shared.readers.lock().unwrap().remove(&seg);
+        if let Some(observe) = self.shared.file_ops.lock().unwrap().as_ref() {
+            observe(FileOp::Delete { segment: seg });
+        }
     }
 
     /// Copies the ack and delivered records of `seg` that concern messages
@@ -637,29 +692,40 @@ impl MessageLog {
     }
 }
 
-fn open_segment(dir: &Path, seg: u32) -> io::Result<File> {
+/// Opens a segment to append to; a new one gets its header (reported).
+fn open_segment(dir: &Path, seg: u32, ops: &mut Vec<(u32, u64, usize)>) -> io::Result<File> {
     let mut f = OpenOptions::new().create(true).append(true).open(segment_path(dir, seg))?;
     if f.metadata()?.len() == 0 {
         f.write_all(SEGMENT_MAGIC)?;
+        ops.push((seg, 0, usize::MAX));
     }
     Ok(f)
 }
 
 /// Writes and syncs one batch. On error every file is cut back to its
 /// length before the batch, so no torn record is left in the middle.
-fn write_batch(dir: &Path, file: &mut Option<(u32, File)>, chunks: &[Chunk]) -> io::Result<()> {
+/// `ops` gets what was written: (segment, offset, index of the chunk, or
+/// `usize::MAX` for a new segment's header).
+fn write_batch(
+    dir: &Path,
+    file: &mut Option<(u32, File)>,
+    chunks: &[Chunk],
+    ops: &mut Vec<(u32, u64, usize)>,
+) -> io::Result<()> {
     let mut undo: Vec<(u32, u64)> = Vec::new();
     let result = (|| {
-        for c in chunks {
+        for (i, c) in chunks.iter().enumerate() {
             if file.as_ref().is_none_or(|(s, _)| *s != c.segment) {
                 if let Some((_, f)) = file.take() {
                     f.sync_data()?;
                 }
-                *file = Some((c.segment, open_segment(dir, c.segment)?));
+                *file = Some((c.segment, open_segment(dir, c.segment, ops)?));
             }
             let (_, f) = file.as_mut().expect("opened above");
-            undo.push((c.segment, f.metadata()?.len()));
+            let at = f.metadata()?.len();
+            undo.push((c.segment, at));
             f.write_all(&c.bytes)?;
+            ops.push((c.segment, at, i));
         }
         if chunks.iter().any(|c| c.durable) {
             if let Some((_, f)) = file.as_ref() {
@@ -696,11 +762,20 @@ fn flush_loop(shared: Arc<Shared>) {
         };
         let size: u64 = chunks.iter().map(|c| c.bytes.len() as u64).sum();
         let injected = shared.write_limit.is_some_and(|l| shared.written.load(Ordering::Acquire) + size > l);
+        let mut ops = Vec::new();
         let result = if injected {
             Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device (injected fault)"))
         } else {
-            write_batch(&shared.dir, &mut file, &chunks)
+            write_batch(&shared.dir, &mut file, &chunks, &mut ops)
         };
+        if result.is_ok() {
+            if let Some(observe) = shared.file_ops.lock().unwrap().as_ref() {
+                for (segment, offset, i) in ops {
+                    let bytes = if i == usize::MAX { SEGMENT_MAGIC } else { &chunks[i].bytes[..] };
+                    observe(FileOp::Append { segment, offset, bytes });
+                }
+            }
+        }
         if result.is_ok() {
             shared.written.fetch_add(size, Ordering::AcqRel);
         }
@@ -902,6 +977,63 @@ mod tests {
     fn bodies(log: &MessageLog, rec: &Recovered, q: &str) -> Vec<Vec<u8>> {
         let read = |e: &RecoveredEntry| log.read(e.persisted.location()).unwrap().message.body.to_vec();
         rec.queues.get(q).map(|v| v.iter().map(read).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_replica_applying_the_file_ops_recovers_the_same_log() {
+        let (dir, replica) = (tmp("primary"), tmp("replica"));
+        fs::create_dir_all(&replica).unwrap();
+        // Small segments: deletions and compactions happen along the way.
+        let (log, _) = MessageLog::open_with(&dir, 4096).unwrap();
+        let to = replica.clone();
+        let deleted = Arc::new(AtomicU64::new(0));
+        let seen = deleted.clone();
+        log.on_file_op(Box::new(move |op| {
+            if matches!(op, FileOp::Delete { .. }) {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+            apply_file_op(&to, op).expect("the replica applies every op in order");
+        }));
+        let mut kept = Vec::new();
+        let mut pos = 0;
+        for i in 0..400u32 {
+            let body = vec![i as u8; 100 + (i as usize % 7) * 50];
+            let (p, at) = log.publish(&["q1", "q2"], i as u64, "ex", "rk", &[0, 0], &body);
+            pos = at;
+            // A few early ones stay (in q1, and delivered twice in q2); the
+            // rest are acked, so later segments empty out and go.
+            if i < 50 && i % 10 == 0 {
+                kept.push(p);
+            } else {
+                log.ack("q1", p);
+            }
+            if i < 60 && i % 6 == 0 {
+                log.delivered("q2", p, 2);
+            } else {
+                log.ack("q2", p);
+            }
+        }
+        wait_synced(&log, pos);
+        log.close_and_join();
+        assert!(deleted.load(Ordering::Relaxed) > 0, "segments were deleted along the way");
+        let files = |d: &Path| {
+            let mut v: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(files(&dir), files(&replica), "the same segment files");
+        for f in files(&dir) {
+            assert_eq!(fs::read(dir.join(&f)).unwrap(), fs::read(replica.join(&f)).unwrap(), "{f:?}: the same bytes");
+        }
+        let (a, ra) = MessageLog::open(&dir).unwrap();
+        let (b, rb) = MessageLog::open(&replica).unwrap();
+        for q in ["q1", "q2"] {
+            assert_eq!(bodies(&a, &ra, q), bodies(&b, &rb, q), "{q}");
+            let counts = |r: &Recovered| r.queues[q].iter().map(|e| e.delivery_count).collect::<Vec<_>>();
+            assert_eq!(counts(&ra), counts(&rb));
+        }
+        assert_eq!(ra.queues["q1"].len(), kept.len());
+        assert_eq!((ra.dropped_records, rb.dropped_records), (0, 0));
     }
 
     #[test]
