@@ -99,7 +99,8 @@ def test_countdown_task_runs_on_time_across_a_broker_kill_9(broker, tmp_path):
         proc = subprocess.Popen([warren_binary(), "--amqp-listen", f"127.0.0.1:{port}", "--http-listen", "",
                                  "--prometheus-listen", "", "--data-dir", data],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        assert wait_for(lambda: _up(params), timeout=20)
+        assert wait_for(lambda: proc.poll() is not None or _up(params), timeout=20)
+        assert proc.poll() is None, f"the broker exited at start ({proc.returncode}): port {port} taken?"
         return proc
 
     queue = f"celery-native-{uuid.uuid4().hex[:8]}"
