@@ -197,3 +197,49 @@ def test_cluster_status_outside_a_cluster(broker):
     r = subprocess.run([warren_binary(), "ctl", "--data-dir", broker.data, "cluster_status"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 69 and "not in a cluster" in (r.stdout + r.stderr)
+
+
+def test_a_celery_worker_carries_on_after_a_failover(cluster, tmp_path):
+    """A celery worker and a client given every node's address (celery's
+    failover list): tasks run before and after the leader is killed; celery
+    reconnects by itself. (Without replication, only tasks sent after the
+    failover are checked.)"""
+    import os
+    import sys
+    import types
+
+    from test_celery import HERE, start_worker, stop
+
+    assert wait_for(lambda: agreed_leader(cluster), timeout=30, interval=0.2)
+    leader, _ = agreed_leader(cluster)
+    url = ";".join(f"amqp://guest:guest@127.0.0.1:{n.port}//" for n in cluster)
+    queue = f"celery-cluster-{free_port()}"
+    log = tmp_path / "runs"
+    env = {"WARREN_CELERY_HEARTBEAT": "2"}
+    w = start_worker(types.SimpleNamespace(url=url), queue, env=env)
+
+    def send(tag):
+        code = "import sys; from celery_app import tasks; tasks.record.delay(sys.argv[1], sys.argv[2])"
+        penv = dict(os.environ, WARREN_CELERY_BROKER=url, WARREN_CELERY_QUEUE=queue, **env)
+        subprocess.run([sys.executable, "-c", code, str(log), tag], cwd=HERE, env=penv, check=True, timeout=60)
+
+    def ran(tag):
+        return log.exists() and tag in log.read_text().split()
+
+    try:
+        send("before")
+        assert wait_for(lambda: ran("before"), timeout=60, interval=0.1)
+        old = next(n for n in cluster if n.name == leader)
+        old.proc.send_signal(signal.SIGKILL)
+        old.proc.wait()
+        survivors = [n for n in cluster if n is not old]
+        assert wait_for(lambda: agreed_leader(survivors), timeout=30, interval=0.2)
+        # The worker re-declares its queue on the new leader when it reconnects;
+        # a task sent before that would have no queue to go to.
+        deadline = time.monotonic() + 60
+        while not ran("after") and time.monotonic() < deadline:
+            send("after")
+            wait_for(lambda: ran("after"), timeout=5, interval=0.1)
+        assert ran("after"), "the worker never ran a task after the failover"
+    finally:
+        stop(w)
