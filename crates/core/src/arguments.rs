@@ -55,6 +55,7 @@ pub const MAX_EXPIRY_MS: i64 = 315_360_000_000;
 #[derive(Clone, Copy)]
 enum Bound {
     NonNegative,
+    Positive,
     Priority,
     /// A TTL: non-negative (positive if `positive`), at most `MAX_EXPIRY_MS`.
     Expiry {
@@ -67,7 +68,8 @@ fn check_int(v: &AMQPValue, bound: Bound) -> Result<(), String> {
         return Err(format!("\"expected integer, got {}\"", type_name(v)));
     };
     match bound {
-        Bound::NonNegative if i < 0 => Err(format!("{{value_negative,{i}}}")),
+        Bound::NonNegative | Bound::Positive if i < 0 => Err(format!("{{value_negative,{i}}}")),
+        Bound::Positive if i == 0 => Err("{value_zero,0}".to_owned()),
         Bound::Priority if i < 0 => Err(format!("{{value_negative,{i}}}")),
         Bound::Priority if i > 255 => Err(format!("{{max_value_exceeded,{i}}}")),
         Bound::Expiry { positive: true } if i == 0 => Err("{value_zero,0}".to_owned()),
@@ -87,19 +89,18 @@ fn string_value(v: &AMQPValue) -> Option<String> {
 
 /// Checks of non-integer arguments: the detail after "invalid arg ...: ".
 fn check_other(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), String> {
-    if let Some(checked) = crate::dedup::check_arg(key, v) {
-        return checked;
-    }
     match key {
         "x-overflow" => match string_value(v) {
             None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
             Some(m) if ["drop-head", "reject-publish", "reject-publish-dlx"].contains(&m.as_str()) => Ok(()),
             Some(_) => Err("invalid_overflow".to_owned()),
         },
-        "x-single-active-consumer" | "x-delivery-count-header" | "x-fair-dispatch" => match v {
-            AMQPValue::Boolean(_) => Ok(()),
-            _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
-        },
+        "x-single-active-consumer" | "x-delivery-count-header" | "x-fair-dispatch" | "x-message-deduplication" => {
+            match v {
+                AMQPValue::Boolean(_) => Ok(()),
+                _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+            }
+        }
         "x-dead-letter-routing-key" => {
             let key = string_value(v);
             if key.is_none() {
@@ -114,6 +115,7 @@ fn check_other(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), String
                 Ok(())
             }
         }
+        "x-deduplication-header" if string_value(v).is_none() => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
         "x-queue-type" => match string_value(v).as_deref() {
             // Streams are not implemented: refused with RabbitMQ's text for an unknown type.
             Some("classic" | "quorum") => Ok(()),
@@ -135,26 +137,38 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
         }
     }
     for (key, v) in args.inner() {
-        if let Err(why) = check_other(args, key.as_str(), v) {
-            return Err(AmqpError::precondition(format_args!(
-                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
-            )));
-        }
-        let bound = match key.as_str() {
-            "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" => Bound::NonNegative,
-            "x-consumer-timeout" | "x-requeue-backoff" => Bound::Expiry { positive: true },
-            "x-message-ttl" => Bound::Expiry { positive: false },
-            "x-expires" => Bound::Expiry { positive: true },
-            "x-max-priority" => Bound::Priority,
-            _ => continue,
-        };
-        if let Err(why) = check_int(v, bound) {
-            return Err(AmqpError::precondition(format_args!(
-                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
-            )));
-        }
+        check_arg(args, key.as_str(), v).map_err(|why| invalid(key.as_str(), "queue", queue, vhost, why))?;
     }
     Ok(())
+}
+
+/// Validates the exchange arguments Warren acts on beyond
+/// `alternate-exchange` — deduplication's (`dedup.rs`) — as for a queue.
+pub fn validate_exchange_args(args: &FieldTable, exchange: &str, vhost: &str) -> Result<(), AmqpError> {
+    const KEYS: [&str; 4] = ["x-message-deduplication", "x-deduplication-header", "x-cache-size", "x-cache-ttl"];
+    for (key, v) in args.inner().iter().filter(|(k, _)| KEYS.contains(&k.as_str())) {
+        check_arg(args, key.as_str(), v).map_err(|why| invalid(key.as_str(), "exchange", exchange, vhost, why))?;
+    }
+    Ok(())
+}
+
+/// One argument's checks: the detail after "invalid arg ...: ".
+fn check_arg(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), String> {
+    check_other(args, key, v)?;
+    let bound = match key {
+        "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" | "x-cache-ttl" => Bound::NonNegative,
+        "x-cache-size" => Bound::Positive,
+        "x-consumer-timeout" | "x-requeue-backoff" => Bound::Expiry { positive: true },
+        "x-message-ttl" => Bound::Expiry { positive: false },
+        "x-expires" => Bound::Expiry { positive: true },
+        "x-max-priority" => Bound::Priority,
+        _ => return Ok(()),
+    };
+    check_int(v, bound)
+}
+
+fn invalid(key: &str, what: &str, name: &str, vhost: &str, why: String) -> AmqpError {
+    AmqpError::precondition(format_args!("invalid arg '{key}' for {what} '{name}' in vhost '{vhost}': {why}"))
 }
 
 /// A JSON object as an AMQP field table, as RabbitMQ converts definitions

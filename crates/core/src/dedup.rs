@@ -16,9 +16,9 @@
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
-use warren_protocol::{AMQPValue, AmqpError, FieldTable};
+use warren_protocol::{AMQPValue, FieldTable};
 
-use crate::arguments::{int_arg, type_name};
+use crate::arguments::int_arg;
 use crate::message::Message;
 
 /// The plugin's exchange type (routes as fanout).
@@ -31,28 +31,6 @@ pub const DEFAULT_SIZE: usize = 100_000;
 /// Whether `arguments` ask for deduplication (`x-message-deduplication: true`).
 pub fn wanted(arguments: &FieldTable) -> bool {
     matches!(arguments.inner().get("x-message-deduplication"), Some(AMQPValue::Boolean(true)))
-}
-
-/// Checks the deduplication arguments; the detail after "invalid arg …: ".
-pub fn check_arg(key: &str, v: &AMQPValue) -> Option<Result<(), String>> {
-    let bad_type = || Err(format!("{{unacceptable_type,{}}}", type_name(v)));
-    Some(match key {
-        "x-message-deduplication" => match v {
-            AMQPValue::Boolean(_) => Ok(()),
-            _ => bad_type(),
-        },
-        "x-cache-size" | "x-cache-ttl" => match crate::arguments::as_int(v) {
-            None => Err(format!("\"expected integer, got {}\"", type_name(v))),
-            Some(i) if i < 0 => Err(format!("{{value_negative,{i}}}")),
-            Some(0) if key == "x-cache-size" => Err("{value_zero,0}".to_owned()),
-            Some(_) => Ok(()),
-        },
-        "x-deduplication-header" => match v {
-            AMQPValue::LongString(_) | AMQPValue::ShortString(_) => Ok(()),
-            _ => bad_type(),
-        },
-        _ => return None,
-    })
 }
 
 /// A message's deduplication value as bytes that compare equal exactly when
@@ -175,19 +153,6 @@ impl Dedup {
         }
         debug_assert!(self.seen.len() <= self.size);
     }
-}
-
-/// Checks an exchange's deduplication arguments (406 with RabbitMQ's shape
-/// of text for an invalid exchange argument).
-pub fn validate_exchange_args(args: &FieldTable, exchange: &str, vhost: &str) -> Result<(), AmqpError> {
-    for (key, v) in args.inner() {
-        if let Some(Err(why)) = check_arg(key.as_str(), v) {
-            return Err(AmqpError::precondition(format_args!(
-                "invalid arg '{key}' for exchange '{exchange}' in vhost '{vhost}': {why}"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

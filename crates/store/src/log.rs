@@ -693,25 +693,26 @@ impl MessageLog {
 }
 
 /// Opens a segment to append to; a new one gets its header (reported).
-fn open_segment(dir: &Path, seg: u32, ops: &mut Vec<(u32, u64, usize)>) -> io::Result<File> {
+fn open_segment(dir: &Path, seg: u32, ops: &mut Vec<Written>) -> io::Result<File> {
     let mut f = OpenOptions::new().create(true).append(true).open(segment_path(dir, seg))?;
     if f.metadata()?.len() == 0 {
         f.write_all(SEGMENT_MAGIC)?;
-        ops.push((seg, 0, usize::MAX));
+        ops.push(Written { segment: seg, offset: 0, chunk: None });
     }
     Ok(f)
 }
 
 /// Writes and syncs one batch. On error every file is cut back to its
 /// length before the batch, so no torn record is left in the middle.
-/// `ops` gets what was written: (segment, offset, index of the chunk, or
-/// `usize::MAX` for a new segment's header).
-fn write_batch(
-    dir: &Path,
-    file: &mut Option<(u32, File)>,
-    chunks: &[Chunk],
-    ops: &mut Vec<(u32, u64, usize)>,
-) -> io::Result<()> {
+/// What a batch wrote where: a chunk (by index), or a new segment's header.
+struct Written {
+    segment: u32,
+    offset: u64,
+    chunk: Option<usize>,
+}
+
+/// `ops` gets what was written, in order.
+fn write_batch(dir: &Path, file: &mut Option<(u32, File)>, chunks: &[Chunk], ops: &mut Vec<Written>) -> io::Result<()> {
     let mut undo: Vec<(u32, u64)> = Vec::new();
     let result = (|| {
         for (i, c) in chunks.iter().enumerate() {
@@ -725,7 +726,7 @@ fn write_batch(
             let at = f.metadata()?.len();
             undo.push((c.segment, at));
             f.write_all(&c.bytes)?;
-            ops.push((c.segment, at, i));
+            ops.push(Written { segment: c.segment, offset: at, chunk: Some(i) });
         }
         if chunks.iter().any(|c| c.durable) {
             if let Some((_, f)) = file.as_ref() {
@@ -769,18 +770,16 @@ fn flush_loop(shared: Arc<Shared>) {
             write_batch(&shared.dir, &mut file, &chunks, &mut ops)
         };
         if result.is_ok() {
-            if let Some(observe) = shared.file_ops.lock().unwrap().as_ref() {
-                for (segment, offset, i) in ops {
-                    let bytes = if i == usize::MAX { SEGMENT_MAGIC } else { &chunks[i].bytes[..] };
-                    observe(FileOp::Append { segment, offset, bytes });
-                }
-            }
-        }
-        if result.is_ok() {
             shared.written.fetch_add(size, Ordering::AcqRel);
         }
         match result {
             Ok(()) => {
+                if let Some(observe) = shared.file_ops.lock().unwrap().as_ref() {
+                    for w in ops {
+                        let bytes: &[u8] = w.chunk.map_or(&SEGMENT_MAGIC[..], |i| &chunks[i].bytes[..]);
+                        observe(FileOp::Append { segment: w.segment, offset: w.offset, bytes });
+                    }
+                }
                 if shared.failed.swap(false, Ordering::AcqRel) {
                     info!("message log writes succeed again");
                 }

@@ -135,7 +135,7 @@ impl Exchange {
         arguments: FieldTable,
         vhost: &str,
     ) -> Result<Self, AmqpError> {
-        crate::dedup::validate_exchange_args(&arguments, name, vhost)?;
+        crate::arguments::validate_exchange_args(&arguments, name, vhost)?;
         if kind == crate::dedup::TYPE {
             let mut x = Exchange::new(name, ExchangeKind::Fanout, durable, auto_delete, internal, arguments);
             x.dedup = crate::dedup::Dedup::from_arguments(&x.arguments, true).map(parking_lot::Mutex::new);

@@ -142,7 +142,10 @@ impl Etcd {
     /// A new lease of `ttl` seconds; its id.
     pub async fn grant(&self, ttl: i64) -> Result<i64, String> {
         let v = self.post("/v3/lease/grant", json!({ "TTL": ttl })).await?;
-        Ok(num(&v["ID"])).and_then(|id| if id == 0 { Err("no lease id".into()) } else { Ok(id) })
+        match num(&v["ID"]) {
+            0 => Err("no lease id".into()),
+            id => Ok(id),
+        }
     }
 
     /// Renews a lease; its remaining TTL (0: it has expired).
