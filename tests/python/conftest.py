@@ -76,11 +76,12 @@ PANIC_LINES = []
 _panics_reported = 0
 
 
-def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False):
-    """Starts Warren; `proc.log` collects its log lines as they come."""
+def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False, data=None):
+    """Starts Warren (on a new data directory unless given one); `proc.log`
+    collects its log lines as they come."""
     binary = warren_binary()
     port = free_port()
-    data = tempfile.mkdtemp(prefix="warren-pytest-")
+    data = data or tempfile.mkdtemp(prefix="warren-pytest-")
     http_port = free_port()
     http = [] if "--http-listen" in extra else ["--http-listen", f"127.0.0.1:{http_port}"]
     prometheus_port = free_port()

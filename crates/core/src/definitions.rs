@@ -72,17 +72,35 @@ pub fn path_for(dir: &Path, vhost: &str) -> PathBuf {
     dir.join(format!("vhost-{name}.json"))
 }
 
+/// Told every definitions file saved, with its new content (replication).
+pub type SaveObserver = Box<dyn Fn(&Path, &[u8]) + Send + Sync>;
+
+static ON_SAVE: std::sync::RwLock<Option<SaveObserver>> = std::sync::RwLock::new(None);
+
+/// Reports every later [`save`] in this process to `observe` (one broker
+/// per process: the cluster's leader streams them to its followers).
+pub fn on_save(observe: SaveObserver) {
+    *ON_SAVE.write().unwrap_or_else(|e| e.into_inner()) = Some(observe);
+}
+
 pub fn save(path: &Path, defs: &impl Serialize) -> io::Result<()> {
     let dir = path.parent().expect("a file in a directory");
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(defs).map_err(io::Error::other)?;
     {
         let mut f = File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(defs).map_err(io::Error::other)?)?;
+        f.write_all(&bytes)?;
         f.sync_all()?;
     }
+    // Held across the rename, so that observers see saves in file order.
+    let observer = ON_SAVE.read().unwrap_or_else(|e| e.into_inner());
     fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    File::open(dir)?.sync_all()?;
+    if let Some(observe) = observer.as_ref() {
+        observe(path, &bytes);
+    }
+    Ok(())
 }
 
 /// Every vhost snapshot in `dir`. A file that cannot be read is logged and

@@ -53,6 +53,9 @@ pub trait MessageStore: Send + Sync {
     /// Whether the last write or sync failed (disk full, I/O error): the
     /// broker raises its disk alarm while this holds.
     fn is_failed(&self) -> bool;
+    /// Reports every later change to the store's files, in order
+    /// (replication); a store without files has none to report.
+    fn on_file_op(&self, _observe: log::FileOpObserver) {}
 }
 
 /// One message in a queue's store.

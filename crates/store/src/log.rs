@@ -255,7 +255,12 @@ pub struct MessageLog {
 }
 
 fn segment_path(dir: &Path, n: u32) -> PathBuf {
-    dir.join(format!("{n:08}.seg"))
+    dir.join(segment_file_name(n))
+}
+
+/// The name of segment `n`'s file in the log's directory.
+pub fn segment_file_name(n: u32) -> String {
+    format!("{n:08}.seg")
 }
 
 fn put_str16(b: &mut Vec<u8>, s: &str) {
@@ -562,12 +567,6 @@ impl MessageLog {
         let f = Arc::new(File::open(segment_path(&self.shared.dir, seg))?);
         files.insert(seg, f.clone());
         Ok(f)
-    }
-
-    /// Reports every later change to the log's files to `observe`, in order
-    /// (replication: a replica applies them with [`apply_file_op`]).
-    pub fn on_file_op(&self, observe: FileOpObserver) {
-        *self.shared.file_ops.lock().unwrap() = Some(observe);
     }
 
     /// Closes this log and opens it again, as a restart would.
@@ -949,6 +948,12 @@ impl crate::MessageStore for MessageLog {
 
     fn on_sync(&self, f: Box<dyn Fn(u64) + Send>) {
         *self.shared.on_sync.lock().unwrap() = Some(f);
+    }
+
+    /// Reports every later change to the log's files to `observe`, in order
+    /// (replication: a replica applies them with [`apply_file_op`]).
+    fn on_file_op(&self, observe: FileOpObserver) {
+        *self.shared.file_ops.lock().unwrap() = Some(observe);
     }
 }
 

@@ -726,9 +726,14 @@ impl Conn {
 
     /// Work left over from a turn: deliver again where credit was freed and
     /// flush pending publisher confirms.
-    /// Message-log position known on disk (everything, without a log).
+    /// Message-log position up to which messages may be confirmed: on disk
+    /// here (and, in a cluster, on every in-sync follower); everything
+    /// without a log.
     fn synced(&self) -> u64 {
-        self.shared.broker.log().map_or(u64::MAX, |l| l.synced())
+        match self.shared.broker.log() {
+            Some(_) => *self.shared.synced.borrow(),
+            None => u64::MAX,
+        }
     }
 
     fn has_held(&self) -> bool {

@@ -14,11 +14,39 @@ use warren_core::Broker;
 use crate::config::Config;
 use crate::connection;
 
+/// The broker a node serves. A cluster node starts with an empty
+/// placeholder (in memory, never served to clients: followers proxy them)
+/// and gets its real broker when it becomes the leader.
+pub struct BrokerCell {
+    placeholder: Arc<Broker>,
+    real: std::sync::OnceLock<Arc<Broker>>,
+}
+
+impl BrokerCell {
+    fn ready(broker: Arc<Broker>) -> BrokerCell {
+        let real = std::sync::OnceLock::new();
+        let _ = real.set(broker.clone());
+        BrokerCell { placeholder: broker, real }
+    }
+
+    fn pending() -> BrokerCell {
+        BrokerCell { placeholder: Arc::new(Broker::new()), real: Default::default() }
+    }
+}
+
+impl std::ops::Deref for BrokerCell {
+    type Target = Arc<Broker>;
+    fn deref(&self) -> &Arc<Broker> {
+        self.real.get().unwrap_or(&self.placeholder)
+    }
+}
+
 /// Settings every connection reads.
 pub struct Shared {
-    pub broker: Arc<Broker>,
+    pub broker: BrokerCell,
     pub config: Config,
-    /// Position up to which the message log is on disk; changes after every sync.
+    /// Position up to which messages in the message log may be confirmed:
+    /// on disk here (and on every in-sync follower, in a cluster).
     pub synced: watch::Receiver<u64>,
     /// The disk alarm: Some(reason) while the message log cannot write.
     pub alarm: watch::Receiver<Option<String>>,
@@ -50,6 +78,26 @@ impl Shared {
     }
 }
 
+/// What runs once a broker is open: resource alarms and the timers.
+struct Background {
+    memory_limit: Option<u64>,
+    paging_at: Option<u64>,
+    disk: DiskWatch,
+    alarm: watch::Sender<Option<String>>,
+}
+
+impl Background {
+    fn start(self, broker: Arc<Broker>) {
+        tokio::spawn(alarms(broker.clone(), self.memory_limit, self.paging_at, self.disk, self.alarm));
+        tokio::spawn(expiry_timer(broker.clone()));
+        tokio::spawn(delay_timer(broker));
+    }
+}
+
+fn open_broker(data_dir: &std::path::Path) -> anyhow::Result<Broker> {
+    Broker::open(data_dir).map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", data_dir.display()))
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
@@ -60,16 +108,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if lock.try_lock().is_err() {
         anyhow::bail!("data dir {} is in use by another running broker", data_dir.display());
     }
-    let broker = Arc::new(
-        Broker::open(&data_dir).map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", data_dir.display()))?,
-    );
+    let clustered = !config.cluster_etcd.trim().is_empty();
     let (sync_tx, synced) = watch::channel(0u64);
-    if let Some(log) = broker.log() {
-        log.on_sync(Box::new(move |pos| {
-            sync_tx.send_replace(pos);
-        }));
-    }
-    // Listen only once recovery is done: 'listening' means ready to serve.
+    // A single node opens its data directory now and listens once recovery
+    // is done ('listening' means ready to serve); a cluster node opens it
+    // only when it becomes the leader, and listens at once (to proxy).
+    let (broker, sync_tx) = if clustered {
+        (BrokerCell::pending(), Some(sync_tx))
+    } else {
+        let broker = Arc::new(open_broker(&data_dir)?);
+        if let Some(log) = broker.log() {
+            log.on_sync(Box::new(move |pos| {
+                sync_tx.send_replace(pos);
+            }));
+        }
+        (BrokerCell::ready(broker), None)
+    };
     let listener = TcpListener::bind(config.amqp_listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.amqp_listen))?;
@@ -91,22 +145,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let disk = DiskWatch { dir: data_dir.clone(), limit: disk_free_limit.clone() };
     info!(bytes = disk_free_limit.load(Ordering::Relaxed), "disk free limit set");
     let paging_at = config.memory_limit().map(|l| (l as f64 * config.memory_paging_ratio) as u64);
-    tokio::spawn(alarms(broker.clone(), config.memory_limit(), paging_at, disk, alarm_tx));
-    let cluster = match config.cluster_etcd.trim() {
-        "" => None,
+    let background = Background { memory_limit: config.memory_limit(), paging_at, disk, alarm: alarm_tx };
+    let (cluster, repl_listener) = match config.cluster_etcd.trim() {
+        "" => (None, None),
         endpoints => {
             let advertise = match config.cluster_advertise.trim() {
                 "" => addr.to_string(),
                 a => a.to_owned(),
             };
+            let at = match config.cluster_listen.trim() {
+                "" => format!("{}:0", addr.ip()),
+                a => a.to_owned(),
+            };
+            let repl = TcpListener::bind(&at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at}: {e}"))?;
+            let bound = repl.local_addr()?;
+            // Reachable as bound, or on the advertised AMQP host.
+            let listen = match bound.ip().is_unspecified() {
+                true => {
+                    let host = advertise.rsplit_once(':').map_or(advertise.as_str(), |(h, _)| h);
+                    format!("{host}:{}", bound.port())
+                }
+                false => bound.to_string(),
+            };
+            info!(addr = %bound, "cluster replication listening");
             let settings = crate::cluster::Settings {
                 etcd: endpoints.split(',').map(str::to_owned).collect(),
                 name: config.cluster_name.clone(),
                 node: config.node_name.clone(),
                 advertise,
-                listen: config.cluster_listen.clone(),
+                listen,
             };
-            Some(crate::cluster::Cluster::new(settings).map_err(|e| anyhow::anyhow!(e))?)
+            (Some(crate::cluster::Cluster::new(settings).map_err(|e| anyhow::anyhow!(e))?), Some(repl))
         }
     };
     let http_at = config.http_listen().map_err(|e| anyhow::anyhow!(e))?;
@@ -123,9 +192,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         totals: Default::default(),
         cluster,
     });
-    if let Some(cluster) = shared.cluster.clone() {
-        tokio::spawn(cluster.clone().run());
-        tokio::spawn(close_clients_when_not_leader(shared.clone(), cluster.subscribe()));
+    match (shared.cluster.clone(), repl_listener, sync_tx) {
+        (Some(cluster), Some(repl), Some(sync_tx)) => {
+            tokio::spawn(cluster.clone().run());
+            let node =
+                ClusterNode { shared: shared.clone(), cluster, repl, sync_tx, background, data_dir: data_dir.clone() };
+            tokio::spawn(node.run());
+        }
+        _ => background.start(shared.broker.clone()),
     }
     if let Some(at) = http_at {
         let bound = crate::http::listen(shared.clone(), at).await?;
@@ -134,8 +208,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(at) = prometheus_at {
         crate::metrics::listen(shared.clone(), at).await?;
     }
-    tokio::spawn(expiry_timer(shared.broker.clone()));
-    tokio::spawn(delay_timer(shared.broker.clone()));
     crate::ctl::listen(shared.clone(), &data_dir)
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the ctl socket in {}: {e}", data_dir.display()))?;
@@ -240,18 +312,102 @@ async fn accept_tls(
 /// and unused queues with `x-expires` are deleted.
 const EXPIRY_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A node that stops being the cluster's leader closes its clients (320
-/// CONNECTION_FORCED): they reconnect, through a follower, to the new one.
-async fn close_clients_when_not_leader(shared: Arc<Shared>, mut role: watch::Receiver<crate::cluster::Role>) {
-    while role.changed().await.is_ok() {
-        if matches!(*role.borrow(), crate::cluster::Role::Leader { .. }) {
-            continue;
+/// A cluster node's life: it follows (replicating the leader's data
+/// directory) until it wins an election, then opens that directory and
+/// serves as the leader; once it stops leading, it closes its clients (320
+/// CONNECTION_FORCED: they reconnect, through a follower, to the new
+/// leader) and restarts its process as a follower, which discards whatever
+/// the new leader does not have.
+struct ClusterNode {
+    shared: Arc<Shared>,
+    cluster: Arc<crate::cluster::Cluster>,
+    repl: TcpListener,
+    sync_tx: watch::Sender<u64>,
+    background: Background,
+    data_dir: std::path::PathBuf,
+}
+
+impl ClusterNode {
+    async fn run(self) {
+        use crate::cluster::{replication, Role};
+        let ClusterNode { shared, cluster, repl, sync_tx, background, data_dir } = self;
+        let leads = |r: &Role| matches!(r, Role::Leader { .. });
+        let mut role = cluster.subscribe();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let follower = {
+            let (cluster, dir, stop) = (cluster.clone(), data_dir.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("replica".into())
+                .spawn(move || replication::follow(cluster, dir, stop))
+                .expect("spawn the replication thread")
+        };
+        while !leads(&role.borrow_and_update()) {
+            if role.changed().await.is_err() {
+                return;
+            }
         }
+        stop.store(true, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+        info!("leading: opening the data directory");
+        let dir = data_dir.clone();
+        let broker = match tokio::task::spawn_blocking(move || open_broker(&dir)).await {
+            Ok(Ok(b)) => Arc::new(b),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot serve as the cluster leader");
+                std::process::exit(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve as the cluster leader");
+                std::process::exit(1);
+            }
+        };
+        let hub = replication::Hub::new(data_dir.clone(), sync_tx, &cluster);
+        if let Some(log) = broker.log() {
+            let h = hub.clone();
+            log.on_file_op(Box::new(move |op| h.file_op(op)));
+            let h = hub.clone();
+            log.on_sync(Box::new(move |pos| h.synced(pos)));
+        }
+        let h = hub.clone();
+        warren_core::definitions::on_save(Box::new(move |path, bytes| h.saved(path, bytes)));
+        let _ = cluster.hub.set(hub.clone());
+        let _ = shared.broker.real.set(broker.clone());
+        background.start(broker.clone());
+        tokio::spawn(replication::serve(repl, hub.clone(), cluster.clone()));
+        cluster.set_serving();
+        info!("serving as the cluster leader");
+        while leads(&role.borrow_and_update()) {
+            if role.changed().await.is_err() {
+                return;
+            }
+        }
+        hub.fence();
+        warn!("not the cluster leader any more: closing clients and restarting as a follower");
         let open: Vec<_> = shared.connections.lock().values().cloned().collect();
         for c in open {
             c.force_close("not the cluster leader any more".into());
         }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while !shared.connections.lock().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(log) = broker.log() {
+                log.close();
+            }
+        })
+        .await;
+        restart_process();
     }
+}
+
+/// Replaces this process with a fresh run of the same command line (same
+/// pid; every socket and file closes, being close-on-exec).
+fn restart_process() -> ! {
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new("/proc/self/exe").args(std::env::args_os().skip(1)).exec();
+    tracing::error!(error = %err, "cannot restart; exiting");
+    std::process::exit(1);
 }
 
 /// Releases delayed messages when due: a 10 ms tick (one timer for every

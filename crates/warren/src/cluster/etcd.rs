@@ -71,6 +71,8 @@ pub enum Compare<'a> {
     Absent(&'a str),
     /// The key was last written at this revision (0: does not exist).
     ModRevision(&'a str, i64),
+    /// The key holds exactly this value.
+    Value(&'a str, &'a str),
 }
 
 pub struct Etcd {
@@ -184,6 +186,7 @@ impl Etcd {
                 Compare::ModRevision(k, r) => {
                     json!({ "key": b64(k), "result": "EQUAL", "target": "MOD", "mod_revision": r.to_string() })
                 }
+                Compare::Value(k, v) => json!({ "key": b64(k), "result": "EQUAL", "target": "VALUE", "value": b64(v) }),
             })
             .collect();
         let success: Vec<Value> = puts

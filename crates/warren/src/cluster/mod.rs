@@ -9,13 +9,17 @@
 //! leader before the lease can have expired anywhere: it closes its client
 //! connections with 320 CONNECTION_FORCED and takes no more.
 //!
-//! Not yet: replication. Each node serves from its own data directory, so
-//! after a failover the new leader does not have what the old one
-//! confirmed (`docs/cluster.md`).
+//! Followers replicate the leader's data directory byte for byte
+//! ([`replication`]); the in-sync replica set (ISR) is kept in etcd under
+//! `/warren/<cluster>/isr`, written by the leader only while its leader key
+//! holds; only an ISR member can win an election (checked in the same
+//! transaction), and the winner starts a new ISR of itself.
 
 pub mod etcd;
+pub mod replication;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -38,8 +42,14 @@ pub struct Settings {
     pub node: String,
     /// Where this node's AMQP listener is reachable by the others.
     pub advertise: String,
-    /// The replication listener (reserved: replication is not yet there).
+    /// Where this node's replication listener is reachable by the others.
     pub listen: String,
+}
+
+/// Milliseconds on a clock private to this process (monotonic).
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +62,8 @@ pub enum Role {
     Follower {
         leader: String,
         amqp: String,
+        /// The leader's replication listener.
+        repl: String,
         epoch: u64,
     },
 }
@@ -62,6 +74,20 @@ pub struct Cluster {
     role: watch::Sender<Role>,
     /// Members seen in etcd: node name → its AMQP address.
     members: Mutex<Vec<(String, String)>>,
+    /// Until when (`clock_ms`) the lease is surely held: the last renewal's
+    /// start plus `STEP_DOWN`.
+    pub lease_until: Arc<AtomicU64>,
+    /// The ISR as last read from (or, on the leader, written to) etcd.
+    isr: Mutex<Vec<String>>,
+    /// One ISR change at a time (the leader's).
+    isr_change: tokio::sync::Mutex<()>,
+    /// The leader key's value while this node leads (the ISR writes'
+    /// condition).
+    leader_value: Mutex<String>,
+    /// The leader's replication hub, once this node leads.
+    pub hub: OnceLock<Arc<replication::Hub>>,
+    /// This node serves clients (it leads and its broker is open).
+    serving: AtomicBool,
 }
 
 impl Cluster {
@@ -71,7 +97,18 @@ impl Cluster {
         }
         let etcd = Etcd::new(&settings.etcd)?;
         let (role, _) = watch::channel(Role::Unknown);
-        Ok(Arc::new(Cluster { settings, etcd, role, members: Mutex::new(Vec::new()) }))
+        Ok(Arc::new(Cluster {
+            settings,
+            etcd,
+            role,
+            members: Mutex::new(Vec::new()),
+            lease_until: Arc::new(AtomicU64::new(0)),
+            isr: Mutex::new(Vec::new()),
+            isr_change: tokio::sync::Mutex::new(()),
+            leader_value: Mutex::new(String::new()),
+            hub: OnceLock::new(),
+            serving: AtomicBool::new(false),
+        }))
     }
 
     pub fn role(&self) -> Role {
@@ -95,15 +132,51 @@ impl Cluster {
         };
         let members: Vec<Value> =
             self.members.lock().iter().map(|(n, amqp)| json!({ "name": n, "amqp": amqp })).collect();
-        json!({
+        let mut out = json!({
             "cluster_name": self.settings.name,
             "node": self.settings.node,
             "role": role,
             "leader": leader,
             "epoch": epoch,
             "members": members,
-            "replication": "not yet: each node serves from its own data directory",
-        })
+            "isr": *self.isr.lock(),
+        });
+        if let (Role::Leader { .. }, Some(hub)) = (self.role(), self.hub.get()) {
+            out["followers"] = hub.followers().into();
+        }
+        out
+    }
+
+    /// This node leads and its broker is open: clients are served here.
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::Release);
+    }
+
+    /// Adds `node` to the ISR in etcd, or takes it out, provided this node
+    /// still holds the leader key; the local view changes once etcd has.
+    pub async fn isr_change(&self, node: &str, add: bool) -> Result<(), String> {
+        let _one = self.isr_change.lock().await;
+        let Role::Leader { epoch } = self.role() else { return Err("not the leader".into()) };
+        let mut members = self.isr.lock().clone();
+        let present = members.iter().any(|m| m == node);
+        if present == add {
+            return Ok(());
+        }
+        match add {
+            true => members.push(node.to_owned()),
+            false => members.retain(|m| m != node),
+        }
+        members.sort();
+        let value = json!({ "epoch": epoch, "members": members }).to_string();
+        let leader = self.leader_value.lock().clone();
+        let (leader_key, isr_key) = (self.key("leader"), self.key("isr"));
+        let done = self.etcd.txn(&[etcd::Compare::Value(&leader_key, &leader)], &[(&isr_key, &value, 0)]).await?;
+        if !done {
+            return Err("the leader key is not ours any more".into());
+        }
+        info!(node, add, isr = ?members, "in-sync replica set changed");
+        *self.isr.lock() = members;
+        Ok(())
     }
 
     fn set_role(&self, new: Role) {
@@ -123,14 +196,21 @@ impl Cluster {
         let mut lease = 0i64;
         let mut renewed = Instant::now();
         let member_key = self.key(&format!("members/{}", self.settings.node));
-        let member = json!({ "amqp": self.settings.advertise, "listen": self.settings.listen }).to_string();
+        let member = json!({ "amqp": self.settings.advertise, "repl": self.settings.listen }).to_string();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             if lease != 0 {
+                let asked = (Instant::now(), clock_ms());
                 match self.etcd.keepalive(lease).await {
-                    Ok(ttl) if ttl > 0 => renewed = Instant::now(),
+                    Ok(ttl) if ttl > 0 => {
+                        renewed = asked.0;
+                        self.lease_until.store(asked.1 + STEP_DOWN.as_millis() as u64, Ordering::Release);
+                        if let Some(hub) = self.hub.get() {
+                            hub.lease_renewed();
+                        }
+                    }
                     Ok(_) => {
                         warn!(node = %self.settings.node, "cluster lease expired");
                         lease = 0;
@@ -144,10 +224,12 @@ impl Cluster {
             }
             if lease == 0 {
                 self.set_role(Role::Unknown);
+                let asked = (Instant::now(), clock_ms());
                 match self.etcd.grant(LEASE_TTL).await {
                     Ok(id) => {
                         lease = id;
-                        renewed = Instant::now();
+                        renewed = asked.0;
+                        self.lease_until.store(asked.1 + STEP_DOWN.as_millis() as u64, Ordering::Release);
                     }
                     Err(e) => {
                         warn!(node = %self.settings.node, error = %e, "cannot reach etcd");
@@ -185,19 +267,43 @@ impl Cluster {
         }
     }
 
-    /// One look at the leader key; a campaign if it is free.
+    /// One look at the leader key and the ISR; a campaign if there is no
+    /// leader and this node is in the ISR (or there is none yet).
     async fn elect(&self, lease: i64) -> Result<Role, String> {
-        let leader_key = self.key("leader");
-        let epoch_key = self.key("epoch");
+        let (leader_key, epoch_key, isr_key) = (self.key("leader"), self.key("epoch"), self.key("isr"));
+        let isr = self.etcd.get(&isr_key).await?;
+        let members: Option<Vec<String>> = isr.as_ref().map(|kv| {
+            serde_json::from_str::<Value>(&kv.value)
+                .ok()
+                .and_then(|v| serde_json::from_value(v["members"].clone()).ok())
+                .unwrap_or_default()
+        });
         if let Some(kv) = self.etcd.get(&leader_key).await? {
             let v: Value = serde_json::from_str(&kv.value).map_err(|e| e.to_string())?;
             let node = v["node"].as_str().unwrap_or_default().to_owned();
             let epoch = v["epoch"].as_u64().unwrap_or(0);
-            if node == self.settings.node && kv.lease == lease {
+            if node == self.settings.node {
+                if kv.lease != lease {
+                    // An earlier run of this node led: wait for its lease to go.
+                    return Ok(Role::Unknown);
+                }
+                *self.leader_value.lock() = kv.value.clone();
+                if !matches!(self.role(), Role::Leader { .. }) {
+                    *self.isr.lock() = members.unwrap_or_default();
+                }
                 return Ok(Role::Leader { epoch });
             }
+            *self.isr.lock() = members.unwrap_or_default();
             let amqp = v["amqp"].as_str().unwrap_or_default().to_owned();
-            return Ok(Role::Follower { leader: node, amqp, epoch });
+            let repl = v["repl"].as_str().unwrap_or_default().to_owned();
+            return Ok(Role::Follower { leader: node, amqp, repl, epoch });
+        }
+        if let Some(m) = &members {
+            *self.isr.lock() = m.clone();
+            if !m.contains(&self.settings.node) {
+                // Not known to hold every confirmed message: may not lead.
+                return Ok(Role::Unknown);
+            }
         }
         // No leader: take the next epoch, if nobody else did meanwhile.
         let (epoch, revision) = match self.etcd.get(&epoch_key).await? {
@@ -205,16 +311,29 @@ impl Cluster {
             None => (0, 0),
         };
         let next = epoch + 1;
-        let value = json!({ "node": self.settings.node, "epoch": next, "amqp": self.settings.advertise }).to_string();
+        let value = json!({
+            "node": self.settings.node,
+            "epoch": next,
+            "amqp": self.settings.advertise,
+            "repl": self.settings.listen,
+        })
+        .to_string();
+        let new_isr = json!({ "epoch": next, "members": [self.settings.node] }).to_string();
+        let isr_same = match &isr {
+            Some(kv) => etcd::Compare::ModRevision(&isr_key, kv.mod_revision),
+            None => etcd::Compare::Absent(&isr_key),
+        };
         let won = self
             .etcd
             .txn(
-                &[Compare::Absent(&leader_key), Compare::ModRevision(&epoch_key, revision)],
-                &[(&leader_key, &value, lease), (&epoch_key, &next.to_string(), 0)],
+                &[Compare::Absent(&leader_key), Compare::ModRevision(&epoch_key, revision), isr_same],
+                &[(&leader_key, &value, lease), (&epoch_key, &next.to_string(), 0), (&isr_key, &new_isr, 0)],
             )
             .await?;
         if won {
             info!(node = %self.settings.node, epoch = next, "elected cluster leader");
+            *self.leader_value.lock() = value;
+            *self.isr.lock() = vec![self.settings.node.clone()];
             return Ok(Role::Leader { epoch: next });
         }
         Ok(Role::Unknown)
@@ -243,7 +362,7 @@ impl Cluster {
         loop {
             let current = role.borrow_and_update().clone();
             match current {
-                Role::Leader { .. } => return Some(Route::Local),
+                Role::Leader { .. } if self.serving.load(Ordering::Acquire) => return Some(Route::Local),
                 Role::Follower { amqp, .. } => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let attempt = Duration::from_secs(1).min(left);
@@ -251,14 +370,14 @@ impl Cluster {
                         return Some(Route::Proxied(up));
                     }
                 }
-                Role::Unknown => {}
+                _ => {}
             }
             // Wait for the view to change (or a moment, to retry the leader).
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 return None;
             }
-            let _ = tokio::time::timeout(left.min(TICK), role.changed()).await;
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), role.changed()).await;
         }
     }
 }
