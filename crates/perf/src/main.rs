@@ -80,6 +80,9 @@ struct Args {
     /// Queue name prefix.
     #[arg(long, default_value = "perf")]
     queue: String,
+    /// Declare the queues with this `x-queue-type` (e.g. quorum; implies durable).
+    #[arg(long)]
+    queue_type: Option<String>,
 }
 
 #[derive(Default)]
@@ -175,6 +178,14 @@ impl Client {
     }
 }
 
+fn queue_arguments(args: &Args) -> FieldTable {
+    let mut t = FieldTable::default();
+    if let Some(kind) = &args.queue_type {
+        t.insert("x-queue-type".into(), amq_protocol::types::AMQPValue::LongString(kind.as_str().into()));
+    }
+    t
+}
+
 fn queue_names(args: &Args) -> Vec<String> {
     let n = args.fanout.max(1);
     (0..n).map(|i| format!("{}-{i}", args.queue)).collect()
@@ -202,11 +213,11 @@ async fn setup(args: &Args) -> anyhow::Result<()> {
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
                 queue: q.as_str().into(),
                 passive: false,
-                durable: args.durable,
+                durable: args.durable || args.queue_type.is_some(),
                 exclusive: false,
                 auto_delete: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments: queue_arguments(args),
             })),
         )
         .await?;

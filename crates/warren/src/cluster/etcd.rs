@@ -77,6 +77,9 @@ pub enum Compare<'a> {
 
 pub struct Etcd {
     endpoints: Vec<(String, u16)>,
+    /// The endpoint that answered last: tried first (a member that is
+    /// down costs each call a timeout only until another one answers).
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl Etcd {
@@ -95,7 +98,7 @@ impl Etcd {
         if parsed.is_empty() {
             return Err("no etcd endpoint".into());
         }
-        Ok(Etcd { endpoints: parsed })
+        Ok(Etcd { endpoints: parsed, preferred: Default::default() })
     }
 
     async fn post_to(host: &str, port: u16, path: &str, body: &str) -> Result<Value, String> {
@@ -126,9 +129,12 @@ impl Etcd {
     async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
         let body = body.to_string();
         let mut last = String::new();
-        for (host, port) in &self.endpoints {
+        let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        for i in (0..self.endpoints.len()).map(|k| (first + k) % self.endpoints.len()) {
+            let (host, port) = &self.endpoints[i];
             match tokio::time::timeout(CALL_TIMEOUT, Self::post_to(host, *port, path, &body)).await {
                 Ok(Ok(v)) => {
+                    self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
                     if let Some(err) = v.get("error") {
                         return Err(format!("etcd: {err}"));
                     }

@@ -751,6 +751,16 @@ fn follow_leader(
     .map_err(|e| e.to_string())?;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut chunk = vec![0u8; 1 << 20];
+    // Fault injection for tests (`WARREN_FAULT_REPLICA_DELAY_MS`): a slow
+    // link — what the leader sends is in flight this long before the
+    // follower sees it, and lost if the connection ends meanwhile (as when
+    // the leader's machine dies).
+    let delay =
+        std::env::var("WARREN_FAULT_REPLICA_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+    let mut in_flight: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    if delay.is_some() {
+        s.set_read_timeout(Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
+    }
     let mut welcomed = false;
     let mut heard = Instant::now();
     let mut acked = 0u64;
@@ -764,16 +774,26 @@ fn follow_leader(
         match s.read(&mut chunk) {
             Ok(0) => return Err("the leader closed the connection".into()),
             Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
                 heard = Instant::now();
+                match delay {
+                    Some(_) => in_flight.push_back((heard, chunk[..n].to_vec())),
+                    None => buf.extend_from_slice(&chunk[..n]),
+                }
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 if heard.elapsed() > LEADER_SILENCE {
                     return Err(format!("nothing from the leader for {:?}", heard.elapsed()));
                 }
-                continue;
+                if in_flight.is_empty() {
+                    continue;
+                }
             }
             Err(e) => return Err(e.to_string()),
+        }
+        if let Some(d) = delay {
+            while in_flight.front().is_some_and(|(at, _)| at.elapsed() >= d) {
+                buf.extend_from_slice(&in_flight.pop_front().expect("checked").1);
+            }
         }
         // Apply every whole frame received; acknowledge once caught up.
         let mut at = 0;

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Replicated throughput, all in one run: a 3-node Warren cluster on etcd, a
+# single Warren node, and a 3-node RabbitMQ cluster with quorum queues (three
+# RabbitMQ nodes on this machine, started and clustered here), the same load
+# generator against each, rounds alternating so that machine noise hits all
+# alike. Default load: persistent 1 KiB messages on a durable queue,
+# confirms with a window of 1000, manual acks every 1000.
+#
+#   scripts/bench-cluster.sh [warren-perf args...]
+#
+# ROUNDS (default 3), DURATION seconds per run (default 10), RABBITMQ=0 to
+# leave RabbitMQ out. Needs etcd (scripts/etcd-env.sh) and, for RabbitMQ,
+# Debian's rabbitmq-server.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+rounds=${ROUNDS:-3}
+duration=${DURATION:-10}
+with_rabbit=${RABBITMQ:-1}
+load=("$@")
+[ ${#load[@]} -gt 0 ] || load=(--size 1024 --persistent --durable --confirm 1000 --prefetch 1000 --multi-ack 1000)
+cd "$root"
+cargo build --release --quiet -p warren -p warren-perf
+work=$(mktemp -d)
+pids=()
+rabbit_nodes=()
+cleanup() {
+    for n in "${rabbit_nodes[@]}"; do rabbitmqctl -q -n "$n" stop >/dev/null 2>&1 || true; done
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_log() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $2 in $1" >&2; exit 1; }
+
+ec=$(port); ep=$(port)
+etcd --name b --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$ec" \
+    --advertise-client-urls "http://127.0.0.1:$ec" --listen-peer-urls "http://127.0.0.1:$ep" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ep" --initial-cluster "b=http://127.0.0.1:$ep" \
+    >"$work/etcd.log" 2>&1 &
+pids+=($!)
+wait_log "$work/etcd.log" "ready to serve client requests"
+
+declare -A amqp
+for i in 1 2 3; do
+    amqp[n$i]=$(port)
+    target/release/warren --amqp-listen "127.0.0.1:${amqp[n$i]}" --http-listen "" --prometheus-listen "" \
+        --data-dir "$work/w$i" --cluster-etcd "http://127.0.0.1:$ec" --cluster-name bench --node-name "n$i" \
+        >"$work/w$i.log" 2>&1 &
+    pids+=($!)
+done
+# The leader, once both followers are in its in-sync replica set.
+leader=""
+for _ in $(seq 300); do
+    leader=$(for i in 1 2 3; do target/release/warren ctl --data-dir "$work/w$i" cluster_status 2>/dev/null || true; done |
+        python3 -c '
+import json, sys
+text = sys.stdin.read()
+dec, i, out = json.JSONDecoder(), 0, []
+while (j := text.find("{", i)) >= 0:
+    v, i = dec.raw_decode(text, j)
+    out.append(v)
+lead = [s for s in out if s["role"] == "leader" and len(s["isr"]) == 3]
+print(lead[0]["node"] if lead else "")')
+    [ -n "$leader" ] && break
+    sleep 0.2
+done
+[ -n "$leader" ] || { echo "no Warren cluster leader with a full ISR" >&2; exit 1; }
+echo "warren cluster: leader $leader" >&2
+
+single=$(port)
+target/release/warren --amqp-listen "127.0.0.1:$single" --http-listen "" --prometheus-listen "" \
+    --data-dir "$work/single" >"$work/single.log" 2>&1 &
+pids+=($!)
+wait_log "$work/single.log" "AMQP listening"
+
+rabbit=""
+if [ "$with_rabbit" = 1 ]; then
+    echo "[]." >"$work/no-plugins"
+    for i in 1 2 3; do
+        node="bench$i-$$@localhost"
+        rp=$(port); dp=$(port)
+        mkdir -p "$work/r$i"
+        RABBITMQ_NODENAME=$node RABBITMQ_NODE_PORT=$rp RABBITMQ_DIST_PORT=$dp \
+            RABBITMQ_MNESIA_BASE="$work/r$i/mnesia" RABBITMQ_LOG_BASE="$work/r$i/log" \
+            RABBITMQ_ENABLED_PLUGINS_FILE="$work/no-plugins" RABBITMQ_PID_FILE="$work/r$i/pid" \
+            RABBITMQ_CONFIG_FILE="$work/r$i/none" RABBITMQ_ADVANCED_CONFIG_FILE="$work/r$i/none.config" \
+            rabbitmq-server -detached
+        rabbit_nodes+=("$node")
+        rabbitmqctl -q -n "$node" await_startup --timeout 120
+        [ "$i" = 1 ] && rabbit=127.0.0.1:$rp
+        if [ "$i" != 1 ]; then
+            rabbitmqctl -q -n "$node" stop_app
+            rabbitmqctl -q -n "$node" join_cluster "${rabbit_nodes[0]}"
+            rabbitmqctl -q -n "$node" start_app
+        fi
+    done
+    echo "rabbitmq cluster: ${rabbit_nodes[*]}" >&2
+fi
+
+results=$work/results.jsonl
+for r in $(seq "$rounds"); do
+    for target in warren-cluster warren-single rabbitmq-quorum; do
+        extra=()
+        case $target in
+            warren-cluster) addr=127.0.0.1:${amqp[$leader]} ;;
+            warren-single) addr=127.0.0.1:$single ;;
+            rabbitmq-quorum) addr=$rabbit; extra=(--queue-type quorum) ;;
+        esac
+        [ -n "$addr" ] || continue
+        line=$(target/release/warren-perf --addr "$addr" --duration "$duration" "${load[@]}" "${extra[@]}")
+        echo "{\"broker\":\"$target\",\"round\":$r,\"result\":$line}" | tee -a "$results"
+    done
+done
+python3 - "$results" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+med = {}
+for b in ("warren-cluster", "warren-single", "rabbitmq-quorum"):
+    rs = [r["result"] for r in runs if r["broker"] == b]
+    if not rs:
+        continue
+    m = {k: statistics.median(x[k] for x in rs) for k in ("published_per_s", "consumed_per_s", "confirmed_per_s")}
+    m["p99_us"] = statistics.median(x["latency_us"]["p99"] or 0 for x in rs)
+    med[b] = m
+    print(f"median {b}: " + ", ".join(f"{k}={v:,.0f}" for k, v in m.items()))
+for b in ("warren-single", "rabbitmq-quorum"):
+    if b in med and med[b]["confirmed_per_s"]:
+        print(f"ratio confirmed_per_s warren-cluster/{b}: "
+              f"{med['warren-cluster']['confirmed_per_s'] / med[b]['confirmed_per_s']:.2f}")
+PY
