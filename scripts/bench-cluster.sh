@@ -77,17 +77,20 @@ wait_log "$work/single.log" "AMQP listening"
 rabbit=""
 if [ "$with_rabbit" = 1 ]; then
     echo "[]." >"$work/no-plugins"
+    # Debian's rabbitmq-server runs the node as the rabbitmq user.
+    chmod 755 "$work"
     for i in 1 2 3; do
         node="bench$i-$$@localhost"
         rp=$(port); dp=$(port)
         mkdir -p "$work/r$i"
+        if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq: "$work/r$i" "$work/no-plugins"; fi
         RABBITMQ_NODENAME=$node RABBITMQ_NODE_PORT=$rp RABBITMQ_DIST_PORT=$dp \
             RABBITMQ_MNESIA_BASE="$work/r$i/mnesia" RABBITMQ_LOG_BASE="$work/r$i/log" \
             RABBITMQ_ENABLED_PLUGINS_FILE="$work/no-plugins" RABBITMQ_PID_FILE="$work/r$i/pid" \
             RABBITMQ_CONFIG_FILE="$work/r$i/none" RABBITMQ_ADVANCED_CONFIG_FILE="$work/r$i/none.config" \
             rabbitmq-server -detached
         rabbit_nodes+=("$node")
-        rabbitmqctl -q -n "$node" await_startup --timeout 120
+        rabbitmqctl -q -n "$node" wait "$work/r$i/pid" --timeout 120 >/dev/null
         [ "$i" = 1 ] && rabbit=127.0.0.1:$rp
         if [ "$i" != 1 ]; then
             rabbitmqctl -q -n "$node" stop_app

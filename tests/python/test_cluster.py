@@ -618,3 +618,23 @@ def test_on_a_three_member_etcd_losing_one_member_changes_nothing(etcd3):
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_a_leader_stopped_cleanly_hands_over_without_waiting_for_its_lease(cluster):
+    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
+    leader, epoch = in_sync(cluster)
+    old = next(n for n in cluster if n.name == leader)
+    survivors = [n for n in cluster if n is not old]
+    durable_queue(old, "handover")
+    p = Publisher(survivors[0], "handover", "p")
+    p.start()
+    assert wait_for(lambda: len(p.confirmed) >= 50, timeout=60, interval=0.05)
+    t0 = time.monotonic()
+    old.proc.send_signal(signal.SIGTERM)
+    assert old.proc.wait(15) == 0
+    # It revoked its lease: the next leader does not wait out the 3 s TTL.
+    assert wait_for(lambda: (agreed_leader(survivors) or (None, 0))[1] > epoch, timeout=30, interval=0.05)
+    took = time.monotonic() - t0
+    assert took < 2.9, f"new leader {took:.1f} s after a clean stop"
+    p.finish()
+    check_kept([p], drain(survivors[1], "handover"))

@@ -292,6 +292,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(log) = shared.broker.log() {
         log.close();
     }
+    if let Some(cluster) = &shared.cluster {
+        if let Some(hub) = cluster.hub.get() {
+            hub.fence();
+        }
+        cluster.leave().await;
+    }
     info!("stopped");
     drop(lock);
     Ok(())
@@ -382,6 +388,9 @@ impl ClusterNode {
             }
         }
         hub.fence();
+        if cluster.is_leaving() {
+            return; // stopping: the shutdown closes the clients
+        }
         warn!("not the cluster leader any more: closing clients and restarting as a follower");
         let open: Vec<_> = shared.connections.lock().values().cloned().collect();
         for c in open {

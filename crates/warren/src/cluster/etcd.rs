@@ -162,6 +162,11 @@ impl Etcd {
         Ok(num(&v["result"]["TTL"]))
     }
 
+    /// Ends a lease now: the keys under it go at once.
+    pub async fn revoke(&self, lease: i64) -> Result<(), String> {
+        self.post("/v3/lease/revoke", json!({ "ID": lease.to_string() })).await.map(|_| ())
+    }
+
     pub async fn put(&self, key: &str, value: &str, lease: i64) -> Result<(), String> {
         let mut req = json!({ "key": b64(key), "value": b64(value) });
         if lease != 0 {

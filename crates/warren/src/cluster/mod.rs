@@ -88,6 +88,9 @@ pub struct Cluster {
     pub hub: OnceLock<Arc<replication::Hub>>,
     /// This node serves clients (it leads and its broker is open).
     serving: AtomicBool,
+    /// The lease held (0: none), and set once the node is leaving.
+    lease: std::sync::atomic::AtomicI64,
+    leaving: AtomicBool,
 }
 
 impl Cluster {
@@ -108,6 +111,8 @@ impl Cluster {
             leader_value: Mutex::new(String::new()),
             hub: OnceLock::new(),
             serving: AtomicBool::new(false),
+            lease: Default::default(),
+            leaving: AtomicBool::new(false),
         }))
     }
 
@@ -145,6 +150,25 @@ impl Cluster {
             out["followers"] = hub.followers().into();
         }
         out
+    }
+
+    /// A clean stop: gives up the lease (and with it leadership and
+    /// membership) at once, so that another node takes over without
+    /// waiting for it to lapse. Call once clients are closed.
+    pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        let lease = self.lease.swap(0, Ordering::AcqRel);
+        if lease != 0 {
+            match self.etcd.revoke(lease).await {
+                Ok(()) => info!(node = %self.settings.node, "left the cluster (lease revoked)"),
+                Err(e) => warn!(error = %e, "cannot revoke the cluster lease; it lapses in 3 s"),
+            }
+        }
+    }
+
+    /// Whether the node is stopping (`leave`).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
     }
 
     /// This node leads and its broker is open: clients are served here.
@@ -201,6 +225,10 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if self.leaving.load(Ordering::Acquire) {
+                return;
+            }
+            self.lease.store(lease, Ordering::Release);
             if lease != 0 {
                 let asked = (Instant::now(), clock_ms());
                 match self.etcd.keepalive(lease).await {
@@ -228,6 +256,7 @@ impl Cluster {
                 match self.etcd.grant(LEASE_TTL).await {
                     Ok(id) => {
                         lease = id;
+                        self.lease.store(id, Ordering::Release);
                         renewed = asked.0;
                         self.lease_until.store(asked.1 + STEP_DOWN.as_millis() as u64, Ordering::Release);
                     }
