@@ -4,12 +4,15 @@
 //! The leader's message log reports every change to its files in order
 //! (appends once written, segment deletions once done) and every sync; the
 //! definitions files report every save. The [`Hub`] numbers these as one
-//! stream of frames. A follower that connects says hello; the leader takes
-//! it out of the in-sync replica set (ISR) in etcd if it was there, then
-//! sends a full copy of the replicated directories followed by the stream
-//! from the moment the copy began (an append the copy already holds is
-//! written again, at its offset, with the same bytes). The follower writes
-//! what it gets, and at each `SYNC` mark fsyncs and acknowledges the
+//! stream of frames. A follower that connects says hello with what it holds
+//! (each file's size and SHA-256); the leader takes it out of the in-sync
+//! replica set (ISR) in etcd if it was there, then sends what it lacks —
+//! a file of the leader's that it holds a prefix of gets only the rest,
+//! any other is sent whole, and files the leader does not have are deleted
+//! — followed by the stream from the moment the copy began (an append the
+//! copy already holds is written again, at its offset, with the same
+//! bytes). The follower writes what it gets, and at each `SYNC` mark fsyncs
+//! and acknowledges the
 //! leader's log position. Once it has everything the leader had synced
 //! when it joined, the leader counts it for confirms and adds it to the ISR
 //! in etcd — in that order; a follower that goes silent is taken out of
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
@@ -43,14 +46,13 @@ use super::{Cluster, Role};
 /// the lock and the ctl socket are each node's own).
 pub const REPLICATED: [&str; 2] = ["messages", "definitions"];
 
-/// Follower → leader: cluster name (str16), node name (str16).
+/// Follower → leader: cluster name (str16), node name (str16), then what
+/// it holds: for each file, path (str16), size (u64), SHA-256 (32 octets).
 const HELLO: u8 = 1;
 /// Follower → leader: a log position (u64) written and fsync'd.
 const ACK: u8 = 2;
 /// Leader → follower: the leader's epoch (u64).
 const WELCOME: u8 = 10;
-/// Leader → follower: a full copy follows; drop what you hold.
-const RESET: u8 = 11;
 /// Path (str16), offset (u64), the bytes written there.
 const APPEND: u8 = 12;
 /// Path (str16): the file was deleted.
@@ -65,7 +67,7 @@ const PING: u8 = 16;
 /// Frames larger than this are refused (a message body is at most 512 MiB).
 const MAX_FRAME: usize = 1 << 30;
 /// Frames kept for a follower that has not read them: past this the
-/// slowest follower is cut off (it comes back with a full copy).
+/// slowest follower is cut off (it reconnects and catches up).
 const MAX_BACKLOG: usize = 256 << 20;
 /// A follower not heard from for this long is dropped (and taken out of
 /// the ISR: confirms wait for it until then).
@@ -153,6 +155,27 @@ fn checked(path: &str) -> Result<&str, String> {
     }
 }
 
+/// What a follower holds: path → (size, SHA-256 of the content).
+type Held = HashMap<String, (u64, [u8; 32])>;
+
+/// SHA-256 of the first `size` octets of `f` (None: it is shorter).
+async fn prefix_digest(f: &mut tokio::fs::File, size: u64) -> io::Result<Option<[u8; 32]>> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut left = size;
+    let mut buf = vec![0; COPY_CHUNK];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = f.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(Some(h.finalize().into()))
+}
+
 // ---------------------------------------------------------------- leader
 
 /// A follower as the leader sees it.
@@ -219,7 +242,7 @@ impl Hub {
     fn push(&self, frame: Vec<u8>) {
         let mut st = self.st.lock();
         if st.peers.is_empty() {
-            // Nobody to send it to; a follower that joins gets a full copy.
+            // Nobody to send it to; a follower that joins catches up from the files.
             st.first += 1;
             return;
         }
@@ -332,7 +355,7 @@ async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u8>),
     let mut head = [0u8; 5];
     r.read_exact(&mut head).await.map_err(|e| e.to_string())?;
     let len = u32::from_be_bytes(head[1..5].try_into().expect("4 octets")) as usize;
-    if len > 1 << 16 {
+    if len > 16 << 20 {
         return Err(format!("follower frame of {len} octets"));
     }
     let mut payload = vec![0; len];
@@ -352,6 +375,13 @@ async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Cluster>) -> R
         HELLO => (f.str()?.to_owned(), f.str()?.to_owned()),
         k => return Err(format!("expected hello, got frame {k}")),
     };
+    let mut theirs = Held::new();
+    while !f.0.is_empty() {
+        let path = checked(f.str()?)?.to_owned();
+        let size = f.u64()?;
+        let digest: [u8; 32] = f.take(32)?.try_into().expect("32 octets");
+        theirs.insert(path, (size, digest));
+    }
     if name != cluster.settings.name || node == cluster.settings.node || node.is_empty() {
         return Err(format!("hello from {node:?} of cluster {name:?}: not one of ours"));
     }
@@ -396,8 +426,8 @@ async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Cluster>) -> R
         files.sort();
         (me, files)
     };
-    info!(follower = %node, files = files.len(), "follower joined: sending a full copy");
-    let result = follow_up(rd, &mut wr, hub, cluster, &node, me, epoch, &files).await;
+    info!(follower = %node, files = files.len(), "follower joined: sending what it lacks");
+    let result = follow_up(rd, &mut wr, hub, cluster, &node, me, epoch, &files, &theirs).await;
     // Out of the ISR in etcd before confirms stop waiting for it.
     let counted = hub.st.lock().peers.get(&node).is_some_and(|p| p.session == me && (p.counted || p.in_isr));
     if counted {
@@ -433,10 +463,16 @@ async fn follow_up(
     me: u64,
     epoch: u64,
     files: &[String],
+    theirs: &Held,
 ) -> Result<(), String> {
     let io = |e: io::Error| e.to_string();
     wr.write_all(&pos_frame(WELCOME, epoch)).await.map_err(io)?;
-    wr.write_all(&frame(RESET, |_| {})).await.map_err(io)?;
+    // What it holds and we do not goes; what it holds of ours stays, if
+    // it is a prefix of our file; the rest is sent.
+    let mut sent = 0u64;
+    for path in theirs.keys().filter(|p| !files.contains(p)) {
+        wr.write_all(&frame(DELETE, |b| put_str(b, path))).await.map_err(io)?;
+    }
     for path in files {
         let full = hub.dir.join(path);
         if path.starts_with("definitions/") {
@@ -451,8 +487,21 @@ async fn follow_up(
             }
             continue;
         }
-        let Ok(mut f) = tokio::fs::File::open(&full).await else { continue };
+        let Ok(mut f) = tokio::fs::File::open(&full).await else {
+            // Deleted since (the stream says so too): theirs must go.
+            wr.write_all(&frame(DELETE, |b| put_str(b, path))).await.map_err(io)?;
+            continue;
+        };
         let mut offset = 0u64;
+        if let Some((size, digest)) = theirs.get(path) {
+            match prefix_digest(&mut f, *size).await.map_err(io)? {
+                Some(ours) if ours == *digest => offset = *size,
+                _ => {
+                    wr.write_all(&frame(DELETE, |b| put_str(b, path))).await.map_err(io)?;
+                    f.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+                }
+            }
+        }
         let mut buf = vec![0; COPY_CHUNK];
         loop {
             let n = f.read(&mut buf).await.map_err(io)?;
@@ -461,8 +510,10 @@ async fn follow_up(
             }
             wr.write_all(&append_frame(path, offset, &buf[..n])).await.map_err(io)?;
             offset += n as u64;
+            sent += n as u64;
         }
     }
+    info!(follower = %node, bytes = sent, "follower has the leader's files");
     let joined_at = hub.st.lock().peers.get(node).map_or(0, |p| p.joined_at);
     wr.write_all(&pos_frame(SYNC, joined_at)).await.map_err(io)?;
 
@@ -606,20 +657,38 @@ impl Applier {
         Applier { dir, open: HashMap::new(), dirty: HashSet::new(), dirs_dirty: false }
     }
 
-    fn reset(&mut self) -> io::Result<()> {
+    /// Every replicated file held here, with its size and SHA-256: the
+    /// leader sends only what differs.
+    fn inventory(&mut self) -> io::Result<Vec<(String, u64, [u8; 32])>> {
+        use sha2::Digest;
+        self.flush()?;
         self.open.clear();
-        self.dirty.clear();
+        let mut out = Vec::new();
         for d in REPLICATED {
-            let path = self.dir.join(d);
-            match fs::remove_dir_all(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+            let dir = self.dir.join(d);
+            fs::create_dir_all(&dir)?;
+            for e in fs::read_dir(&dir)?.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let path = format!("{d}/{name}");
+                if !(name.ends_with(".seg") || name.ends_with(".json")) || checked(&path).is_err() {
+                    continue;
+                }
+                let mut h = sha2::Sha256::new();
+                let mut f = File::open(e.path())?;
+                let mut buf = vec![0; COPY_CHUNK];
+                let mut size = 0u64;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    size += n as u64;
+                }
+                out.push((path, size, h.finalize().into()));
             }
-            fs::create_dir_all(&path)?;
         }
-        File::open(&self.dir)?.sync_all()?;
-        self.dirs_dirty = true;
-        Ok(())
+        Ok(out)
     }
 
     fn append(&mut self, path: &str, offset: u64, bytes: &[u8]) -> Result<(), String> {
@@ -744,9 +813,15 @@ fn follow_leader(
     let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
     let _ = s.set_nodelay(true);
     s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+    let held = applier.inventory().map_err(|e| format!("cannot read the data directory: {e}"))?;
     s.write_all(&frame(HELLO, |b| {
         put_str(b, &cluster.settings.name);
         put_str(b, &cluster.settings.node);
+        for (path, size, digest) in &held {
+            put_str(b, path);
+            b.extend_from_slice(&size.to_be_bytes());
+            b.extend_from_slice(digest);
+        }
     }))
     .map_err(|e| e.to_string())?;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -811,10 +886,7 @@ fn follow_leader(
                         return Err(format!("leader of epoch {theirs}, expected {epoch}"));
                     }
                     welcomed = true;
-                }
-                RESET => {
-                    applier.reset().map_err(|e| format!("cannot clear the data directory: {e}"))?;
-                    info!(epoch, "replicating a full copy from the leader");
+                    info!(epoch, "replicating from the leader");
                 }
                 APPEND => {
                     let path = checked(f.str()?)?.to_owned();
