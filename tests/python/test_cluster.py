@@ -643,3 +643,71 @@ def test_a_leader_stopped_cleanly_hands_over_without_waiting_for_its_lease(clust
     assert took < 2.9, f"new leader {took:.1f} s after a clean stop"
     p.finish()
     check_kept([p], drain(survivors[1], "handover"))
+
+
+def test_a_paused_follower_is_dropped_from_the_isr_and_rejoins_when_resumed(cluster):
+    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
+    leader, _ = in_sync(cluster)
+    lead = next(n for n in cluster if n.name == leader)
+    paused = next(n for n in cluster if n is not lead)
+    durable_queue(lead, "follower-pause")
+    paused.proc.send_signal(signal.SIGSTOP)
+    try:
+        # A flood without confirms: the leader's writes to the paused
+        # follower block once the sockets' buffers (up to 32 + 4 MiB here)
+        # are full.
+        c = pika.BlockingConnection(lead.params())
+        ch = c.channel()
+        big = b"x" * 65536
+        for _ in range(1000):  # 62.5 MiB
+            ch.basic_publish("", "follower-pause", big, pika.BasicProperties(delivery_mode=2))
+        c.close()
+        # A confirm still comes: the follower was dropped from the ISR.
+        p = Publisher(lead, "follower-pause", "p")
+        p.start()
+        assert wait_for(lambda: len(p.confirmed) >= 1, timeout=30, interval=0.05), p.error
+        p.finish()
+        assert paused.name not in lead.status()["isr"]
+    finally:
+        paused.proc.send_signal(signal.SIGCONT)
+    assert wait_for(lambda: in_sync(cluster), timeout=60, interval=0.2)
+
+
+def test_a_followers_management_api_and_ctl_speak_for_the_leader(cluster):
+    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
+    leader, epoch = in_sync(cluster)
+    lead = next(n for n in cluster if n.name == leader)
+    follower = next(n for n in cluster if n is not lead)
+    guest = ("guest", "guest")
+    # Changes through a follower's API land on the leader (which checks
+    # the credentials: the new user works at once).
+    r = requests.put(f"{follower.proc.http}/api/users/ops", json={"password": "s3cret", "tags": "administrator"},
+                     auth=guest, timeout=10)
+    assert r.status_code in (201, 204), r.text
+    r = requests.put(f"{follower.proc.http}/api/permissions/%2F/ops",
+                     json={"configure": ".*", "write": ".*", "read": ".*"}, auth=guest, timeout=10)
+    assert r.status_code in (201, 204), r.text
+    r = requests.put(f"{follower.proc.http}/api/queues/%2F/from-api", json={"durable": True},
+                     auth=("ops", "s3cret"), timeout=10)
+    assert r.status_code in (201, 204), r.text
+    for n in (lead, follower):
+        names = [q["name"] for q in requests.get(f"{n.proc.http}/api/queues", auth=guest, timeout=10).json()]
+        assert "from-api" in names
+    r = requests.get(f"{follower.proc.http}/api/overview", auth=("ops", "wrong"), timeout=10)
+    assert r.status_code == 401
+    # warren ctl on a follower refuses what it cannot answer for.
+    out = subprocess.run([warren_binary(), "ctl", "--data-dir", follower.data, "list_queues"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 69 and f"the leader is {leader}" in out.stdout + out.stderr
+    out = subprocess.run([warren_binary(), "ctl", "--data-dir", lead.data, "list_queues"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "from-api" in out.stdout
+    # Replicated: after a failover the user and the queue are there.
+    lead.kill()
+    survivors = [n for n in cluster if n is not lead]
+    assert wait_for(lambda: (agreed_leader(survivors) or (None, 0))[1] > epoch, timeout=30, interval=0.1)
+    c = pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=survivors[0].port, connection_attempts=1,
+        credentials=pika.PlainCredentials("ops", "s3cret")))
+    c.channel().queue_declare("from-api", passive=True, durable=True)
+    c.close()

@@ -114,6 +114,23 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
         f().unwrap_or_else(|e| failed(info, e))
     };
     let done = |info: String| Response { info, ..Default::default() };
+    // A cluster node that does not serve has only an empty placeholder
+    // broker: what it would list is not the cluster's, and what it would
+    // change would be lost.
+    if let Some(c) = shared.cluster.as_ref().filter(|c| !c.is_serving()) {
+        if !matches!(req.command.as_str(), "cluster_status" | "status" | "memory_breakdown") {
+            let leader = c.status()["leader"].as_str().unwrap_or("unknown").to_owned();
+            return failed(
+                String::new(),
+                AdminError {
+                    exit_code: 69,
+                    message: format!(
+                        "this node is not the cluster's leader (the leader is {leader}): run `warren ctl` there"
+                    ),
+                },
+            );
+        }
+    }
     match req.command.as_str() {
         "add_user" => {
             let info = format!("Adding user \"{}\" ...", arg(0));

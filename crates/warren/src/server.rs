@@ -159,14 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             };
             let repl = TcpListener::bind(&at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at}: {e}"))?;
             let bound = repl.local_addr()?;
-            // Reachable as bound, or on the advertised AMQP host.
-            let listen = match bound.ip().is_unspecified() {
-                true => {
-                    let host = advertise.rsplit_once(':').map_or(advertise.as_str(), |(h, _)| h);
-                    format!("{host}:{}", bound.port())
-                }
-                false => bound.to_string(),
-            };
+            let listen = crate::cluster::reachable(bound, &advertise);
             info!(addr = %bound, "cluster replication listening");
             let settings = crate::cluster::Settings {
                 etcd: endpoints.split(',').map(str::to_owned).collect(),
@@ -192,6 +185,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         totals: Default::default(),
         cluster,
     });
+    if let Some(at) = http_at {
+        let bound = crate::http::listen(shared.clone(), at).await?;
+        let _ = shared.http_addr.set(bound);
+        if let Some(c) = &shared.cluster {
+            c.set_http(crate::cluster::reachable(bound, &c.settings.advertise));
+        }
+    }
     match (shared.cluster.clone(), repl_listener, sync_tx) {
         (Some(cluster), Some(repl), Some(sync_tx)) => {
             tokio::spawn(cluster.clone().run());
@@ -200,10 +200,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tokio::spawn(node.run());
         }
         _ => background.start(shared.broker.clone()),
-    }
-    if let Some(at) = http_at {
-        let bound = crate::http::listen(shared.clone(), at).await?;
-        let _ = shared.http_addr.set(bound);
     }
     if let Some(at) = prometheus_at {
         crate::metrics::listen(shared.clone(), at).await?;

@@ -102,26 +102,17 @@ impl Etcd {
     }
 
     async fn post_to(host: &str, port: u16, path: &str, body: &str) -> Result<Value, String> {
-        let mut s = TcpStream::connect((host, port)).await.map_err(|e| e.to_string())?;
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP header end")?;
-        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-        let mut payload = raw[split + 4..].to_vec();
-        if !head.starts_with("http/1.1 200") {
-            return Err(format!("etcd answered {}", head.lines().next().unwrap_or("")));
-        }
-        if head.contains("transfer-encoding: chunked") {
-            payload = dechunk(&payload).ok_or("bad chunked body")?;
+        let answer = exchange(&format!("{host}:{port}"), req.as_bytes()).await?;
+        if answer.status != 200 {
+            return Err(format!("etcd answered {}", answer.head.lines().next().unwrap_or("")));
         }
         // Streaming calls (keep-alive) send one JSON object per message.
-        let mut de = serde_json::Deserializer::from_slice(&payload).into_iter::<Value>();
+        let mut de = serde_json::Deserializer::from_slice(&answer.body).into_iter::<Value>();
         de.next().ok_or("empty body")?.map_err(|e| e.to_string())
     }
 
@@ -213,6 +204,42 @@ impl Etcd {
         let v = self.post("/v3/kv/txn", json!({ "compare": compare, "success": success })).await?;
         Ok(v.get("succeeded").and_then(Value::as_bool).unwrap_or(false))
     }
+}
+
+/// An HTTP/1.1 response read to the end of its connection.
+pub struct Answer {
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request with `Connection: close`) to
+/// `addr` and reads the answer to the end of the connection.
+pub async fn exchange(addr: &str, request: &[u8]) -> Result<Answer, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP header end")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no HTTP status")?;
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body).ok_or("bad chunked body")?;
+    }
+    Ok(Answer { status, head, body })
 }
 
 /// Decodes an HTTP/1.1 chunked body.

@@ -64,6 +64,8 @@ pub enum Role {
         amqp: String,
         /// The leader's replication listener.
         repl: String,
+        /// The leader's management API ("" if it has none).
+        http: String,
         epoch: u64,
     },
 }
@@ -90,6 +92,8 @@ pub struct Cluster {
     serving: AtomicBool,
     /// The lease held (0: none), and set once the node is leaving.
     lease: std::sync::atomic::AtomicI64,
+    /// This node's management API address, as the others reach it.
+    http: OnceLock<String>,
     leaving: AtomicBool,
 }
 
@@ -112,6 +116,7 @@ impl Cluster {
             hub: OnceLock::new(),
             serving: AtomicBool::new(false),
             lease: Default::default(),
+            http: OnceLock::new(),
             leaving: AtomicBool::new(false),
         }))
     }
@@ -169,6 +174,26 @@ impl Cluster {
     /// Whether the node is stopping (`leave`).
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::Acquire)
+    }
+
+    /// The leader's management API, while this node follows one that has
+    /// one.
+    pub fn leader_http(&self) -> Option<String> {
+        match self.role() {
+            Role::Follower { http, .. } if !http.is_empty() => Some(http),
+            _ => None,
+        }
+    }
+
+    /// Whether this node leads and its broker is open.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    /// Where this node's management API is reachable by the others, once
+    /// it is bound (followers forward API requests to the leader's).
+    pub fn set_http(&self, addr: String) {
+        let _ = self.http.set(addr);
     }
 
     /// This node leads and its broker is open: clients are served here.
@@ -325,7 +350,8 @@ impl Cluster {
             *self.isr.lock() = members.unwrap_or_default();
             let amqp = v["amqp"].as_str().unwrap_or_default().to_owned();
             let repl = v["repl"].as_str().unwrap_or_default().to_owned();
-            return Ok(Role::Follower { leader: node, amqp, repl, epoch });
+            let http = v["http"].as_str().unwrap_or_default().to_owned();
+            return Ok(Role::Follower { leader: node, amqp, repl, http, epoch });
         }
         if let Some(m) = &members {
             *self.isr.lock() = m.clone();
@@ -345,6 +371,7 @@ impl Cluster {
             "epoch": next,
             "amqp": self.settings.advertise,
             "repl": self.settings.listen,
+            "http": self.http.get(),
         })
         .to_string();
         let new_isr = json!({ "epoch": next, "members": [self.settings.node] }).to_string();
@@ -408,6 +435,18 @@ impl Cluster {
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), role.changed()).await;
         }
+    }
+}
+
+/// Where a listener bound at `bound` is reachable by the other nodes: as
+/// bound, or, bound to every interface, on the advertised AMQP host.
+pub fn reachable(bound: std::net::SocketAddr, advertise: &str) -> String {
+    match bound.ip().is_unspecified() {
+        true => {
+            let host = advertise.rsplit_once(':').map_or(advertise, |(h, _)| h);
+            format!("{host}:{}", bound.port())
+        }
+        false => bound.to_string(),
     }
 }
 

@@ -78,6 +78,11 @@ const PING_EVERY: Duration = Duration::from_millis(250);
 const LEADER_SILENCE: Duration = Duration::from_secs(3);
 /// A follower joins the ISR once it is at most this far behind.
 const ISR_LAG: u64 = 8 << 20;
+/// A follower has this long (on top of `FOLLOWER_TIMEOUT`) to sync and
+/// acknowledge what it was sent on joining.
+const CATCH_UP_GRACE: Duration = Duration::from_secs(10);
+/// A follower syncs at least this often while catching up.
+const FLUSH_EVERY: u64 = 64 << 20;
 /// Snapshot files are sent in pieces of this size.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -157,6 +162,16 @@ fn checked(path: &str) -> Result<&str, String> {
 
 /// What a follower holds: path → (size, SHA-256 of the content).
 type Held = HashMap<String, (u64, [u8; 32])>;
+
+/// Writes to a follower. One that does not take the bytes within
+/// `FOLLOWER_TIMEOUT` (paused, or its link stalled) ends its session, which
+/// takes it out of the ISR: it must not hold confirms.
+async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> Result<(), String> {
+    match tokio::time::timeout(FOLLOWER_TIMEOUT, wr.write_all(bytes)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the follower does not read".into()),
+    }
+}
 
 /// SHA-256 of the first `size` octets of `f` (None: it is shorter).
 async fn prefix_digest(f: &mut tokio::fs::File, size: u64) -> io::Result<Option<[u8; 32]>> {
@@ -466,30 +481,29 @@ async fn follow_up(
     theirs: &Held,
 ) -> Result<(), String> {
     let io = |e: io::Error| e.to_string();
-    wr.write_all(&pos_frame(WELCOME, epoch)).await.map_err(io)?;
+    send(wr, &pos_frame(WELCOME, epoch)).await?;
     // What it holds and we do not goes; what it holds of ours stays, if
     // it is a prefix of our file; the rest is sent.
     let mut sent = 0u64;
     for path in theirs.keys().filter(|p| !files.contains(p)) {
-        wr.write_all(&frame(DELETE, |b| put_str(b, path))).await.map_err(io)?;
+        send(wr, &frame(DELETE, |b| put_str(b, path))).await?;
     }
     for path in files {
         let full = hub.dir.join(path);
         if path.starts_with("definitions/") {
             // Gone since: its deletion, or a newer save, is in the stream.
             if let Ok(bytes) = tokio::fs::read(&full).await {
-                wr.write_all(&frame(REPLACE, |b| {
+                let replace = frame(REPLACE, |b| {
                     put_str(b, path);
                     b.extend_from_slice(&bytes);
-                }))
-                .await
-                .map_err(io)?;
+                });
+                send(wr, &replace).await?;
             }
             continue;
         }
         let Ok(mut f) = tokio::fs::File::open(&full).await else {
             // Deleted since (the stream says so too): theirs must go.
-            wr.write_all(&frame(DELETE, |b| put_str(b, path))).await.map_err(io)?;
+            send(wr, &frame(DELETE, |b| put_str(b, path))).await?;
             continue;
         };
         let mut offset = 0u64;
@@ -497,7 +511,7 @@ async fn follow_up(
             match prefix_digest(&mut f, *size).await.map_err(io)? {
                 Some(ours) if ours == *digest => offset = *size,
                 _ => {
-                    wr.write_all(&frame(DELETE, |b| put_str(b, path))).await.map_err(io)?;
+                    send(wr, &frame(DELETE, |b| put_str(b, path))).await?;
                     f.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
                 }
             }
@@ -508,14 +522,20 @@ async fn follow_up(
             if n == 0 {
                 break;
             }
-            wr.write_all(&append_frame(path, offset, &buf[..n])).await.map_err(io)?;
+            send(wr, &append_frame(path, offset, &buf[..n])).await?;
             offset += n as u64;
             sent += n as u64;
         }
     }
     info!(follower = %node, bytes = sent, "follower has the leader's files");
-    let joined_at = hub.st.lock().peers.get(node).map_or(0, |p| p.joined_at);
-    wr.write_all(&pos_frame(SYNC, joined_at)).await.map_err(io)?;
+    let joined_at = {
+        let mut st = hub.st.lock();
+        let p = st.peers.get_mut(node).filter(|p| p.session == me).ok_or("replaced by a newer session")?;
+        // Its first acknowledgement syncs all it was sent: give it time.
+        p.heard = Instant::now() + CATCH_UP_GRACE;
+        p.joined_at
+    };
+    send(wr, &pos_frame(SYNC, joined_at)).await?;
 
     // Acknowledgements come in on their own task.
     let acks = {
@@ -632,12 +652,12 @@ async fn send_stream(
         };
         if batch.is_empty() {
             if tokio::time::timeout(PING_EVERY, notified).await.is_err() {
-                wr.write_all(&frame(PING, |_| {})).await.map_err(|e| e.to_string())?;
+                send(wr, &frame(PING, |_| {})).await?;
             }
             continue;
         }
         for f in batch {
-            wr.write_all(&f).await.map_err(|e| e.to_string())?;
+            send(wr, &f).await?;
         }
     }
 }
@@ -650,11 +670,13 @@ struct Applier {
     open: HashMap<String, File>,
     dirty: HashSet<String>,
     dirs_dirty: bool,
+    /// Written since the last flush.
+    unsynced: u64,
 }
 
 impl Applier {
     fn new(dir: PathBuf) -> Applier {
-        Applier { dir, open: HashMap::new(), dirty: HashSet::new(), dirs_dirty: false }
+        Applier { dir, open: HashMap::new(), dirty: HashSet::new(), dirs_dirty: false, unsynced: 0 }
     }
 
     /// Every replicated file held here, with its size and SHA-256: the
@@ -714,6 +736,7 @@ impl Applier {
             return Err(format!("{path}: {len} octets here, the leader appends at {offset}: diverged"));
         }
         f.write_all_at(bytes, offset).map_err(|e| e.to_string())?;
+        self.unsynced += bytes.len() as u64;
         self.dirty.insert(path.to_owned());
         Ok(())
     }
@@ -746,6 +769,7 @@ impl Applier {
 
     /// Makes everything applied so far durable.
     fn flush(&mut self) -> io::Result<()> {
+        self.unsynced = 0;
         for path in self.dirty.drain() {
             if let Some(f) = self.open.get(&path) {
                 f.sync_data()?;
@@ -907,6 +931,11 @@ fn follow_leader(
             }
         }
         buf.drain(..at);
+        if ack.is_none() && applier.unsynced > FLUSH_EVERY {
+            // A long catch-up: sync as it goes, so that the acknowledgement
+            // at its end does not wait for all of it.
+            applier.flush().map_err(|e| format!("cannot sync the replicated data: {e}"))?;
+        }
         if let Some(pos) = ack {
             applier.flush().map_err(|e| format!("cannot sync the replicated data: {e}"))?;
             acked = acked.max(pos);

@@ -153,6 +153,38 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>, handler: Handler) {
     });
 }
 
+/// Passes a management API request on to the cluster leader's API and
+/// its answer back.
+async fn forward(leader: &str, parts: &hyper::http::request::Parts, body: &Bytes) -> Reply {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = format!("{} {target} HTTP/1.1\r\nHost: {leader}\r\nConnection: close\r\n", parts.method);
+    for name in [hyper::header::AUTHORIZATION, CONTENT_TYPE, hyper::header::ACCEPT] {
+        if let Some(v) = parts.headers.get(&name).and_then(|v| v.to_str().ok()) {
+            req.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut raw = req.into_bytes();
+    raw.extend_from_slice(body);
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), crate::cluster::etcd::exchange(leader, &raw))
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|r| r);
+    match answer {
+        Ok(a) => {
+            let mut r = Response::new(Body::Full(Some(Bytes::from(a.body.clone()))));
+            *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            for name in [CONTENT_TYPE, hyper::header::WWW_AUTHENTICATE, hyper::header::LOCATION] {
+                if let Some(v) = a.header(name.as_str()).and_then(|v| HeaderValue::from_str(v).ok()) {
+                    r.headers_mut().insert(name, v);
+                }
+            }
+            r
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, "bad_gateway", format!("cannot reach the cluster leader: {e}")),
+    }
+}
+
 /// A request, read whole and decoded: what the routes see.
 pub struct Call {
     pub method: hyper::Method,
@@ -192,6 +224,15 @@ async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) 
     };
     let segments: Vec<String> =
         rest.split('/').filter(|s| !s.is_empty()).map(|s| query::percent_decode(s, false)).collect();
+    // A cluster follower has only an empty placeholder broker: the API
+    // answers for the leader, which authenticates (but /api/nodes answers
+    // for this node).
+    if let Some(leader) = shared.cluster.as_ref().and_then(|c| c.leader_http()).filter(|_| rest != "/nodes") {
+        return match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => forward(&leader, &parts, &b.to_bytes()).await,
+            Err(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", "request body too large"),
+        };
+    }
     let user = match auth::authenticate(shared, peer, &parts.headers) {
         Ok(u) => u,
         Err(r) => return r,
