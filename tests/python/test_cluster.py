@@ -270,6 +270,17 @@ def test_a_celery_worker_carries_on_after_a_failover(cluster, tmp_path):
         stop(w)
 
 
+def metrics(node):
+    """The node's Prometheus metrics: {'name{labels}': value}."""
+    text = requests.get(f"{node.proc.prometheus}/metrics", timeout=10).text
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
 def durable_queue(node, name):
     c = pika.BlockingConnection(node.params())
     c.channel().queue_declare(name, durable=True)
@@ -371,9 +382,17 @@ def test_a_killed_follower_leaves_the_isr_and_catches_up_when_back(cluster):
     p = Publisher(lead, "follower-kill", "p")
     p.start()
     assert wait_for(lambda: len(p.confirmed) >= 400, timeout=60, interval=0.05)
+    other = next(n for n in cluster if n is not lead and n is not gone)
+    m = metrics(lead)
+    assert m["warren_cluster_leader"] == 1 and m["warren_cluster_isr_members"] == 3
+    assert m[f'warren_cluster_follower_in_sync{{follower="{gone.name}"}}'] == 1
+    assert metrics(other)["warren_cluster_leader"] == 0
     gone.kill()
     # Dropped from the ISR; confirms go on without it.
     assert wait_for(lambda: gone.name not in (lead.status() or {}).get("isr", [gone.name]), timeout=10, interval=0.1)
+    m = metrics(lead)
+    assert m["warren_cluster_isr_members"] == 2
+    assert f'warren_cluster_follower_in_sync{{follower="{gone.name}"}}' not in m
     before = len(p.confirmed)
     assert wait_for(lambda: len(p.confirmed) >= before + 50, timeout=30, interval=0.05), p.error
     p.finish()

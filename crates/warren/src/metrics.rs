@@ -108,6 +108,49 @@ impl Scrape<'_> {
     }
 }
 
+/// Warren's cluster: this node's role and epoch, the ISR's size, and on
+/// the leader each follower's lag (what to alert on when the ISR shrinks).
+fn cluster_metrics(s: &Scrape, cluster: &crate::cluster::Cluster) -> prometheus::Result<()> {
+    let status = cluster.status();
+    s.gauge(
+        "warren_cluster_leader",
+        "1 while this node is the cluster's leader and serves",
+        (status["role"] == "leader" && cluster.is_serving()) as i64,
+    )?;
+    s.gauge(
+        "warren_cluster_epoch",
+        "The cluster's leader epoch as this node sees it",
+        status["epoch"].as_i64().unwrap_or(0),
+    )?;
+    let isr = status["isr"].as_array().map_or(0, |a| a.len());
+    s.gauge(
+        "warren_cluster_isr_members",
+        "Members of the in-sync replica set (as this node last read it)",
+        isr as i64,
+    )?;
+    if let Some(followers) = status["followers"].as_array() {
+        let lag = IntGaugeVec::new(
+            Opts::new("warren_cluster_follower_lag_bytes", "How far each connected follower is behind (leader only)"),
+            &["follower"],
+        )?;
+        let in_sync = IntGaugeVec::new(
+            Opts::new(
+                "warren_cluster_follower_in_sync",
+                "1 while the follower is in the in-sync replica set (leader only)",
+            ),
+            &["follower"],
+        )?;
+        for f in followers {
+            let name = f["name"].as_str().unwrap_or_default();
+            lag.with_label_values(&[name]).set(f["lag_bytes"].as_i64().unwrap_or(0));
+            in_sync.with_label_values(&[name]).set(f["in_sync"].as_bool().unwrap_or(false) as i64);
+        }
+        s.add(lag)?;
+        s.add(in_sync)?;
+    }
+    Ok(())
+}
+
 fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus::Result<()> {
     let s = Scrape(registry);
     let node = crate::http::node_name();
@@ -131,6 +174,10 @@ fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus
             ("warren_version", env!("CARGO_PKG_VERSION").into()),
         ],
     )?;
+
+    if let Some(cluster) = &shared.cluster {
+        cluster_metrics(&s, cluster)?;
+    }
 
     // Connections and channels.
     let conns: Vec<_> = shared.connections.lock().values().cloned().collect();
