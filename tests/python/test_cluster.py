@@ -465,11 +465,16 @@ def test_without_etcd_nothing_is_confirmed_and_nothing_lost(etcd, cluster):
         assert not p.is_alive() and p.error is not None
         assert time.monotonic() - stopped < 5
         confirmed = len(p.confirmed)
-        # No node serves a client meanwhile.
-        with pytest.raises(pika.exceptions.AMQPConnectionError):
+        # No node serves a client meanwhile (the node holds the connection
+        # while it waits for a leader; pika gives up first).
+        try:
             pika.BlockingConnection(pika.ConnectionParameters(
                 host="127.0.0.1", port=cluster[0].port, connection_attempts=1, socket_timeout=2,
-                blocked_connection_timeout=2, stack_timeout=4))
+                blocked_connection_timeout=2, stack_timeout=4)).close()
+            served = True
+        except Exception:  # pika's timeouts are not all AMQPConnectionError
+            served = False
+        assert not served
     finally:
         etcd.send_signal(signal.SIGCONT)
     assert wait_for(lambda: agreed_leader(cluster), timeout=30, interval=0.2)
