@@ -943,3 +943,97 @@ fn follow_leader(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("warren-repl-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn frames_are_read_only_once_whole() {
+        let mut buf = append_frame("messages/00000001.seg", 7, b"abc");
+        buf.extend_from_slice(&pos_frame(SYNC, 42));
+        let whole = buf.len();
+        // Cut anywhere inside the second frame: only the first is read.
+        let first = next_frame(&buf[..whole - 1], 0).unwrap().unwrap();
+        assert_eq!(first.0, APPEND);
+        assert_eq!(next_frame(&buf[..whole - 1], first.1.end).unwrap(), None);
+        let (kind, range) = next_frame(&buf, first.1.end).unwrap().unwrap();
+        assert_eq!((kind, Fields(&buf[range]).u64().unwrap()), (SYNC, 42));
+        let mut f = Fields(&buf[first.1]);
+        assert_eq!(f.str().unwrap(), "messages/00000001.seg");
+        assert_eq!(f.u64().unwrap(), 7);
+        assert_eq!(f.0, b"abc");
+        // A length beyond any frame is refused, not allocated.
+        assert!(next_frame(&[APPEND, 0xff, 0xff, 0xff, 0xff], 0).is_err());
+    }
+
+    #[test]
+    fn only_files_of_the_replicated_directories_are_named() {
+        for ok in ["messages/00000001.seg", "definitions/vhost-2f.json", "definitions/access.json"] {
+            assert!(checked(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "../etc/passwd",
+            "messages/../../x",
+            "messages/",
+            "spill/1",
+            "/messages/1.seg",
+            "messages/a/b",
+            "messages/.hidden",
+            "LOCK",
+            "definitions/ü.json",
+        ] {
+            assert!(checked(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_applier_mirrors_appends_deletions_and_replacements() {
+        let dir = tmp("apply");
+        let mut a = Applier::new(dir.clone());
+        assert!(a.inventory().unwrap().is_empty());
+        a.append("messages/00000001.seg", 0, b"hello ").unwrap();
+        a.append("messages/00000001.seg", 6, b"world").unwrap();
+        // Again at an offset it holds (the copy and the stream overlap).
+        a.append("messages/00000001.seg", 6, b"world").unwrap();
+        // Past its end: the replica has diverged.
+        assert!(a.append("messages/00000001.seg", 100, b"x").is_err());
+        a.append("messages/00000002.seg", 0, b"two").unwrap();
+        a.replace("definitions/access.json", b"{}").unwrap();
+        a.flush().unwrap();
+        assert_eq!(fs::read(dir.join("messages/00000001.seg")).unwrap(), b"hello world");
+        a.delete("messages/00000002.seg").unwrap();
+        a.delete("messages/00000002.seg").unwrap();
+        a.replace("definitions/access.json", b"{\"users\":[]}").unwrap();
+        a.flush().unwrap();
+        let held = a.inventory().unwrap();
+        let names: Vec<&str> = held.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(names.len(), 2);
+        assert!(names.contains(&"messages/00000001.seg") && names.contains(&"definitions/access.json"));
+        let (_, size, digest) = held.iter().find(|(p, _, _)| p == "messages/00000001.seg").unwrap();
+        use sha2::Digest;
+        assert_eq!((*size, *digest), (11, <[u8; 32]>::from(sha2::Sha256::digest(b"hello world"))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_prefix_digest_matches_only_a_prefix() {
+        use sha2::Digest;
+        let dir = tmp("prefix");
+        let path = dir.join("f");
+        fs::write(&path, b"hello world").unwrap();
+        let mut f = tokio::fs::File::open(&path).await.unwrap();
+        let want: [u8; 32] = sha2::Sha256::digest(b"hello").into();
+        assert_eq!(prefix_digest(&mut f, 5).await.unwrap(), Some(want));
+        let mut f = tokio::fs::File::open(&path).await.unwrap();
+        assert_eq!(prefix_digest(&mut f, 12).await.unwrap(), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
