@@ -735,3 +735,35 @@ def test_a_followers_management_api_and_ctl_speak_for_the_leader(cluster):
         credentials=pika.PlainCredentials("ops", "s3cret")))
     c.channel().queue_declare("from-api", passive=True, durable=True)
     c.close()
+
+
+@pytest.mark.parametrize("cluster", [{"WARREN_FAULT_REPLICA_DELAY_MS": "300"}], ids=["slow-followers"],
+                         indirect=True)
+def test_a_declaration_answered_survives_the_leaders_kill_9(cluster):
+    """Over slow links (300 ms in flight, lost if the leader dies): a
+    durable queue and exchange declared, a binding made, a user added —
+    each answered — then the leader killed at once: all are there."""
+    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
+    leader, epoch = in_sync(cluster)
+    lead = next(n for n in cluster if n.name == leader)
+    survivors = [n for n in cluster if n is not lead]
+    c = pika.BlockingConnection(lead.params())
+    ch = c.channel()
+    ch.exchange_declare("declared-x", "direct", durable=True)
+    ch.queue_declare("declared-q", durable=True)
+    ch.queue_bind("declared-q", "declared-x", "rk")
+    r = requests.put(f"{lead.proc.http}/api/users/declared-user", json={"password": "pw", "tags": ""},
+                     auth=("guest", "guest"), timeout=30)
+    assert r.status_code in (201, 204), r.text
+    lead.kill()
+    assert wait_for(lambda: (agreed_leader(survivors) or (None, 0))[1] > epoch, timeout=30, interval=0.1)
+    c = pika.BlockingConnection(survivors[0].params())
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.exchange_declare("declared-x", "direct", durable=True, passive=True)
+    ch.queue_declare("declared-q", durable=True, passive=True)
+    ch.basic_publish("declared-x", "rk", b"routed", mandatory=True)  # unroutable would raise
+    c.close()
+    users = [u["name"] for u in requests.get(f"{survivors[0].proc.http}/api/users", auth=("guest", "guest"),
+                                             timeout=10).json()]
+    assert "declared-user" in users

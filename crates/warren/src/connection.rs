@@ -300,6 +300,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
 
     let mut synced_rx = shared.synced.clone();
     let mut alarm_rx = shared.alarm.clone();
+    // A cluster's leader: after a turn that saved durable definitions (a
+    // declaration, a binding…), nothing more goes out until every in-sync
+    // follower has the save — so a declare-ok is never lost in a failover.
+    let hub = shared.cluster.as_ref().and_then(|c| c.hub.get().cloned());
+    let mut defs_rx = shared.defs_replicated.clone();
+    let mut defs_wait = 0u64;
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -315,7 +321,8 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
     // Whether reads have filled the read buffer: then it is READ_BIG.
     let mut read_big = false;
     loop {
-        if !c.out.is_empty() {
+        let defs_held = defs_wait > *defs_rx.borrow();
+        if !c.out.is_empty() && !defs_held {
             if let Some(info) = &c.registered {
                 bump(&info.send_oct, c.out.len());
             }
@@ -399,6 +406,9 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                         if c.on_bytes(&mut rbuf) >= YIELD_AFTER_FRAMES {
                             flush_pending = true;
                         }
+                        if let Some(hub) = &hub {
+                            defs_wait = hub.defs_saved();
+                        }
                         if std::mem::take(&mut c.pressure) {
                             pause.as_mut().reset(tokio::time::Instant::now() + FLOW_PAUSE);
                             paused = true;
@@ -412,6 +422,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
                 }
             }
             _ = drained.notified(), if backpressured => {}
+            _ = defs_rx.changed(), if defs_held => {}
             changed = synced_rx.changed(), if c.has_held() => {
                 if changed.is_ok() {
                     c.after_turn_guarded();

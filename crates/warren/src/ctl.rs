@@ -80,7 +80,19 @@ pub async fn listen(shared: Arc<Shared>, data_dir: &Path) -> anyhow::Result<()> 
                 }
                 let response = match serde_json::from_str::<Request>(&line) {
                     Ok(req) => {
-                        let r = execute(&shared, &req);
+                        let mut r = execute(&shared, &req);
+                        // A cluster's leader answers a change once the followers have it.
+                        if let Some(hub) = shared.cluster.as_ref().and_then(|c| c.hub.get()) {
+                            if r.exit == 0 && !hub.defs_replicated(std::time::Duration::from_secs(10)).await {
+                                r = failed(
+                                    r.info,
+                                    AdminError {
+                                        exit_code: 75,
+                                        message: "the cluster's followers did not confirm the change".into(),
+                                    },
+                                );
+                            }
+                        }
                         if r.exit == 0 && !req.command.starts_with("list_") {
                             info!(command = %req.command, vhost = %req.vhost, "ctl: {}", r.info);
                         }

@@ -48,6 +48,9 @@ pub struct Shared {
     /// Position up to which messages in the message log may be confirmed:
     /// on disk here (and on every in-sync follower, in a cluster).
     pub synced: watch::Receiver<u64>,
+    /// In a cluster: how many definitions saves every in-sync follower has
+    /// (a reply to a durable declaration waits for its save).
+    pub defs_replicated: watch::Receiver<u64>,
     /// The disk alarm: Some(reason) while the message log cannot write.
     pub alarm: watch::Receiver<Option<String>>,
     /// Open connections by id (`list_connections`, the node connection limit).
@@ -110,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let clustered = !config.cluster_etcd.trim().is_empty();
     let (sync_tx, synced) = watch::channel(0u64);
+    let (defs_tx, defs_replicated) = watch::channel(0u64);
     // A single node opens its data directory now and listens once recovery
     // is done ('listening' means ready to serve); a cluster node opens it
     // only when it becomes the leader, and listens at once (to proxy).
@@ -177,6 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         broker,
         config,
         synced,
+        defs_replicated,
         alarm,
         connections: Default::default(),
         disk_free_limit,
@@ -195,8 +200,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     match (shared.cluster.clone(), repl_listener, sync_tx) {
         (Some(cluster), Some(repl), Some(sync_tx)) => {
             tokio::spawn(cluster.clone().run());
-            let node =
-                ClusterNode { shared: shared.clone(), cluster, repl, sync_tx, background, data_dir: data_dir.clone() };
+            let node = ClusterNode {
+                shared: shared.clone(),
+                cluster,
+                repl,
+                sync_tx,
+                defs_tx,
+                background,
+                data_dir: data_dir.clone(),
+            };
             tokio::spawn(node.run());
         }
         _ => background.start(shared.broker.clone()),
@@ -325,6 +337,7 @@ struct ClusterNode {
     cluster: Arc<crate::cluster::Cluster>,
     repl: TcpListener,
     sync_tx: watch::Sender<u64>,
+    defs_tx: watch::Sender<u64>,
     background: Background,
     data_dir: std::path::PathBuf,
 }
@@ -332,7 +345,7 @@ struct ClusterNode {
 impl ClusterNode {
     async fn run(self) {
         use crate::cluster::{replication, Role};
-        let ClusterNode { shared, cluster, repl, sync_tx, background, data_dir } = self;
+        let ClusterNode { shared, cluster, repl, sync_tx, defs_tx, background, data_dir } = self;
         let leads = |r: &Role| matches!(r, Role::Leader { .. });
         let mut role = cluster.subscribe();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -363,7 +376,7 @@ impl ClusterNode {
                 std::process::exit(1);
             }
         };
-        let hub = replication::Hub::new(data_dir.clone(), sync_tx, &cluster);
+        let hub = replication::Hub::new(data_dir.clone(), sync_tx, defs_tx, &cluster);
         if let Some(log) = broker.log() {
             let h = hub.clone();
             log.on_file_op(Box::new(move |op| h.file_op(op)));

@@ -49,7 +49,8 @@ pub const REPLICATED: [&str; 2] = ["messages", "definitions"];
 /// Follower → leader: cluster name (str16), node name (str16), then what
 /// it holds: for each file, path (str16), size (u64), SHA-256 (32 octets).
 const HELLO: u8 = 1;
-/// Follower → leader: a log position (u64) written and fsync'd.
+/// Follower → leader: the last `SYNC` mark applied and fsync'd: a log
+/// position (u64) and a count of definitions saves (u64).
 const ACK: u8 = 2;
 /// Leader → follower: the leader's epoch (u64).
 const WELCOME: u8 = 10;
@@ -59,7 +60,8 @@ const APPEND: u8 = 12;
 const DELETE: u8 = 13;
 /// Path (str16), the file's whole new content.
 const REPLACE: u8 = 14;
-/// A log position (u64): fsync what came before, then acknowledge it.
+/// A log position (u64) and the number of definitions saves so far (u64):
+/// fsync what came before, then acknowledge them.
 const SYNC: u8 = 15;
 /// Nothing new: acknowledge again (the leader's liveness check).
 const PING: u8 = 16;
@@ -109,6 +111,14 @@ fn append_frame(path: &str, offset: u64, bytes: &[u8]) -> Vec<u8> {
 
 fn pos_frame(kind: u8, pos: u64) -> Vec<u8> {
     frame(kind, |b| b.extend_from_slice(&pos.to_be_bytes()))
+}
+
+/// A `SYNC` or `ACK`: a log position and a count of definitions saves.
+fn mark_frame(kind: u8, (pos, defs): (u64, u64)) -> Vec<u8> {
+    frame(kind, |b| {
+        b.extend_from_slice(&pos.to_be_bytes());
+        b.extend_from_slice(&defs.to_be_bytes());
+    })
 }
 
 /// Reads the fields of one frame's payload.
@@ -198,10 +208,13 @@ struct Peer {
     session: u64,
     /// The next frame to send it.
     cursor: u64,
-    /// The log position it has fsync'd.
+    /// The log position it has fsync'd, and the definitions saves.
     acked: u64,
-    /// What the leader had synced when it joined: it is caught up past it.
+    acked_defs: u64,
+    /// What the leader had synced (and saved) when it joined: it is caught
+    /// up past it.
     joined_at: u64,
+    joined_defs: u64,
     /// Confirms wait for it.
     counted: bool,
     /// In the ISR in etcd (or being added).
@@ -217,6 +230,8 @@ struct HubState {
     bytes: usize,
     /// The log position synced here.
     local: u64,
+    /// Definitions saves so far.
+    defs: u64,
     /// Set when this node stops leading: nothing more is confirmed.
     fenced: bool,
     peers: HashMap<String, Peer>,
@@ -230,13 +245,24 @@ pub struct Hub {
     st: Mutex<HubState>,
     more: Notify,
     confirmable: watch::Sender<u64>,
+    /// Definitions saves on every counted follower (replies to durable
+    /// declarations wait for it).
+    defs_replicated: watch::Sender<u64>,
+    /// `HubState::defs`, readable without the lock (every connection looks
+    /// at it after each read).
+    defs: AtomicU64,
     /// Until when (ms on the cluster's clock) the lease is surely ours.
     lease_until: Arc<AtomicU64>,
 }
 
 impl Hub {
     /// `confirmable` is what connections wait on before confirming.
-    pub fn new(dir: PathBuf, confirmable: watch::Sender<u64>, cluster: &Arc<Cluster>) -> Arc<Hub> {
+    pub fn new(
+        dir: PathBuf,
+        confirmable: watch::Sender<u64>,
+        defs_replicated: watch::Sender<u64>,
+        cluster: &Arc<Cluster>,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             dir,
             st: Mutex::new(HubState {
@@ -244,18 +270,26 @@ impl Hub {
                 first: 0,
                 bytes: 0,
                 local: 0,
+                defs: 0,
                 fenced: false,
                 peers: HashMap::new(),
                 sessions: 0,
             }),
             more: Notify::new(),
             confirmable,
+            defs_replicated,
+            defs: AtomicU64::new(0),
             lease_until: cluster.lease_until.clone(),
         })
     }
 
     fn push(&self, frame: Vec<u8>) {
-        let mut st = self.st.lock();
+        Self::push_in(&mut self.st.lock(), frame);
+        self.more.notify_waiters();
+    }
+
+    /// Adds a frame to the stream (the caller notifies `more`).
+    fn push_in(st: &mut HubState, frame: Vec<u8>) {
         if st.peers.is_empty() {
             // Nobody to send it to; a follower that joins catches up from the files.
             st.first += 1;
@@ -270,8 +304,6 @@ impl Hub {
             st.bytes -= f.len();
             st.first += 1;
         }
-        drop(st);
-        self.more.notify_waiters();
     }
 
     /// The message log changed a file.
@@ -287,22 +319,51 @@ impl Hub {
         self.push(frame);
     }
 
-    /// A definitions file was saved.
+    /// A definitions file was saved: the new content, then a mark that
+    /// followers acknowledge once it is durable there.
     pub fn saved(&self, path: &Path, bytes: &[u8]) {
         let Ok(rel) = path.strip_prefix(&self.dir) else { return };
         let rel = rel.to_string_lossy();
-        self.push(frame(REPLACE, |b| {
+        let replace = frame(REPLACE, |b| {
             put_str(b, &rel);
             b.extend_from_slice(bytes);
-        }));
+        });
+        {
+            let mut st = self.st.lock();
+            st.defs += 1;
+            self.defs.store(st.defs, Ordering::Release);
+            let mark = (st.local, st.defs);
+            Self::push_in(&mut st, replace);
+            Self::push_in(&mut st, mark_frame(SYNC, mark));
+            self.recompute(&st);
+        }
+        self.more.notify_waiters();
+    }
+
+    /// Definitions saves so far: a reply to a durable declaration made
+    /// now waits until `defs_replicated` reaches it.
+    pub fn defs_saved(&self) -> u64 {
+        self.defs.load(Ordering::Acquire)
+    }
+
+    /// Waits (up to `limit`) until every definitions save so far is on the
+    /// followers; whether it is.
+    pub async fn defs_replicated(&self, limit: Duration) -> bool {
+        let want = self.defs_saved();
+        let mut rx = self.defs_replicated.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|d| *d >= want)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// The message log synced up to `pos` here.
     pub fn synced(&self, pos: u64) {
-        self.push(pos_frame(SYNC, pos));
-        let mut st = self.st.lock();
-        st.local = st.local.max(pos);
-        self.recompute(&st);
+        {
+            let mut st = self.st.lock();
+            st.local = st.local.max(pos);
+            let mark = (pos, st.defs);
+            Self::push_in(&mut st, mark_frame(SYNC, mark));
+            self.recompute(&st);
+        }
+        self.more.notify_waiters();
     }
 
     /// Advances what may be confirmed: synced here and on every follower
@@ -311,12 +372,16 @@ impl Hub {
         if st.fenced || super::clock_ms() >= self.lease_until.load(Ordering::Acquire) {
             return;
         }
-        let pos = st.peers.values().filter(|p| p.counted).map(|p| p.acked).fold(st.local, u64::min);
-        self.confirmable.send_if_modified(|c| {
-            let moved = pos > *c;
-            *c = (*c).max(pos);
-            moved
-        });
+        let counted = || st.peers.values().filter(|p| p.counted);
+        let pos = counted().map(|p| p.acked).fold(st.local, u64::min);
+        let defs = counted().map(|p| p.acked_defs).fold(st.defs, u64::min);
+        for (watch, to) in [(&self.confirmable, pos), (&self.defs_replicated, defs)] {
+            watch.send_if_modified(|c| {
+                let moved = to > *c;
+                *c = (*c).max(to);
+                moved
+            });
+        }
     }
 
     /// Called after the lease is renewed: confirms held while it was in
@@ -408,14 +473,16 @@ async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Cluster>) -> R
         st.sessions += 1;
         let me = st.sessions;
         let cursor = st.first + st.frames.len() as u64;
-        let joined_at = st.local;
+        let (joined_at, joined_defs) = (st.local, st.defs);
         st.peers.insert(
             node.clone(),
             Peer {
                 session: me,
                 cursor,
                 acked: 0,
+                acked_defs: 0,
                 joined_at,
+                joined_defs,
                 counted: false,
                 in_isr: false,
                 adding: false,
@@ -528,14 +595,14 @@ async fn follow_up(
         }
     }
     info!(follower = %node, bytes = sent, "follower has the leader's files");
-    let joined_at = {
+    let joined = {
         let mut st = hub.st.lock();
         let p = st.peers.get_mut(node).filter(|p| p.session == me).ok_or("replaced by a newer session")?;
         // Its first acknowledgement syncs all it was sent: give it time.
         p.heard = Instant::now() + CATCH_UP_GRACE;
-        p.joined_at
+        (p.joined_at, p.joined_defs)
     };
-    send(wr, &pos_frame(SYNC, joined_at)).await?;
+    send(wr, &mark_frame(SYNC, joined)).await?;
 
     // Acknowledgements come in on their own task.
     let acks = {
@@ -562,14 +629,17 @@ async fn read_acks(
         if kind != ACK {
             return Err(format!("unexpected frame {kind} from a follower"));
         }
-        let pos = Fields(&payload).u64()?;
+        let mut f = Fields(&payload);
+        let (pos, defs) = (f.u64()?, f.u64()?);
         let add = {
             let mut st = hub.st.lock();
             let local = st.local;
             let Some(p) = st.peers.get_mut(node).filter(|p| p.session == me) else { return Ok(()) };
             p.acked = p.acked.max(pos);
+            p.acked_defs = p.acked_defs.max(defs);
             p.heard = Instant::now();
-            if !p.counted && p.acked >= p.joined_at && local.saturating_sub(p.acked) <= ISR_LAG {
+            let caught_up = p.acked >= p.joined_at && p.acked_defs >= p.joined_defs;
+            if !p.counted && caught_up && local.saturating_sub(p.acked) <= ISR_LAG {
                 // Counted from now on, so that nothing is confirmed without
                 // it once etcd names it in sync.
                 p.counted = true;
@@ -862,7 +932,8 @@ fn follow_leader(
     }
     let mut welcomed = false;
     let mut heard = Instant::now();
-    let mut acked = 0u64;
+    // The last mark acknowledged: log position, definitions saves.
+    let mut acked = (0u64, 0u64);
     loop {
         if stop.load(Ordering::Acquire) {
             return Ok(());
@@ -925,7 +996,7 @@ fn follow_leader(
                     let path = checked(f.str()?)?.to_owned();
                     applier.replace(&path, f.0).map_err(|e| format!("{path}: {e}"))?;
                 }
-                SYNC => ack = Some(f.u64()?),
+                SYNC => ack = Some((f.u64()?, f.u64()?)),
                 PING => ack = Some(ack.unwrap_or(acked)),
                 k => return Err(format!("unknown replication frame {k}")),
             }
@@ -936,10 +1007,10 @@ fn follow_leader(
             // at its end does not wait for all of it.
             applier.flush().map_err(|e| format!("cannot sync the replicated data: {e}"))?;
         }
-        if let Some(pos) = ack {
+        if let Some((pos, defs)) = ack {
             applier.flush().map_err(|e| format!("cannot sync the replicated data: {e}"))?;
-            acked = acked.max(pos);
-            s.write_all(&pos_frame(ACK, acked)).map_err(|e| e.to_string())?;
+            acked = (acked.0.max(pos), acked.1.max(defs));
+            s.write_all(&mark_frame(ACK, acked)).map_err(|e| e.to_string())?;
         }
     }
 }
@@ -958,14 +1029,15 @@ mod tests {
     #[test]
     fn frames_are_read_only_once_whole() {
         let mut buf = append_frame("messages/00000001.seg", 7, b"abc");
-        buf.extend_from_slice(&pos_frame(SYNC, 42));
+        buf.extend_from_slice(&mark_frame(SYNC, (42, 3)));
         let whole = buf.len();
         // Cut anywhere inside the second frame: only the first is read.
         let first = next_frame(&buf[..whole - 1], 0).unwrap().unwrap();
         assert_eq!(first.0, APPEND);
         assert_eq!(next_frame(&buf[..whole - 1], first.1.end).unwrap(), None);
         let (kind, range) = next_frame(&buf, first.1.end).unwrap().unwrap();
-        assert_eq!((kind, Fields(&buf[range]).u64().unwrap()), (SYNC, 42));
+        let mut f = Fields(&buf[range]);
+        assert_eq!((kind, f.u64().unwrap(), f.u64().unwrap()), (SYNC, 42, 3));
         let mut f = Fields(&buf[first.1]);
         assert_eq!(f.str().unwrap(), "messages/00000001.seg");
         assert_eq!(f.u64().unwrap(), 7);

@@ -242,7 +242,20 @@ async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) 
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", "request body too large"),
     };
     let call = Call { method: parts.method, segments, query, body, headers: parts.headers, user };
-    routes::route(shared, &call)
+    let reply = routes::route(shared, &call);
+    // A cluster's leader answers a change once the followers have it.
+    if call.method != hyper::Method::GET {
+        if let Some(hub) = shared.cluster.as_ref().and_then(|c| c.hub.get()) {
+            if !hub.defs_replicated(std::time::Duration::from_secs(10)).await {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the cluster's followers did not confirm the change",
+                );
+            }
+        }
+    }
+    reply
 }
 
 /// Samples every object's counters into rates every 5 s.
