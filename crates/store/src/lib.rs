@@ -46,6 +46,11 @@ pub trait MessageStore: Send + Sync {
     fn queue_deleted(&self, queue: &str) -> u64;
     /// Position known durable.
     fn synced(&self) -> u64;
+    /// Position of everything recorded so far (durable once `synced`
+    /// reaches it).
+    fn appended(&self) -> u64 {
+        self.synced()
+    }
     /// Called with the new position after every sync.
     fn on_sync(&self, f: Box<dyn Fn(u64) + Send>);
     /// Makes everything recorded so far durable and stops.

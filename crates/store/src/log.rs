@@ -927,6 +927,10 @@ impl crate::MessageStore for MessageLog {
         self.shared.synced.load(Ordering::Acquire)
     }
 
+    fn appended(&self) -> u64 {
+        self.shared.state.lock().unwrap().appended
+    }
+
     /// Whether the last write or sync failed (disk full, I/O error).
     fn is_failed(&self) -> bool {
         self.shared.failed.load(Ordering::Acquire)

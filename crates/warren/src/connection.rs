@@ -193,6 +193,11 @@ pub struct Conn {
     /// A queue this connection published to asked for a pause (its
     /// consumers are far behind): the next read waits `FLOW_PAUSE`.
     pressure: bool,
+    /// This turn sent a message that the log records deliveries of (or a
+    /// `basic.get` answer): in a cluster, held until those records are on
+    /// the followers, so that after a failover it comes back flagged
+    /// `redelivered`.
+    delivered_logged: bool,
     /// Queues that may deliver again once this turn's work is done, and
     /// the deliveries written out in it.
     turn: Turn,
@@ -292,6 +297,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
         published: false,
         blocked_sent: false,
         pressure: false,
+        delivered_logged: false,
         turn: Turn::default(),
         started: Instant::now(),
         closing_since: None,
@@ -306,6 +312,9 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
     let hub = shared.cluster.as_ref().and_then(|c| c.hub.get().cloned());
     let mut defs_rx = shared.defs_replicated.clone();
     let mut defs_wait = 0u64;
+    // Likewise after a turn that delivered logged messages, until the log
+    // (their delivery records) is on the followers.
+    let mut deliveries_wait = 0u64;
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -321,8 +330,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
     // Whether reads have filled the read buffer: then it is READ_BIG.
     let mut read_big = false;
     loop {
+        if hub.is_some() && std::mem::take(&mut c.delivered_logged) {
+            deliveries_wait = c.shared.broker.log().map_or(0, |l| l.appended());
+        }
         let defs_held = defs_wait > *defs_rx.borrow();
-        if !c.out.is_empty() && !defs_held {
+        let deliveries_held = deliveries_wait > *synced_rx.borrow();
+        if !c.out.is_empty() && !defs_held && !deliveries_held {
             if let Some(info) = &c.registered {
                 bump(&info.send_oct, c.out.len());
             }
@@ -423,7 +436,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
             }
             _ = drained.notified(), if backpressured => {}
             _ = defs_rx.changed(), if defs_held => {}
-            changed = synced_rx.changed(), if c.has_held() => {
+            changed = synced_rx.changed(), if c.has_held() || deliveries_held => {
                 if changed.is_ok() {
                     c.after_turn_guarded();
                 }
@@ -849,6 +862,8 @@ impl Conn {
             };
         };
         self.published |= matches!(input, Input::Publish(_));
+        self.delivered_logged |=
+            matches!(input, Input::Method(AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Get(_))));
         let mut ctx = Ctx {
             broker: &self.shared.broker,
             vhost: &vhost,
@@ -1075,6 +1090,7 @@ impl Conn {
         match ev {
             Event::Deliver(d) => match self.channels.get_mut(&d.consumer.channel) {
                 Some(ch) if ch.owns(&d.consumer) => {
+                    self.delivered_logged |= d.entry.message.persisted.get().is_some();
                     ch.deliver(&mut self.out, self.frame_max, d, &mut self.turn);
                 }
                 _ => {
