@@ -158,9 +158,7 @@ def test_one_leader_serves_and_followers_proxy_to_it(cluster):
 
 def test_a_killed_leader_is_replaced_within_seconds(cluster):
     # Only a node in the ISR may take over: wait until both followers are.
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, epoch = in_sync(cluster)
-    old = next(n for n in cluster if n.name == leader)
+    old, leader, epoch = settled(cluster)
     survivors = [n for n in cluster if n is not old]
     t0 = time.monotonic()
     old.proc.send_signal(signal.SIGKILL)
@@ -281,6 +279,24 @@ def metrics(node):
     return out
 
 
+def settled(nodes):
+    """Waits until every node is in the ISR: (the leader's node, its name,
+    the epoch)."""
+    assert wait_for(lambda: in_sync(nodes), timeout=30, interval=0.2)
+    leader, epoch = in_sync(nodes)
+    return next(n for n in nodes if n.name == leader), leader, epoch
+
+
+def publishing(node, queue, tag, at_least):
+    """A running Publisher to a new durable `queue` through `node`, once
+    it has `at_least` confirms."""
+    durable_queue(node, queue)
+    p = Publisher(node, queue, tag)
+    p.start()
+    assert wait_for(lambda: len(p.confirmed) >= at_least, timeout=60, interval=0.05), p.error
+    return p
+
+
 def durable_queue(node, name):
     c = pika.BlockingConnection(node.params())
     c.channel().queue_declare(name, durable=True)
@@ -356,9 +372,7 @@ def check_kept(publishers, messages):
 @pytest.mark.parametrize("cluster", [None, {"WARREN_FAULT_REPLICA_DELAY_MS": "300"}],
                          ids=["", "slow-followers"], indirect=True)
 def test_confirmed_messages_survive_the_leaders_kill_9(cluster):
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, epoch = in_sync(cluster)
-    old = next(n for n in cluster if n.name == leader)
+    old, leader, epoch = settled(cluster)
     survivors = [n for n in cluster if n is not old]
     durable_queue(old, "kept")
     # One publisher through a follower (proxied), one straight to the leader.
@@ -374,14 +388,9 @@ def test_confirmed_messages_survive_the_leaders_kill_9(cluster):
 
 
 def test_a_killed_follower_leaves_the_isr_and_catches_up_when_back(cluster):
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, _ = in_sync(cluster)
-    lead = next(n for n in cluster if n.name == leader)
+    lead, leader, _ = settled(cluster)
     gone = next(n for n in cluster if n is not lead)
-    durable_queue(lead, "follower-kill")
-    p = Publisher(lead, "follower-kill", "p")
-    p.start()
-    assert wait_for(lambda: len(p.confirmed) >= 400, timeout=60, interval=0.05)
+    p = publishing(lead, "follower-kill", "p", at_least=400)
     other = next(n for n in cluster if n is not lead and n is not gone)
     m = metrics(lead)
     assert m["warren_cluster_leader"] == 1 and m["warren_cluster_isr_members"] == 3
@@ -415,14 +424,9 @@ def test_a_killed_follower_leaves_the_isr_and_catches_up_when_back(cluster):
 
 
 def test_a_paused_leader_confirms_nothing_after_its_lease_and_rejoins(cluster):
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, epoch = in_sync(cluster)
-    old = next(n for n in cluster if n.name == leader)
+    old, leader, epoch = settled(cluster)
     others = [n for n in cluster if n is not old]
-    durable_queue(old, "paused")
-    p = Publisher(old, "paused", "old")
-    p.start()
-    assert wait_for(lambda: len(p.confirmed) >= 50, timeout=60, interval=0.05)
+    p = publishing(old, "paused", "old", at_least=50)
     old.proc.send_signal(signal.SIGSTOP)
     try:
         assert wait_for(lambda: (agreed_leader(others) or (None, 0))[1] > epoch, timeout=30, interval=0.1)
@@ -449,13 +453,8 @@ def test_a_paused_leader_confirms_nothing_after_its_lease_and_rejoins(cluster):
 
 
 def test_without_etcd_nothing_is_confirmed_and_nothing_lost(etcd, cluster):
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, _ = in_sync(cluster)
-    lead = next(n for n in cluster if n.name == leader)
-    durable_queue(lead, "etcd-down")
-    p = Publisher(lead, "etcd-down", "p")
-    p.start()
-    assert wait_for(lambda: len(p.confirmed) >= 50, timeout=60, interval=0.05)
+    lead, leader, _ = settled(cluster)
+    p = publishing(lead, "etcd-down", "p", at_least=50)
     etcd.send_signal(signal.SIGSTOP)
     stopped = time.monotonic()
     try:
@@ -632,10 +631,7 @@ def test_on_a_three_member_etcd_losing_one_member_changes_nothing(etcd3):
         assert wait_for(lambda: in_sync(nodes), timeout=30, interval=0.2)
         leader, epoch = in_sync(nodes)
         lead = next(n for n in nodes if n.name == leader)
-        durable_queue(lead, "etcd3")
-        p = Publisher(lead, "etcd3", "p")
-        p.start()
-        assert wait_for(lambda: len(p.confirmed) >= 50, timeout=60, interval=0.05)
+        p = publishing(lead, "etcd3", "p", at_least=50)
         # The first endpoint every node tries goes away: they carry on
         # with the other two, the leader keeps its lease and confirms.
         etcd3[0].kill()
@@ -655,9 +651,7 @@ def test_on_a_three_member_etcd_losing_one_member_changes_nothing(etcd3):
 
 
 def test_a_leader_stopped_cleanly_hands_over_without_waiting_for_its_lease(cluster):
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, epoch = in_sync(cluster)
-    old = next(n for n in cluster if n.name == leader)
+    old, leader, epoch = settled(cluster)
     survivors = [n for n in cluster if n is not old]
     durable_queue(old, "handover")
     p = Publisher(survivors[0], "handover", "p")
@@ -675,9 +669,7 @@ def test_a_leader_stopped_cleanly_hands_over_without_waiting_for_its_lease(clust
 
 
 def test_a_paused_follower_is_dropped_from_the_isr_and_rejoins_when_resumed(cluster):
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, _ = in_sync(cluster)
-    lead = next(n for n in cluster if n.name == leader)
+    lead, leader, _ = settled(cluster)
     paused = next(n for n in cluster if n is not lead)
     durable_queue(lead, "follower-pause")
     paused.proc.send_signal(signal.SIGSTOP)
@@ -703,9 +695,7 @@ def test_a_paused_follower_is_dropped_from_the_isr_and_rejoins_when_resumed(clus
 
 
 def test_a_followers_management_api_and_ctl_speak_for_the_leader(cluster):
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, epoch = in_sync(cluster)
-    lead = next(n for n in cluster if n.name == leader)
+    lead, leader, epoch = settled(cluster)
     follower = next(n for n in cluster if n is not lead)
     guest = ("guest", "guest")
     # Changes through a follower's API land on the leader (which checks
@@ -748,9 +738,7 @@ def test_a_declaration_answered_survives_the_leaders_kill_9(cluster):
     """Over slow links (300 ms in flight, lost if the leader dies): a
     durable queue and exchange declared, a binding made, a user added —
     each answered — then the leader killed at once: all are there."""
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, epoch = in_sync(cluster)
-    lead = next(n for n in cluster if n.name == leader)
+    lead, leader, epoch = settled(cluster)
     survivors = [n for n in cluster if n is not lead]
     c = pika.BlockingConnection(lead.params())
     ch = c.channel()
@@ -780,9 +768,7 @@ def test_a_message_delivered_before_a_failover_comes_back_redelivered(cluster):
     """A backlog on the followers already; a consumer takes messages (acks
     in flight over the slow link when the leader dies): whatever it got
     and comes back after the failover is flagged `redelivered`."""
-    assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
-    leader, epoch = in_sync(cluster)
-    lead = next(n for n in cluster if n.name == leader)
+    lead, leader, epoch = settled(cluster)
     survivors = [n for n in cluster if n is not lead]
     c = pika.BlockingConnection(lead.params())
     ch = c.channel()
