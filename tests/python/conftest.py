@@ -63,10 +63,20 @@ class Broker:
         return pika.ConnectionParameters(host=self.host, port=self.port, **kw)
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never one handed out before in this run:
+    the kernel may offer a just-released port again, and a broker given the
+    same port for two listeners fails to start."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 # Every line with "panicked" in the log of any Warren the tests started,

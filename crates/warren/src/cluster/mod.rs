@@ -171,6 +171,11 @@ impl Cluster {
         }
     }
 
+    /// Whether `node` is registered in etcd (as last read).
+    pub fn is_member(&self, node: &str) -> bool {
+        self.members.lock().iter().any(|(n, _)| n == node)
+    }
+
     /// Whether the node is stopping (`leave`).
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::Acquire)

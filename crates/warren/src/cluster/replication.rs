@@ -462,8 +462,10 @@ async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Cluster>) -> R
         let digest: [u8; 32] = f.take(32)?.try_into().expect("32 octets");
         theirs.insert(path, (size, digest));
     }
-    if name != cluster.settings.name || node == cluster.settings.node || node.is_empty() {
-        return Err(format!("hello from {node:?} of cluster {name:?}: not one of ours"));
+    if name != cluster.settings.name || node == cluster.settings.node || !cluster.is_member(&node) {
+        // (A node registers in etcd before it follows: one that is not
+        // there yet is seen on the next tick and tries again.)
+        return Err(format!("hello from {node:?} of cluster {name:?}: not one of our members"));
     }
     let Role::Leader { epoch } = cluster.role() else { return Err("not the leader".into()) };
     // Whatever it held, it is about to be overwritten: out of the ISR first.
