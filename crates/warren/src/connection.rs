@@ -333,8 +333,9 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
         if hub.is_some() && std::mem::take(&mut c.delivered_logged) {
             deliveries_wait = c.shared.broker.log().map_or(0, |l| l.appended());
         }
-        let defs_held = defs_wait > *defs_rx.borrow();
-        let deliveries_held = deliveries_wait > *synced_rx.borrow();
+        // (A single node has no hub: no lock is read for these.)
+        let defs_held = hub.is_some() && defs_wait > *defs_rx.borrow();
+        let deliveries_held = hub.is_some() && deliveries_wait > *synced_rx.borrow();
         if !c.out.is_empty() && !defs_held && !deliveries_held {
             if let Some(info) = &c.registered {
                 bump(&info.send_oct, c.out.len());
