@@ -131,7 +131,10 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
     // change would be lost.
     if let Some(c) = shared.cluster.as_ref().filter(|c| !c.is_serving()) {
         if !matches!(req.command.as_str(), "cluster_status" | "status" | "memory_breakdown") {
-            let leader = c.status()["leader"].as_str().unwrap_or("unknown").to_owned();
+            let leader = match c.role() {
+                crate::cluster::Role::Follower { leader, .. } => leader,
+                _ => "unknown".to_owned(),
+            };
             return failed(
                 String::new(),
                 AdminError {

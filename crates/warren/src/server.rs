@@ -365,12 +365,9 @@ impl ClusterNode {
         let _ = tokio::task::spawn_blocking(move || follower.join()).await;
         info!("leading: opening the data directory");
         let dir = data_dir.clone();
-        let broker = match tokio::task::spawn_blocking(move || open_broker(&dir)).await {
-            Ok(Ok(b)) => Arc::new(b),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot serve as the cluster leader");
-                std::process::exit(1);
-            }
+        let opened = tokio::task::spawn_blocking(move || open_broker(&dir)).await;
+        let broker = match opened.map_err(anyhow::Error::from).and_then(|r| r) {
+            Ok(b) => Arc::new(b),
             Err(e) => {
                 tracing::error!(error = %e, "cannot serve as the cluster leader");
                 std::process::exit(1);

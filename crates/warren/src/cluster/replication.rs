@@ -283,8 +283,17 @@ impl Hub {
         })
     }
 
-    fn push(&self, frame: Vec<u8>) {
-        Self::push_in(&mut self.st.lock(), frame);
+    /// Adds a frame built by `build`, which runs only if a follower is
+    /// connected to receive it (the written bytes are not copied for none).
+    fn push(&self, build: impl FnOnce() -> Vec<u8>) {
+        {
+            let mut st = self.st.lock();
+            if st.peers.is_empty() {
+                st.first += 1;
+                return;
+            }
+            Self::push_in(&mut st, build());
+        }
         self.more.notify_waiters();
     }
 
@@ -308,15 +317,14 @@ impl Hub {
 
     /// The message log changed a file.
     pub fn file_op(&self, op: FileOp<'_>) {
-        let frame = match op {
+        self.push(|| match op {
             FileOp::Append { segment, offset, bytes } => {
                 append_frame(&format!("messages/{}", warren_store::log::segment_file_name(segment)), offset, bytes)
             }
             FileOp::Delete { segment } => {
                 frame(DELETE, |b| put_str(b, &format!("messages/{}", warren_store::log::segment_file_name(segment))))
             }
-        };
-        self.push(frame);
+        });
     }
 
     /// A definitions file was saved: the new content, then a mark that

@@ -153,6 +153,14 @@ pub fn serve(listener: TcpListener, shared: Arc<Shared>, handler: Handler) {
     });
 }
 
+/// A request's whole body, up to `MAX_BODY`.
+async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
+    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", "request body too large")),
+    }
+}
+
 /// Passes a management API request on to the cluster leader's API and
 /// its answer back.
 async fn forward(leader: &str, parts: &hyper::http::request::Parts, body: &Bytes) -> Reply {
@@ -172,13 +180,14 @@ async fn forward(leader: &str, parts: &hyper::http::request::Parts, body: &Bytes
         .and_then(|r| r);
     match answer {
         Ok(a) => {
-            let mut r = Response::new(Body::Full(Some(Bytes::from(a.body.clone()))));
+            let mut r = Response::new(Body::Full(None));
             *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
             for name in [CONTENT_TYPE, hyper::header::WWW_AUTHENTICATE, hyper::header::LOCATION] {
                 if let Some(v) = a.header(name.as_str()).and_then(|v| HeaderValue::from_str(v).ok()) {
                     r.headers_mut().insert(name, v);
                 }
             }
+            *r.body_mut() = Body::Full(Some(Bytes::from(a.body)));
             r
         }
         Err(e) => error(StatusCode::BAD_GATEWAY, "bad_gateway", format!("cannot reach the cluster leader: {e}")),
@@ -228,18 +237,18 @@ async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) 
     // answers for the leader, which authenticates (but /api/nodes answers
     // for this node).
     if let Some(leader) = shared.cluster.as_ref().and_then(|c| c.leader_http()).filter(|_| rest != "/nodes") {
-        return match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-            Ok(b) => forward(&leader, &parts, &b.to_bytes()).await,
-            Err(_) => error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", "request body too large"),
+        return match read_body(body).await {
+            Ok(b) => forward(&leader, &parts, &b).await,
+            Err(r) => r,
         };
     }
     let user = match auth::authenticate(shared, peer, &parts.headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", "request body too large"),
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let call = Call { method: parts.method, segments, query, body, headers: parts.headers, user };
     let reply = routes::route(shared, &call);
