@@ -5,6 +5,7 @@ mod cluster;
 mod config;
 mod connection;
 mod ctl;
+mod heap;
 mod http;
 mod metrics;
 mod panics;
@@ -33,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     if config.workers > 0 {
         builder.worker_threads(config.workers);
     }
+    builder.on_thread_park(heap::on_worker_park);
     let runtime = builder.enable_all().build()?;
     runtime.block_on(server::run(config))
 }

@@ -450,18 +450,6 @@ async fn expiry_timer(broker: Arc<Broker>) {
     }
 }
 
-/// Returns the heap's free memory to the OS (glibc `malloc_trim`: every
-/// arena, free pages in the middle of the heap too). glibc keeps freed
-/// memory for reuse, so without this a deleted backlog left RSS above the
-/// watermark and publishers blocked for good.
-fn trim_heap() {
-    // SAFETY: malloc_trim only walks and releases the allocator's own free
-    // lists; it is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// The free-space check behind the disk alarm.
 struct DiskWatch {
     /// The data directory: its filesystem is the one measured.
@@ -469,13 +457,18 @@ struct DiskWatch {
     limit: Arc<AtomicU64>,
 }
 
-/// How often the heap is trimmed (`trim_heap`) while the memory alarm
+/// How often the heap is trimmed (`heap::trim`) while the memory alarm
 /// holds or queues are spilling (so that the alarm clears within a second
 /// of a backlog going away, and read-back bodies do not pile up), and
 /// otherwise (memory freed by closed connections goes back too). A trim of
 /// a small heap takes well under a millisecond.
 const TRIM_TICKS_ALARMED: u32 = 5;
 const TRIM_TICKS: u32 = 100;
+
+/// Ticks before each regular trim at which the runtime workers are asked to
+/// release their per-thread allocation caches (`heap::release_thread_cache`),
+/// so that the trim finds those chunks back in the arenas.
+const RELEASE_LEAD_TICKS: u32 = 5;
 
 /// How often free disk space is measured (RabbitMQ: at least every 10 s);
 /// a changed limit is measured against at once.
@@ -521,12 +514,20 @@ async fn alarms(
         let mut rss = crate::resources::rss_bytes();
         let paging = paging_at.zip(rss).is_some_and(|(at, rss)| rss > at);
         let mut memory = memory_limit.zip(rss).is_some_and(|(limit, rss)| rss > limit);
+        if ticks % TRIM_TICKS == TRIM_TICKS - RELEASE_LEAD_TICKS {
+            // Workers release their caches as they park; a few spawned
+            // tasks wake the ones parked now, so that they park again.
+            crate::heap::request_release();
+            for _ in 0..=tokio::runtime::Handle::current().metrics().num_workers() {
+                tokio::spawn(async {});
+            }
+        }
         if ((memory || paging) && ticks % TRIM_TICKS_ALARMED == 0) || ticks % TRIM_TICKS == 0 {
             // Give the allocator's free pages back to the OS (see
-            // `trim_heap`), then measure again: under pressure, bodies read
+            // `heap`), then measure again: under pressure, bodies read
             // back from spill files and freed leave holes in the heap.
             let t0 = std::time::Instant::now();
-            trim_heap();
+            crate::heap::trim();
             let took = t0.elapsed();
             if took > Duration::from_millis(5) {
                 tracing::debug!(ms = took.as_millis() as u64, "heap trim was slow");
