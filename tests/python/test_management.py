@@ -19,7 +19,7 @@ import pika
 import pytest
 import requests
 
-from conftest import ROOT, wait_for
+from conftest import ROOT, free_port, wait_for
 
 GUEST = ("guest", "guest")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -421,14 +421,6 @@ def test_rabbitmqadmin(broker, api, name, tmp_path):
     overview = json.loads(rabbitmqadmin(broker, "-f", "raw_json", "show", "overview"))
     assert overview[0]["object_totals"]["queues"] >= 1
     rabbitmqadmin(broker, "delete", "queue", f"name={name}")
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_flower_shows_queue_lengths(broker, api, name):

@@ -6,7 +6,6 @@ Against RabbitMQ (WARREN_TEST_ADDR), the endpoint is WARREN_TEST_PROMETHEUS
 (default http://HOST:15692; `rabbitmq-plugins enable rabbitmq_prometheus`).
 """
 import shutil
-import socket
 import subprocess
 import tempfile
 import urllib.parse
@@ -16,7 +15,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 
 REQUIRED = [
     "rabbitmq_connections", "rabbitmq_channels", "rabbitmq_consumers", "rabbitmq_queues",
@@ -87,12 +86,6 @@ def test_metric_names_and_values_move_with_traffic(broker, conn, name):
 
     assert wait_for(per_queue, timeout=30, interval=0.5)
     ch.queue_delete(name)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_scraped_by_a_real_prometheus(broker, conn, name, tmp_path):
