@@ -22,7 +22,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap as HashMap;
@@ -33,6 +33,19 @@ use crate::exchange::ExchangeKind;
 use crate::message::{Message, MessageRef};
 
 pub const TYPE: &str = "x-delayed-message";
+
+/// Called when a message is scheduled to be due before every other one of
+/// its vhost (or the first), or is the first whose content waits for the
+/// log to sync: the broker's delay timer sleeps until the earliest due
+/// time (polling only while contents wait), and this wakes it to look
+/// again.
+static ON_EARLIER: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// Sets the wake-up for [`ON_EARLIER`]; false if one was set already
+/// (there is one per process).
+pub fn on_earlier_due(wake: Box<dyn Fn() + Send + Sync>) -> bool {
+    ON_EARLIER.set(wake).is_ok()
+}
 
 /// The routing kind of an exchange declared as `kind` with `arguments`,
 /// and whether it delays (`x-delayed-message` with `x-delayed-type`).
@@ -146,8 +159,8 @@ impl DelayedIndex {
     /// record ends in the log) keeps its content in memory until the log
     /// has synced that far.
     pub fn schedule(&self, exchange: &str, held: Held, due: u64, unsynced: Option<(u64, MessageRef)>) {
-        let mut inner = self.inner.lock();
-        let inner = &mut *inner;
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
         let exchange = match inner.by_name.get(exchange) {
             Some(i) => *i,
             None => {
@@ -161,11 +174,21 @@ impl DelayedIndex {
         inner.names[exchange as usize].1 += 1;
         inner.seq += 1;
         let seq = inner.seq;
+        // The timer polls while contents wait for the log: wake it for the
+        // first one.
+        let mut wake = unsynced.is_some() && inner.unsynced_order.is_empty();
         if let Some((end, message)) = unsynced {
             inner.unsynced.insert(seq, message);
             inner.unsynced_order.push_back((end, seq));
         }
+        wake |= inner.heap.peek().is_none_or(|Reverse(d)| due < d.due);
         inner.heap.push(Reverse(Delayed { due, seq, exchange, held }));
+        drop(guard);
+        if wake {
+            if let Some(wake) = ON_EARLIER.get() {
+                wake();
+            }
+        }
     }
 
     /// Lets go of the content of logged messages now on disk (`synced`).
@@ -195,6 +218,12 @@ impl DelayedIndex {
     /// When the next message is due, if any.
     pub fn next_due(&self) -> Option<u64> {
         self.inner.lock().heap.peek().map(|Reverse(d)| d.due)
+    }
+
+    /// Whether some logged message's content is still held until the log
+    /// syncs past it (`settle`).
+    pub fn has_unsynced(&self) -> bool {
+        !self.inner.lock().unsynced_order.is_empty()
     }
 
     /// How many wait for exchange `name` (the plugin's `messages_delayed`).

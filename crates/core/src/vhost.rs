@@ -909,11 +909,9 @@ impl VHost {
         }
     }
 
-    /// Timer work: expired messages at queue heads, and queues whose
-    /// `x-expires` ran out.
     /// Routes the delayed messages now due, to the bindings their exchange
     /// has now (a deleted exchange drops them, as the plugin does). At most
-    /// `DUE_BATCH` per call, so one tick never holds the timer task long.
+    /// `DUE_BATCH` per call, so one turn never holds the timer task long.
     pub fn release_delayed(&self, now: u64) {
         const DUE_BATCH: usize = 4096;
         if let Some(log) = &self.log {
@@ -985,6 +983,8 @@ impl VHost {
         }
     }
 
+    /// Timer work: expired messages at queue heads, and queues whose
+    /// `x-expires` ran out.
     pub fn tick(&self) {
         let now = crate::now_ms();
         for q in self.queues() {

@@ -425,16 +425,42 @@ fn restart_process() -> ! {
     std::process::exit(1);
 }
 
-/// Releases delayed messages when due: a 10 ms tick (one timer for every
-/// delayed message of every vhost; due messages go out within ~10 ms).
+/// Releases delayed messages when due: one timer for every delayed message
+/// of every vhost, asleep until the earliest is due (woken when a message
+/// due earlier still is scheduled). While a logged message's content waits
+/// for the log to sync, it looks every `SETTLE_POLL` to let go of it.
 async fn delay_timer(broker: Arc<Broker>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    const SETTLE_POLL: Duration = Duration::from_millis(10);
+    let earlier = Arc::new(tokio::sync::Notify::new());
+    let wake = earlier.clone();
+    // Without the wake-up (already taken in this process), poll instead.
+    let woken = warren_core::delayed::on_earlier_due(Box::new(move || wake.notify_one()));
     loop {
-        tick.tick().await;
         let now = warren_core::now_ms();
+        let mut next = None::<u64>;
+        let mut settling = false;
         for vhost in broker.vhosts() {
             vhost.release_delayed(now);
+            next = match (next, vhost.delayed.next_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            settling |= vhost.delayed.has_unsynced();
+        }
+        let mut wait = next.map(|due| Duration::from_millis(due.saturating_sub(warren_core::now_ms())));
+        if settling || !woken {
+            wait = Some(wait.map_or(SETTLE_POLL, |w| w.min(SETTLE_POLL)));
+        }
+        match wait {
+            // More due now than one call releases: go on after a yield.
+            Some(Duration::ZERO) => tokio::task::yield_now().await,
+            Some(wait) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = earlier.notified() => {}
+                }
+            }
+            None => earlier.notified().await,
         }
     }
 }
