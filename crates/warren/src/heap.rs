@@ -99,10 +99,8 @@ pub fn on_worker_park() {
 mod tests {
     use super::*;
 
-    fn heap_in_use() -> usize {
-        // SAFETY: mallinfo2 only reads the allocator's statistics.
-        let m = unsafe { libc::mallinfo2() };
-        m.uordblks
+    fn heap_in_use() -> u64 {
+        crate::resources::heap_usage().0
     }
 
     /// Chunks a thread freed into its cache count as in use until
@@ -139,7 +137,7 @@ mod tests {
             // need come back (a few may be refilled from the arena while
             // the cache is emptied, and the freeing thread allocates too),
             // but without the release none would.
-            let expected: usize = (0..TCACHE_BINS).map(|bin| TCACHE_COUNT * (32 + 16 * bin)).sum();
+            let expected = (0..TCACHE_BINS).map(|bin| TCACHE_COUNT * (32 + 16 * bin)).sum::<usize>() as u64;
             assert!(
                 cached.saturating_sub(released) >= expected * 9 / 10,
                 "released {} of the {expected} cached bytes",

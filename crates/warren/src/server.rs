@@ -441,10 +441,7 @@ async fn delay_timer(broker: Arc<Broker>) {
         let mut settling = false;
         for vhost in broker.vhosts() {
             vhost.release_delayed(now);
-            next = match (next, vhost.delayed.next_due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            next = next.into_iter().chain(vhost.delayed.next_due()).min();
             settling |= vhost.delayed.has_unsynced();
         }
         let mut wait = next.map(|due| Duration::from_millis(due.saturating_sub(warren_core::now_ms())));
