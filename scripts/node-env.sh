@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the Node tests need, idempotently: Node.js and npm (Debian's
-# packages, when the machine has none) and amqplib at the version pinned in
-# tests/node/package-lock.json (`npm ci`, redone only when the lockfile changes).
+# packages, when the machine has none) and the packages pinned in
+# tests/node/package-lock.json (`npm ci`, redone only when the lockfile
+# changes) — or in the lockfile of the directory given as the argument
+# (tests/node/upstream: amqplib's own suite).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir=$root/tests/node
+dir=${1:-$root/tests/node}
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2

@@ -174,6 +174,135 @@ def test_exchanges_bindings_publish(api, name):
     assert api.get(f"/exchanges/%2F/{x}").status_code == 404
 
 
+def _pub(routing_key, payload="x", **props):
+    return {"properties": props, "routing_key": routing_key, "payload": payload, "payload_encoding": "string"}
+
+
+def test_http_publish_is_refused_as_an_amqp_publish(api, name):
+    """The API's publish takes the AMQP path: what basic.publish refuses, it
+    refuses (400 with the channel's reply code and text), and enqueues nothing."""
+    qn, internal = f"{name}-q", f"{name}-internal"
+    assert api.put(f"/queues/%2F/{qn}", {"durable": False}).status_code == 201
+    assert api.put(f"/exchanges/%2F/{internal}", {"type": "direct", "durable": False, "internal": True}).status_code == 201
+    lim = f"{name}-lim"
+    args = {"x-max-length": 1, "x-overflow": "reject-publish"}
+    assert api.put(f"/queues/%2F/{lim}", {"durable": False, "arguments": args}).status_code == 201
+    try:
+        def refused(path, body, reason):
+            r = api.post(path, body)
+            assert (r.status_code, r.json()) == (400, {"error": "bad_request", "reason": reason}), r.text
+
+        refused("/exchanges/%2F/amq.default/publish", _pub(qn, user_id="somebody-else"),
+                "406 PRECONDITION_FAILED - user_id property set to 'somebody-else' but authenticated user was 'guest'")
+        refused(f"/exchanges/%2F/{internal}/publish", _pub(qn),
+                f"403 ACCESS_REFUSED - cannot publish to internal exchange '{internal}' in vhost '/'")
+        refused(f"/exchanges/%2F/{name}-missing/publish", _pub(qn),
+                f"404 NOT_FOUND - no exchange '{name}-missing' in vhost '/'")
+        ok = api.post("/exchanges/%2F/amq.default/publish", _pub(qn, "mine", user_id="guest"))
+        assert (ok.status_code, ok.json()) == (200, {"routed": True})
+        assert api.post("/exchanges/%2F/amq.default/publish", _pub(lim, "first")).json() == {"routed": True}
+        refused("/exchanges/%2F/amq.default/publish", _pub(lim, "second"),
+                "rejected Unable to publish message. Check queue limits.")
+        got = api.post(f"/queues/%2F/{qn}/get", {"count": 10, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        assert [(m["payload"], m["properties"]) for m in got.json()] == [("mine", {"user_id": "guest"})]
+        got = api.post(f"/queues/%2F/{lim}/get", {"count": 10, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        assert [m["payload"] for m in got.json()] == ["first"]
+    finally:
+        for path in (f"/queues/%2F/{qn}", f"/queues/%2F/{lim}", f"/exchanges/%2F/{internal}"):
+            api.delete(path)
+
+
+def test_http_publish_and_get_check_permissions_as_amqp(broker, api, name):
+    """Write permission on the exchange and topic permissions on the routing
+    key for publish, read permission on the queue for get, as over AMQP."""
+    user, qn = f"{name}-u", f"{name}-q"
+    broker.ctl("add_user", user, "pw")
+    try:
+        broker.ctl("set_user_tags", user, "management")
+        broker.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        broker.ctl("set_topic_permissions", "-p", "/", user, "amq.topic", "^a\\.", ".*")
+        as_user = Api(api.base[: -len("/api")], auth=(user, "pw"))
+        assert api.put(f"/queues/%2F/{qn}", {"durable": False}).status_code == 201
+        assert api.post(f"/bindings/%2F/e/amq.topic/q/{qn}", {"routing_key": "#"}).status_code == 201
+        r = as_user.post("/exchanges/%2F/amq.topic/publish", _pub("b.c"))
+        assert (r.status_code, r.json()["reason"]) == (
+            400, f"403 ACCESS_REFUSED - access to topic 'b.c' in exchange 'amq.topic' in vhost '/' refused for user '{user}'")
+        r = as_user.post("/exchanges/%2F/amq.topic/publish", _pub("a.c", "allowed"))
+        assert (r.status_code, r.json()) == (200, {"routed": True})
+        broker.ctl("set_permissions", "-p", "/", user, ".*", "^$", "^$")
+        r = as_user.post("/exchanges/%2F/amq.topic/publish", _pub("a.c"))
+        assert (r.status_code, r.json()["reason"]) == (
+            400, f"403 ACCESS_REFUSED - access to exchange 'amq.topic' in vhost '/' refused for user '{user}'")
+        r = as_user.post(f"/queues/%2F/{qn}/get", {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        assert (r.status_code, r.json()) == (401, {
+            "error": "not_authorised",
+            "reason": f"ACCESS_REFUSED - access to queue '{qn}' in vhost '/' refused for user '{user}'"})
+        r = api.post(f"/queues/%2F/{name}-missing/get", {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        assert (r.status_code, r.json()) == (404, {
+            "error": "not_found", "reason": f"NOT_FOUND - no queue '{name}-missing' in vhost '/'"})
+        got = api.post(f"/queues/%2F/{qn}/get", {"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        assert [m["payload"] for m in got.json()] == ["allowed"]
+    finally:
+        api.delete(f"/queues/%2F/{qn}")
+        broker.ctl("delete_user", user)
+
+
+def test_http_publish_and_get_are_counted_everywhere(broker, api, name):
+    """20 publishes and 5 gets through the API show in the overview, the
+    vhost, the exchange and the queue, as an AMQP client's would."""
+    vh, x, qn = f"{name}-vh", f"{name}-x", f"{name}-q"
+    assert api.put(f"/vhosts/{vh}").status_code == 201
+    try:
+        broker.ctl("set_permissions", "-p", vh, "guest", ".*", ".*", ".*")
+        before = api.json("/overview").get("message_stats", {})
+        assert api.put(f"/exchanges/{vh}/{x}", {"type": "direct", "durable": False}).status_code == 201
+        assert api.put(f"/queues/{vh}/{qn}", {"durable": False}).status_code == 201
+        assert api.post(f"/bindings/{vh}/e/{x}/q/{qn}", {"routing_key": "k"}).status_code == 201
+        for i in range(20):
+            assert api.post(f"/exchanges/{vh}/{x}/publish", _pub("k", str(i))).json() == {"routed": True}
+        got = api.post(f"/queues/{vh}/{qn}/get", {"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"})
+        assert [m["payload"] for m in got.json()] == [str(i) for i in range(5)]
+
+        def stat(j, key):
+            return j.get("message_stats", {}).get(key, 0)
+
+        if broker.is_warren:  # RabbitMQ (rates_mode basic) keeps no per-queue stats of a direct channel
+            api.until(f"/queues/{vh}/{qn}", lambda j: stat(j, "publish") == 20 and stat(j, "deliver_get") == 5)
+        api.until(f"/exchanges/{vh}/{x}", lambda j: stat(j, "publish_in") == 20 and stat(j, "publish_out") == 20)
+        api.until(f"/vhosts/{vh}", lambda j: stat(j, "publish") == 20 and stat(j, "get_no_ack") == 5
+                  and stat(j, "deliver_get") == 5)
+        api.until("/overview", lambda j: stat(j, "publish") >= before.get("publish", 0) + 20
+                  and stat(j, "deliver_get") >= before.get("deliver_get", 0) + 5)
+    finally:
+        api.delete(f"/vhosts/{vh}")
+
+
+def test_http_publish_waits_out_a_resource_alarm(broker, api, name):
+    """While a resource alarm blocks publishers, the API's publish waits as a
+    blocked AMQP publisher does, and goes through once the alarm clears."""
+    if not broker.is_warren:
+        pytest.skip("RabbitMQ's API publishes over a direct connection, which alarms do not block")
+    import threading
+
+    qn = f"{name}-q"
+    assert api.put(f"/queues/%2F/{qn}", {"durable": False}).status_code == 201
+    answer = {}
+    try:
+        broker.ctl("set_disk_free_limit", "1000000GB")
+        api.until("/nodes", lambda js: js[0].get("disk_free_alarm") is True)
+        t = threading.Thread(target=lambda: answer.update(
+            r=api.post("/exchanges/%2F/amq.default/publish", _pub(qn, "held"))))
+        t.start()
+        t.join(1.0)
+        assert t.is_alive() and not answer, "published through an alarm"
+        broker.ctl("set_disk_free_limit", "50MB")
+        t.join(15)
+        assert (answer["r"].status_code, answer["r"].json()) == (200, {"routed": True})
+    finally:
+        broker.ctl("set_disk_free_limit", "50MB")
+        api.delete(f"/queues/%2F/{qn}")
+
+
 def test_connections_channels_consumers_and_close(broker, api, name):
     c = pika.BlockingConnection(broker.params(client_properties={"connection_name": name}))
     ch = c.channel()

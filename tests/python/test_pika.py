@@ -7,7 +7,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import pump_until, round_trip
+from conftest import pump_until, round_trip, wait_for
 
 
 def declare(ch, name, **kw):
@@ -313,15 +313,42 @@ def test_update_secret_with_the_right_secret(broker):
     c.close()
 
 
-def test_update_secret_with_a_wrong_secret_closes_with_530(broker):
-    """Warren re-authenticates the user with the new secret; a wrong one
-    closes the connection as RabbitMQ does when a backend refuses it."""
-    if not broker.is_warren:
-        pytest.skip("RabbitMQ's internal backend accepts any new secret")
+def test_update_secret_accepts_any_secret_of_an_internal_user(broker):
+    """As RabbitMQ's internal user database: it has no token to re-check, so
+    any new secret is accepted and the connection goes on."""
     c = pika.BlockingConnection(broker.params())
-    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
-        c.update_secret("not-the-password", "token refresh")
-    assert e.value.args == (530, "NOT_ALLOWED - New secret was refused by one of the backends")
+    c.update_secret("not-the-password", "token refresh")
+    ch = c.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("", q, b"after")
+    assert wait_for(lambda: ch.basic_get(q, auto_ack=True)[2] == b"after")
+    assert c.is_open
+    c.close()
+
+
+def test_update_secret_keeps_the_tags_of_the_login(broker, name):
+    """As RabbitMQ's internal backend: a new secret changes nothing of what the
+    connection may do. Granted `impersonator` after login, the user still may
+    not set another user_id, before or after updating its secret."""
+    user = f"{name}-u"
+    broker.ctl("add_user", user, "pw")
+    try:
+        broker.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        c = pika.BlockingConnection(broker.params(credentials=pika.PlainCredentials(user, "pw")))
+        broker.ctl("set_user_tags", user, "impersonator")
+        for step in ("before", "after"):
+            if step == "after":
+                c.update_secret("new-token", "tags changed")
+            ch = c.channel()
+            q = ch.queue_declare("", exclusive=True).method.queue
+            ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="somebody-else"))
+            with pytest.raises(pe.ChannelClosedByBroker) as e:
+                ch.basic_get(q)
+            assert e.value.args[0] == 406, step
+        assert c.is_open
+        c.close()
+    finally:
+        broker.ctl("delete_user", user)
 
 
 def test_qos_prefetch_size_is_not_implemented(broker):

@@ -17,6 +17,7 @@ pub mod delayed;
 pub mod exchange;
 pub mod message;
 pub mod policy;
+pub mod publish;
 pub mod queue;
 pub mod spill;
 pub mod stats;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use warren_core::auth::{Access, Resource};
+use warren_core::publish::Publisher;
 use warren_core::queue::AfterCancel;
 use warren_core::stats::{self, Counters, Rates};
 use warren_core::vhost::REPLY_TO;
@@ -43,6 +44,18 @@ impl Ctx<'_> {
     /// Checks the user's permission for an operation on a resource.
     fn check(&self, kind: Resource, name: &str, access: Access) -> Result<(), AmqpError> {
         self.broker.access().check(&self.vhost.name, self.user, kind, name, access)
+    }
+}
+
+/// This channel's side of core's publish path (`warren_core::publish`).
+fn publisher<'x>(ctx: &'x Ctx<'_>, topic_permissions: bool, stats: &'x Counters) -> Publisher<'x> {
+    Publisher {
+        broker: ctx.broker,
+        vhost: ctx.vhost,
+        user: ctx.user,
+        impersonator: ctx.impersonator,
+        topic_permissions,
+        stats,
     }
 }
 
@@ -548,15 +561,9 @@ impl Channel {
         let mut props_raw = content.header.properties_raw;
         let view = warren_protocol::content::scan_properties(&props_raw)
             .ok_or_else(|| AmqpError::frame_error("cannot decode content header properties"))?;
-        if let Some(claimed) = view.user_id {
-            if claimed != ctx.user && !ctx.impersonator {
-                return Err(AmqpError::precondition(format_args!(
-                    "user_id property set to '{claimed}' but authenticated user was '{}'",
-                    ctx.user
-                ))
-                .during(60, 40));
-            }
-        }
+        let topic_permissions = self.has_topic_permissions(ctx);
+        let publisher = publisher(ctx, topic_permissions, &self.info.stats);
+        publisher.check_user_id(view.user_id)?;
         let direct_reply = view.reply_to == Some(REPLY_TO);
         let kept: warren_core::message::Props = view.into();
         let msg = if direct_reply {
@@ -574,10 +581,10 @@ impl Channel {
             Message::with_props(p.exchange.clone(), p.routing_key.clone(), props_raw, kept, content.body)
         };
         let msg = Arc::new(msg);
-        msg.check_expiration().map_err(|e| e.during(60, 40))?;
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
-            self.publishable(ctx, &p.exchange)?;
+            msg.check_expiration().map_err(|e| e.during(60, 40))?;
+            publisher.exchange(&p.exchange)?;
             self.tx_publishes.push((p, msg));
             return Ok(());
         }
@@ -593,64 +600,24 @@ impl Channel {
         Ok(())
     }
 
-    fn publishable(&self, ctx: &Ctx<'_>, exchange: &str) -> Result<Arc<warren_core::Exchange>, AmqpError> {
-        let x = ctx.vhost.exchange(exchange).map_err(|e| e.during(60, 40))?;
-        if x.internal {
-            return Err(AmqpError::access_refused(format_args!(
-                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
-                ctx.vhost.name
-            ))
-            .during(60, 40));
-        }
-        Ok(x)
-    }
-
-    /// Routes and enqueues a message. Returns the message-log position that
-    /// must be synced before it may be confirmed (0 if none), and whether
-    /// every queue accepted it (a length limit may refuse it: nack).
+    /// Routes and enqueues a message (returning it to a mandatory
+    /// publisher if no queue takes it). Returns the message-log position
+    /// that must be synced before it may be confirmed (0 if none), and
+    /// whether every queue accepted it (a length limit may refuse it: nack).
     fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(u64, bool), AmqpError> {
-        let vhost = ctx.vhost;
-        let named;
-        let x = match vhost.default_exchange().filter(|_| p.exchange.is_empty()) {
-            Some(x) => x,
-            None => {
-                named = self.publishable(ctx, &p.exchange)?;
-                &*named
-            }
-        };
-        if x.kind == ExchangeKind::Topic && self.has_topic_permissions(ctx) {
-            ctx.broker
-                .access()
-                .check_topic(&ctx.vhost.name, ctx.user, &x.name, &p.routing_key, Access::Write)
-                .map_err(|e| e.during(60, 40))?;
-        }
-        if x.delayed {
-            if let Some(delay) = warren_core::delayed::delay_of(&msg) {
-                // Held until due, then routed (`delayed.rs`); like the
-                // plugin, no basic.return for it.
-                let pos = vhost.schedule_delayed(x, msg, delay);
-                self.info.stats.bump(stats::PUBLISH, 1);
-                return Ok((pos, true));
-            }
-        }
         let mut queues = std::mem::take(&mut self.routed);
-        let fresh = vhost.route(x, &msg, &mut queues);
-        if queues.is_empty() && fresh {
-            if p.mandatory {
-                frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
-                frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
-                self.info.stats.bump(stats::RETURN_UNROUTABLE, 1);
-            } else {
-                self.info.stats.bump(stats::DROP_UNROUTABLE, 1);
-            }
-        }
-        if queues.iter().any(|q| q.under_pressure()) {
-            *ctx.pressure = true;
-        }
-        let (pos, accepted) = ctx.vhost.enqueue(msg, &mut queues);
+        let returned = p.mandatory.then(|| msg.clone());
+        let topic_permissions = self.has_topic_permissions(ctx);
+        let outcome =
+            publisher(ctx, topic_permissions, &self.info.stats).publish(&p.exchange, msg, p.mandatory, &mut queues);
         self.routed = queues;
-        self.info.stats.bump(stats::PUBLISH, 1);
-        Ok((pos, accepted))
+        let outcome = outcome?;
+        if let Some(msg) = returned.filter(|_| outcome.unroutable) {
+            frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
+            frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
+        }
+        *ctx.pressure |= outcome.pressure;
+        Ok((outcome.pos, outcome.accepted))
     }
 
     /// Whether the user has topic permissions in this vhost (cached per
@@ -1117,16 +1084,9 @@ impl Channel {
                 let name = self.queue_name(g.queue.as_str())?;
                 ctx.check(Resource::Queue, &name, Access::Read)?;
                 let q = ctx.vhost.queue_for(ctx.connection, &name)?;
-                match q.get(g.no_ack) {
-                    None => {
-                        self.info.stats.bump(stats::GET_EMPTY, 1);
-                        reply(ctx.out, id, AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {})))
-                    }
+                match warren_core::publish::get(&q, g.no_ack, &self.info.stats) {
+                    None => reply(ctx.out, id, AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {}))),
                     Some((entry, remaining)) => {
-                        self.info.stats.bump(if g.no_ack { stats::GET_NO_ACK } else { stats::GET }, 1);
-                        if entry.redelivered {
-                            self.info.stats.bump(stats::REDELIVER, 1);
-                        }
                         let tag = self.next_tag;
                         self.next_tag += 1;
                         let msg = &entry.message;

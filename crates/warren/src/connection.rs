@@ -1068,11 +1068,10 @@ impl Conn {
             }
             (Stage::Open, M::Blocked(_) | M::Unblocked(_) | M::UpdateSecretOk(_)) => Ok(()),
             (Stage::Open, M::UpdateSecret(u)) => {
-                // Re-authenticates the same user with the new secret, as
-                // RabbitMQ's backends do (its internal one accepts any).
-                let secret = std::str::from_utf8(u.new_secret.as_bytes()).ok();
-                if secret.and_then(|s| self.shared.broker.authenticate(&self.user, s)).is_none() {
-                    warn!(peer = %self.peer, user = %self.user, "secret update refused");
+                // As RabbitMQ's internal backend: the user must still exist
+                // (`Broker::update_secret`).
+                if !self.shared.broker.update_secret(&self.user, u.new_secret.as_bytes()) {
+                    warn!(peer = %self.peer, user = %self.user, "secret update refused: the user no longer exists");
                     return Err(AmqpError::not_allowed("New secret was refused by one of the backends").during(10, 70));
                 }
                 info!(peer = %self.peer, user = %self.user, reason = %u.reason, "user updated secret");

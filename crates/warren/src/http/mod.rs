@@ -251,7 +251,13 @@ async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) 
         Err(r) => return r,
     };
     let call = Call { method: parts.method, segments, query, body, headers: parts.headers, user };
-    let reply = routes::route(shared, &call);
+    let reply = match (call.method.clone(), call.segments.as_slice()) {
+        // Publishing waits for its confirm: the one asynchronous route.
+        (hyper::Method::POST, [x, vh, name, p]) if x == "exchanges" && p == "publish" => {
+            routes::publish(shared, &call, vh, name).await
+        }
+        _ => routes::route(shared, &call),
+    };
     // A cluster's leader answers a change once the followers have it.
     if call.method != hyper::Method::GET {
         if let Some(hub) = shared.cluster.as_ref().and_then(|c| c.hub.get()) {

@@ -215,7 +215,6 @@ fn dispatch(shared: &Arc<Shared>, call: &Call) -> Result {
                 _ => Ok(method_not_allowed()),
             }
         }
-        (["exchanges", vh, name, "publish"], Method::POST) => publish(shared, call, vh, name),
         (["exchanges", vh, name, "bindings", dir @ ("source" | "destination")], _) if get => {
             let v = use_vhost(shared, call, vh)?;
             let name = if *name == "amq.default" { "" } else { *name };
@@ -971,19 +970,71 @@ fn import(shared: &Shared, call: &Call, vh: Option<&str>) -> Result {
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-fn publish(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
-    let v = use_vhost(shared, call, vh)?;
-    let body = call.json_body()?;
-    let x_name = if name == "amq.default" { "" } else { name };
-    check(shared, call, vh, Resource::Exchange, x_name, Access::Write)?;
-    let x = v.exchange(x_name).map_err(amqp_error)?;
-    for key in ["routing_key", "payload", "payload_encoding"] {
-        if !body.contains_key(key) {
-            return Err(bad_request(format!("[{{key_missing,{key}}}]")));
+/// How long `POST .../publish` waits for its confirm, and for a resource
+/// alarm to clear, before it answers 503.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `POST /api/exchanges/{vhost}/{name}/publish`: core's publish path, as
+/// RabbitMQ's API takes it: over a one-shot channel in confirm mode with
+/// `mandatory` set, answered once the message is confirmed; the channel's
+/// statistics then join its vhost's as a closed channel's do. A refusal
+/// the AMQP channel would get is a 400 naming its reply code and text.
+/// While a resource alarm holds, the request waits as a blocked publisher
+/// would (503 if it outlasts `PUBLISH_WAIT`).
+pub async fn publish(shared: &Shared, call: &Call, vh: &str, name: &str) -> Reply {
+    let mut alarm = shared.alarm.clone();
+    let clear = alarm.wait_for(Option::is_none);
+    if !matches!(tokio::time::timeout(PUBLISH_WAIT, clear).await, Ok(Ok(_))) {
+        let reason = shared.alarm.borrow().clone().unwrap_or_default();
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("resource alarm: {reason}"));
+    }
+    let counters = warren_core::stats::Counters::default();
+    let published = publish_now(shared, call, vh, name, &counters);
+    if let Ok((v, pos, _)) = &published {
+        // A confirm waits for the message log's sync (and, in a cluster,
+        // the followers'), as an AMQP publisher's does.
+        if *pos > 0 && shared.broker.log().is_some() {
+            let mut synced = shared.synced.clone();
+            let wait = synced.wait_for(|s| *s >= *pos);
+            if !matches!(tokio::time::timeout(PUBLISH_WAIT, wait).await, Ok(Ok(_))) {
+                v.retired.add_all(&counters.snapshot());
+                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the message was not confirmed in time");
+            }
+        }
+        counters.bump(warren_core::stats::CONFIRM, 1);
+    }
+    match published {
+        Ok((v, _, routed)) => {
+            v.retired.add_all(&counters.snapshot());
+            ok(&json!({ "routed": routed }))
+        }
+        Err((v, reply)) => {
+            if let Some(v) = v {
+                v.retired.add_all(&counters.snapshot());
+            }
+            reply
         }
     }
-    if !body.contains_key("properties") {
-        return Err(bad_request("[{key_missing,properties}]"));
+}
+
+/// The publish itself: (vhost, message-log position to sync, routed).
+#[allow(clippy::type_complexity)]
+fn publish_now(
+    shared: &Shared,
+    call: &Call,
+    vh: &str,
+    name: &str,
+    counters: &warren_core::stats::Counters,
+) -> std::result::Result<(Arc<VHost>, u64, bool), (Option<Arc<VHost>>, Reply)> {
+    let v = use_vhost(shared, call, vh).map_err(|r| (None, r))?;
+    let refused = |e: AmqpError| bad_request(e.to_string());
+    let fail = |r: Reply| (Some(v.clone()), r);
+    let body = call.json_body().map_err(fail)?;
+    let x_name = if name == "amq.default" { "" } else { name };
+    for key in ["routing_key", "payload", "payload_encoding", "properties"] {
+        if !body.contains_key(key) {
+            return Err(fail(bad_request(format!("[{{key_missing,{key}}}]"))));
+        }
     }
     let payload = text(&body, "payload");
     let payload: Bytes = match text(&body, "payload_encoding") {
@@ -992,12 +1043,23 @@ fn publish(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
             use base64::Engine;
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(payload)
-                .map_err(|_| bad_request("invalid base64 payload"))?;
+                .map_err(|_| fail(bad_request("invalid base64 payload")))?;
             Bytes::from(raw)
         }
-        other => return Err(bad_request(format!("invalid payload_encoding '{other}'"))),
+        other => return Err(fail(bad_request(format!("invalid payload_encoding '{other}'")))),
     };
-    let props = properties_from_json(body.get("properties").and_then(Value::as_object))?;
+    let props = properties_from_json(body.get("properties").and_then(Value::as_object)).map_err(fail)?;
+    (shared.broker.access().check(vh, &call.user.name, Resource::Exchange, x_name, Access::Write))
+        .map_err(|e| fail(refused(e)))?;
+    let publisher = warren_core::publish::Publisher {
+        broker: &shared.broker,
+        vhost: &v,
+        user: &call.user.name,
+        impersonator: call.user.tags.iter().any(|t| t == "impersonator"),
+        topic_permissions: shared.broker.access().has_topic_permissions(vh, &call.user.name),
+        stats: counters,
+    };
+    publisher.check_user_id(props.user_id().as_ref().map(|u| u.as_str())).map_err(|e| fail(refused(e)))?;
     let raw = warren_protocol::content::encode_properties(&props);
     let msg = Arc::new(warren_core::Message::new(
         Arc::from(x_name),
@@ -1006,22 +1068,14 @@ fn publish(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
         props,
         payload,
     ));
-    msg.check_expiration().map_err(amqp_error)?;
-    if x.delayed {
-        if let Some(delay) = warren_core::delayed::delay_of(&msg) {
-            // As over AMQP: held until due (and, as the plugin, not "routed" yet).
-            v.schedule_delayed(&x, msg, delay);
-            return Ok(ok(&json!({"routed": false})));
-        }
-    }
     let mut queues = Vec::new();
-    v.route(&x, &msg, &mut queues);
-    let routed = !queues.is_empty();
-    v.enqueue(msg, &mut queues);
-    for q in &queues {
-        q.wake();
+    let outcome = publisher.publish(x_name, msg, true, &mut queues).map_err(|e| fail(refused(e)))?;
+    if !outcome.accepted {
+        return Err(fail(bad_request("rejected Unable to publish message. Check queue limits.")));
     }
-    Ok(ok(&json!({"routed": routed})))
+    // A delayed exchange holds the message: not routed yet (as the plugin).
+    let routed = !outcome.unroutable && !outcome.delayed;
+    Ok((v.clone(), outcome.pos, routed))
 }
 
 fn properties_from_json(p: Option<&Map<String, Value>>) -> Result<amq_protocol::protocol::basic::AMQPProperties> {
@@ -1099,8 +1153,14 @@ fn properties_to_json(p: &amq_protocol::protocol::basic::AMQPProperties) -> Valu
 
 fn get_messages(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
     let v = use_vhost(shared, call, vh)?;
-    check(shared, call, vh, Resource::Queue, name, Access::Read)?;
-    let q = v.queue(name).map_err(amqp_error)?;
+    // Refused as the channel refuses basic.get: RabbitMQ's API passes the
+    // AMQP text on (without the reply code).
+    let channel_error = |e: AmqpError| match e.code() {
+        404 => error(StatusCode::NOT_FOUND, "not_found", e.text),
+        _ => not_authorised(&e.text),
+    };
+    (shared.broker.access().check(vh, &call.user.name, Resource::Queue, name, Access::Read)).map_err(channel_error)?;
+    let q = v.queue(name).map_err(channel_error)?;
     let body = call.json_body()?;
     let count = body.get("count").and_then(|c| c.as_u64().or_else(|| c.as_str().and_then(|s| s.parse().ok())));
     let Some(count) = count else { return Err(bad_request("[{key_missing,count}]")) };
@@ -1120,10 +1180,14 @@ fn get_messages(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
         other => return Err(bad_request(format!("Unsupported encoding {other}"))),
     };
     let truncate = body.get("truncate").and_then(|t| t.as_u64().or_else(|| t.as_str().and_then(|s| s.parse().ok())));
+    // As RabbitMQ's API: `basic.get`s over a one-shot channel (no_ack for
+    // ack_requeue_false) whose statistics then join the vhost's.
+    let no_ack = ackmode == "ack_requeue_false";
+    let counters = warren_core::stats::Counters::default();
     let mut taken = Vec::new();
     let mut out = Vec::new();
     for _ in 0..count {
-        let Some((entry, remaining)) = q.get(false) else { break };
+        let Some((entry, remaining)) = warren_core::publish::get(&q, no_ack, &counters) else { break };
         let msg = &entry.message;
         let mut body_bytes: &[u8] = &msg.body;
         if let Some(t) = truncate {
@@ -1148,17 +1212,14 @@ fn get_messages(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
             "payload": payload,
             "payload_encoding": payload_encoding,
         }));
-        taken.push(entry);
+        if !no_ack {
+            taken.push(entry);
+        }
     }
     let n = taken.len();
     match ackmode {
         "ack_requeue_true" | "reject_requeue_true" => q.requeue(taken),
-        "ack_requeue_false" => {
-            for e in &taken {
-                q.discard(&e.message);
-            }
-            q.settled(n, true);
-        }
+        "ack_requeue_false" => {}
         _ => {
             for e in taken {
                 q.reject(e.message);
@@ -1166,6 +1227,7 @@ fn get_messages(shared: &Shared, call: &Call, vh: &str, name: &str) -> Result {
             q.settled(n, false);
         }
     }
+    v.retired.add_all(&counters.snapshot());
     Ok(ok(&Value::Array(out)))
 }
 

@@ -1,0 +1,148 @@
+//! The one way into a vhost for a message, and the one way out by `get`.
+//!
+//! AMQP's `basic.publish` (a channel, once the content is assembled) and the
+//! management API's `POST /api/exchanges/{vhost}/{name}/publish` both come
+//! through [`Publisher::publish`], so a message meets the same checks (its
+//! `user_id`, internal exchanges, topic permissions), is routed and enqueued
+//! the same way (delayed exchanges, returns, queue back-pressure) and is
+//! counted in the same statistics whichever door it came in by. `basic.get`
+//! and the API's `POST /api/queues/{vhost}/{name}/get` share [`get`] the
+//! same way.
+//!
+//! Permission to write to the exchange is the caller's to check, before the
+//! content arrives: a channel caches it per access epoch (a profile showed
+//! the check on every publish). Counters go to the publishing channel's
+//! [`Counters`]; the management API counts into a one-shot set that it adds
+//! to the vhost's closed-channel totals afterwards, as RabbitMQ's API
+//! publishes over a channel of its own that then closes.
+
+use std::sync::Arc;
+
+use crate::auth::Access;
+use crate::stats::{self, Counters};
+use crate::{AmqpError, Broker, Exchange, ExchangeKind, MessageRef, Queue, Result, VHost};
+use warren_store::Entry;
+
+/// Who publishes, where, and what it may do.
+pub struct Publisher<'a> {
+    pub broker: &'a Broker,
+    pub vhost: &'a VHost,
+    /// The authenticated user.
+    pub user: &'a str,
+    /// The user has the `impersonator` tag: it may set any `user_id`.
+    pub impersonator: bool,
+    /// The user has topic permissions in this vhost; without any, topic
+    /// publishes skip the check (callers may cache this per access epoch).
+    pub topic_permissions: bool,
+    /// The publishing channel's counters (it is their only writer).
+    pub stats: &'a Counters,
+}
+
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Message-log position that must be synced before the message may be
+    /// confirmed (0: nothing to wait for).
+    pub pos: u64,
+    /// Every queue took it (a length limit with `reject-publish` may not:
+    /// the publisher gets a nack).
+    pub accepted: bool,
+    /// No queue was bound to take it: `mandatory` publishers get it back.
+    pub unroutable: bool,
+    /// A queue it went to asks its publishers to pause.
+    pub pressure: bool,
+    /// A delayed exchange holds it until due (routed then, never returned).
+    pub delayed: bool,
+}
+
+impl Publisher<'_> {
+    /// RabbitMQ's `user_id` rule: the property must name the publisher,
+    /// unless the publisher is an impersonator.
+    pub fn check_user_id(&self, claimed: Option<&str>) -> Result<()> {
+        match claimed {
+            Some(claimed) if claimed != self.user && !self.impersonator => Err(AmqpError::precondition(format_args!(
+                "user_id property set to '{claimed}' but authenticated user was '{}'",
+                self.user
+            ))
+            .during(60, 40)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The exchange named, if a client may publish to it (internal
+    /// exchanges take messages only from other exchanges).
+    pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>> {
+        let x = self.vhost.exchange(name).map_err(|e| e.during(60, 40))?;
+        if x.internal {
+            return Err(AmqpError::access_refused(format_args!(
+                "cannot publish to internal exchange '{name}' in vhost '{}'",
+                self.vhost.name
+            ))
+            .during(60, 40));
+        }
+        Ok(x)
+    }
+
+    /// Routes a message published to `exchange` and enqueues it on every
+    /// queue it reaches. `queues` is scratch space the caller may reuse
+    /// (left empty). The message's `user_id` was checked by the caller
+    /// (before any rewrite of its properties).
+    pub fn publish(
+        &self,
+        exchange: &str,
+        msg: MessageRef,
+        mandatory: bool,
+        queues: &mut Vec<Arc<Queue>>,
+    ) -> Result<Outcome> {
+        let vhost = self.vhost;
+        let named;
+        let x = match vhost.default_exchange().filter(|_| exchange.is_empty()) {
+            Some(x) => x,
+            None => {
+                named = self.exchange(exchange)?;
+                &*named
+            }
+        };
+        if x.kind == ExchangeKind::Topic && self.topic_permissions {
+            self.broker
+                .access()
+                .check_topic(&vhost.name, self.user, &x.name, &msg.routing_key, Access::Write)
+                .map_err(|e| e.during(60, 40))?;
+        }
+        msg.check_expiration().map_err(|e| e.during(60, 40))?;
+        self.stats.bump(stats::PUBLISH, 1);
+        if x.delayed {
+            if let Some(delay) = crate::delayed::delay_of(&msg) {
+                // Held until due, then routed (`delayed.rs`); like the
+                // plugin, never returned.
+                let pos = vhost.schedule_delayed(x, msg, delay);
+                return Ok(Outcome { pos, accepted: true, unroutable: false, pressure: false, delayed: true });
+            }
+        }
+        queues.clear();
+        let fresh = vhost.route(x, &msg, queues);
+        let unroutable = queues.is_empty() && fresh;
+        if unroutable {
+            self.stats.bump(if mandatory { stats::RETURN_UNROUTABLE } else { stats::DROP_UNROUTABLE }, 1);
+        }
+        let pressure = queues.iter().any(|q| q.under_pressure());
+        let (pos, accepted) = vhost.enqueue(msg, queues);
+        Ok(Outcome { pos, accepted, unroutable, pressure, delayed: false })
+    }
+}
+
+/// `basic.get` on a queue, counted in the getting channel's statistics:
+/// the message and how many remain, or None (`get-empty`).
+pub fn get(queue: &Arc<Queue>, no_ack: bool, stats: &Counters) -> Option<(Entry<MessageRef>, u32)> {
+    let got = queue.get(no_ack);
+    match &got {
+        None => stats.bump(stats::GET_EMPTY, 1),
+        Some((entry, _)) => {
+            stats.bump(if no_ack { stats::GET_NO_ACK } else { stats::GET }, 1);
+            if entry.redelivered {
+                stats.bump(stats::REDELIVER, 1);
+            }
+        }
+    }
+    got
+}
