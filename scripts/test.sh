@@ -13,9 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo build --workspace --quiet
-cargo test --workspace
+# The test-only fault knobs (WARREN_FAULT_*) exist only with this feature.
+features="--features warren/fault-injection"
+cargo clippy --workspace --all-targets --quiet $features -- -D warnings
+cargo build --workspace --quiet $features
+cargo test --workspace $features
 
 venv=$(scripts/python-env.sh)
 scripts/observability-env.sh      # Prometheus, Chromium, ChromeDriver (Debian)

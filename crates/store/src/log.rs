@@ -196,8 +196,9 @@ struct Shared {
     failed: AtomicBool,
     on_sync: Mutex<Option<SyncCallback>>,
     shutdown: AtomicBool,
-    /// Fault injection for tests (`WARREN_FAULT_LOG_WRITE_LIMIT`): writes
-    /// past this many bytes (this process) fail as if the disk were full.
+    /// Fault injection for tests (`WARREN_FAULT_LOG_WRITE_LIMIT`, see
+    /// [`fault_write_limit`]): writes past this many bytes (this process)
+    /// fail as if the disk were full.
     write_limit: Option<u64>,
     written: AtomicU64,
     /// Segment files opened for reading paged-out messages back.
@@ -302,6 +303,16 @@ impl<'a> Cursor<'a> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+}
+
+/// `WARREN_FAULT_LOG_WRITE_LIMIT=BYTES`, read only in builds with the
+/// `fault-injection` feature (the test suite's): a release build never
+/// looks at it.
+fn fault_write_limit() -> Option<u64> {
+    if !cfg!(feature = "fault-injection") {
+        return None;
+    }
+    std::env::var("WARREN_FAULT_LOG_WRITE_LIMIT").ok().and_then(|v| v.parse().ok())
 }
 
 impl MessageLog {
@@ -462,7 +473,7 @@ impl MessageLog {
             on_sync: Mutex::new(None),
             file_ops: Mutex::new(None),
             shutdown: AtomicBool::new(false),
-            write_limit: std::env::var("WARREN_FAULT_LOG_WRITE_LIMIT").ok().and_then(|v| v.parse().ok()),
+            write_limit: fault_write_limit(),
             written: AtomicU64::new(0),
             readers: Mutex::new(HashMap::new()),
             segment_target,

@@ -123,8 +123,9 @@ pub struct Config {
     #[arg(long, env = "WARREN_NODE_NAME", default_value = "")]
     pub node_name: String,
 
-    /// Address for the cluster's replication traffic (reserved: replication
-    /// is not there yet; recorded with the node in etcd).
+    /// Address of this node's replication listener, which followers connect
+    /// to while it leads (recorded with the node in etcd; default: an
+    /// ephemeral port on the AMQP listen address).
     #[arg(long, env = "WARREN_CLUSTER_LISTEN", default_value = "")]
     pub cluster_listen: String,
 

@@ -58,7 +58,11 @@ pub fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// Fault injection for tests: `WARREN_FAULT_PANIC_QUEUE=NAME` makes
 /// declaring a queue of that name panic, so the suite can check what a
 /// panic costs (one connection, closed with 541) and that it is logged.
+/// Read only in builds with the `fault-injection` feature.
 pub fn fault_panic_queue() -> Option<&'static str> {
+    if !cfg!(feature = "fault-injection") {
+        return None;
+    }
     static NAME: OnceLock<Option<String>> = OnceLock::new();
     NAME.get_or_init(|| std::env::var("WARREN_FAULT_PANIC_QUEUE").ok()).as_deref()
 }

@@ -16,6 +16,9 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
+// Needs the WARREN_FAULT_LOG_WRITE_LIMIT knob: built with the `fault-injection`
+// feature (scripts/test.sh), else left out.
+#[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn failing_disk_blocks_publishers_and_keeps_serving_consumers() {
     let (dir, port) = TestBroker::fresh();

@@ -1,4 +1,4 @@
-//! Cluster mode, first slice: leadership on etcd. With `--cluster-etcd`,
+//! Cluster mode: leadership on etcd, replication, failover. With `--cluster-etcd`,
 //! every node holds an etcd lease and registers itself under
 //! `/warren/<cluster>/members/<node>`; one node at a time is the leader —
 //! it holds `/warren/<cluster>/leader` under its lease, written in the same

@@ -933,9 +933,12 @@ fn follow_leader(
     // Fault injection for tests (`WARREN_FAULT_REPLICA_DELAY_MS`): a slow
     // link — what the leader sends is in flight this long before the
     // follower sees it, and lost if the connection ends meanwhile (as when
-    // the leader's machine dies).
-    let delay =
-        std::env::var("WARREN_FAULT_REPLICA_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+    // the leader's machine dies). Only in builds with `fault-injection`.
+    let delay = std::env::var("WARREN_FAULT_REPLICA_DELAY_MS")
+        .ok()
+        .filter(|_| cfg!(feature = "fault-injection"))
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     let mut in_flight: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     if delay.is_some() {
         s.set_read_timeout(Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
