@@ -1,26 +1,15 @@
 //! `warren`: the broker binary.
 
-mod channel;
-mod cluster;
-mod config;
-mod connection;
-mod ctl;
-mod heap;
-mod http;
-mod metrics;
-mod panics;
-mod resources;
 mod server;
-mod tls;
 
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args();
     if args.nth(1).as_deref() == Some("ctl") {
-        std::process::exit(ctl::main(args.collect()));
+        std::process::exit(warren_admin::ctl::main(args.collect()));
     }
-    let config = config::Config::parse();
+    let config = warren_node::Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
@@ -29,12 +18,12 @@ fn main() -> anyhow::Result<()> {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    panics::install_hook();
+    warren_amqp::panics::install_hook();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.workers > 0 {
         builder.worker_threads(config.workers);
     }
-    builder.on_thread_park(heap::on_worker_park);
+    builder.on_thread_park(warren_node::heap::on_worker_park);
     let runtime = builder.enable_all().build()?;
     runtime.block_on(server::run(config))
 }

@@ -107,7 +107,7 @@ impl Etcd {
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let answer = exchange(&format!("{host}:{port}"), req.as_bytes()).await?;
+        let answer = exchange(&format!("{host}:{port}"), req.as_bytes()).await.map_err(|e| e.to_string())?;
         if answer.status != 200 {
             return Err(format!("etcd answered {}", answer.head.lines().next().unwrap_or("")));
         }
@@ -206,38 +206,22 @@ impl Etcd {
     }
 }
 
-/// An HTTP/1.1 response read to the end of its connection.
-pub struct Answer {
-    pub status: u16,
-    /// The status line and headers.
-    pub head: String,
-    /// The body (de-chunked).
-    pub body: Vec<u8>,
-}
-
-impl Answer {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
+pub use warren_node::cluster::HttpAnswer as Answer;
 
 /// Sends `request` (a whole HTTP/1.1 request with `Connection: close`) to
 /// `addr` and reads the answer to the end of the connection.
-pub async fn exchange(addr: &str, request: &[u8]) -> Result<Answer, String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    s.write_all(request).await.map_err(|e| e.to_string())?;
+pub async fn exchange(addr: &str, request: &[u8]) -> std::io::Result<Answer> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(request).await?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP header end")?;
+    s.read_to_end(&mut raw).await?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no HTTP header end"))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no HTTP status")?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad("no HTTP status"))?;
     let mut body = raw[split + 4..].to_vec();
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body).ok_or("bad chunked body")?;
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
     Ok(Answer { status, head, body })
 }

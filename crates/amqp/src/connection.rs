@@ -28,8 +28,9 @@ use warren_protocol::frame::{self, Frame, FrameKind};
 use warren_protocol::method::decode_method;
 use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, PROTOCOL_HEADER};
 
-use crate::channel::{Channel, ChannelInfo, Ctx, Turn};
-use crate::server::Shared;
+use crate::channel::{Channel, Ctx, Turn};
+use warren_node::Node;
+use warren_node::{ChannelInfo, ConnInfo};
 
 /// A channel frame, decoded.
 enum Input<'a> {
@@ -37,49 +38,6 @@ enum Input<'a> {
     Method(AMQPClass),
     Header(Bytes),
     Body(Bytes),
-}
-
-/// One open connection, as `warren ctl list_connections` shows it.
-pub struct ConnInfo {
-    pub id: u64,
-    pub user: String,
-    pub vhost: String,
-    pub peer: SocketAddr,
-    pub tls: bool,
-    /// Open channels, kept current by the connection task.
-    pub channels: AtomicUsize,
-    /// Bytes its read and write buffers hold (capacity, and what waits for
-    /// the writer), refreshed every tick (0.5 s) for the memory breakdown.
-    pub buffers: AtomicUsize,
-    /// What the management API shows, fixed at connection.open.
-    pub client_properties: Box<str>,
-    pub auth_mechanism: &'static str,
-    pub connected_at: u64,
-    pub frame_max: u32,
-    pub channel_max: u16,
-    pub heartbeat: u16,
-    /// Bytes read and written (single writer: the connection task).
-    pub recv_oct: AtomicU64,
-    pub send_oct: AtomicU64,
-    pub rates: warren_core::stats::Rates<2>,
-    /// Its open channels.
-    pub channel_list: parking_lot::Mutex<Vec<Arc<ChannelInfo>>>,
-    /// Set with a reason (`DELETE /api/connections/NAME`): within a tick
-    /// (0.5 s) the connection closes with 320 CONNECTION_FORCED, even one
-    /// stalled on a client that does not read.
-    pub kill_reason: parking_lot::Mutex<Option<String>>,
-}
-
-impl ConnInfo {
-    /// RabbitMQ's connection name: "peer -> listener".
-    pub fn name(&self, listen: SocketAddr) -> String {
-        format!("{} -> {}", self.peer, listen)
-    }
-
-    /// Asks the connection to close with 320 and `reason`.
-    pub fn force_close(&self, reason: String) {
-        *self.kill_reason.lock() = Some(reason);
-    }
 }
 
 /// Adds `n` to a counter with one writer (no locked instruction).
@@ -154,7 +112,7 @@ enum Stage {
 
 pub struct Conn {
     pub id: u64,
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     peer: SocketAddr,
     stage: Stage,
     user: String,
@@ -219,7 +177,7 @@ enum Writer {
     Other(Box<dyn AsyncWrite + Unpin + Send>),
 }
 
-pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let tls = matches!(stream, Stream::Tls(_));
     let (mut rd, writer): (Box<dyn AsyncRead + Unpin + Send>, Writer) = match stream {
         Stream::Tcp(s) => {
@@ -304,13 +262,13 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Shared>, mut sh
     };
     c.send_start();
 
-    let mut synced_rx = shared.synced.clone();
-    let mut alarm_rx = shared.alarm.clone();
+    let mut synced_rx = shared.confirms.synced.clone();
+    let mut alarm_rx = shared.alarms.current.clone();
     // A cluster's leader: after a turn that saved durable definitions (a
     // declaration, a binding…), nothing more goes out until every in-sync
     // follower has the save — so a declare-ok is never lost in a failover.
-    let hub = shared.cluster.as_ref().and_then(|c| c.hub.get().cloned());
-    let mut defs_rx = shared.defs_replicated.clone();
+    let hub = shared.cluster.as_ref().and_then(|c| c.gate());
+    let mut defs_rx = shared.confirms.defs_replicated.clone();
     let mut defs_wait = 0u64;
     // Likewise after a turn that delivered logged messages, until the log
     // (their delivery records) is on the followers.
@@ -756,7 +714,7 @@ impl Conn {
     /// without a log.
     fn synced(&self) -> u64 {
         match self.shared.broker.log() {
-            Some(_) => *self.shared.synced.borrow(),
+            Some(_) => *self.shared.confirms.synced.borrow(),
             None => u64::MAX,
         }
     }
@@ -849,7 +807,7 @@ impl Conn {
                     if let Some(info) = &self.registered {
                         info.channel_list.lock().push(ch.info.clone());
                     }
-                    self.shared.totals.channels_opened.fetch_add(1, Ordering::Relaxed);
+                    self.shared.registry.totals.channels_opened.fetch_add(1, Ordering::Relaxed);
                     self.channels.insert(f.channel, ch);
                     self.count_channels();
                     let ok = AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {}));
@@ -999,7 +957,7 @@ impl Conn {
                 let user = self.user.as_str();
                 let refused = |why: std::fmt::Arguments<'_>| AmqpError::not_allowed(why).during(10, 40);
                 let max = self.shared.config.max_connections;
-                if max > 0 && self.shared.connections.lock().len() as u64 >= max {
+                if max > 0 && self.shared.registry.connections.lock().len() as u64 >= max {
                     return Err(refused(format_args!("connection refused: node connection limit ({max}) is reached")));
                 }
                 let Some(vhost) = self.shared.broker.vhost(name) else {
@@ -1015,7 +973,8 @@ impl Conn {
                 }
                 let user_limits = self.shared.broker.access().users.get(user).map(|u| u.limits).unwrap_or_default();
                 if let Some(limit) = user_limits.max_connections {
-                    let open = self.shared.connections.lock().values().filter(|c| c.user == user).count() as u64;
+                    let open =
+                        self.shared.registry.connections.lock().values().filter(|c| c.user == user).count() as u64;
                     if open >= limit {
                         return Err(refused(format_args!(
                             "connection refused for user '{user}': user connection limit ({limit}) is reached"
@@ -1046,8 +1005,8 @@ impl Conn {
                     channel_list: Default::default(),
                     kill_reason: Default::default(),
                 });
-                self.shared.connections.lock().insert(self.id, info.clone());
-                self.shared.totals.connections_opened.fetch_add(1, Ordering::Relaxed);
+                self.shared.registry.connections.lock().insert(self.id, info.clone());
+                self.shared.registry.totals.connections_opened.fetch_add(1, Ordering::Relaxed);
                 self.registered = Some(info);
                 self.vhost = Some(vhost);
                 frame::write_method(&mut self.out, 0, &AMQPClass::Connection(M::OpenOk(conn::OpenOk {})));
@@ -1114,6 +1073,7 @@ impl Conn {
         let Some(limit) = limit else { return Ok(()) };
         let open: usize = self
             .shared
+            .registry
             .connections
             .lock()
             .values()
@@ -1183,7 +1143,7 @@ impl Conn {
     /// A channel closed: it leaves the management API's list, and its
     /// statistics go to its vhost's totals.
     fn channel_gone(&self, info: &Arc<ChannelInfo>) {
-        self.shared.totals.channels_closed.fetch_add(1, Ordering::Relaxed);
+        self.shared.registry.totals.channels_closed.fetch_add(1, Ordering::Relaxed);
         if let Some(vhost) = &self.vhost {
             vhost.retired.add_all(&info.stats.snapshot());
         }
@@ -1217,8 +1177,8 @@ impl Conn {
             vhost.connection_closed(self.id);
         }
         if self.registered.take().is_some() {
-            self.shared.totals.connections_closed.fetch_add(1, Ordering::Relaxed);
-            let mut open = self.shared.connections.lock();
+            self.shared.registry.totals.connections_closed.fetch_add(1, Ordering::Relaxed);
+            let mut open = self.shared.registry.connections.lock();
             open.remove(&self.id);
             if open.capacity() > 64 && open.len() * 4 < open.capacity() {
                 // After a wave of connections, give the table's memory back.

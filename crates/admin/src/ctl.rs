@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use warren_core::auth::{UserLimits, VHostLimits};
 use warren_core::broker::AdminError;
 
-use crate::server::Shared;
+use warren_node::Node;
 
 pub const SOCKET_NAME: &str = "warren.sock";
 
@@ -57,7 +57,7 @@ fn usage(info: String, text: &str) -> Response {
 }
 
 /// Serves `warren ctl` on `<data_dir>/warren.sock` until the process ends.
-pub async fn listen(shared: Arc<Shared>, data_dir: &Path) -> anyhow::Result<()> {
+pub async fn listen(shared: Arc<Node>, data_dir: &Path) -> anyhow::Result<()> {
     let path = data_dir.join(SOCKET_NAME);
     // A socket left by a killed broker: nobody listens on it any more.
     let _ = std::fs::remove_file(&path);
@@ -82,7 +82,7 @@ pub async fn listen(shared: Arc<Shared>, data_dir: &Path) -> anyhow::Result<()> 
                     Ok(req) => {
                         let mut r = execute(&shared, &req);
                         // A cluster's leader answers a change once the followers have it.
-                        if let Some(hub) = shared.cluster.as_ref().and_then(|c| c.hub.get()) {
+                        if let Some(hub) = shared.cluster.as_ref().and_then(|c| c.gate()) {
                             if r.exit == 0 && !hub.defs_replicated(std::time::Duration::from_secs(10)).await {
                                 r = failed(
                                     r.info,
@@ -114,7 +114,7 @@ fn yes(b: bool) -> String {
 }
 
 /// Carries out one command against the running broker.
-pub fn execute(shared: &Shared, req: &Request) -> Response {
+pub fn execute(shared: &Node, req: &Request) -> Response {
     let broker = &shared.broker;
     let a = &req.args;
     let vh = req.vhost.as_str();
@@ -131,10 +131,7 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
     // change would be lost.
     if let Some(c) = shared.cluster.as_ref().filter(|c| !c.is_serving()) {
         if !matches!(req.command.as_str(), "cluster_status" | "status" | "memory_breakdown") {
-            let leader = match c.role() {
-                crate::cluster::Role::Follower { leader, .. } => leader,
-                _ => "unknown".to_owned(),
-            };
+            let leader = c.leader_name().unwrap_or_else(|| "unknown".to_owned());
             return failed(
                 String::new(),
                 AdminError {
@@ -371,10 +368,10 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
                 [limit] => limit.clone(),
                 _ => return usage(String::new(), "set_disk_free_limit LIMIT | mem_relative FRACTION"),
             };
-            match spec.parse::<crate::resources::DiskFreeLimit>() {
+            match spec.parse::<warren_node::resources::DiskFreeLimit>() {
                 Ok(limit) => {
                     let bytes = limit.bytes();
-                    shared.disk_free_limit.store(bytes, Ordering::Relaxed);
+                    shared.alarms.disk_free_limit.store(bytes, Ordering::Relaxed);
                     info!(bytes, "disk free limit set");
                     done(format!("Setting disk free limit to {bytes} bytes ..."))
                 }
@@ -437,7 +434,7 @@ pub fn execute(shared: &Shared, req: &Request) -> Response {
 
 /// `set_policy [--priority N] [--apply-to all|queues|exchanges] NAME PATTERN DEFINITION`
 /// (and `set_operator_policy`), with rabbitmqctl's texts.
-fn set_policy(shared: &Shared, req: &Request) -> Response {
+fn set_policy(shared: &Node, req: &Request) -> Response {
     let operator = req.command == "set_operator_policy";
     let (mut priority, mut apply_to, mut rest) = ("0".to_owned(), "all".to_owned(), Vec::new());
     let mut it = req.args.iter();
@@ -490,7 +487,7 @@ fn select(info: String, requested: &[String], defaults: &[&str], all: &[&str], r
     table(info, &wanted, rows)
 }
 
-fn list_entities(shared: &Shared, req: &Request) -> Response {
+fn list_entities(shared: &Node, req: &Request) -> Response {
     let vh = req.vhost.as_str();
     let Some(vhost) = shared.broker.vhost(vh) else {
         return failed(
@@ -569,7 +566,7 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
             const ALL: [&str; 5] =
                 ["source_name", "source_kind", "destination_name", "destination_kind", "routing_key"];
             // The default exchange's implicit bindings come first, as RabbitMQ lists them.
-            let rows = crate::http::bindings(&vhost)
+            let rows = crate::views::bindings(&vhost)
                 .into_iter()
                 .map(|b| vec![b.source, "exchange".into(), b.destination, b.destination_type.into(), b.routing_key])
                 .collect();
@@ -580,8 +577,8 @@ fn list_entities(shared: &Shared, req: &Request) -> Response {
 
 /// Where the broker's memory is, in the spirit of `rabbitmq-diagnostics
 /// memory_breakdown`: one row per category, bytes and share of RSS.
-fn memory_breakdown(shared: &Shared) -> Response {
-    let rows = memory_rows(shared);
+fn memory_breakdown(shared: &Node) -> Response {
+    let rows = crate::views::memory_rows(shared);
     let rss = rows.iter().find(|(k, _, _)| *k == "total_rss").map_or(0, |r| r.1);
     let share = |bytes: u64| if rss > 0 { format!("{:.1}", 100.0 * bytes as f64 / rss as f64) } else { String::new() };
     let rows = rows
@@ -595,41 +592,14 @@ fn memory_breakdown(shared: &Shared) -> Response {
         "queue_bodies_* count a body once per queue holding it (a body routed to several queues is stored once); \
          queue_bodies_on_disk is the paged tail (in the message log, or spilled; spilled_on_disk is the spill files' live bytes); \
          heap_in_use includes queue bodies and connection buffers. Alarms: {}.",
-        shared.alarm.borrow().clone().unwrap_or_else(|| "none".into())
+        shared.alarms.current.borrow().clone().unwrap_or_else(|| "none".into())
     );
     r
 }
 
-/// Where the broker's memory is: (category, bytes, whether a share of RSS
-/// makes sense), for `warren ctl status` and the management API.
-pub fn memory_rows(shared: &Shared) -> Vec<(&'static str, u64, bool)> {
-    let (mut in_memory, mut paged) = (0u64, 0u64);
-    for vhost in shared.broker.vhosts() {
-        for q in vhost.queues() {
-            let (m, p) = q.ready_bytes();
-            in_memory += m;
-            paged += p;
-        }
-    }
-    let buffers: u64 = shared.connections.lock().values().map(|c| c.buffers.load(Ordering::Relaxed) as u64).sum();
-    let (heap_used, heap_free) = crate::resources::heap_usage();
-    let rss = crate::resources::rss_bytes().unwrap_or(0);
-    vec![
-        ("queue_bodies_in_memory", in_memory, true),
-        ("queue_bodies_on_disk", paged, false),
-        ("spilled_on_disk", warren_core::spill::store().map_or(0, |s| s.bytes()), false),
-        ("connection_buffers", buffers, true),
-        ("heap_in_use", heap_used, true),
-        ("allocator_free_held", heap_free, true),
-        ("total_rss", rss, true),
-        ("memory_high_watermark", shared.config.memory_limit().unwrap_or(0), false),
-        ("disk_free_limit", shared.disk_free_limit.load(Ordering::Relaxed), false),
-    ]
-}
-
-fn list_connections(shared: &Shared, requested: &[String]) -> Response {
+fn list_connections(shared: &Node, requested: &[String]) -> Response {
     const ALL: [&str; 8] = ["user", "peer_host", "peer_port", "state", "vhost", "channels", "ssl", "name"];
-    let mut conns: Vec<_> = shared.connections.lock().values().cloned().collect();
+    let mut conns: Vec<_> = shared.registry.connections.lock().values().cloned().collect();
     conns.sort_by_key(|c| c.id);
     let rows = conns
         .iter()
@@ -743,7 +713,7 @@ pub fn main(args: Vec<String>) -> i32 {
     }
     // export_definitions FILE writes the file here ("-" = standard output).
     let export_to = (command == "export_definitions").then(|| rest.first().cloned().unwrap_or_else(|| "-".into()));
-    let data_dir = data_dir.unwrap_or_else(crate::config::default_data_dir);
+    let data_dir = data_dir.unwrap_or_else(warren_node::config::default_data_dir);
     let socket = data_dir.join(SOCKET_NAME);
     let response = match call(&socket, &Request { command, vhost, args: rest }) {
         Ok(r) => r,

@@ -16,6 +16,7 @@
 //! transaction), and the winner starts a new ISR of itself.
 
 pub mod etcd;
+pub mod lifecycle;
 pub mod replication;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -459,4 +460,38 @@ pub fn reachable(bound: std::net::SocketAddr, advertise: &str) -> String {
 pub async fn proxy(mut client: TcpStream, mut upstream: TcpStream) {
     let _ = upstream.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+impl warren_node::cluster::ClusterView for Cluster {
+    fn is_serving(&self) -> bool {
+        Cluster::is_serving(self)
+    }
+
+    fn leader_name(&self) -> Option<String> {
+        match self.role() {
+            Role::Follower { leader, .. } => Some(leader),
+            _ => None,
+        }
+    }
+
+    fn leader_http(&self) -> Option<String> {
+        Cluster::leader_http(self)
+    }
+
+    fn gate(&self) -> Option<Arc<dyn warren_node::cluster::ConfirmGate>> {
+        self.hub.get().map(|h| h.clone() as Arc<dyn warren_node::cluster::ConfirmGate>)
+    }
+
+    fn status(&self) -> Value {
+        Cluster::status(self)
+    }
+
+    fn forward(
+        &self,
+        leader: &str,
+        request: Vec<u8>,
+    ) -> warren_node::cluster::BoxFuture<'_, std::io::Result<warren_node::cluster::HttpAnswer>> {
+        let leader = leader.to_owned();
+        Box::pin(async move { etcd::exchange(&leader, &request).await })
+    }
 }

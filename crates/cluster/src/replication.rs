@@ -423,6 +423,16 @@ impl Hub {
     }
 }
 
+impl warren_node::cluster::ConfirmGate for Hub {
+    fn defs_saved(&self) -> u64 {
+        Hub::defs_saved(self)
+    }
+
+    fn defs_replicated(&self, limit: Duration) -> warren_node::cluster::BoxFuture<'_, bool> {
+        Box::pin(Hub::defs_replicated(self, limit))
+    }
+}
+
 /// Accepts followers on the cluster listener (the leader only).
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cluster: Arc<Cluster>) {
     loop {

@@ -23,8 +23,6 @@ mod query;
 mod routes;
 mod ui;
 
-pub use objects::{bindings, node_name};
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,7 +37,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::server::Shared;
+use warren_node::Node;
 
 /// Largest request body read (definitions, publish): RabbitMQ's default
 /// `management.http.max_body_size`.
@@ -113,7 +111,7 @@ pub fn bad_request(reason: impl Into<String>) -> Reply {
 
 /// Binds the listener (before the broker says it is listening) and serves
 /// it from a task. Returns the bound address.
-pub async fn listen(shared: Arc<Shared>, at: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at} (HTTP): {e}"))?;
     let addr = listener.local_addr()?;
     tokio::spawn(sampler(shared.clone()));
@@ -122,11 +120,10 @@ pub async fn listen(shared: Arc<Shared>, at: SocketAddr) -> anyhow::Result<Socke
     Ok(addr)
 }
 
-type Handler =
-    fn(Arc<Shared>, SocketAddr, Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
+type Handler = fn(Arc<Node>, SocketAddr, Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
 
 /// Serves HTTP/1.1 on `listener` from a task, one task per connection.
-pub fn serve(listener: TcpListener, shared: Arc<Shared>, handler: Handler) {
+pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
     tokio::spawn(async move {
         loop {
             let (socket, peer) = match listener.accept().await {
@@ -163,7 +160,12 @@ async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
 
 /// Passes a management API request on to the cluster leader's API and
 /// its answer back.
-async fn forward(leader: &str, parts: &hyper::http::request::Parts, body: &Bytes) -> Reply {
+async fn forward(
+    cluster: &dyn warren_node::cluster::ClusterView,
+    leader: &str,
+    parts: &hyper::http::request::Parts,
+    body: &Bytes,
+) -> Reply {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = format!("{} {target} HTTP/1.1\r\nHost: {leader}\r\nConnection: close\r\n", parts.method);
     for name in [hyper::header::AUTHORIZATION, CONTENT_TYPE, hyper::header::ACCEPT] {
@@ -174,10 +176,9 @@ async fn forward(leader: &str, parts: &hyper::http::request::Parts, body: &Bytes
     req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     let mut raw = req.into_bytes();
     raw.extend_from_slice(body);
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), crate::cluster::etcd::exchange(leader, &raw))
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), cluster.forward(leader, raw))
         .await
-        .map_err(|_| "timed out".to_string())
-        .and_then(|r| r);
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")));
     match answer {
         Ok(a) => {
             let mut r = Response::new(Body::Full(None));
@@ -223,7 +224,7 @@ impl Call {
     }
 }
 
-async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+async fn handle(shared: &Arc<Node>, peer: SocketAddr, req: Request<Incoming>) -> Reply {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(query::parse_query).unwrap_or_default();
@@ -236,9 +237,10 @@ async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) 
     // A cluster follower has only an empty placeholder broker: the API
     // answers for the leader, which authenticates (but /api/nodes answers
     // for this node).
-    if let Some(leader) = shared.cluster.as_ref().and_then(|c| c.leader_http()).filter(|_| rest != "/nodes") {
+    let follows = shared.cluster.as_ref().and_then(|c| Some((c, c.leader_http()?)));
+    if let Some((cluster, leader)) = follows.filter(|_| rest != "/nodes") {
         return match read_body(body).await {
-            Ok(b) => forward(&leader, &parts, &b).await,
+            Ok(b) => forward(&**cluster, &leader, &parts, &b).await,
             Err(r) => r,
         };
     }
@@ -260,7 +262,7 @@ async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) 
     };
     // A cluster's leader answers a change once the followers have it.
     if call.method != hyper::Method::GET {
-        if let Some(hub) = shared.cluster.as_ref().and_then(|c| c.hub.get()) {
+        if let Some(hub) = shared.cluster.as_ref().and_then(|c| c.gate()) {
             if !hub.defs_replicated(std::time::Duration::from_secs(10)).await {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -274,7 +276,7 @@ async fn handle(shared: &Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) 
 }
 
 /// Samples every object's counters into rates every 5 s.
-async fn sampler(shared: Arc<Shared>) {
+async fn sampler(shared: Arc<Node>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(warren_core::stats::SAMPLE_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -26,9 +26,9 @@ use tracing::info;
 use warren_core::stats;
 
 use crate::http::{Body, Reply};
-use crate::server::Shared;
+use warren_node::Node;
 
-pub async fn listen(shared: Arc<Shared>, at: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> anyhow::Result<SocketAddr> {
     let listener =
         TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at} (Prometheus): {e}"))?;
     let addr = listener.local_addr()?;
@@ -37,7 +37,7 @@ pub async fn listen(shared: Arc<Shared>, at: SocketAddr) -> anyhow::Result<Socke
     Ok(addr)
 }
 
-fn handle(shared: &Shared, req: Request<Incoming>) -> Reply {
+fn handle(shared: &Node, req: Request<Incoming>) -> Reply {
     let per_object = match req.uri().path() {
         "/metrics" => false,
         "/metrics/per-object" => true,
@@ -110,7 +110,7 @@ impl Scrape<'_> {
 
 /// Warren's cluster: this node's role and epoch, the ISR's size, and on
 /// the leader each follower's lag (what to alert on when the ISR shrinks).
-fn cluster_metrics(s: &Scrape, cluster: &crate::cluster::Cluster) -> prometheus::Result<()> {
+fn cluster_metrics(s: &Scrape, cluster: &dyn warren_node::cluster::ClusterView) -> prometheus::Result<()> {
     let status = cluster.status();
     s.gauge(
         "warren_cluster_leader",
@@ -151,9 +151,9 @@ fn cluster_metrics(s: &Scrape, cluster: &crate::cluster::Cluster) -> prometheus:
     Ok(())
 }
 
-fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus::Result<()> {
+fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::Result<()> {
     let s = Scrape(registry);
-    let node = crate::http::node_name();
+    let node = crate::views::node_name();
     s.info(
         "rabbitmq_identity_info",
         "RabbitMQ node & cluster identity info",
@@ -176,11 +176,11 @@ fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus
     )?;
 
     if let Some(cluster) = &shared.cluster {
-        cluster_metrics(&s, cluster)?;
+        cluster_metrics(&s, &**cluster)?;
     }
 
     // Connections and channels.
-    let conns: Vec<_> = shared.connections.lock().values().cloned().collect();
+    let conns: Vec<_> = shared.registry.connections.lock().values().cloned().collect();
     let mut channel_totals = [0u64; stats::N];
     let (mut channels, mut unacked, mut channel_consumers, mut publishers) = (0i64, 0u64, 0i64, 0i64);
     for c in &conns {
@@ -196,7 +196,7 @@ fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus
     }
     s.gauge("rabbitmq_connections", "Connections currently open", conns.len() as i64)?;
     s.gauge("rabbitmq_channels", "Channels currently open", channels)?;
-    let t = &shared.totals;
+    let t = &shared.registry.totals;
     for (name, help, n) in [
         ("rabbitmq_connections_opened_total", "Total number of connections opened", &t.connections_opened),
         (
@@ -417,9 +417,9 @@ fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus
     gauge_amqp("rabbitmq_global_publishers", "Current number of publishers", publishers)?;
 
     // The process and its alarms.
-    let rss = crate::resources::rss_bytes().unwrap_or(0);
-    let (fds, max_fds) = crate::resources::file_descriptors();
-    let alarm = shared.alarm.borrow().clone();
+    let rss = warren_node::resources::rss_bytes().unwrap_or(0);
+    let (fds, max_fds) = warren_node::resources::file_descriptors();
+    let alarm = shared.alarms.current.borrow().clone();
     s.gauge("rabbitmq_process_resident_memory_bytes", "Memory used in bytes", rss as i64)?;
     s.gauge(
         "rabbitmq_resident_memory_limit_bytes",
@@ -430,12 +430,12 @@ fn collect(shared: &Shared, registry: &Registry, per_object: bool) -> prometheus
     s.gauge("rabbitmq_process_max_fds", "Open file descriptors limit", max_fds as i64)?;
     s.gauge("rabbitmq_process_open_tcp_sockets", "Open TCP sockets", conns.len() as i64)?;
     s.gauge("rabbitmq_process_max_tcp_sockets", "Open TCP sockets limit", max_fds as i64)?;
-    let disk = crate::resources::free_disk_bytes(&shared.config.data_dir()).unwrap_or(0);
+    let disk = warren_node::resources::free_disk_bytes(&shared.config.data_dir()).unwrap_or(0);
     s.gauge("rabbitmq_disk_space_available_bytes", "Disk space available in bytes", disk as i64)?;
     s.gauge(
         "rabbitmq_disk_space_available_limit_bytes",
         "Free disk space low watermark in bytes",
-        shared.disk_free_limit.load(Ordering::Relaxed) as i64,
+        shared.alarms.disk_free_limit.load(Ordering::Relaxed) as i64,
     )?;
     let on = |what: &str| alarm.as_deref().is_some_and(|a| a.contains(what)) as i64;
     s.gauge("rabbitmq_alarms_memory_used_watermark", "is 1 if VM memory watermark alarm is in effect", on("memory"))?;

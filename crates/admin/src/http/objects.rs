@@ -7,14 +7,15 @@ use std::sync::{Arc, LazyLock};
 
 use serde_json::{json, Map, Value};
 use warren_core::arguments::table_to_json;
-use warren_core::exchange::Destination;
 use warren_core::queue::{RATE_MESSAGES, RATE_READY, RATE_UNACKED};
 use warren_core::stats::{self, Counts, History, Rates};
 use warren_core::{Exchange, Queue, VHost};
 
-use crate::channel::ChannelInfo;
-use crate::connection::ConnInfo;
-use crate::server::Shared;
+use warren_node::ChannelInfo;
+use warren_node::ConnInfo;
+use warren_node::Node;
+
+use crate::views::{node_name, properties_key, BindingRow};
 
 /// Rates of the whole node's `message_stats` and queue totals.
 static OVERVIEW: LazyLock<stats::LengthRates> = LazyLock::new(Rates::default);
@@ -115,15 +116,6 @@ const QUEUE_STATS: &[usize] = &[
 ];
 const EXCHANGE_STATS: &[usize] = &[stats::PUBLISH_IN, stats::PUBLISH_OUT];
 
-pub fn node_name() -> String {
-    static NAME: LazyLock<String> = LazyLock::new(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let host = host.trim();
-        format!("warren@{}", if host.is_empty() { "localhost" } else { host })
-    });
-    NAME.clone()
-}
-
 fn details(rate: f64) -> Value {
     // RabbitMQ rounds rates to one decimal.
     json!({ "rate": (rate * 10.0).round() / 10.0 })
@@ -220,31 +212,6 @@ pub fn exchange(x: &Exchange, vhost: &str) -> Value {
     v
 }
 
-/// One binding, as the API lists it.
-pub struct BindingRow {
-    pub vhost: String,
-    pub source: String,
-    pub destination: String,
-    pub destination_type: &'static str,
-    pub routing_key: String,
-    pub arguments: Value,
-}
-
-/// RabbitMQ's `properties_key`: names one binding between a source and a
-/// destination in a URL. The routing key (`~` when empty), plus a hash of
-/// the arguments when there are any.
-pub fn properties_key(routing_key: &str, arguments: &Value) -> String {
-    let empty = arguments.as_object().is_none_or(|m| m.is_empty());
-    let key = if routing_key.is_empty() { "~" } else { routing_key };
-    if empty {
-        return key.to_owned();
-    }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(arguments.to_string().as_bytes());
-    use base64::Engine;
-    format!("{key}~{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..12]))
-}
-
 pub fn binding(b: &BindingRow) -> Value {
     json!({
         "source": b.source,
@@ -257,44 +224,7 @@ pub fn binding(b: &BindingRow) -> Value {
     })
 }
 
-/// Every binding of a vhost: the default exchange's implicit ones first,
-/// as RabbitMQ lists them.
-pub fn bindings(vhost: &VHost) -> Vec<BindingRow> {
-    let mut queues = vhost.queues();
-    queues.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut rows: Vec<BindingRow> = queues
-        .iter()
-        .map(|q| BindingRow {
-            vhost: vhost.name.clone(),
-            source: String::new(),
-            destination: q.name.clone(),
-            destination_type: "queue",
-            routing_key: q.name.clone(),
-            arguments: json!({}),
-        })
-        .collect();
-    let mut xs = vhost.exchanges();
-    xs.sort_by(|a, b| a.name.cmp(&b.name));
-    for x in xs.iter().filter(|x| !x.name.is_empty()) {
-        for b in x.bindings() {
-            let (destination, destination_type) = match &b.destination {
-                Destination::Queue(q) => (q.name.clone(), "queue"),
-                Destination::Exchange(e) => (e.clone(), "exchange"),
-            };
-            rows.push(BindingRow {
-                vhost: vhost.name.clone(),
-                source: x.name.clone(),
-                destination,
-                destination_type,
-                routing_key: b.routing_key.clone(),
-                arguments: table_to_json(&b.arguments),
-            });
-        }
-    }
-    rows
-}
-
-pub fn connection(shared: &Shared, c: &ConnInfo) -> Value {
+pub fn connection(shared: &Node, c: &ConnInfo) -> Value {
     let rates = c.rates.all();
     let client: Value = serde_json::from_str(&c.client_properties).unwrap_or_else(|_| json!({}));
     json!({
@@ -326,11 +256,11 @@ pub fn connection(shared: &Shared, c: &ConnInfo) -> Value {
     })
 }
 
-pub fn channel_name(shared: &Shared, c: &ConnInfo, ch: &ChannelInfo) -> String {
+pub fn channel_name(shared: &Node, c: &ConnInfo, ch: &ChannelInfo) -> String {
     format!("{} ({})", c.name(shared.config.amqp_listen), ch.number)
 }
 
-pub fn channel(shared: &Shared, c: &ConnInfo, ch: &ChannelInfo) -> Value {
+pub fn channel(shared: &Node, c: &ConnInfo, ch: &ChannelInfo) -> Value {
     let counts = ch.stats.snapshot();
     let rates = ch.rates.all();
     let mode = ch.mode.load(Ordering::Relaxed);
@@ -360,8 +290,8 @@ pub fn channel(shared: &Shared, c: &ConnInfo, ch: &ChannelInfo) -> Value {
     })
 }
 
-pub fn consumer(shared: &Shared, q: &Queue, c: &warren_core::Consumer, active: bool) -> Value {
-    let conn = shared.connections.lock().get(&c.connection).cloned();
+pub fn consumer(shared: &Node, q: &Queue, c: &warren_core::Consumer, active: bool) -> Value {
+    let conn = shared.registry.connections.lock().get(&c.connection).cloned();
     let channel_details = match &conn {
         Some(ci) => json!({
             "name": format!("{} ({})", ci.name(shared.config.amqp_listen), c.channel),
@@ -388,8 +318,8 @@ pub fn consumer(shared: &Shared, q: &Queue, c: &warren_core::Consumer, active: b
 }
 
 /// Every open channel's counters, summed per vhost.
-fn live_channel_counts(shared: &Shared) -> HashMap<String, Counts> {
-    let conns: Vec<Arc<ConnInfo>> = shared.connections.lock().values().cloned().collect();
+fn live_channel_counts(shared: &Node) -> HashMap<String, Counts> {
+    let conns: Vec<Arc<ConnInfo>> = shared.registry.connections.lock().values().cloned().collect();
     let mut by_vhost: HashMap<String, Counts> = HashMap::new();
     for c in conns {
         let total = by_vhost.entry(c.vhost.clone()).or_insert([0; stats::N]);
@@ -414,13 +344,13 @@ fn vhost_lengths(vhost: &VHost) -> (u64, u64) {
     vhost.queues().iter().map(|q| q.status()).fold((0, 0), |(r, u), s| (r + s.ready, u + s.unacked))
 }
 
-pub fn vhosts(shared: &Shared) -> Vec<Arc<VHost>> {
+pub fn vhosts(shared: &Node) -> Vec<Arc<VHost>> {
     let mut v = shared.broker.vhosts();
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v
 }
 
-pub fn vhost(shared: &Shared, vhost: &VHost, ages: Ages) -> Value {
+pub fn vhost(shared: &Node, vhost: &VHost, ages: Ages) -> Value {
     let live = live_channel_counts(shared);
     vhost_with(vhost, &live, ages)
 }
@@ -453,12 +383,12 @@ fn vhost_with(vhost: &VHost, live: &HashMap<String, Counts>, ages: Ages) -> Valu
     v
 }
 
-pub fn vhosts_json(shared: &Shared, list: Vec<Arc<VHost>>, ages: Ages) -> Vec<Value> {
+pub fn vhosts_json(shared: &Node, list: Vec<Arc<VHost>>, ages: Ages) -> Vec<Value> {
     let live = live_channel_counts(shared);
     list.iter().map(|v| vhost_with(v, &live, ages)).collect()
 }
 
-pub fn overview(shared: &Shared, caller: &super::auth::Caller, ages: Ages) -> Value {
+pub fn overview(shared: &Node, caller: &super::auth::Caller, ages: Ages) -> Value {
     let live = live_channel_counts(shared);
     let mut counts = [0; stats::N];
     let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0, 0, 0, 0, 0);
@@ -474,7 +404,7 @@ pub fn overview(shared: &Shared, caller: &super::auth::Caller, ages: Ages) -> Va
         exchanges += v.exchanges().len();
     }
     let conns: Vec<Arc<ConnInfo>> =
-        shared.connections.lock().values().filter(|c| caller.sees_user(&c.user)).cloned().collect();
+        shared.registry.connections.lock().values().filter(|c| caller.sees_user(&c.user)).cloned().collect();
     let channels: usize = conns.iter().map(|c| c.channels.load(Ordering::Relaxed)).sum();
     let rates = OVERVIEW.all();
     let listen = shared.config.amqp_listen;
@@ -544,16 +474,16 @@ pub fn exchange_types() -> Value {
 }
 
 /// The memory breakdown (`warren ctl status`), by category.
-pub fn memory(shared: &Shared) -> Value {
-    Value::Object(crate::ctl::memory_rows(shared).into_iter().map(|(k, v, _)| (k.to_owned(), v.into())).collect())
+pub fn memory(shared: &Node) -> Value {
+    Value::Object(crate::views::memory_rows(shared).into_iter().map(|(k, v, _)| (k.to_owned(), v.into())).collect())
 }
 
-pub fn node(shared: &Shared) -> Value {
-    let rss = crate::resources::rss_bytes().unwrap_or(0);
+pub fn node(shared: &Node) -> Value {
+    let rss = warren_node::resources::rss_bytes().unwrap_or(0);
     let limit = shared.config.memory_limit().unwrap_or(0);
-    let alarm = shared.alarm.borrow().clone();
-    let disk_free = crate::resources::free_disk_bytes(&shared.config.data_dir()).unwrap_or(0);
-    let (fds, fd_total) = crate::resources::file_descriptors();
+    let alarm = shared.alarms.current.borrow().clone();
+    let disk_free = warren_node::resources::free_disk_bytes(&shared.config.data_dir()).unwrap_or(0);
+    let (fds, fd_total) = warren_node::resources::file_descriptors();
     json!({
         "name": node_name(),
         "type": "disc",
@@ -564,11 +494,11 @@ pub fn node(shared: &Shared) -> Value {
         "mem_limit": limit,
         "mem_alarm": alarm.as_deref().is_some_and(|a| a.contains("memory")),
         "disk_free": disk_free,
-        "disk_free_limit": shared.disk_free_limit.load(Ordering::Relaxed),
+        "disk_free_limit": shared.alarms.disk_free_limit.load(Ordering::Relaxed),
         "disk_free_alarm": alarm.as_deref().is_some_and(|a| a.contains("disk")),
         "fd_used": fds,
         "fd_total": fd_total,
-        "sockets_used": shared.connections.lock().len(),
+        "sockets_used": shared.registry.connections.lock().len(),
         "proc_used": 0,
         "proc_total": 0,
         "processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -590,7 +520,7 @@ pub fn node(shared: &Shared) -> Value {
 }
 
 /// Samples every object's counters into rates (every 5 s).
-pub fn sample_all(shared: &Shared) {
+pub fn sample_all(shared: &Node) {
     let live = live_channel_counts(shared);
     let mut total = [0u64; stats::N];
     let (mut ready, mut unacked) = (0u64, 0u64);
@@ -617,7 +547,7 @@ pub fn sample_all(shared: &Shared) {
     OVERVIEW_HISTORY.push(warren_core::now_ms(), &values);
     let names: std::collections::HashSet<String> = shared.broker.vhosts().iter().map(|v| v.name.clone()).collect();
     VHOST_HISTORY.lock().retain(|n, _| names.contains(n));
-    let conns: Vec<Arc<ConnInfo>> = shared.connections.lock().values().cloned().collect();
+    let conns: Vec<Arc<ConnInfo>> = shared.registry.connections.lock().values().cloned().collect();
     for c in conns {
         c.rates.sample(&[c.recv_oct.load(Ordering::Relaxed), c.send_oct.load(Ordering::Relaxed)]);
         for ch in c.channel_list.lock().iter() {

@@ -12,7 +12,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::StatusCode;
 
 use super::{empty, error, Reply};
-use crate::server::Shared;
+use warren_node::Node;
 
 pub struct Caller {
     pub name: String,
@@ -27,7 +27,7 @@ pub fn not_authorised(reason: &str) -> Reply {
     error(StatusCode::UNAUTHORIZED, "not_authorised", reason)
 }
 
-pub fn authenticate(shared: &Shared, peer: SocketAddr, headers: &hyper::HeaderMap) -> Result<Caller, Reply> {
+pub fn authenticate(shared: &Node, peer: SocketAddr, headers: &hyper::HeaderMap) -> Result<Caller, Reply> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         let mut r = empty(StatusCode::UNAUTHORIZED);
         r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""));
@@ -81,12 +81,12 @@ impl Caller {
     }
 
     /// Whether lists show this vhost's objects to the caller.
-    pub fn sees_vhost(&self, shared: &Shared, vhost: &str) -> bool {
+    pub fn sees_vhost(&self, shared: &Node, vhost: &str) -> bool {
         self.monitoring || shared.broker.access().has_vhost_access(vhost, &self.name)
     }
 
     /// For paths naming a vhost: 401 unless the caller may use it.
-    pub fn require_vhost(&self, shared: &Shared, vhost: &str) -> Result<(), Reply> {
+    pub fn require_vhost(&self, shared: &Node, vhost: &str) -> Result<(), Reply> {
         if self.administrator || shared.broker.access().has_vhost_access(vhost, &self.name) {
             Ok(())
         } else if self.monitoring {

@@ -1,0 +1,482 @@
+//! A channel's consuming side: consumers and their deliveries (delivery
+//! tags, prefetch credit, consumer timeouts), `basic.get`, and the acks,
+//! rejects, nacks and recovers that settle what was delivered.
+
+use super::*;
+
+/// A delivery awaiting its ack.
+pub(super) struct Unacked {
+    pub(super) queue: Arc<Queue>,
+    pub(super) entry: Entry<MessageRef>,
+    /// None for `basic.get`: no consumer credit to give back.
+    pub(super) consumer: Option<Arc<Consumer>>,
+    /// When its consumer's timeout starts counting (ms: its delivery, or a
+    /// later celery ETA, `consumer_timeout.rs`); 0 without a timeout.
+    pub(super) at_ms: u64,
+}
+
+/// An ack, reject or nack, as buffered by a transaction.
+#[derive(Clone, Copy)]
+pub(super) struct Settle {
+    pub(super) tag: u64,
+    pub(super) multiple: bool,
+    /// None = ack; Some(requeue) = reject/nack.
+    pub(super) requeue: Option<bool>,
+}
+
+/// Splits settled deliveries into runs by queue, keeping their order.
+pub(super) fn group_by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Unacked>)> {
+    let mut groups: Vec<(Arc<Queue>, Vec<Unacked>)> = Vec::new();
+    for u in taken {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, g)) => g.push(u),
+            None => groups.push((u.queue.clone(), vec![u])),
+        }
+    }
+    groups
+}
+
+impl Channel {
+    /// Writes one delivery from a queue to the client.
+    pub fn deliver(&mut self, out: &mut BytesMut, frame_max: u32, d: Delivery, turn: &mut Turn) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let msg = &d.entry.message;
+        frame::write_deliver(out, self.id, &d.consumer.tag, tag, d.entry.redelivered, &msg.exchange, &msg.routing_key);
+        let props = warren_core::queue::delivery_properties(&d.queue, &d.entry);
+        frame::write_content(out, self.id, frame_max, &props, &msg.body);
+        drop(props);
+        self.info.stats.bump(if d.consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }, 1);
+        if d.entry.redelivered {
+            self.info.stats.bump(stats::REDELIVER, 1);
+        }
+        if d.consumer.no_ack {
+            d.consumer.finished(msg.body.len());
+            turn.to_wake.push(d.queue);
+            self.push_unacked(tag, None);
+        } else {
+            turn.written(&d.consumer, &d.queue, d.consumer.window_cost(msg.body.len()));
+            // Its timeout counts from now, or from a celery ETA it carries.
+            let at_ms = match d.consumer.timeout_ms {
+                Some(_) => warren_core::consumer_timeout::clock_start(msg, warren_core::now_ms()),
+                None => 0,
+            };
+            self.push_unacked(tag, Some(Unacked { queue: d.queue, entry: d.entry, consumer: Some(d.consumer), at_ms }));
+        }
+    }
+
+    pub(super) fn push_unacked(&mut self, tag: u64, u: Option<Unacked>) {
+        if u.is_some() {
+            self.outstanding += 1;
+            ChannelInfo::store(&self.info.unacked, self.outstanding);
+        }
+        if self.unacked.is_empty() {
+            if u.is_none() {
+                self.first_tag = tag + 1;
+                return;
+            }
+            self.first_tag = tag;
+        }
+        debug_assert_eq!(self.first_tag + self.unacked.len() as u64, tag, "delivery tags out of step");
+        self.unacked.push_back(u);
+    }
+
+    /// The queue deleted this consumer: tell the client if it asked.
+    pub fn server_cancel(&mut self, out: &mut BytesMut, consumer: &Arc<Consumer>, notify: bool) {
+        let ours = self.consumers.get(&*consumer.tag).is_some_and(|(c, _)| Arc::ptr_eq(c, consumer));
+        if !ours || self.closing {
+            return;
+        }
+        self.consumers.remove(&*consumer.tag);
+        if notify {
+            self.write_cancel(out, &consumer.tag);
+        }
+    }
+
+    /// A server-sent `basic.cancel` for consumer `tag`.
+    pub(super) fn write_cancel(&self, out: &mut BytesMut, tag: &str) {
+        let cancel = basic::Cancel { consumer_tag: tag.into(), nowait: true };
+        reply(out, self.id, AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)));
+    }
+
+    /// Drops the settled slots at the front of `unacked`, keeping
+    /// `first_tag` the tag of its first slot.
+    pub(super) fn trim_settled(&mut self) {
+        while let Some(None) = self.unacked.front() {
+            self.unacked.pop_front();
+            self.first_tag += 1;
+        }
+        if self.unacked.is_empty() {
+            self.first_tag = self.next_tag;
+        }
+    }
+
+    /// Whether replies wait for a sync of the message log.
+    pub fn has_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Consumer timeouts (every tick): a consumer holding a delivery unacked
+    /// for longer than its timeout is cancelled alone — `basic.cancel` if
+    /// the client takes it, its unacked deliveries requeued, the channel
+    /// and its other consumers untouched (RabbitMQ closes the whole
+    /// channel with 406 instead).
+    pub fn expire_consumers(&mut self, out: &mut BytesMut, vhost: &Arc<VHost>, notify: bool, now_ms: u64) {
+        if self.closing || !self.consumers.values().any(|(c, _)| c.timeout_ms.is_some()) {
+            return;
+        }
+        let mut expired: Vec<Arc<Consumer>> = Vec::new();
+        for u in self.unacked.iter().flatten() {
+            let Some(c) = &u.consumer else { continue };
+            let Some(t) = c.timeout_ms else { continue };
+            if u.at_ms > 0 && now_ms.saturating_sub(u.at_ms) > t && !expired.iter().any(|e| Arc::ptr_eq(e, c)) {
+                expired.push(c.clone());
+            }
+        }
+        for c in expired {
+            let queue = self.unacked.iter().flatten().find(|u| u.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c)));
+            let queue = queue.map(|u| u.queue.name.clone()).unwrap_or_default();
+            tracing::warn!(channel = self.id, consumer = %c.tag, %queue, timeout_ms = c.timeout_ms, "consumer timed out: cancelled, its deliveries requeued");
+            if self.consumers.get(&*c.tag).is_some_and(|(x, _)| Arc::ptr_eq(x, &c)) {
+                if let Some((consumer, q)) = self.consumers.remove(&*c.tag) {
+                    if q.remove_consumer(&consumer) == AfterCancel::AutoDelete {
+                        vhost.remove_queue(&q);
+                    }
+                }
+            }
+            let mut taken = Vec::new();
+            for (i, slot) in self.unacked.iter_mut().enumerate() {
+                if slot.as_ref().is_some_and(|u| u.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c))) {
+                    taken.extend(slot.take());
+                    self.timed_out.push(self.first_tag + i as u64);
+                }
+            }
+            self.trim_settled();
+            self.outstanding = self.outstanding.saturating_sub(taken.len() as u64);
+            ChannelInfo::store(&self.info.unacked, self.outstanding);
+            Self::requeue(taken);
+            if notify {
+                self.write_cancel(out, &c.tag);
+            }
+        }
+    }
+
+    /// Takes the deliveries an ack/reject/nack names (RabbitMQ's rules: the
+    /// tag must be outstanding; multiple takes every one up to it; tag 0
+    /// with multiple means all).
+    pub(super) fn take_unacked(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+        let taken = self.take_unacked_inner(tag, multiple)?;
+        self.outstanding = self.outstanding.saturating_sub(taken.len() as u64);
+        ChannelInfo::store(&self.info.unacked, self.outstanding);
+        Ok(taken)
+    }
+
+    pub(super) fn take_unacked_inner(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
+        let unknown = || AmqpError::precondition(format_args!("unknown delivery tag {tag}"));
+        if multiple && tag == 0 {
+            let all = self.unacked.drain(..).flatten().collect();
+            self.first_tag = self.next_tag;
+            return Ok(all);
+        }
+        if let Some(i) = self.timed_out.iter().position(|t| *t == tag).filter(|_| !multiple) {
+            // Requeued when its consumer timed out: the late ack is moot.
+            self.timed_out.swap_remove(i);
+            return Ok(Vec::new());
+        }
+        if tag < self.first_tag {
+            return Err(unknown());
+        }
+        let idx = (tag - self.first_tag) as usize;
+        if !self.unacked.get(idx).is_some_and(|u| u.is_some()) {
+            return Err(unknown());
+        }
+        let taken = if multiple {
+            let t: Vec<_> = self.unacked.drain(..=idx).flatten().collect();
+            self.first_tag = tag + 1;
+            t
+        } else {
+            vec![self.unacked[idx].take().expect("checked")]
+        };
+        self.trim_settled();
+        Ok(taken)
+    }
+
+    pub(super) fn settle(&mut self, ctx: &mut Ctx<'_>, s: Settle) -> Result<(), AmqpError> {
+        let taken = self.take_unacked(s.tag, s.multiple)?;
+        if s.requeue.is_none() {
+            self.info.stats.bump(stats::ACK, taken.len() as u64);
+        }
+        match s.requeue {
+            Some(true) => Self::requeue_as(taken, true),
+            _ => {
+                for (q, group) in group_by_queue(taken) {
+                    let n = group.len();
+                    // Credit goes back once per run of one consumer's
+                    // deliveries, not once per message (two atomics each).
+                    let mut run: Option<(Arc<Consumer>, u32)> = None;
+                    for u in group {
+                        if let Some(c) = u.consumer {
+                            match &mut run {
+                                Some((rc, k)) if Arc::ptr_eq(rc, &c) => *k += 1,
+                                _ => {
+                                    if let Some((rc, k)) = run.replace((c, 1)) {
+                                        rc.release(k);
+                                    }
+                                }
+                            }
+                        }
+                        if s.requeue.is_some() {
+                            q.reject(u.entry.message);
+                        } else {
+                            q.discard(&u.entry.message);
+                        }
+                    }
+                    if let Some((rc, k)) = run {
+                        rc.release(k);
+                    }
+                    q.settled(n, s.requeue.is_none());
+                    ctx.to_wake.push(q);
+                }
+            }
+        }
+        if self.credit.limit.load(Ordering::Acquire) > 0 {
+            // Channel-wide credit was freed: any of our queues may deliver.
+            ctx.to_wake.extend(self.consumers.values().map(|(_, q)| q.clone()));
+        }
+        Ok(())
+    }
+
+    pub(super) fn settle_or_buffer(&mut self, ctx: &mut Ctx<'_>, s: Settle) -> Result<(), AmqpError> {
+        if self.mode == Mode::Tx {
+            // Validate now so a bad tag fails where it was sent.
+            if !(s.multiple && s.tag == 0) {
+                let known = s.tag >= self.first_tag
+                    && self.unacked.get((s.tag - self.first_tag) as usize).is_some_and(|u| u.is_some());
+                if !known {
+                    return Err(AmqpError::precondition(format_args!("unknown delivery tag {}", s.tag)));
+                }
+            }
+            self.tx_settles.push(s);
+            return Ok(());
+        }
+        self.settle(ctx, s)
+    }
+
+    pub(super) fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        let all: Vec<Unacked> = self.unacked.drain(..).flatten().collect();
+        self.first_tag = self.next_tag;
+        self.outstanding = 0;
+        ChannelInfo::store(&self.info.unacked, 0);
+        Self::requeue(all);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_consumer(
+        &self,
+        ctx: &Ctx<'_>,
+        tag: &str,
+        no_ack: bool,
+        exclusive: bool,
+        priority: i64,
+        timeout_ms: Option<u64>,
+    ) -> Arc<Consumer> {
+        Arc::new(Consumer {
+            timeout_ms,
+            tag: tag.into(),
+            connection: ctx.connection,
+            channel: self.id,
+            no_ack,
+            exclusive,
+            priority,
+            prefetch: self.consumer_prefetch.into(),
+            unacked: Default::default(),
+            inflight_bytes: Default::default(),
+            channel_credit: self.credit.clone(),
+            cancelled: Default::default(),
+            outbox: ctx.outbox.clone(),
+        })
+    }
+
+    pub(super) fn requeue(taken: Vec<Unacked>) {
+        Self::requeue_as(taken, false);
+    }
+
+    /// Gives deliveries back to their queues: `rejected` (nack/reject with
+    /// requeue) lets a queue with a requeue back-off hold them for a while.
+    pub(super) fn requeue_as(taken: Vec<Unacked>, rejected: bool) {
+        for (q, group) in group_by_queue(taken) {
+            let entries: Vec<_> = group
+                .into_iter()
+                .map(|u| {
+                    if let Some(c) = &u.consumer {
+                        c.release(1);
+                    }
+                    u.entry
+                })
+                .collect();
+            if rejected {
+                q.reject_requeue(entries);
+            } else {
+                q.requeue(entries);
+            }
+        }
+    }
+
+    pub(super) fn basic_method(&mut self, ctx: &mut Ctx<'_>, m: basic::AMQPMethod) -> Result<(), AmqpError> {
+        use basic::AMQPMethod as M;
+        let id = self.id;
+        match m {
+            M::Publish(_) => unreachable!("basic.publish is parsed by hand (on_publish)"),
+            M::Qos(q) => {
+                if q.global {
+                    self.credit.limit.store(q.prefetch_count as u32, Ordering::Release);
+                    ctx.to_wake.extend(self.consumers.values().map(|(_, q)| q.clone()));
+                } else {
+                    self.consumer_prefetch = q.prefetch_count as u32;
+                    // Live, for the consumers already here too (a deliberate
+                    // difference: RabbitMQ applies it to later consumers only).
+                    for (c, queue) in self.consumers.values() {
+                        c.prefetch.store(self.consumer_prefetch, Ordering::Relaxed);
+                        ctx.to_wake.push(queue.clone());
+                    }
+                }
+                reply(ctx.out, id, AMQPClass::Basic(M::QosOk(basic::QosOk {})));
+                Ok(())
+            }
+            M::Consume(c) if c.queue.as_str() == REPLY_TO => {
+                if !c.no_ack {
+                    return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+                }
+                if self.reply.is_some() {
+                    return Err(AmqpError::precondition("reply consumer already set"));
+                }
+                let tag = if c.consumer_tag.as_str().is_empty() {
+                    generated_name("amq.ctag-")
+                } else {
+                    c.consumer_tag.as_str().to_owned()
+                };
+                let q = ctx.vhost.new_reply_queue(ctx.connection);
+                let consumer = self.new_consumer(ctx, &tag, true, false, 0, None);
+                if !c.nowait {
+                    reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Basic(M::ConsumeOk(basic::ConsumeOk { consumer_tag: tag.as_str().into() })),
+                    );
+                }
+                q.add_consumer(consumer.clone())?;
+                self.consumers.insert(tag.clone(), (consumer, q.clone()));
+                self.reply = Some((q, tag));
+                Ok(())
+            }
+            M::Consume(c) => {
+                let name = self.queue_name(c.queue.as_str())?;
+                ctx.check(Resource::Queue, &name, Access::Read)?;
+                let q = ctx.vhost.queue_for(ctx.connection, &name)?;
+                let tag = if c.consumer_tag.as_str().is_empty() {
+                    generated_name("amq.ctag-")
+                } else {
+                    c.consumer_tag.as_str().to_owned()
+                };
+                if self.consumers.contains_key(&tag) {
+                    return Err(AmqpError::not_allowed(format_args!("attempt to reuse consumer tag '{tag}'")));
+                }
+                let priority = warren_core::arguments::int_arg(&c.arguments, "x-priority").unwrap_or(0);
+                // Consumer timeout: the consumer's own argument, else the
+                // queue's (argument or policy). Only acking consumers.
+                let timeout_ms = match c.arguments.inner().get("x-consumer-timeout") {
+                    None => q.settings().consumer_timeout,
+                    Some(v) => match warren_core::arguments::int_arg(&c.arguments, "x-consumer-timeout") {
+                        Some(t) if t > 0 => Some(t as u64),
+                        _ => {
+                            return Err(AmqpError::precondition(format_args!(
+                                "invalid arg 'x-consumer-timeout' for consumer '{tag}': {}",
+                                warren_core::arguments::type_name(v)
+                            )))
+                        }
+                    },
+                }
+                .filter(|_| !c.no_ack);
+                let consumer = self.new_consumer(ctx, &tag, c.no_ack, c.exclusive, priority, timeout_ms);
+                // consume-ok must precede the first delivery: deliveries go
+                // through the connection's event queue, handled after this.
+                if !c.nowait {
+                    reply(
+                        ctx.out,
+                        id,
+                        AMQPClass::Basic(M::ConsumeOk(basic::ConsumeOk { consumer_tag: tag.as_str().into() })),
+                    );
+                }
+                if let Err(e) = q.add_consumer(consumer.clone()) {
+                    ctx.out.clear();
+                    return Err(e);
+                }
+                self.consumers.insert(tag, (consumer, q));
+                Ok(())
+            }
+            M::Cancel(c) => {
+                if self.reply.as_ref().is_some_and(|(_, t)| t == c.consumer_tag.as_str()) {
+                    if let Some((q, _)) = self.reply.take() {
+                        ctx.vhost.drop_reply_queue(&q);
+                    }
+                }
+                if let Some((consumer, q)) = self.consumers.remove(c.consumer_tag.as_str()) {
+                    if q.remove_consumer(&consumer) == AfterCancel::AutoDelete {
+                        ctx.vhost.remove_queue(&q);
+                    }
+                }
+                if !c.nowait {
+                    reply(ctx.out, id, AMQPClass::Basic(M::CancelOk(basic::CancelOk { consumer_tag: c.consumer_tag })));
+                }
+                Ok(())
+            }
+            M::Get(g) => {
+                let name = self.queue_name(g.queue.as_str())?;
+                ctx.check(Resource::Queue, &name, Access::Read)?;
+                let q = ctx.vhost.queue_for(ctx.connection, &name)?;
+                match warren_core::publish::get(&q, g.no_ack, &self.info.stats) {
+                    None => reply(ctx.out, id, AMQPClass::Basic(M::GetEmpty(basic::GetEmpty {}))),
+                    Some((entry, remaining)) => {
+                        let tag = self.next_tag;
+                        self.next_tag += 1;
+                        let msg = &entry.message;
+                        frame::write_get_ok(
+                            ctx.out,
+                            id,
+                            tag,
+                            entry.redelivered,
+                            &msg.exchange,
+                            &msg.routing_key,
+                            remaining,
+                        );
+                        let props = warren_core::queue::delivery_properties(&q, &entry);
+                        frame::write_content(ctx.out, id, ctx.frame_max, &props, &msg.body);
+                        drop(props);
+                        let u = (!g.no_ack).then_some(Unacked { queue: q, entry, consumer: None, at_ms: 0 });
+                        self.push_unacked(tag, u);
+                    }
+                }
+                Ok(())
+            }
+            M::Ack(a) => {
+                self.settle_or_buffer(ctx, Settle { tag: a.delivery_tag, multiple: a.multiple, requeue: None })
+            }
+            M::Reject(r) => {
+                self.settle_or_buffer(ctx, Settle { tag: r.delivery_tag, multiple: false, requeue: Some(r.requeue) })
+            }
+            M::Nack(n) => self
+                .settle_or_buffer(ctx, Settle { tag: n.delivery_tag, multiple: n.multiple, requeue: Some(n.requeue) }),
+            M::Recover(r) => {
+                self.recover(r.requeue)?;
+                reply(ctx.out, id, AMQPClass::Basic(M::RecoverOk(basic::RecoverOk {})));
+                Ok(())
+            }
+            M::RecoverAsync(r) => self.recover(r.requeue),
+            _ => Err(AmqpError::command_invalid("unexpected basic method")),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! What the listeners may ask of cluster mode, as traits that
+//! `warren-cluster` implements: the AMQP server and the admin surface never
+//! see the cluster's internals (etcd, replication), only this view.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed future (the traits here are used as objects).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The leader's gate for replies that follow a durable change: they wait
+/// until every in-sync follower has the definitions saved so far.
+pub trait ConfirmGate: Send + Sync {
+    /// How many definitions saves this leader has made.
+    fn defs_saved(&self) -> u64;
+    /// Waits until every in-sync follower has every save made so far;
+    /// false if that took longer than `limit`.
+    fn defs_replicated(&self, limit: Duration) -> BoxFuture<'_, bool>;
+}
+
+/// This node's place in the cluster.
+pub trait ClusterView: Send + Sync {
+    /// Whether this node leads and serves (its data directory is open).
+    fn is_serving(&self) -> bool;
+    /// While following: the leader's node name.
+    fn leader_name(&self) -> Option<String>;
+    /// While following a leader that has one: its management API address.
+    fn leader_http(&self) -> Option<String>;
+    /// While leading: the gate replies to durable changes wait at.
+    fn gate(&self) -> Option<Arc<dyn ConfirmGate>>;
+    /// `warren ctl cluster_status` (and the API's node document).
+    fn status(&self) -> serde_json::Value;
+    /// Sends a whole HTTP/1.1 request (`Connection: close`) to the leader's
+    /// management API at `leader` and reads its answer.
+    fn forward(&self, leader: &str, request: Vec<u8>) -> BoxFuture<'_, std::io::Result<HttpAnswer>>;
+}
+
+/// An HTTP/1.1 response read to the end of its connection.
+pub struct HttpAnswer {
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
