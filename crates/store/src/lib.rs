@@ -11,6 +11,7 @@
 
 pub mod log;
 pub mod memory_log;
+pub mod replica;
 
 use std::collections::VecDeque;
 

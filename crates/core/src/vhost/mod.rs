@@ -1,6 +1,12 @@
 //! A virtual host: its exchanges and queues, declared, bound, deleted and
 //! routed to with RabbitMQ's rules and error texts.
 
+mod durable;
+mod equivalence;
+mod routing;
+
+use equivalence::{describe, equivalent, inequivalent, queue_arg, quoted, same_queue_arg, EQUIVALENT_QUEUE_ARGS};
+
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::{Arc, Weak};
 
@@ -28,25 +34,6 @@ const PREDECLARED: &[(&str, ExchangeKind)] = &[
     ("amq.topic", ExchangeKind::Topic),
     ("amq.headers", ExchangeKind::Headers),
     ("amq.match", ExchangeKind::Headers),
-];
-
-/// Queue arguments compared when a queue is declared again.
-const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
-    "x-expires",
-    "x-message-ttl",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-priority",
-    "x-overflow",
-    "x-queue-type",
-    "x-single-active-consumer",
-    "x-delivery-count-header",
-    "x-fair-dispatch",
-    "x-consumer-timeout",
-    "x-requeue-backoff",
-    "x-delivery-limit",
 ];
 
 pub struct VHost {
@@ -87,96 +74,6 @@ pub struct DeclaredQueue {
     pub queue: Arc<Queue>,
     pub message_count: u32,
     pub consumer_count: u32,
-}
-
-fn value_text(v: &AMQPValue) -> String {
-    use AMQPValue::*;
-    match v {
-        Boolean(b) => b.to_string(),
-        ShortShortInt(i) => i.to_string(),
-        ShortShortUInt(i) => i.to_string(),
-        ShortInt(i) => i.to_string(),
-        ShortUInt(i) => i.to_string(),
-        LongInt(i) => i.to_string(),
-        LongUInt(i) => i.to_string(),
-        LongLongInt(i) => i.to_string(),
-        Timestamp(i) => i.to_string(),
-        Float(f) => f.to_string(),
-        Double(f) => f.to_string(),
-        ShortString(s) => s.as_str().to_owned(),
-        LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn describe(v: Option<&AMQPValue>) -> String {
-    match v {
-        None => "none".to_owned(),
-        Some(v) => format!("the value '{}' of type '{}'", value_text(v), type_name(v)),
-    }
-}
-
-fn inequivalent(
-    what: &str,
-    kind: &str,
-    name: &str,
-    vhost: &str,
-    received: impl std::fmt::Display,
-    current: impl std::fmt::Display,
-) -> AmqpError {
-    AmqpError::precondition(format_args!(
-        "inequivalent arg '{what}' for {kind} '{name}' in vhost '{vhost}': received {received} but current is {current}"
-    ))
-}
-
-fn quoted(b: bool) -> String {
-    format!("'{b}'")
-}
-
-/// `x-queue-type` absent means classic.
-fn queue_arg<'a>(args: &'a FieldTable, key: &str) -> Option<&'a AMQPValue> {
-    args.inner().get(key)
-}
-
-fn same_queue_arg(key: &str, a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
-    if key == "x-queue-type" {
-        let t = |v: Option<&AMQPValue>| v.map(value_text).unwrap_or_else(|| "classic".to_owned());
-        return t(a) == t(b);
-    }
-    equivalent(a, b)
-}
-
-/// Argument equality as RabbitMQ judges it (`rabbit_misc:type_class`): all
-/// integer types are one class, so are both float types; a 5 declared as
-/// `signedint` equals a 5 stored as `long` (what a definitions import makes).
-fn equivalent(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
-    fn int(v: &AMQPValue) -> Option<i128> {
-        Some(match *v {
-            AMQPValue::ShortShortInt(x) => x as i128,
-            AMQPValue::ShortShortUInt(x) => x as i128,
-            AMQPValue::ShortInt(x) => x as i128,
-            AMQPValue::ShortUInt(x) => x as i128,
-            AMQPValue::LongInt(x) => x as i128,
-            AMQPValue::LongUInt(x) => x as i128,
-            AMQPValue::LongLongInt(x) => x as i128,
-            _ => return None,
-        })
-    }
-    fn float(v: &AMQPValue) -> Option<f64> {
-        match *v {
-            AMQPValue::Float(x) => Some(x as f64),
-            AMQPValue::Double(x) => Some(x),
-            _ => None,
-        }
-    }
-    match (a, b) {
-        (Some(x), Some(y)) => match (int(x), int(y), float(x), float(y)) {
-            (Some(i), Some(j), _, _) => i == j,
-            (_, _, Some(f), Some(g)) => f == g,
-            _ => x == y,
-        },
-        _ => a == b,
-    }
 }
 
 impl VHost {
@@ -267,130 +164,6 @@ impl VHost {
             v.me = me.clone();
             v
         })
-    }
-
-    /// A vhost whose durable definitions and messages are stored.
-    pub fn with_storage(name: &str, log: Arc<dyn MessageStore>, definitions: PathBuf) -> Self {
-        VHost { log: Some(log), definitions: Some(definitions), ..Self::new(name) }
-    }
-
-    /// The durable part of this vhost, as saved.
-    pub fn snapshot(&self) -> Definitions {
-        let exchanges = self.exchanges.read();
-        let queues = self.queues.read();
-        let durable_queue = |q: &Queue| q.durable && q.exclusive_owner.is_none();
-        let mut d =
-            Definitions { version: definitions::FORMAT_VERSION, vhost: self.name.clone(), ..Default::default() };
-        for x in exchanges.values().filter(|x| x.durable) {
-            if !PREDECLARED.iter().any(|(n, _)| *n == x.name) {
-                d.exchanges.push(ExchangeDef {
-                    name: x.name.clone(),
-                    kind: x.type_name().to_owned(),
-                    auto_delete: x.auto_delete,
-                    internal: x.internal,
-                    arguments: definitions::encode_table(&x.arguments),
-                });
-            }
-            for b in x.bindings() {
-                let (destination, destination_type) = match &b.destination {
-                    Destination::Queue(q) if durable_queue(q) => (q.name.clone(), "queue"),
-                    Destination::Exchange(n) if exchanges.get(n).is_some_and(|e| e.durable) => (n.clone(), "exchange"),
-                    _ => continue,
-                };
-                d.bindings.push(BindingDef {
-                    source: x.name.clone(),
-                    destination,
-                    destination_type: destination_type.to_owned(),
-                    routing_key: b.routing_key.clone(),
-                    arguments: definitions::encode_table(&b.arguments),
-                });
-            }
-        }
-        for q in queues.values().filter(|q| durable_queue(q)) {
-            d.queues.push(QueueDef {
-                name: q.name.clone(),
-                auto_delete: q.auto_delete,
-                arguments: definitions::encode_table(&q.arguments),
-            });
-        }
-        d
-    }
-
-    /// This vhost's durable exchanges, queues and bindings in RabbitMQ's
-    /// definitions-export shape (`export_definitions`).
-    pub fn export(&self) -> (Vec<serde_json::Value>, Vec<serde_json::Value>, Vec<serde_json::Value>) {
-        use serde_json::json;
-        let d = self.snapshot();
-        let args = |hex: &str| crate::arguments::table_to_json(&definitions::decode_table(hex).unwrap_or_default());
-        let exchanges = d
-            .exchanges
-            .iter()
-            .map(|x| {
-                json!({"name": x.name, "vhost": self.name, "type": x.kind, "durable": true,
-                "auto_delete": x.auto_delete, "internal": x.internal, "arguments": args(&x.arguments)})
-            })
-            .collect();
-        let queues = d
-            .queues
-            .iter()
-            .map(|q| {
-                json!({"name": q.name, "vhost": self.name, "durable": true, "auto_delete": q.auto_delete,
-                "arguments": args(&q.arguments)})
-            })
-            .collect();
-        let bindings = d
-            .bindings
-            .iter()
-            .filter(|b| !b.source.is_empty())
-            .map(|b| {
-                json!({"source": b.source, "vhost": self.name, "destination": b.destination,
-                "destination_type": b.destination_type, "routing_key": b.routing_key, "arguments": args(&b.arguments)})
-            })
-            .collect();
-        (exchanges, queues, bindings)
-    }
-
-    /// Saves the durable definitions if `touched_durable`. A failed save is
-    /// logged; the change stays in effect in memory.
-    fn persist(&self, touched_durable: bool) {
-        let Some(path) = &self.definitions else { return };
-        if !touched_durable || self.is_deleted() {
-            return;
-        }
-        let _guard = self.save_lock.lock();
-        if let Err(e) = definitions::save(path, &self.snapshot()) {
-            tracing::error!(vhost = %self.name, error = %e, "cannot save definitions");
-        }
-    }
-
-    /// Recreates saved definitions (startup only).
-    pub fn restore(&self, d: &Definitions) {
-        for x in &d.exchanges {
-            let args = definitions::decode_table(&x.arguments).unwrap_or_default();
-            if let Ok(ex) = Exchange::declared(&x.name, &x.kind, true, x.auto_delete, x.internal, args, &self.name) {
-                let ex = Arc::new(ex);
-                self.apply_exchange_policy(&ex);
-                self.exchanges.write().insert(x.name.clone(), ex);
-            }
-        }
-        for q in &d.queues {
-            let args = definitions::decode_table(&q.arguments).unwrap_or_default();
-            self.queues
-                .write()
-                .insert(q.name.clone(), Arc::new(self.new_queue(&q.name, true, None, q.auto_delete, args)));
-        }
-        for b in &d.bindings {
-            let args = definitions::decode_table(&b.arguments).unwrap_or_default();
-            let Ok(source) = self.exchange(&b.source) else { continue };
-            let destination = match b.destination_type.as_str() {
-                "queue" => match self.queue(&b.destination) {
-                    Ok(q) => Destination::Queue(q),
-                    Err(_) => continue,
-                },
-                _ => Destination::Exchange(b.destination.clone()),
-            };
-            source.bind(Binding { destination, routing_key: b.routing_key.clone(), arguments: args });
-        }
     }
 
     fn new_queue(&self, name: &str, durable: bool, owner: Option<u64>, auto_delete: bool, args: FieldTable) -> Queue {
@@ -772,94 +545,6 @@ impl VHost {
         }
         self.persist(d.durable && x.durable);
         Ok(())
-    }
-
-    /// The queues a message published to `exchange` reaches: its bindings,
-    /// exchange-to-exchange bindings followed once each, and the alternate
-    /// exchange when nothing else matched. Each queue appears once.
-    /// An exchange with deduplication routes a repeated message nowhere:
-    /// returns false for such a duplicate (it is not "unroutable").
-    pub fn route(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) -> bool {
-        exchange.stats.add(stats::PUBLISH_IN, 1);
-        if exchange.is_duplicate(message) {
-            return false;
-        }
-        let before = out.len();
-        self.route_from(exchange, message, out);
-        if out.len() > before {
-            exchange.stats.add(stats::PUBLISH_OUT, 1);
-        }
-        true
-    }
-
-    fn route_from(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
-        if exchange.name.is_empty() {
-            if let Some(q) = self.queues.read().get(&*message.routing_key) {
-                out.push(q.clone());
-            } else if message.routing_key.starts_with(REPLY_TO) {
-                if let Some(q) = self.reply_queues.read().get(&*message.routing_key).and_then(Weak::upgrade) {
-                    out.push(q);
-                }
-            }
-            return;
-        }
-        let mut dests = Vec::new();
-        exchange.route(message, &mut dests);
-        if dests.is_empty() {
-            if let Some(ae) = exchange.alternate_exchange() {
-                if let Ok(x) = self.exchange(&ae) {
-                    let mut visited = vec![exchange.name.clone()];
-                    self.route_via(&x, message, out, &mut visited);
-                }
-            }
-            return;
-        }
-        let mut visited = vec![exchange.name.clone()];
-        self.collect(dests, message, out, &mut visited);
-    }
-
-    fn route_via(&self, x: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>, visited: &mut Vec<String>) {
-        if visited.contains(&x.name) {
-            return;
-        }
-        visited.push(x.name.clone());
-        if x.is_duplicate(message) {
-            return;
-        }
-        let mut dests = Vec::new();
-        x.route(message, &mut dests);
-        if dests.is_empty() {
-            if let Some(ae) = x.alternate_exchange() {
-                if let Ok(ax) = self.exchange(&ae) {
-                    self.route_via(&ax, message, out, visited);
-                }
-            }
-            return;
-        }
-        self.collect(dests, message, out, visited);
-    }
-
-    fn collect(
-        &self,
-        dests: Vec<Destination>,
-        message: &Message,
-        out: &mut Vec<Arc<Queue>>,
-        visited: &mut Vec<String>,
-    ) {
-        for d in dests {
-            match d {
-                Destination::Queue(q) => {
-                    if !out.iter().any(|o| Arc::ptr_eq(o, &q)) {
-                        out.push(q);
-                    }
-                }
-                Destination::Exchange(name) => {
-                    if let Ok(x) = self.exchange(&name) {
-                        self.route_via(&x, message, out, visited);
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -18,6 +18,10 @@
 //! Every write is an ordered stream of file operations (append to segment,
 //! delete segment), which a follower could later apply byte for byte.
 
+mod writer;
+
+use writer::flush_loop;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -209,7 +213,7 @@ struct Shared {
 }
 
 /// One change to the log's files, in the order the flusher made it: what a
-/// replica applies (with [`apply_file_op`]) to hold the same bytes. Appends
+/// replica applies (with [`crate::replica::Replica`]) to hold the same bytes. Appends
 /// are reported once written (before their sync), deletions once done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileOp<'a> {
@@ -221,30 +225,6 @@ pub enum FileOp<'a> {
 }
 
 pub type FileOpObserver = Box<dyn Fn(FileOp<'_>) + Send + Sync>;
-
-/// Applies a [`FileOp`] to a replica's log directory `dir` and syncs it.
-/// An append must land exactly at the end of the replica's segment file:
-/// anything else means the replica has diverged (an error).
-pub fn apply_file_op(dir: &Path, op: FileOp<'_>) -> io::Result<()> {
-    match op {
-        FileOp::Append { segment, offset, bytes } => {
-            let mut f = OpenOptions::new().create(true).append(true).open(segment_path(dir, segment))?;
-            let len = f.metadata()?.len();
-            if len != offset {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("segment {segment}: replica has {len} bytes, append is at {offset}"),
-                ));
-            }
-            f.write_all(bytes)?;
-            f.sync_data()
-        }
-        FileOp::Delete { segment } => match fs::remove_file(segment_path(dir, segment)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        },
-    }
-}
 
 /// Handle to the message log; cheap to clone.
 #[derive(Clone)]
@@ -702,126 +682,6 @@ impl MessageLog {
     }
 }
 
-/// Opens a segment to append to; a new one gets its header (reported).
-fn open_segment(dir: &Path, seg: u32, ops: &mut Vec<Written>) -> io::Result<File> {
-    let mut f = OpenOptions::new().create(true).append(true).open(segment_path(dir, seg))?;
-    if f.metadata()?.len() == 0 {
-        f.write_all(SEGMENT_MAGIC)?;
-        ops.push(Written { segment: seg, offset: 0, chunk: None });
-    }
-    Ok(f)
-}
-
-/// Writes and syncs one batch. On error every file is cut back to its
-/// length before the batch, so no torn record is left in the middle.
-/// What a batch wrote where: a chunk (by index), or a new segment's header.
-struct Written {
-    segment: u32,
-    offset: u64,
-    chunk: Option<usize>,
-}
-
-/// `ops` gets what was written, in order.
-fn write_batch(dir: &Path, file: &mut Option<(u32, File)>, chunks: &[Chunk], ops: &mut Vec<Written>) -> io::Result<()> {
-    let mut undo: Vec<(u32, u64)> = Vec::new();
-    let result = (|| {
-        for (i, c) in chunks.iter().enumerate() {
-            if file.as_ref().is_none_or(|(s, _)| *s != c.segment) {
-                if let Some((_, f)) = file.take() {
-                    f.sync_data()?;
-                }
-                *file = Some((c.segment, open_segment(dir, c.segment, ops)?));
-            }
-            let (_, f) = file.as_mut().expect("opened above");
-            let at = f.metadata()?.len();
-            undo.push((c.segment, at));
-            f.write_all(&c.bytes)?;
-            ops.push(Written { segment: c.segment, offset: at, chunk: Some(i) });
-        }
-        if chunks.iter().any(|c| c.durable) {
-            if let Some((_, f)) = file.as_ref() {
-                f.sync_data()?;
-            }
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        *file = None;
-        for (seg, len) in undo {
-            if let Ok(f) = OpenOptions::new().write(true).open(segment_path(dir, seg)) {
-                let _ = f.set_len(len);
-            }
-        }
-    }
-    result
-}
-
-fn flush_loop(shared: Arc<Shared>) {
-    let log = MessageLog { shared: shared.clone(), flusher: Default::default() };
-    // The segment being appended to.
-    let mut file: Option<(u32, File)> = None;
-    loop {
-        let (chunks, pos) = {
-            let mut st = shared.state.lock().unwrap();
-            while st.chunks.is_empty() && !shared.shutdown.load(Ordering::Acquire) {
-                st = shared.wake.wait(st).unwrap();
-            }
-            if st.chunks.is_empty() {
-                return;
-            }
-            (std::mem::take(&mut st.chunks), st.appended)
-        };
-        let size: u64 = chunks.iter().map(|c| c.bytes.len() as u64).sum();
-        let injected = shared.write_limit.is_some_and(|l| shared.written.load(Ordering::Acquire) + size > l);
-        let mut ops = Vec::new();
-        let result = if injected {
-            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device (injected fault)"))
-        } else {
-            write_batch(&shared.dir, &mut file, &chunks, &mut ops)
-        };
-        if result.is_ok() {
-            shared.written.fetch_add(size, Ordering::AcqRel);
-        }
-        match result {
-            Ok(()) => {
-                if let Some(observe) = shared.file_ops.lock().unwrap().as_ref() {
-                    for w in ops {
-                        let bytes: &[u8] = w.chunk.map_or(&SEGMENT_MAGIC[..], |i| &chunks[i].bytes[..]);
-                        observe(FileOp::Append { segment: w.segment, offset: w.offset, bytes });
-                    }
-                }
-                if shared.failed.swap(false, Ordering::AcqRel) {
-                    info!("message log writes succeed again");
-                }
-                shared.synced.store(pos, Ordering::Release);
-                if let Some(cb) = shared.on_sync.lock().unwrap().as_ref() {
-                    cb(pos);
-                }
-                log.collect_garbage();
-            }
-            Err(e) => {
-                // Nothing past the last sync is confirmed; retry the batch.
-                if !shared.failed.swap(true, Ordering::AcqRel) {
-                    error!(error = %e, "message log write failed; confirms wait until it succeeds (retrying)");
-                }
-                {
-                    let mut st = shared.state.lock().unwrap();
-                    let newer = std::mem::take(&mut st.chunks);
-                    st.chunks = chunks;
-                    st.chunks.extend(newer);
-                }
-                if let Some(cb) = shared.on_sync.lock().unwrap().as_ref() {
-                    cb(shared.synced.load(Ordering::Acquire));
-                }
-                if shared.shutdown.load(Ordering::Acquire) {
-                    return;
-                }
-                thread::sleep(std::time::Duration::from_millis(200));
-            }
-        }
-    }
-}
-
 impl crate::MessageStore for MessageLog {
     /// Records a persistent message enqueued in `queues` at `published_at`
     /// (ms since the Unix epoch). Returns where it lives and the position
@@ -966,7 +826,7 @@ impl crate::MessageStore for MessageLog {
     }
 
     /// Reports every later change to the log's files to `observe`, in order
-    /// (replication: a replica applies them with [`apply_file_op`]).
+    /// (replication: a replica applies them with [`crate::replica::Replica`]).
     fn on_file_op(&self, observe: FileOpObserver) {
         *self.shared.file_ops.lock().unwrap() = Some(observe);
     }
@@ -1004,14 +864,15 @@ mod tests {
         fs::create_dir_all(&replica).unwrap();
         // Small segments: deletions and compactions happen along the way.
         let (log, _) = MessageLog::open_with(&dir, 4096).unwrap();
-        let to = replica.clone();
+        let to = std::sync::Mutex::new(crate::replica::Replica::new(replica.clone()));
+        let replica = replica.join(crate::replica::MESSAGES_DIR);
         let deleted = Arc::new(AtomicU64::new(0));
         let seen = deleted.clone();
         log.on_file_op(Box::new(move |op| {
             if matches!(op, FileOp::Delete { .. }) {
                 seen.fetch_add(1, Ordering::Relaxed);
             }
-            apply_file_op(&to, op).expect("the replica applies every op in order");
+            to.lock().unwrap().apply_log_op(op).expect("the replica applies every op in order");
         }));
         let mut kept = Vec::new();
         let mut pos = 0;

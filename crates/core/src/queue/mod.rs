@@ -10,6 +10,11 @@
 //! their delivery limit) are collected and dead-lettered only after the lock
 //! is released, so one queue's lock is never held while another's is taken.
 
+mod dispatch;
+mod paging;
+
+use paging::{paged_tails, Paged, HOT_BYTES, HOT_COUNT, PINNED, SPILLED};
+
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
@@ -74,34 +79,12 @@ pub struct Queue {
     pub rates: stats::LengthRates,
 }
 
-/// Disk-first: a durable queue keeps at most this many ready messages (or
-/// body bytes) in memory; newer ones live only in the message log and are
-/// read back as the head drains (`docs/storage.md`, "Paging").
-const HOT_COUNT: usize = 4096;
-const HOT_BYTES: u64 = 8 << 20;
-/// How much one refill of the head reads back.
-const PAGE_IN_COUNT: usize = 1024;
-const PAGE_IN_BYTES: u64 = 4 << 20;
 /// Ready messages above which a queue with consumers asks its publishers to
 /// pause briefly: a publisher that outruns the consumers would otherwise take
 /// the CPU they need to catch up (measured: with 1 publisher and 1 consumer
 /// on 2 cores the consumer fell to ~0.6–0.8 M msg/s while the publisher ran
 /// at 1.0–1.2 M).
 const FLOW_HIGH: usize = 16_384;
-/// One paged tail per priority level (one for a plain queue).
-fn paged_tails(levels: usize, log: Option<Arc<dyn MessageStore>>, message_ttl: Option<u64>) -> Vec<Paged> {
-    (0..levels)
-        .map(|_| Paged {
-            log: log.clone(),
-            message_ttl,
-            order: VecDeque::new(),
-            base: 0,
-            pinned: FxHashMap::default(),
-            unsynced: VecDeque::new(),
-            bytes: 0,
-        })
-        .collect()
-}
 
 fn priority_levels(arguments: &FieldTable) -> usize {
     match int_arg(arguments, "x-max-priority") {
@@ -116,137 +99,6 @@ fn effective_ttl(queue_ttl: Option<u64>, message: &Message) -> Option<u64> {
     match (queue_ttl, message.expiration_ms()) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// In `Paged::order`: the message at this place is held in memory.
-const PINNED: u64 = 1 << 63;
-/// In `Paged::order`: the message is in the spill store at the location in
-/// the lower bits (a transient message written out under memory pressure).
-const SPILLED: u64 = 1 << 62;
-
-/// The paged-out tail of a queue: 8 bytes per message (its record's
-/// location in the message log, or in the spill store), behind everything
-/// in `ready`. A message the log cannot give back — transient, redelivered,
-/// or not yet synced — keeps its place here but stays in memory (`pinned`),
-/// unless memory is short and it is transient: then it is spilled
-/// (`spill.rs`). One waiting for the sync is let go once the log has it.
-/// Queues without a log (non-durable) use this tail only to spill.
-struct Paged {
-    log: Option<Arc<dyn MessageStore>>,
-    message_ttl: Option<u64>,
-    order: VecDeque<u64>,
-    /// Index (since the queue began) of `order[0]`.
-    base: u64,
-    pinned: FxHashMap<u64, (MessageRef, Meta)>,
-    /// Pinned persistent messages by index, with the log position that must
-    /// be synced before they can go.
-    unsynced: VecDeque<(u64, u64)>,
-    /// Sum of the paged messages' body sizes (`x-max-length-bytes`).
-    bytes: u64,
-}
-
-impl Paged {
-    fn push(&mut self, message: MessageRef, meta: Meta) {
-        self.bytes += message.body.len() as u64;
-        let idx = self.base + self.order.len() as u64;
-        match (&self.log, message.persisted.get()) {
-            (Some(log), Some(p)) if meta.delivery_count == 0 => {
-                if p.end <= log.synced() {
-                    self.order.push_back(p.location());
-                    return;
-                }
-                self.unsynced.push_back((idx, p.end));
-            }
-            (_, None) => {
-                if let Some(spill) = crate::spill::when_pressed() {
-                    match spill.append(&message, &meta) {
-                        Ok(location) => {
-                            self.order.push_back(SPILLED | location);
-                            return;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot spill a message to disk; keeping it in memory"),
-                    }
-                }
-            }
-            _ => {}
-        }
-        self.order.push_back(PINNED);
-        self.pinned.insert(idx, (message, meta));
-    }
-
-    /// A message that is in the log only (recovery).
-    fn push_location(&mut self, location: u64, body_len: u32) {
-        self.bytes += body_len as u64;
-        self.order.push_back(location);
-    }
-
-    /// Lets go of pinned messages that the log now has on disk.
-    fn settle(&mut self) {
-        let Some(log) = self.log.as_ref().filter(|_| !self.unsynced.is_empty()) else { return };
-        let synced = log.synced();
-        while let Some(&(idx, end)) = self.unsynced.front() {
-            if end > synced {
-                break;
-            }
-            self.unsynced.pop_front();
-            if let Some((m, _)) = self.pinned.remove(&idx) {
-                let location = m.persisted.get().expect("persisted").location();
-                self.order[(idx - self.base) as usize] = location;
-            }
-        }
-    }
-
-    /// Takes the oldest paged message back into memory.
-    fn pop(&mut self) -> Option<Option<(MessageRef, Meta)>> {
-        let v = self.order.pop_front()?;
-        let idx = self.base;
-        self.base += 1;
-        if self.order.is_empty() {
-            self.bytes = 0;
-            if self.order.capacity() > HOT_COUNT {
-                // A drained backlog gives its memory back.
-                self.order = VecDeque::new();
-                self.pinned.shrink_to_fit();
-            }
-        }
-        if v == PINNED {
-            let (m, meta) = self.pinned.remove(&idx).expect("a pinned message at a pinned place");
-            self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
-            return Some(Some((m, meta)));
-        }
-        if v & SPILLED != 0 {
-            let back = crate::spill::store().map(|s| s.take(v & !SPILLED));
-            return match back {
-                Some(Ok((m, meta))) => {
-                    self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
-                    Some(Some((m, meta)))
-                }
-                Some(Err(e)) => {
-                    tracing::error!(location = v & !SPILLED, error = %e, "cannot read a spilled message back; dropping it");
-                    Some(None)
-                }
-                None => Some(None),
-            };
-        }
-        let Some(log) = &self.log else { return Some(None) };
-        match log.read(v) {
-            Ok(back) => {
-                let m = Arc::new(Message::from_stored(&back.message, back.persisted));
-                self.bytes = self.bytes.saturating_sub(m.body.len() as u64);
-                let ttl = effective_ttl(self.message_ttl, &m);
-                let meta = Meta {
-                    priority: 0,
-                    expires_at: ttl.map(|t| back.published_at.saturating_add(t)),
-                    delivery_count: 0,
-                };
-                Some(Some((m, meta)))
-            }
-            Err(e) => {
-                tracing::error!(location = v, error = %e, "cannot read a paged-out message back; dropping it");
-                Some(None)
-            }
-        }
     }
 }
 
@@ -310,33 +162,6 @@ impl QueueState {
     /// Body bytes of the ready messages, in memory and paged out.
     fn bytes(&self) -> u64 {
         self.ready_bytes + self.paged.iter().map(|p| p.bytes).sum::<u64>()
-    }
-
-    /// Refills the head from the paged-out tail when the next message to
-    /// go (highest priority level with any) is only on disk.
-    fn page_in(&mut self) {
-        let Some(level) =
-            (0..self.paged.len()).rev().find(|&l| self.ready.level_len(l as u8) > 0 || !self.paged[l].order.is_empty())
-        else {
-            return;
-        };
-        if self.ready.level_len(level as u8) > 0 {
-            return;
-        }
-        let paged = &mut self.paged[level];
-        paged.settle();
-        let (mut n, mut bytes) = (0, 0);
-        while n < PAGE_IN_COUNT && bytes < PAGE_IN_BYTES {
-            let Some(next) = paged.pop() else { break };
-            if let Some((m, mut meta)) = next {
-                meta.priority = level as u8;
-                self.may_expire |= meta.expires_at.is_some();
-                bytes += m.body.len() as u64;
-                self.ready_bytes += m.body.len() as u64;
-                self.ready.push(m, meta);
-                n += 1;
-            }
-        }
     }
 
     fn peek(&mut self) -> Option<&Entry<MessageRef>> {
@@ -781,111 +606,6 @@ impl Queue {
             let meta = Meta { priority: message.properties.priority().unwrap_or(0), expires_at, delivery_count };
             st.push(message, meta);
         }
-    }
-
-    /// Picks the consumer for the next delivery and takes its credit:
-    /// the highest priority with credit, round-robin among equals; with a
-    /// single active consumer, only the first.
-    fn pick(st: &mut QueueState, single_active: bool, fair: bool) -> Option<usize> {
-        let n = st.consumers.len();
-        if single_active {
-            return (n > 0 && st.consumers[0].try_acquire()).then_some(0);
-        }
-        let mut start = 0;
-        while start < n {
-            let p = st.consumers[start].priority;
-            let end = start + st.consumers[start..].iter().take_while(|c| c.priority == p).count();
-            let len = end - start;
-            if fair && len <= 64 {
-                if let Some(idx) = Self::pick_fewest_unacked(st, start, len) {
-                    return Some(idx);
-                }
-                start = end;
-                continue;
-            }
-            for i in 0..len {
-                let idx = start + (st.next_consumer + i) % len;
-                if st.consumers[idx].try_acquire() {
-                    st.next_consumer = idx + 1;
-                    return Some(idx);
-                }
-            }
-            start = end;
-        }
-        None
-    }
-
-    /// Fair dispatch within one priority group (`start..start + len`, at
-    /// most 64): the consumer with the fewest unacked deliveries that has
-    /// credit, the first in round-robin order among equals.
-    fn pick_fewest_unacked(st: &mut QueueState, start: usize, len: usize) -> Option<usize> {
-        let mut tried = 0u64;
-        for _ in 0..len {
-            let mut best: Option<(u32, usize)> = None;
-            for i in 0..len {
-                let idx = start + (st.next_consumer + i) % len;
-                if tried & (1 << (idx - start)) != 0 {
-                    continue;
-                }
-                let unacked = st.consumers[idx].unacked.load(Ordering::Acquire);
-                if best.is_none_or(|(u, _)| unacked < u) {
-                    best = Some((unacked, idx));
-                }
-            }
-            let (_, idx) = best?;
-            if st.consumers[idx].try_acquire() {
-                st.next_consumer = idx + 1;
-                return Some(idx);
-            }
-            tried |= 1 << (idx - start);
-        }
-        None
-    }
-
-    /// Delivers ready messages to consumers with credit.
-    fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
-        while st.len() > 0 && !st.consumers.is_empty() {
-            if self.drop_expired(st) > 0 {
-                continue;
-            }
-            let Some(idx) = Self::pick(st, self.single_active, self.fair) else { break };
-            let consumer = st.consumers[idx].clone();
-            let Some(mut entry) = st.pop() else {
-                // Only paged-out messages that could not be read back were left.
-                consumer.release(1);
-                break;
-            };
-            entry.delivery_count += 1;
-            self.log_delivery(&entry);
-            st.stats[if consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }] += 1;
-            st.stats[stats::REDELIVER] += entry.redelivered as u64;
-            consumer.sent(entry.message.body.len());
-            if consumer.no_ack {
-                // No ack will come: it leaves the queue now.
-                self.discard(&entry.message);
-            } else {
-                st.unacked += 1;
-            }
-            let outbox = consumer.outbox.clone();
-            if let Err(back) = outbox.deliver(Delivery { consumer, queue: self.clone(), entry }) {
-                // The connection is gone; it will cancel this consumer.
-                back.consumer.finished(back.entry.message.body.len());
-                if !back.consumer.no_ack {
-                    st.unacked -= 1;
-                }
-                let mut entry = back.entry;
-                entry.delivery_count -= 1;
-                st.requeue(entry);
-                st.consumers.retain(|c| !Arc::ptr_eq(c, &back.consumer));
-                st.next_consumer = 0;
-            }
-        }
-    }
-
-    /// Asks the queue to deliver again (credit was freed).
-    pub fn wake(self: &Arc<Self>) {
-        let mut st = self.lock();
-        self.dispatch(&mut st);
     }
 
     /// `basic.get`: the head message and how many remain after it.

@@ -1,0 +1,167 @@
+//! The follower's side of replication: it connects to the leader, says what
+//! it holds, and applies what it is sent to its copy of the data directory
+//! (`warren_store::replica::Replica`), fsyncing and acknowledging at each sync mark.
+
+use super::*;
+use warren_store::replica::Replica;
+
+/// The follower's side, on its own thread until `stop`: replicates from
+/// whichever node etcd names leader, reconnecting as that changes.
+pub fn follow(cluster: Arc<Cluster>, data_dir: PathBuf, stop: Arc<AtomicBool>) {
+    let mut applier = Replica::new(data_dir);
+    // The last failure logged: the same one again (a leader that is gone
+    // refuses every retry until its lease lapses) is not repeated.
+    let mut last_error = String::new();
+    while !stop.load(Ordering::Acquire) {
+        let Role::Follower { leader, repl, epoch, .. } = cluster.role() else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        match follow_leader(&cluster, &mut applier, &repl, epoch, &stop) {
+            Ok(()) => last_error.clear(),
+            Err(e) => {
+                let seen = format!("{leader} {epoch} {e}");
+                if seen != last_error {
+                    warn!(%leader, epoch, error = %e, "replication from the leader stopped");
+                    last_error = seen;
+                }
+            }
+        }
+        if let Err(e) = applier.flush(&REPLICATED) {
+            warn!(error = %e, "cannot sync the replicated data");
+        }
+        if !stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    if let Err(e) = applier.flush(&REPLICATED) {
+        warn!(error = %e, "cannot sync the replicated data");
+    }
+}
+
+pub(super) fn follow_leader(
+    cluster: &Cluster,
+    applier: &mut Replica,
+    repl: &str,
+    epoch: u64,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(repl)
+        .map_err(|e| format!("{repl}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{repl}: no address"))?;
+    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+    let held = applier
+        .inventory(&REPLICATED, |path| checked(path).is_ok())
+        .map_err(|e| format!("cannot read the data directory: {e}"))?;
+    s.write_all(&frame(HELLO, |b| {
+        put_str(b, &cluster.settings.name);
+        put_str(b, &cluster.settings.node);
+        for (path, size, digest) in &held {
+            put_str(b, path);
+            b.extend_from_slice(&size.to_be_bytes());
+            b.extend_from_slice(digest);
+        }
+    }))
+    .map_err(|e| e.to_string())?;
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut chunk = vec![0u8; 1 << 20];
+    // Fault injection for tests (`WARREN_FAULT_REPLICA_DELAY_MS`): a slow
+    // link — what the leader sends is in flight this long before the
+    // follower sees it, and lost if the connection ends meanwhile (as when
+    // the leader's machine dies). Only in builds with `fault-injection`.
+    let delay = std::env::var("WARREN_FAULT_REPLICA_DELAY_MS")
+        .ok()
+        .filter(|_| cfg!(feature = "fault-injection"))
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    let mut in_flight: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    if delay.is_some() {
+        s.set_read_timeout(Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
+    }
+    let mut welcomed = false;
+    let mut heard = Instant::now();
+    // The last mark acknowledged: log position, definitions saves.
+    let mut acked = (0u64, 0u64);
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if !matches!(cluster.role(), Role::Follower { epoch: e, .. } if e == epoch) {
+            return Ok(());
+        }
+        match s.read(&mut chunk) {
+            Ok(0) => return Err("the leader closed the connection".into()),
+            Ok(n) => {
+                heard = Instant::now();
+                match delay {
+                    Some(_) => in_flight.push_back((heard, chunk[..n].to_vec())),
+                    None => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if heard.elapsed() > LEADER_SILENCE {
+                    return Err(format!("nothing from the leader for {:?}", heard.elapsed()));
+                }
+                if in_flight.is_empty() {
+                    continue;
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        if let Some(d) = delay {
+            while in_flight.front().is_some_and(|(at, _)| at.elapsed() >= d) {
+                buf.extend_from_slice(&in_flight.pop_front().expect("checked").1);
+            }
+        }
+        // Apply every whole frame received; acknowledge once caught up.
+        let mut at = 0;
+        let mut ack = None;
+        while let Some((kind, range)) = next_frame(&buf, at)? {
+            at = range.end;
+            let mut f = Fields(&buf[range]);
+            if !welcomed && kind != WELCOME {
+                return Err(format!("frame {kind} before the welcome"));
+            }
+            match kind {
+                WELCOME => {
+                    let theirs = f.u64()?;
+                    if theirs != epoch {
+                        return Err(format!("leader of epoch {theirs}, expected {epoch}"));
+                    }
+                    welcomed = true;
+                    info!(epoch, "replicating from the leader");
+                }
+                APPEND => {
+                    let path = checked(f.str()?)?.to_owned();
+                    let offset = f.u64()?;
+                    applier.append(&path, offset, f.0).map_err(|e| e.to_string())?;
+                }
+                DELETE => {
+                    let path = checked(f.str()?)?.to_owned();
+                    applier.delete(&path).map_err(|e| format!("{path}: {e}"))?;
+                }
+                REPLACE => {
+                    let path = checked(f.str()?)?.to_owned();
+                    applier.replace(&path, f.0).map_err(|e| format!("{path}: {e}"))?;
+                }
+                SYNC => ack = Some((f.u64()?, f.u64()?)),
+                PING => ack = Some(ack.unwrap_or(acked)),
+                k => return Err(format!("unknown replication frame {k}")),
+            }
+        }
+        buf.drain(..at);
+        if ack.is_none() && applier.unsynced() > FLUSH_EVERY {
+            // A long catch-up: sync as it goes, so that the acknowledgement
+            // at its end does not wait for all of it.
+            applier.flush(&REPLICATED).map_err(|e| format!("cannot sync the replicated data: {e}"))?;
+        }
+        if let Some((pos, defs)) = ack {
+            applier.flush(&REPLICATED).map_err(|e| format!("cannot sync the replicated data: {e}"))?;
+            acked = (acked.0.max(pos), acked.1.max(defs));
+            s.write_all(&mark_frame(ACK, acked)).map_err(|e| e.to_string())?;
+        }
+    }
+}

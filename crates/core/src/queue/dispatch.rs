@@ -1,0 +1,112 @@
+//! Dispatch: which consumer gets the next ready message (priorities,
+//! round-robin, single active consumer, fair dispatch) and the delivery of
+//! ready messages while consumers have credit.
+
+use super::*;
+
+impl Queue {
+    /// Picks the consumer for the next delivery and takes its credit:
+    /// the highest priority with credit, round-robin among equals; with a
+    /// single active consumer, only the first.
+    pub(super) fn pick(st: &mut QueueState, single_active: bool, fair: bool) -> Option<usize> {
+        let n = st.consumers.len();
+        if single_active {
+            return (n > 0 && st.consumers[0].try_acquire()).then_some(0);
+        }
+        let mut start = 0;
+        while start < n {
+            let p = st.consumers[start].priority;
+            let end = start + st.consumers[start..].iter().take_while(|c| c.priority == p).count();
+            let len = end - start;
+            if fair && len <= 64 {
+                if let Some(idx) = Self::pick_fewest_unacked(st, start, len) {
+                    return Some(idx);
+                }
+                start = end;
+                continue;
+            }
+            for i in 0..len {
+                let idx = start + (st.next_consumer + i) % len;
+                if st.consumers[idx].try_acquire() {
+                    st.next_consumer = idx + 1;
+                    return Some(idx);
+                }
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// Fair dispatch within one priority group (`start..start + len`, at
+    /// most 64): the consumer with the fewest unacked deliveries that has
+    /// credit, the first in round-robin order among equals.
+    pub(super) fn pick_fewest_unacked(st: &mut QueueState, start: usize, len: usize) -> Option<usize> {
+        let mut tried = 0u64;
+        for _ in 0..len {
+            let mut best: Option<(u32, usize)> = None;
+            for i in 0..len {
+                let idx = start + (st.next_consumer + i) % len;
+                if tried & (1 << (idx - start)) != 0 {
+                    continue;
+                }
+                let unacked = st.consumers[idx].unacked.load(Ordering::Acquire);
+                if best.is_none_or(|(u, _)| unacked < u) {
+                    best = Some((unacked, idx));
+                }
+            }
+            let (_, idx) = best?;
+            if st.consumers[idx].try_acquire() {
+                st.next_consumer = idx + 1;
+                return Some(idx);
+            }
+            tried |= 1 << (idx - start);
+        }
+        None
+    }
+
+    /// Delivers ready messages to consumers with credit.
+    pub(super) fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
+        while st.len() > 0 && !st.consumers.is_empty() {
+            if self.drop_expired(st) > 0 {
+                continue;
+            }
+            let Some(idx) = Self::pick(st, self.single_active, self.fair) else { break };
+            let consumer = st.consumers[idx].clone();
+            let Some(mut entry) = st.pop() else {
+                // Only paged-out messages that could not be read back were left.
+                consumer.release(1);
+                break;
+            };
+            entry.delivery_count += 1;
+            self.log_delivery(&entry);
+            st.stats[if consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }] += 1;
+            st.stats[stats::REDELIVER] += entry.redelivered as u64;
+            consumer.sent(entry.message.body.len());
+            if consumer.no_ack {
+                // No ack will come: it leaves the queue now.
+                self.discard(&entry.message);
+            } else {
+                st.unacked += 1;
+            }
+            let outbox = consumer.outbox.clone();
+            if let Err(back) = outbox.deliver(Delivery { consumer, queue: self.clone(), entry }) {
+                // The connection is gone; it will cancel this consumer.
+                back.consumer.finished(back.entry.message.body.len());
+                if !back.consumer.no_ack {
+                    st.unacked -= 1;
+                }
+                let mut entry = back.entry;
+                entry.delivery_count -= 1;
+                st.requeue(entry);
+                st.consumers.retain(|c| !Arc::ptr_eq(c, &back.consumer));
+                st.next_consumer = 0;
+            }
+        }
+    }
+
+    /// Asks the queue to deliver again (credit was freed).
+    pub fn wake(self: &Arc<Self>) {
+        let mut st = self.lock();
+        self.dispatch(&mut st);
+    }
+}
