@@ -57,7 +57,7 @@ fn usage(info: String, text: &str) -> Response {
 }
 
 /// Serves `warren ctl` on `<data_dir>/warren.sock` until the process ends.
-pub async fn listen(shared: Arc<Node>, data_dir: &Path) -> anyhow::Result<()> {
+pub async fn listen(shared: Arc<Node>, data_dir: &Path) -> std::io::Result<()> {
     let path = data_dir.join(SOCKET_NAME);
     // A socket left by a killed broker: nobody listens on it any more.
     let _ = std::fs::remove_file(&path);
@@ -375,7 +375,7 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
                     info!(bytes, "disk free limit set");
                     done(format!("Setting disk free limit to {bytes} bytes ..."))
                 }
-                Err(e) => usage(String::new(), &e),
+                Err(e) => usage(String::new(), &e.0),
             }
         }
         "import_definitions" => {

@@ -28,9 +28,10 @@ use warren_core::stats;
 use crate::http::{Body, Reply};
 use warren_node::Node;
 
-pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let listener =
-        TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at} (Prometheus): {e}"))?;
+pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(at)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {at} (Prometheus): {e}")))?;
     let addr = listener.local_addr()?;
     crate::http::serve(listener, shared, |shared, _peer, req| Box::pin(async move { handle(&shared, req) }));
     info!(%addr, "Prometheus metrics ready on http://{addr}/metrics");

@@ -46,13 +46,24 @@ fn describe(info: &panic::PanicHookInfo<'_>) -> String {
     }
 }
 
-/// Runs `f`; a panic in it comes back as `Err("file:line: message")`
-/// instead of unwinding further. The caller logs it.
-pub fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+/// A panic caught by [`contain`]: where it happened and its message
+/// (`file:line: message`).
+#[derive(Debug)]
+pub struct Panic(pub String);
+
+impl std::fmt::Display for Panic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Runs `f`; a panic in it comes back as `Err(Panic)` instead of unwinding
+/// further. The caller logs it.
+pub fn contain<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
     let outer = CONTAINED.with(|c| c.replace(true));
     let r = panic::catch_unwind(AssertUnwindSafe(f));
     CONTAINED.with(|c| c.set(outer));
-    r.map_err(|_| CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_else(|| "(unknown)".to_owned()))
+    r.map_err(|_| Panic(CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or_else(|| "(unknown)".to_owned())))
 }
 
 /// Fault injection for tests: `WARREN_FAULT_PANIC_QUEUE=NAME` makes
@@ -74,9 +85,9 @@ mod tests {
     #[test]
     fn contained_panics_come_back_with_their_message() {
         install_hook();
-        let r: Result<(), String> = contain(|| panic!("boom {}", 7));
+        let r: Result<(), Panic> = contain(|| panic!("boom {}", 7));
         let e = r.unwrap_err();
-        assert!(e.contains("boom 7") && e.contains("panics.rs"), "{e}");
+        assert!(e.0.contains("boom 7") && e.0.contains("panics.rs"), "{e}");
         assert_eq!(contain(|| 5).unwrap(), 5);
         assert!(!CONTAINED.with(|c| c.get()));
     }

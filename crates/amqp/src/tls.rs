@@ -1,55 +1,75 @@
-//! The TLS listener's configuration (rustls): server certificate and key,
-//! and optionally a CA whose client certificates are checked.
+//! The TLS acceptor for `--amqps-listen` (rustls; TLS 1.2 and 1.3), from
+//! `--tls-cert`, `--tls-key` and, for client certificates, `--tls-ca` /
+//! `--tls-verify-peer`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
-
 use warren_node::config::Config;
 
-fn certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("cannot read certificates from {}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("bad PEM in {}", path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
+/// Why the TLS listener cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("--amqps-listen needs --tls-cert and --tls-key")]
+    MissingCertOrKey,
+    #[error("--tls-verify-peer needs --tls-ca")]
+    VerifyWithoutCa,
+    #[error("cannot read {what} from {}: {source}", path.display())]
+    Pem { what: &'static str, path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("no certificate in {}", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{what}: {source}")]
+    Rustls { what: String, source: rustls::Error },
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |source| TlsError::Pem { what: "certificates", path: path.to_owned(), source };
+    let certs = CertificateDer::pem_file_iter(path).map_err(pem)?.collect::<Result<Vec<_>, _>>().map_err(pem)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(path.to_owned()));
+    }
     Ok(certs)
 }
 
-/// The acceptor for `--amqps-listen`, from `--tls-cert`, `--tls-key` and
-/// (for client certificates) `--tls-ca` / `--tls-verify-peer`.
-pub fn acceptor(config: &Config) -> anyhow::Result<TlsAcceptor> {
+/// The acceptor for `--amqps-listen`.
+pub fn acceptor(config: &Config) -> Result<TlsAcceptor, TlsError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        anyhow::bail!("--amqps-listen needs --tls-cert and --tls-key");
+        return Err(TlsError::MissingCertOrKey);
     };
     let chain = certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+        what: "a private key",
+        path: key.clone(),
+        source,
+    })?;
+    let rustls = |what: &str| {
+        let what = what.to_owned();
+        move |source| TlsError::Rustls { what, source }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?;
+        .map_err(rustls("TLS protocol versions"))?;
     let builder = match &config.tls_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in certificates(ca)? {
-                roots.add(c).with_context(|| format!("bad CA certificate in {}", ca.display()))?;
+                roots.add(c).map_err(rustls(&format!("bad CA certificate in {}", ca.display())))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if config.tls_verify_peer { verifier } else { verifier.allow_unauthenticated() };
-            builder.with_client_cert_verifier(verifier.build().context("client certificate verifier")?)
+            builder.with_client_cert_verifier(verifier.build()?)
         }
-        None => {
-            anyhow::ensure!(!config.tls_verify_peer, "--tls-verify-peer needs --tls-ca");
-            builder.with_no_client_auth()
-        }
+        None if config.tls_verify_peer => return Err(TlsError::VerifyWithoutCa),
+        None => builder.with_no_client_auth(),
     };
-    let server = builder.with_single_cert(chain, key).context("certificate and key do not match")?;
+    let server = builder.with_single_cert(chain, key).map_err(rustls("certificate and key do not match"))?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

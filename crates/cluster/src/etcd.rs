@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::error::{Error, Result};
+
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn b64(s: &str) -> String {
@@ -84,40 +86,41 @@ pub struct Etcd {
 
 impl Etcd {
     /// Endpoints as `http://host:port` (the scheme is optional).
-    pub fn new(endpoints: &[String]) -> Result<Etcd, String> {
+    pub fn new(endpoints: &[String]) -> Result<Etcd> {
         let mut parsed = Vec::new();
         for e in endpoints {
             let rest = e.trim().trim_start_matches("http://").trim_end_matches('/');
             if rest.starts_with("https://") {
-                return Err(format!("etcd endpoint {e}: TLS is not supported yet"));
+                return Err(Error::Config(format!("etcd endpoint {e}: TLS is not supported yet")));
             }
-            let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("etcd endpoint {e}: no port"))?;
-            let port = port.parse().map_err(|_| format!("etcd endpoint {e}: bad port"))?;
+            let (host, port) =
+                rest.rsplit_once(':').ok_or_else(|| Error::Config(format!("etcd endpoint {e}: no port")))?;
+            let port = port.parse().map_err(|_| Error::Config(format!("etcd endpoint {e}: bad port")))?;
             parsed.push((host.to_owned(), port));
         }
         if parsed.is_empty() {
-            return Err("no etcd endpoint".into());
+            return Err(Error::Config("no etcd endpoint".into()));
         }
         Ok(Etcd { endpoints: parsed, preferred: Default::default() })
     }
 
-    async fn post_to(host: &str, port: u16, path: &str, body: &str) -> Result<Value, String> {
+    async fn post_to(host: &str, port: u16, path: &str, body: &str) -> Result<Value> {
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let answer = exchange(&format!("{host}:{port}"), req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let answer = exchange(&format!("{host}:{port}"), req.as_bytes()).await?;
         if answer.status != 200 {
-            return Err(format!("etcd answered {}", answer.head.lines().next().unwrap_or("")));
+            return Err(Error::Etcd(format!("etcd answered {}", answer.head.lines().next().unwrap_or(""))));
         }
         // Streaming calls (keep-alive) send one JSON object per message.
         let mut de = serde_json::Deserializer::from_slice(&answer.body).into_iter::<Value>();
-        de.next().ok_or("empty body")?.map_err(|e| e.to_string())
+        Ok(de.next().ok_or_else(|| Error::Etcd("etcd answered with an empty body".into()))??)
     }
 
     /// Posts to each endpoint in turn until one answers.
-    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
         let body = body.to_string();
         let mut last = String::new();
         let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
@@ -127,7 +130,7 @@ impl Etcd {
                 Ok(Ok(v)) => {
                     self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
                     if let Some(err) = v.get("error") {
-                        return Err(format!("etcd: {err}"));
+                        return Err(Error::Etcd(format!("etcd: {err}")));
                     }
                     return Ok(v);
                 }
@@ -135,30 +138,30 @@ impl Etcd {
                 Err(_) => last = format!("{host}:{port}: timed out"),
             }
         }
-        Err(last)
+        Err(Error::Etcd(last))
     }
 
     /// A new lease of `ttl` seconds; its id.
-    pub async fn grant(&self, ttl: i64) -> Result<i64, String> {
+    pub async fn grant(&self, ttl: i64) -> Result<i64> {
         let v = self.post("/v3/lease/grant", json!({ "TTL": ttl })).await?;
         match num(&v["ID"]) {
-            0 => Err("no lease id".into()),
+            0 => Err(Error::Etcd("etcd granted no lease id".into())),
             id => Ok(id),
         }
     }
 
     /// Renews a lease; its remaining TTL (0: it has expired).
-    pub async fn keepalive(&self, lease: i64) -> Result<i64, String> {
+    pub async fn keepalive(&self, lease: i64) -> Result<i64> {
         let v = self.post("/v3/lease/keepalive", json!({ "ID": lease.to_string() })).await?;
         Ok(num(&v["result"]["TTL"]))
     }
 
     /// Ends a lease now: the keys under it go at once.
-    pub async fn revoke(&self, lease: i64) -> Result<(), String> {
+    pub async fn revoke(&self, lease: i64) -> Result<()> {
         self.post("/v3/lease/revoke", json!({ "ID": lease.to_string() })).await.map(|_| ())
     }
 
-    pub async fn put(&self, key: &str, value: &str, lease: i64) -> Result<(), String> {
+    pub async fn put(&self, key: &str, value: &str, lease: i64) -> Result<()> {
         let mut req = json!({ "key": b64(key), "value": b64(value) });
         if lease != 0 {
             req["lease"] = lease.to_string().into();
@@ -166,19 +169,19 @@ impl Etcd {
         self.post("/v3/kv/put", req).await.map(|_| ())
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Kv>, String> {
+    pub async fn get(&self, key: &str) -> Result<Option<Kv>> {
         let v = self.post("/v3/kv/range", json!({ "key": b64(key) })).await?;
         Ok(kvs(&v).into_iter().next())
     }
 
-    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>, String> {
+    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>> {
         let v = self.post("/v3/kv/range", json!({ "key": b64(prefix), "range_end": prefix_end(prefix) })).await?;
         Ok(kvs(&v))
     }
 
     /// Puts `puts` (key, value, lease) if every comparison holds; whether
     /// it did.
-    pub async fn txn(&self, compare: &[Compare<'_>], puts: &[(&str, &str, i64)]) -> Result<bool, String> {
+    pub async fn txn(&self, compare: &[Compare<'_>], puts: &[(&str, &str, i64)]) -> Result<bool> {
         let compare: Vec<Value> = compare
             .iter()
             .map(|c| match c {

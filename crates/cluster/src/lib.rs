@@ -15,6 +15,7 @@
 //! holds; only an ISR member can win an election (checked in the same
 //! transaction), and the winner starts a new ISR of itself.
 
+mod error;
 pub mod etcd;
 pub mod lifecycle;
 pub mod replication;
@@ -27,6 +28,8 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+pub use error::{Error, Result};
 use tracing::{info, warn};
 
 use etcd::{Compare, Etcd};
@@ -99,9 +102,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(settings: Settings) -> Result<Arc<Cluster>, String> {
+    pub fn new(settings: Settings) -> Result<Arc<Cluster>> {
         if settings.node.is_empty() {
-            return Err("--node-name is required with --cluster-etcd".into());
+            return Err(Error::Config("--node-name is required with --cluster-etcd".into()));
         }
         let etcd = Etcd::new(&settings.etcd)?;
         let (role, _) = watch::channel(Role::Unknown);
@@ -209,9 +212,9 @@ impl Cluster {
 
     /// Adds `node` to the ISR in etcd, or takes it out, provided this node
     /// still holds the leader key; the local view changes once etcd has.
-    pub async fn isr_change(&self, node: &str, add: bool) -> Result<(), String> {
+    pub async fn isr_change(&self, node: &str, add: bool) -> Result<()> {
         let _one = self.isr_change.lock().await;
-        let Role::Leader { epoch } = self.role() else { return Err("not the leader".into()) };
+        let Role::Leader { epoch } = self.role() else { return Err(Error::NotLeader("not the leader")) };
         let mut members = self.isr.lock().clone();
         let present = members.iter().any(|m| m == node);
         if present == add {
@@ -227,7 +230,7 @@ impl Cluster {
         let (leader_key, isr_key) = (self.key("leader"), self.key("isr"));
         let done = self.etcd.txn(&[etcd::Compare::Value(&leader_key, &leader)], &[(&isr_key, &value, 0)]).await?;
         if !done {
-            return Err("the leader key is not ours any more".into());
+            return Err(Error::NotLeader("the leader key is not ours any more"));
         }
         info!(node, add, isr = ?members, "in-sync replica set changed");
         *self.isr.lock() = members;
@@ -329,7 +332,7 @@ impl Cluster {
 
     /// One look at the leader key and the ISR; a campaign if there is no
     /// leader and this node is in the ISR (or there is none yet).
-    async fn elect(&self, lease: i64) -> Result<Role, String> {
+    async fn elect(&self, lease: i64) -> Result<Role> {
         let (leader_key, epoch_key, isr_key) = (self.key("leader"), self.key("epoch"), self.key("isr"));
         let isr = self.etcd.get(&isr_key).await?;
         let members: Option<Vec<String>> = isr.as_ref().map(|kv| {
@@ -339,7 +342,7 @@ impl Cluster {
                 .unwrap_or_default()
         });
         if let Some(kv) = self.etcd.get(&leader_key).await? {
-            let v: Value = serde_json::from_str(&kv.value).map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_str(&kv.value)?;
             let node = v["node"].as_str().unwrap_or_default().to_owned();
             let epoch = v["epoch"].as_u64().unwrap_or(0);
             if node == self.settings.node {

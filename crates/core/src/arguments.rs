@@ -1,6 +1,7 @@
 //! Queue arguments (`x-…`): reading them and validating them as RabbitMQ
 //! does on `queue.declare`.
 
+use crate::Invalid;
 use warren_protocol::{AMQPValue, AmqpError, FieldTable};
 
 /// An integer argument of any AMQP integer type.
@@ -63,18 +64,18 @@ enum Bound {
     },
 }
 
-fn check_int(v: &AMQPValue, bound: Bound) -> Result<(), String> {
+fn check_int(v: &AMQPValue, bound: Bound) -> Result<(), Invalid> {
     let Some(i) = as_int(v) else {
-        return Err(format!("\"expected integer, got {}\"", type_name(v)));
+        return Err(Invalid(format!("\"expected integer, got {}\"", type_name(v))));
     };
     match bound {
-        Bound::NonNegative | Bound::Positive if i < 0 => Err(format!("{{value_negative,{i}}}")),
-        Bound::Positive if i == 0 => Err("{value_zero,0}".to_owned()),
-        Bound::Priority if i < 0 => Err(format!("{{value_negative,{i}}}")),
-        Bound::Priority if i > 255 => Err(format!("{{max_value_exceeded,{i}}}")),
-        Bound::Expiry { positive: true } if i == 0 => Err("{value_zero,0}".to_owned()),
-        Bound::Expiry { .. } if i < 0 => Err(format!("{{value_negative,{i}}}")),
-        Bound::Expiry { .. } if i > MAX_EXPIRY_MS => Err(format!("{{value_too_large,{i}}}")),
+        Bound::NonNegative | Bound::Positive if i < 0 => Err(Invalid(format!("{{value_negative,{i}}}"))),
+        Bound::Positive if i == 0 => Err(Invalid("{value_zero,0}".to_owned())),
+        Bound::Priority if i < 0 => Err(Invalid(format!("{{value_negative,{i}}}"))),
+        Bound::Priority if i > 255 => Err(Invalid(format!("{{max_value_exceeded,{i}}}"))),
+        Bound::Expiry { positive: true } if i == 0 => Err(Invalid("{value_zero,0}".to_owned())),
+        Bound::Expiry { .. } if i < 0 => Err(Invalid(format!("{{value_negative,{i}}}"))),
+        Bound::Expiry { .. } if i > MAX_EXPIRY_MS => Err(Invalid(format!("{{value_too_large,{i}}}"))),
         _ => Ok(()),
     }
 }
@@ -88,39 +89,41 @@ fn string_value(v: &AMQPValue) -> Option<String> {
 }
 
 /// Checks of non-integer arguments: the detail after "invalid arg ...: ".
-fn check_other(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), String> {
+fn check_other(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), Invalid> {
     match key {
         "x-overflow" => match string_value(v) {
-            None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+            None => Err(Invalid(format!("{{unacceptable_type,{}}}", type_name(v)))),
             Some(m) if ["drop-head", "reject-publish", "reject-publish-dlx"].contains(&m.as_str()) => Ok(()),
-            Some(_) => Err("invalid_overflow".to_owned()),
+            Some(_) => Err(Invalid("invalid_overflow".to_owned())),
         },
         "x-single-active-consumer" | "x-delivery-count-header" | "x-fair-dispatch" | "x-message-deduplication" => {
             match v {
                 AMQPValue::Boolean(_) => Ok(()),
-                _ => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+                _ => Err(Invalid(format!("{{unacceptable_type,{}}}", type_name(v)))),
             }
         }
         "x-dead-letter-routing-key" => {
             let key = string_value(v);
             if key.is_none() {
-                Err(format!("{{unacceptable_type,{}}}", type_name(v)))
+                Err(Invalid(format!("{{unacceptable_type,{}}}", type_name(v))))
             } else if let Some(n) = key.map(|k| k.len()).filter(|n| *n > warren_protocol::error::SHORT_MAX) {
                 // RabbitMQ accepts it, then fails with 541 when it delivers a
                 // message dead-lettered with it: no routing key is that long.
-                Err(format!("{{routing_key_too_long,{n}}}"))
+                Err(Invalid(format!("{{routing_key_too_long,{n}}}")))
             } else if !args.contains_key("x-dead-letter-exchange") {
-                Err("routing_key_but_no_dlx_defined".to_owned())
+                Err(Invalid("routing_key_but_no_dlx_defined".to_owned()))
             } else {
                 Ok(())
             }
         }
-        "x-deduplication-header" if string_value(v).is_none() => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+        "x-deduplication-header" if string_value(v).is_none() => {
+            Err(Invalid(format!("{{unacceptable_type,{}}}", type_name(v))))
+        }
         "x-queue-type" => match string_value(v).as_deref() {
             // Streams are not implemented: refused with RabbitMQ's text for an unknown type.
             Some("classic" | "quorum") => Ok(()),
-            Some(other) => Err(format!("\"unsupported queue type '{other}'\"")),
-            None => Err(format!("{{unacceptable_type,{}}}", type_name(v))),
+            Some(other) => Err(Invalid(format!("\"unsupported queue type '{other}'\""))),
+            None => Err(Invalid(format!("{{unacceptable_type,{}}}", type_name(v)))),
         },
         _ => Ok(()),
     }
@@ -137,7 +140,7 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
         }
     }
     for (key, v) in args.inner() {
-        check_arg(args, key.as_str(), v).map_err(|why| invalid(key.as_str(), "queue", queue, vhost, why))?;
+        check_arg(args, key.as_str(), v).map_err(|why| invalid(key.as_str(), "queue", queue, vhost, why.0))?;
     }
     Ok(())
 }
@@ -147,13 +150,13 @@ pub fn validate_queue_args(args: &FieldTable, queue: &str, vhost: &str) -> Resul
 pub fn validate_exchange_args(args: &FieldTable, exchange: &str, vhost: &str) -> Result<(), AmqpError> {
     const KEYS: [&str; 4] = ["x-message-deduplication", "x-deduplication-header", "x-cache-size", "x-cache-ttl"];
     for (key, v) in args.inner().iter().filter(|(k, _)| KEYS.contains(&k.as_str())) {
-        check_arg(args, key.as_str(), v).map_err(|why| invalid(key.as_str(), "exchange", exchange, vhost, why))?;
+        check_arg(args, key.as_str(), v).map_err(|why| invalid(key.as_str(), "exchange", exchange, vhost, why.0))?;
     }
     Ok(())
 }
 
 /// One argument's checks: the detail after "invalid arg ...: ".
-fn check_arg(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), String> {
+fn check_arg(args: &FieldTable, key: &str, v: &AMQPValue) -> Result<(), Invalid> {
     check_other(args, key, v)?;
     let bound = match key {
         "x-max-length" | "x-max-length-bytes" | "x-delivery-limit" | "x-cache-ttl" => Bound::NonNegative,

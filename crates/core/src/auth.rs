@@ -11,6 +11,7 @@
 //! Everything here is plain data: the broker owns one [`AccessControl`] and
 //! persists it (see `Broker`).
 
+use crate::Invalid;
 use std::collections::BTreeMap;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -116,9 +117,9 @@ impl Resource {
 
 /// Compiles a permission expression as RabbitMQ reads it: an empty one is
 /// "^$" (nothing matches); `expand` substitutes variables first.
-fn compile_permission(re: &str, expand: impl Fn(&str) -> String) -> Result<Regex, String> {
+fn compile_permission(re: &str, expand: impl Fn(&str) -> String) -> Result<Regex, Invalid> {
     let re = if re.is_empty() { "^$" } else { re };
-    Regex::new(&expand(re)).map_err(|e| format!("invalid regular expression '{re}': {e}"))
+    Regex::new(&expand(re)).map_err(|e| Invalid(format!("invalid regular expression '{re}': {e}")))
 }
 
 /// One user's permissions in one vhost.
@@ -132,7 +133,7 @@ pub struct Permission {
 
 impl Permission {
     /// Compiles the three expressions; the error names the bad one.
-    pub fn new(configure: &str, write: &str, read: &str) -> Result<Permission, String> {
+    pub fn new(configure: &str, write: &str, read: &str) -> Result<Permission, Invalid> {
         let compile = |re: &str| compile_permission(re, |re| re.to_owned());
         Ok(Permission {
             configure: configure.to_owned(),
@@ -167,7 +168,7 @@ pub struct TopicPermission {
 }
 
 impl TopicPermission {
-    pub fn new(write: &str, read: &str, user: &str, vhost: &str) -> Result<TopicPermission, String> {
+    pub fn new(write: &str, read: &str, user: &str, vhost: &str) -> Result<TopicPermission, Invalid> {
         let compile = |re: &str| compile_permission(re, |re| re.replace("{username}", user).replace("{vhost}", vhost));
         Ok(TopicPermission {
             write: write.to_owned(),
@@ -295,13 +296,13 @@ impl AccessControl {
 
     /// Merges the users, vhosts and permissions of a definitions document —
     /// Warren's own file or a RabbitMQ `export_definitions` file.
-    pub fn merge_json(&mut self, doc: &serde_json::Value) -> Result<(), String> {
+    pub fn merge_json(&mut self, doc: &serde_json::Value) -> Result<(), Invalid> {
         let list = |key: &str| doc.get(key).and_then(|v| v.as_array()).cloned().unwrap_or_default();
         let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).unwrap_or("").to_owned();
         for v in list("vhosts") {
             let name = text(&v, "name");
             if name.is_empty() {
-                return Err("a vhost without a name".into());
+                return Err(Invalid("a vhost without a name".into()));
             }
             let limits = v.get("limits").and_then(|l| serde_json::from_value(l.clone()).ok()).unwrap_or_default();
             self.vhosts.insert(name, limits);
@@ -309,14 +310,14 @@ impl AccessControl {
         for u in list("users") {
             let name = text(&u, "name");
             if name.is_empty() {
-                return Err("a user without a name".into());
+                return Err(Invalid("a user without a name".into()));
             }
             let mut algorithm = text(&u, "hashing_algorithm");
             if algorithm.is_empty() {
                 algorithm = SHA256.into();
             }
             if algorithm != SHA256 && algorithm != SHA512 {
-                return Err(format!("user '{name}': unsupported hashing algorithm '{algorithm}'"));
+                return Err(Invalid(format!("user '{name}': unsupported hashing algorithm '{algorithm}'")));
             }
             // RabbitMQ exports tags as a list (3.10) or a comma-separated string (older).
             let tags = match u.get("tags") {
@@ -352,7 +353,7 @@ impl AccessControl {
             let apply_to = v.get("apply-to").and_then(|a| a.as_str()).unwrap_or("all");
             let vhost = if vhost.is_empty() { "/".to_owned() } else { vhost };
             crate::policy::Policy::new(&vhost, &name, &text(v, "pattern"), apply_to, priority, definition, operator)
-                .map_err(|e| format!("policy '{name}' in vhost '{vhost}': {e}"))
+                .map_err(|e| Invalid(format!("policy '{name}' in vhost '{vhost}': {e}")))
         };
         for p in list("policies") {
             let pol = policy(text(&p, "vhost"), text(&p, "name"), &p, false)?;

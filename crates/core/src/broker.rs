@@ -38,8 +38,8 @@ pub struct AdminError {
     pub message: String,
 }
 
-fn admin_error(exit_code: i32, message: impl Into<String>) -> AdminError {
-    AdminError { exit_code, message: message.into() }
+fn admin_error(exit_code: i32, message: impl std::fmt::Display) -> AdminError {
+    AdminError { exit_code, message: message.to_string() }
 }
 
 fn no_user(name: &str) -> AdminError {

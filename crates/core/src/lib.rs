@@ -52,3 +52,10 @@ pub fn generated_name(prefix: &str) -> String {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// A value refused by validation (a queue argument, a permission pattern,
+/// a policy definition, an imported document), with the text RabbitMQ
+/// gives for it: callers wrap it in the AMQP or HTTP error they answer with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);

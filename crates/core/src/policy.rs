@@ -13,6 +13,7 @@
 //! a queue argument wins over the policy. An exchange's `alternate-exchange`
 //! argument wins over its policy's.
 
+use crate::Invalid;
 use serde_json::{Map, Value};
 use warren_protocol::{AMQPValue, FieldTable};
 
@@ -94,37 +95,37 @@ fn erl(v: &Value) -> String {
     }
 }
 
-fn validate_value(key: &str, v: &Value) -> Result<(), String> {
+fn validate_value(key: &str, v: &Value) -> Result<(), Invalid> {
     let non_neg = |what: &str| match v.as_i64() {
         Some(n) if n >= 0 => Ok(()),
-        _ => Err(format!("{} is not a valid {what}", erl(v))),
+        _ => Err(Invalid(format!("{} is not a valid {what}", erl(v)))),
     };
     let text = |what: &str| match v {
         Value::String(_) => Ok(()),
-        _ => Err(format!("{what} must be binary")),
+        _ => Err(Invalid(format!("{what} must be binary"))),
     };
     match key {
         "message-ttl" => match v.as_i64() {
             Some(n) if (0..=crate::arguments::MAX_EXPIRY_MS).contains(&n) => Ok(()),
-            _ => Err(format!("{} is not a valid message TTL", erl(v))),
+            _ => Err(Invalid(format!("{} is not a valid message TTL", erl(v)))),
         },
         "expires" => match v.as_i64() {
             Some(n) if (1..=crate::arguments::MAX_EXPIRY_MS).contains(&n) => Ok(()),
-            _ => Err(format!("{} is not a valid queue expiry", erl(v))),
+            _ => Err(Invalid(format!("{} is not a valid queue expiry", erl(v)))),
         },
         "max-length" | "max-length-bytes" | "max-in-memory-length" | "max-in-memory-bytes" => non_neg("maximum length"),
         "delivery-limit" => non_neg("delivery limit"),
         "consumer-timeout" => match v.as_i64() {
             Some(n) if n >= 1 => Ok(()),
-            _ => Err(format!("{} is not a valid consumer timeout", erl(v))),
+            _ => Err(Invalid(format!("{} is not a valid consumer timeout", erl(v)))),
         },
         "overflow" => match v.as_str() {
             Some("drop-head" | "reject-publish" | "reject-publish-dlx") => Ok(()),
-            _ => Err(format!("{} is not a valid overflow value", erl(v))),
+            _ => Err(Invalid(format!("{} is not a valid overflow value", erl(v)))),
         },
         "queue-mode" => match v.as_str() {
             Some("default" | "lazy") => Ok(()),
-            _ => Err(format!("{} is not a valid queue-mode value", erl(v))),
+            _ => Err(Invalid(format!("{} is not a valid queue-mode value", erl(v)))),
         },
         "dead-letter-exchange" => text("dead-letter-exchange"),
         "dead-letter-routing-key" => text("dead-letter-routing-key"),
@@ -144,17 +145,21 @@ impl Policy {
         priority: i64,
         definition: Map<String, Value>,
         operator: bool,
-    ) -> Result<Policy, String> {
+    ) -> Result<Policy, Invalid> {
         let regex = regex::Regex::new(pattern)
-            .map_err(|e| format!("pattern should be regular expression but is invalid: {e}"))?;
+            .map_err(|e| Invalid(format!("pattern should be regular expression but is invalid: {e}")))?;
         let apply_to = match apply_to {
             "" | "all" => ApplyTo::All,
             "queues" => ApplyTo::Queues,
             "exchanges" => ApplyTo::Exchanges,
-            other => return Err(format!("apply-to '{other}' unrecognised; should be 'queues', 'exchanges' or 'all'")),
+            other => {
+                return Err(Invalid(format!(
+                    "apply-to '{other}' unrecognised; should be 'queues', 'exchanges' or 'all'"
+                )))
+            }
         };
         if definition.is_empty() {
-            return Err("no policy provided".into());
+            return Err(Invalid("no policy provided".into()));
         }
         let allowed = if operator { OPERATOR_KEYS } else { QUEUE_KEYS };
         let unknown: Vec<String> = definition
@@ -163,7 +168,7 @@ impl Policy {
             .map(|(k, v)| format!("{{<<\"{k}\">>,{}}}", erl(v)))
             .collect();
         if !unknown.is_empty() {
-            return Err(format!("[{}] are not recognised policy settings", unknown.join(",")));
+            return Err(Invalid(format!("[{}] are not recognised policy settings", unknown.join(","))));
         }
         for (k, v) in &definition {
             validate_value(k, v)?;
@@ -340,14 +345,14 @@ mod tests {
             Value::Object(m) => m,
             _ => panic!(),
         };
-        let e = Policy::new("/", "p", "^x", "all", 0, m(serde_json::json!({"foo": 1})), false).unwrap_err();
+        let e = Policy::new("/", "p", "^x", "all", 0, m(serde_json::json!({"foo": 1})), false).unwrap_err().0;
         assert_eq!(e, "[{<<\"foo\">>,1}] are not recognised policy settings");
-        let e = Policy::new("/", "p", "^x", "all", 0, m(serde_json::json!({"max-length": -1})), false).unwrap_err();
+        let e = Policy::new("/", "p", "^x", "all", 0, m(serde_json::json!({"max-length": -1})), false).unwrap_err().0;
         assert_eq!(e, "-1 is not a valid maximum length");
-        let e = Policy::new("/", "p", "^x", "bogus", 0, m(serde_json::json!({"max-length": 1})), false).unwrap_err();
+        let e = Policy::new("/", "p", "^x", "bogus", 0, m(serde_json::json!({"max-length": 1})), false).unwrap_err().0;
         assert_eq!(e, "apply-to 'bogus' unrecognised; should be 'queues', 'exchanges' or 'all'");
-        assert_eq!(Policy::new("/", "p", "^x", "all", 0, Map::new(), false).unwrap_err(), "no policy provided");
-        let e = Policy::new("/", "p", "^x", "all", 0, m(serde_json::json!({"overflow": "x"})), true).unwrap_err();
+        assert_eq!(Policy::new("/", "p", "^x", "all", 0, Map::new(), false).unwrap_err().0, "no policy provided");
+        let e = Policy::new("/", "p", "^x", "all", 0, m(serde_json::json!({"overflow": "x"})), true).unwrap_err().0;
         assert!(e.contains("are not recognised policy settings"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::resources::{DiskFreeLimit, Watermark};
+use crate::resources::{DiskFreeLimit, InvalidSetting, Watermark};
 
 /// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 #[derive(Debug, Clone, Parser)]
@@ -147,21 +147,21 @@ impl Config {
     }
 
     /// The management API's address, unless it is turned off.
-    pub fn http_listen(&self) -> Result<Option<SocketAddr>, String> {
+    pub fn http_listen(&self) -> Result<Option<SocketAddr>, InvalidSetting> {
         let v = self.http_listen.trim();
         if v.is_empty() {
             return Ok(None);
         }
-        v.parse().map(Some).map_err(|e| format!("invalid --http-listen '{v}': {e}"))
+        v.parse().map(Some).map_err(|e| InvalidSetting(format!("invalid --http-listen '{v}': {e}")))
     }
 
     /// The Prometheus endpoint's address, unless it is turned off.
-    pub fn prometheus_listen(&self) -> Result<Option<SocketAddr>, String> {
+    pub fn prometheus_listen(&self) -> Result<Option<SocketAddr>, InvalidSetting> {
         let v = self.prometheus_listen.trim();
         if v.is_empty() {
             return Ok(None);
         }
-        v.parse().map(Some).map_err(|e| format!("invalid --prometheus-listen '{v}': {e}"))
+        v.parse().map(Some).map_err(|e| InvalidSetting(format!("invalid --prometheus-listen '{v}': {e}")))
     }
 
     /// The data directory in effect.

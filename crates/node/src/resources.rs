@@ -5,15 +5,22 @@
 
 use std::path::Path;
 
+/// A setting that cannot be used as given (a size, a watermark, a limit,
+/// an address), with what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSetting(pub String);
+
 /// Parses a size as RabbitMQ's `parse_information_unit` does: digits and an
 /// optional unit. `k`, `K`, `kiB`, `KiB`, `m`, `MiB`, `g`, `GiB`, `t`, `TiB`
 /// (any case) are powers of 1024; `kB`, `KB`, `MB`, `GB`, `TB` (any case)
 /// powers of 1000.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, InvalidSetting> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(digits);
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 1GB, 1073741824)"))?;
+    let n: u64 =
+        num.parse().map_err(|_| InvalidSetting(format!("'{s}' is not a size (e.g. 512MiB, 1GB, 1073741824)")))?;
     let unit = unit.to_ascii_lowercase();
     let scale: u64 = match unit.as_str() {
         "" => 1,
@@ -25,9 +32,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         "tb" => 1_000_000_000_000,
-        _ => return Err(format!("'{s}': unknown unit '{unit}' (k, kB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB)")),
+        _ => {
+            return Err(InvalidSetting(format!(
+                "'{s}': unknown unit '{unit}' (k, kB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB)"
+            )))
+        }
     };
-    n.checked_mul(scale).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(scale).ok_or_else(|| InvalidSetting(format!("'{s}' is too large")))
 }
 
 /// `--memory-high-watermark`: RabbitMQ's `vm_memory_high_watermark`
@@ -39,15 +50,15 @@ pub enum Watermark {
 }
 
 impl std::str::FromStr for Watermark {
-    type Err = String;
+    type Err = InvalidSetting;
 
     /// A number below 1 is a fraction; a whole number or a size with a unit
     /// is bytes (`536870912`, `512MiB`, `1GB`).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, InvalidSetting> {
         match s.trim().parse::<f64>() {
             Ok(f) if (0.0..1.0).contains(&f) => Ok(Watermark::Fraction(f)),
             Ok(f) if f >= 1.0 && f.is_finite() => Ok(Watermark::Bytes(f as u64)),
-            Ok(_) => Err(format!("'{s}': a fraction in [0, 1) or a size")),
+            Ok(_) => Err(InvalidSetting(format!("'{s}': a fraction in [0, 1) or a size"))),
             Err(_) => parse_size(s).map(Watermark::Bytes),
         }
     }
@@ -72,15 +83,17 @@ pub enum DiskFreeLimit {
 }
 
 impl std::str::FromStr for DiskFreeLimit {
-    type Err = String;
+    type Err = InvalidSetting;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, InvalidSetting> {
         let s = s.trim();
         let relative = s.strip_prefix("mem_relative:").or_else(|| s.strip_prefix("mem_relative "));
         match relative {
             Some(f) => match f.trim().parse::<f64>() {
                 Ok(f) if f >= 0.0 && f.is_finite() => Ok(DiskFreeLimit::MemRelative(f)),
-                _ => Err(format!("'{s}': mem_relative takes a non-negative number, e.g. mem_relative:1.5")),
+                _ => Err(InvalidSetting(format!(
+                    "'{s}': mem_relative takes a non-negative number, e.g. mem_relative:1.5"
+                ))),
             },
             None => parse_size(s).map(DiskFreeLimit::Absolute),
         }

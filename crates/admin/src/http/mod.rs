@@ -111,8 +111,10 @@ pub fn bad_request(reason: impl Into<String>) -> Reply {
 
 /// Binds the listener (before the broker says it is listening) and serves
 /// it from a task. Returns the bound address.
-pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at} (HTTP): {e}"))?;
+pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(at)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {at} (HTTP): {e}")))?;
     let addr = listener.local_addr()?;
     tokio::spawn(sampler(shared.clone()));
     serve(listener, shared, |shared, peer, req| Box::pin(async move { handle(&shared, peer, req).await }));

@@ -599,7 +599,7 @@ impl Conn {
     /// A panic was caught while handling `what` (see `panics`): logged once,
     /// here, and the connection closes with 541 as RabbitMQ closes it when a
     /// channel process crashes. Other connections are not touched.
-    fn on_panic(&mut self, what: FrameLabel, panic: &str) {
+    fn on_panic(&mut self, what: FrameLabel, panic: &crate::panics::Panic) {
         tracing::error!(
             peer = %self.peer,
             user = %self.user,

@@ -45,17 +45,17 @@ pub(super) fn follow_leader(
     repl: &str,
     epoch: u64,
     stop: &AtomicBool,
-) -> Result<(), String> {
+) -> Result<()> {
     let addr = std::net::ToSocketAddrs::to_socket_addrs(repl)
-        .map_err(|e| format!("{repl}: {e}"))?
+        .map_err(|e| Error::Peer(format!("{repl}: {e}")))?
         .next()
-        .ok_or_else(|| format!("{repl}: no address"))?;
-    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+        .ok_or_else(|| Error::Peer(format!("{repl}: no address")))?;
+    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     let _ = s.set_nodelay(true);
-    s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
     let held = applier
         .inventory(&REPLICATED, |path| checked(path).is_ok())
-        .map_err(|e| format!("cannot read the data directory: {e}"))?;
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read the data directory: {e}")))?;
     s.write_all(&frame(HELLO, |b| {
         put_str(b, &cluster.settings.name);
         put_str(b, &cluster.settings.node);
@@ -64,8 +64,7 @@ pub(super) fn follow_leader(
             b.extend_from_slice(&size.to_be_bytes());
             b.extend_from_slice(digest);
         }
-    }))
-    .map_err(|e| e.to_string())?;
+    }))?;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut chunk = vec![0u8; 1 << 20];
     // Fault injection for tests (`WARREN_FAULT_REPLICA_DELAY_MS`): a slow
@@ -79,7 +78,7 @@ pub(super) fn follow_leader(
         .map(Duration::from_millis);
     let mut in_flight: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     if delay.is_some() {
-        s.set_read_timeout(Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(20)))?;
     }
     let mut welcomed = false;
     let mut heard = Instant::now();
@@ -93,7 +92,7 @@ pub(super) fn follow_leader(
             return Ok(());
         }
         match s.read(&mut chunk) {
-            Ok(0) => return Err("the leader closed the connection".into()),
+            Ok(0) => return Err(Error::Peer("the leader closed the connection".into())),
             Ok(n) => {
                 heard = Instant::now();
                 match delay {
@@ -103,13 +102,13 @@ pub(super) fn follow_leader(
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 if heard.elapsed() > LEADER_SILENCE {
-                    return Err(format!("nothing from the leader for {:?}", heard.elapsed()));
+                    return Err(Error::Peer(format!("nothing from the leader for {:?}", heard.elapsed())));
                 }
                 if in_flight.is_empty() {
                     continue;
                 }
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
         if let Some(d) = delay {
             while in_flight.front().is_some_and(|(at, _)| at.elapsed() >= d) {
@@ -123,13 +122,13 @@ pub(super) fn follow_leader(
             at = range.end;
             let mut f = Fields(&buf[range]);
             if !welcomed && kind != WELCOME {
-                return Err(format!("frame {kind} before the welcome"));
+                return Err(Error::Protocol(format!("frame {kind} before the welcome")));
             }
             match kind {
                 WELCOME => {
                     let theirs = f.u64()?;
                     if theirs != epoch {
-                        return Err(format!("leader of epoch {theirs}, expected {epoch}"));
+                        return Err(Error::Peer(format!("leader of epoch {theirs}, expected {epoch}")));
                     }
                     welcomed = true;
                     info!(epoch, "replicating from the leader");
@@ -137,31 +136,35 @@ pub(super) fn follow_leader(
                 APPEND => {
                     let path = checked(f.str()?)?.to_owned();
                     let offset = f.u64()?;
-                    applier.append(&path, offset, f.0).map_err(|e| e.to_string())?;
+                    applier.append(&path, offset, f.0)?;
                 }
                 DELETE => {
                     let path = checked(f.str()?)?.to_owned();
-                    applier.delete(&path).map_err(|e| format!("{path}: {e}"))?;
+                    applier.delete(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
                 }
                 REPLACE => {
                     let path = checked(f.str()?)?.to_owned();
-                    applier.replace(&path, f.0).map_err(|e| format!("{path}: {e}"))?;
+                    applier.replace(&path, f.0).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
                 }
                 SYNC => ack = Some((f.u64()?, f.u64()?)),
                 PING => ack = Some(ack.unwrap_or(acked)),
-                k => return Err(format!("unknown replication frame {k}")),
+                k => return Err(Error::Protocol(format!("unknown replication frame {k}"))),
             }
         }
         buf.drain(..at);
         if ack.is_none() && applier.unsynced() > FLUSH_EVERY {
             // A long catch-up: sync as it goes, so that the acknowledgement
             // at its end does not wait for all of it.
-            applier.flush(&REPLICATED).map_err(|e| format!("cannot sync the replicated data: {e}"))?;
+            applier
+                .flush(&REPLICATED)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot sync the replicated data: {e}")))?;
         }
         if let Some((pos, defs)) = ack {
-            applier.flush(&REPLICATED).map_err(|e| format!("cannot sync the replicated data: {e}"))?;
+            applier
+                .flush(&REPLICATED)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot sync the replicated data: {e}")))?;
             acked = (acked.0.max(pos), acked.1.max(defs));
-            s.write_all(&mark_frame(ACK, acked)).map_err(|e| e.to_string())?;
+            s.write_all(&mark_frame(ACK, acked))?;
         }
     }
 }

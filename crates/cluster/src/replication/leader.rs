@@ -249,16 +249,16 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cluster: Arc<Cluster>) 
 }
 
 /// One follower's session on the leader.
-pub(super) async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Cluster>) -> Result<(), String> {
+pub(super) async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Cluster>) -> Result<()> {
     let _ = socket.set_nodelay(true);
     let (mut rd, mut wr) = socket.into_split();
     let (kind, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut rd))
         .await
-        .map_err(|_| "no hello".to_string())??;
+        .map_err(|_| Error::Peer("no hello".into()))??;
     let mut f = Fields(&payload);
     let (name, node) = match kind {
         HELLO => (f.str()?.to_owned(), f.str()?.to_owned()),
-        k => return Err(format!("expected hello, got frame {k}")),
+        k => return Err(Error::Protocol(format!("expected hello, got frame {k}"))),
     };
     let mut theirs = Held::new();
     while !f.0.is_empty() {
@@ -270,9 +270,9 @@ pub(super) async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Clu
     if name != cluster.settings.name || node == cluster.settings.node || !cluster.is_member(&node) {
         // (A node registers in etcd before it follows: one that is not
         // there yet is seen on the next tick and tries again.)
-        return Err(format!("hello from {node:?} of cluster {name:?}: not one of our members"));
+        return Err(Error::Protocol(format!("hello from {node:?} of cluster {name:?}: not one of our members")));
     }
-    let Role::Leader { epoch } = cluster.role() else { return Err("not the leader".into()) };
+    let Role::Leader { epoch } = cluster.role() else { return Err(Error::NotLeader("not the leader")) };
     // Whatever it held, it is about to be overwritten: out of the ISR first.
     cluster.isr_change(&node, false).await?;
     let (me, files) = {
@@ -353,8 +353,7 @@ pub(super) async fn follow_up(
     epoch: u64,
     files: &[String],
     theirs: &Held,
-) -> Result<(), String> {
-    let io = |e: io::Error| e.to_string();
+) -> Result<()> {
     send(wr, &pos_frame(WELCOME, epoch)).await?;
     // What it holds and we do not goes; what it holds of ours stays, if
     // it is a prefix of our file; the rest is sent.
@@ -382,17 +381,17 @@ pub(super) async fn follow_up(
         };
         let mut offset = 0u64;
         if let Some((size, digest)) = theirs.get(path) {
-            match prefix_digest(&mut f, *size).await.map_err(io)? {
+            match prefix_digest(&mut f, *size).await? {
                 Some(ours) if ours == *digest => offset = *size,
                 _ => {
                     send(wr, &frame(DELETE, |b| put_str(b, path))).await?;
-                    f.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+                    f.seek(std::io::SeekFrom::Start(0)).await?;
                 }
             }
         }
         let mut buf = vec![0; COPY_CHUNK];
         loop {
-            let n = f.read(&mut buf).await.map_err(io)?;
+            let n = f.read(&mut buf).await?;
             if n == 0 {
                 break;
             }
@@ -404,7 +403,11 @@ pub(super) async fn follow_up(
     info!(follower = %node, bytes = sent, "follower has the leader's files");
     let joined = {
         let mut st = hub.st.lock();
-        let p = st.peers.get_mut(node).filter(|p| p.session == me).ok_or("replaced by a newer session")?;
+        let p = st
+            .peers
+            .get_mut(node)
+            .filter(|p| p.session == me)
+            .ok_or_else(|| Error::Peer("replaced by a newer session".into()))?;
         // Its first acknowledgement syncs all it was sent: give it time.
         p.heard = Instant::now() + CATCH_UP_GRACE;
         (p.joined_at, p.joined_defs)
@@ -430,11 +433,11 @@ pub(super) async fn read_acks(
     cluster: &Arc<Cluster>,
     node: &str,
     me: u64,
-) -> Result<(), String> {
+) -> Result<()> {
     loop {
         let (kind, payload) = read_frame(rd).await?;
         if kind != ACK {
-            return Err(format!("unexpected frame {kind} from a follower"));
+            return Err(Error::Protocol(format!("unexpected frame {kind} from a follower")));
         }
         let mut f = Fields(&payload);
         let (pos, defs) = (f.u64()?, f.u64()?);
@@ -485,7 +488,7 @@ pub(super) async fn send_stream(
     hub: &Arc<Hub>,
     node: &str,
     me: u64,
-) -> Result<(), String> {
+) -> Result<()> {
     loop {
         let notified = hub.more.notified();
         tokio::pin!(notified);
@@ -494,13 +497,13 @@ pub(super) async fn send_stream(
             let mut st = hub.st.lock();
             let (first, end) = (st.first, st.first + st.frames.len() as u64);
             let Some(p) = st.peers.get(node).filter(|p| p.session == me) else {
-                return Err("replaced by a newer session".into());
+                return Err(Error::Peer("replaced by a newer session".into()));
             };
             if p.heard.elapsed() > FOLLOWER_TIMEOUT {
-                return Err(format!("follower silent for {:?}", p.heard.elapsed()));
+                return Err(Error::Peer(format!("follower silent for {:?}", p.heard.elapsed())));
             }
             if p.cursor < first {
-                return Err("follower fell too far behind".into());
+                return Err(Error::Peer("follower fell too far behind".into()));
             }
             let from = p.cursor;
             let mut size = 0;

@@ -45,7 +45,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 use warren_store::log::FileOp;
 
-use super::{Cluster, Role};
+use super::{Cluster, Error, Result, Role};
 
 /// The parts of the data directory that are replicated (the spill store,
 /// the lock and the ctl socket are each node's own).
@@ -130,29 +130,29 @@ fn mark_frame(kind: u8, (pos, defs): (u64, u64)) -> Vec<u8> {
 struct Fields<'a>(&'a [u8]);
 
 impl<'a> Fields<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.0.len() < n {
-            return Err("truncated replication frame".into());
+            return Err(Error::Protocol("truncated replication frame".into()));
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
         Ok(a)
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 octets")))
     }
-    fn str(&mut self) -> Result<&'a str, String> {
+    fn str(&mut self) -> Result<&'a str> {
         let n = u16::from_be_bytes(self.take(2)?.try_into().expect("2 octets")) as usize;
-        std::str::from_utf8(self.take(n)?).map_err(|_| "replication frame: bad path".to_string())
+        std::str::from_utf8(self.take(n)?).map_err(|_| Error::Protocol("replication frame: bad path".into()))
     }
 }
 
 /// The next whole frame in `buf` from `at`: its kind and payload range.
-fn next_frame(buf: &[u8], at: usize) -> Result<Option<(u8, std::ops::Range<usize>)>, String> {
+fn next_frame(buf: &[u8], at: usize) -> Result<Option<(u8, std::ops::Range<usize>)>> {
     let Some(head) = buf.get(at..at + 5) else { return Ok(None) };
     let len = u32::from_be_bytes(head[1..5].try_into().expect("4 octets")) as usize;
     if len > MAX_FRAME {
-        return Err(format!("replication frame of {len} octets"));
+        return Err(Error::Protocol(format!("replication frame of {len} octets")));
     }
     if buf.len() < at + 5 + len {
         return Ok(None);
@@ -162,7 +162,7 @@ fn next_frame(buf: &[u8], at: usize) -> Result<Option<(u8, std::ops::Range<usize
 
 /// A replicated file's path, relative to the data directory, checked: one
 /// of [`REPLICATED`], then a plain file name.
-fn checked(path: &str) -> Result<&str, String> {
+fn checked(path: &str) -> Result<&str> {
     let ok = path.split_once('/').is_some_and(|(dir, name)| {
         REPLICATED.contains(&dir)
             && !name.is_empty()
@@ -171,7 +171,7 @@ fn checked(path: &str) -> Result<&str, String> {
     });
     match ok {
         true => Ok(path),
-        false => Err(format!("replication frame names a file outside the data directory: {path:?}")),
+        false => Err(Error::Protocol(format!("replication frame names a file outside the data directory: {path:?}"))),
     }
 }
 
@@ -181,10 +181,10 @@ type Held = HashMap<String, (u64, [u8; 32])>;
 /// Writes to a follower. One that does not take the bytes within
 /// `FOLLOWER_TIMEOUT` (paused, or its link stalled) ends its session, which
 /// takes it out of the ISR: it must not hold confirms.
-async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> Result<(), String> {
+async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> Result<()> {
     match tokio::time::timeout(FOLLOWER_TIMEOUT, wr.write_all(bytes)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("the follower does not read".into()),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::Peer("the follower does not read".into())),
     }
 }
 
@@ -208,15 +208,15 @@ async fn prefix_digest(f: &mut tokio::fs::File, size: u64) -> io::Result<Option<
 
 // ---------------------------------------------------------------- leader
 
-async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u8>), String> {
+async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
-    r.read_exact(&mut head).await.map_err(|e| e.to_string())?;
+    r.read_exact(&mut head).await?;
     let len = u32::from_be_bytes(head[1..5].try_into().expect("4 octets")) as usize;
     if len > 16 << 20 {
-        return Err(format!("follower frame of {len} octets"));
+        return Err(Error::Protocol(format!("follower frame of {len} octets")));
     }
     let mut payload = vec![0; len];
-    r.read_exact(&mut payload).await.map_err(|e| e.to_string())?;
+    r.read_exact(&mut payload).await?;
     Ok((head[0], payload))
 }
 
