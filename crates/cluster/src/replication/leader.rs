@@ -222,6 +222,20 @@ impl Hub {
     }
 }
 
+impl crate::Leading for Hub {
+    fn lease_renewed(&self) {
+        Hub::lease_renewed(self)
+    }
+
+    fn fence(&self) {
+        Hub::fence(self)
+    }
+
+    fn followers(&self) -> Vec<Value> {
+        Hub::followers(self)
+    }
+}
+
 impl warren_node::cluster::ConfirmGate for Hub {
     fn defs_saved(&self) -> u64 {
         Hub::defs_saved(self)
