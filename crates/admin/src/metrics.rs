@@ -313,7 +313,7 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
     stats::add(&mut global, &channel_totals);
     s.gauge("rabbitmq_queues", "Queues available", queues)?;
     s.gauge("rabbitmq_consumers", "Consumers currently connected", consumers)?;
-    let totals = warren_core::stats::queue_totals();
+    let totals = shared.broker.hooks.queue_totals();
     s.counter("rabbitmq_queues_declared_total", "Total number of queues declared", totals.0)?;
     s.counter("rabbitmq_queues_created_total", "Total number of queues created", totals.1)?;
     s.counter("rabbitmq_queues_deleted_total", "Total number of queues deleted", totals.2)?;

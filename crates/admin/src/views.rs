@@ -39,7 +39,7 @@ pub fn memory_rows(shared: &Node) -> Vec<(&'static str, u64, bool)> {
     vec![
         ("queue_bodies_in_memory", in_memory, true),
         ("queue_bodies_on_disk", paged, false),
-        ("spilled_on_disk", warren_core::spill::store().map_or(0, |s| s.bytes()), false),
+        ("spilled_on_disk", shared.broker.hooks.spill.store().map_or(0, |s| s.bytes()), false),
         ("connection_buffers", buffers, true),
         ("heap_in_use", heap_used, true),
         ("allocator_free_held", heap_free, true),

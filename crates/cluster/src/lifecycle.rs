@@ -75,7 +75,7 @@ impl Lifecycle {
             log.on_sync(Box::new(move |pos| h.synced(pos)));
         }
         let h = hub.clone();
-        warren_core::definitions::on_save(Box::new(move |path, bytes| h.saved(path, bytes)));
+        broker.hooks.on_save(Box::new(move |path, bytes| h.saved(path, bytes)));
         let _ = cluster.hub.set(hub.clone());
         shared.broker.set(broker.clone());
         background.start(broker.clone());

@@ -28,6 +28,14 @@ pub struct Broker {
     /// Bumped on every change to `access`, so that channels can cache checks.
     access_epoch: AtomicU64,
     next_connection: AtomicU64,
+    /// Its callbacks, spilling and totals (`hooks.rs`), shared with its
+    /// vhosts and queues.
+    pub hooks: Arc<crate::hooks::Hooks>,
+    /// Rates of the whole broker's `message_stats` and queue totals, and
+    /// their samples over the last 10 minutes (the management overview),
+    /// taken by the management API's timer.
+    pub rates: crate::stats::LengthRates,
+    pub history: crate::stats::History,
 }
 
 /// A `warren ctl` command that could not be carried out: the message and
@@ -80,6 +88,9 @@ impl Broker {
             access: RwLock::new(AccessControl::initial()),
             access_epoch: AtomicU64::new(1),
             next_connection: AtomicU64::new(1),
+            hooks: Default::default(),
+            rates: Default::default(),
+            history: Default::default(),
         };
         b.ensure_vhost("/");
         b
@@ -92,8 +103,10 @@ impl Broker {
 
     fn make_vhost(&self, name: &str) -> VHost {
         match (&self.log, &self.definitions_dir) {
-            (Some(log), Some(dir)) => VHost::with_storage(name, log.clone(), definitions::path_for(dir, name)),
-            _ => VHost::new(name),
+            (Some(log), Some(dir)) => {
+                VHost::with_storage(name, log.clone(), definitions::path_for(dir, name), self.hooks.clone())
+            }
+            _ => VHost::with_hooks(name, self.hooks.clone()),
         }
     }
 
@@ -110,6 +123,9 @@ impl Broker {
         let log: Arc<dyn MessageStore> = Arc::new(log);
         let definitions_dir = data_dir.join("definitions");
         let mut b = Broker::new();
+        // Scratch space for transient messages under memory pressure: what
+        // an earlier run left there is removed (transient stays transient).
+        b.hooks.spill.open(&data_dir.join("spill"))?;
         b.vhosts.write().clear();
         b.log = Some(log.clone());
         b.definitions_dir = Some(definitions_dir.clone());
@@ -130,7 +146,7 @@ impl Broker {
             None => {}
         }
         if !access_path.exists() {
-            if let Err(e) = definitions::save(&access_path, &b.access.read().to_json()) {
+            if let Err(e) = definitions::save(&b.hooks, &access_path, &b.access.read().to_json()) {
                 tracing::error!(error = %e, "cannot save users and vhosts");
             }
         }
@@ -271,7 +287,7 @@ impl Broker {
         let out = f(&mut ac)?;
         self.access_epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(dir) = &self.definitions_dir {
-            if let Err(e) = definitions::save(&dir.join(ACCESS_FILE), &ac.to_json()) {
+            if let Err(e) = definitions::save(&self.hooks, &dir.join(ACCESS_FILE), &ac.to_json()) {
                 tracing::error!(error = %e, "cannot save users and vhosts");
                 return Err(admin_error(74, format!("cannot save users and vhosts: {e}")));
             }

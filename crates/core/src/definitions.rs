@@ -72,18 +72,9 @@ pub fn path_for(dir: &Path, vhost: &str) -> PathBuf {
     dir.join(format!("vhost-{name}.json"))
 }
 
-/// Told every definitions file saved, with its new content (replication).
-pub type SaveObserver = Box<dyn Fn(&Path, &[u8]) + Send + Sync>;
-
-static ON_SAVE: std::sync::RwLock<Option<SaveObserver>> = std::sync::RwLock::new(None);
-
-/// Reports every later [`save`] in this process to `observe` (one broker
-/// per process: the cluster's leader streams them to its followers).
-pub fn on_save(observe: SaveObserver) {
-    *ON_SAVE.write().unwrap_or_else(|e| e.into_inner()) = Some(observe);
-}
-
-pub fn save(path: &Path, defs: &impl Serialize) -> io::Result<()> {
+/// Saves `defs` to `path` crash-safely (a temporary file, fsync'd, renamed)
+/// and tells the broker's save observer ([`Hooks::on_save`](crate::hooks::Hooks::on_save)).
+pub fn save(hooks: &crate::hooks::Hooks, path: &Path, defs: &impl Serialize) -> io::Result<()> {
     let dir = path.parent().expect("a file in a directory");
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension("json.tmp");
@@ -94,7 +85,7 @@ pub fn save(path: &Path, defs: &impl Serialize) -> io::Result<()> {
         f.sync_all()?;
     }
     // Held across the rename, so that observers see saves in file order.
-    let observer = ON_SAVE.read().unwrap_or_else(|e| e.into_inner());
+    let observer = hooks.on_save.read().unwrap_or_else(|e| e.into_inner());
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()?;
     if let Some(observe) = observer.as_ref() {
@@ -154,7 +145,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        save(&path_for(&dir, "/"), &d).unwrap();
+        save(&Default::default(), &path_for(&dir, "/"), &d).unwrap();
         fs::write(dir.join("vhost-broken.json"), b"{").unwrap();
         let all = load_all(&dir);
         assert_eq!(all.len(), 1);

@@ -22,7 +22,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap as HashMap;
@@ -33,19 +33,6 @@ use crate::exchange::ExchangeKind;
 use crate::message::{Message, MessageRef};
 
 pub const TYPE: &str = "x-delayed-message";
-
-/// Called when a message is scheduled to be due before every other one of
-/// its vhost (or the first), or is the first whose content waits for the
-/// log to sync: the broker's delay timer sleeps until the earliest due
-/// time (polling only while contents wait), and this wakes it to look
-/// again.
-static ON_EARLIER: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
-
-/// Sets the wake-up for [`ON_EARLIER`]; false if one was set already
-/// (there is one per process).
-pub fn on_earlier_due(wake: Box<dyn Fn() + Send + Sync>) -> bool {
-    ON_EARLIER.set(wake).is_ok()
-}
 
 /// The routing kind of an exchange declared as `kind` with `arguments`,
 /// and whether it delays (`x-delayed-message` with `x-delayed-type`).
@@ -158,7 +145,13 @@ impl DelayedIndex {
     /// Holds a message until `due`. A logged one (`log_end`: where its
     /// record ends in the log) keeps its content in memory until the log
     /// has synced that far.
-    pub fn schedule(&self, exchange: &str, held: Held, due: u64, unsynced: Option<(u64, MessageRef)>) {
+    ///
+    /// Returns true when the message is due before every other one (or is
+    /// the first), or is the first whose content waits for the log: the
+    /// broker's delay timer sleeps until the earliest due time (polling
+    /// only while contents wait) and must look again
+    /// ([`Hooks::on_earlier_due`](crate::hooks::Hooks::on_earlier_due)).
+    pub fn schedule(&self, exchange: &str, held: Held, due: u64, unsynced: Option<(u64, MessageRef)>) -> bool {
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let exchange = match inner.by_name.get(exchange) {
@@ -184,11 +177,7 @@ impl DelayedIndex {
         wake |= inner.heap.peek().is_none_or(|Reverse(d)| due < d.due);
         inner.heap.push(Reverse(Delayed { due, seq, exchange, held }));
         drop(guard);
-        if wake {
-            if let Some(wake) = ON_EARLIER.get() {
-                wake();
-            }
-        }
+        wake
     }
 
     /// Lets go of the content of logged messages now on disk (`synced`).

@@ -15,6 +15,7 @@ pub mod dedup;
 pub mod definitions;
 pub mod delayed;
 pub mod exchange;
+pub mod hooks;
 pub mod message;
 pub mod policy;
 pub mod publish;

@@ -34,36 +34,43 @@ use crate::message::{Message, MessageRef, Props};
 /// A segment file is closed for writing past this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 
-/// Set while the broker's memory is above the paging threshold.
-static PRESSURE: AtomicBool = AtomicBool::new(false);
-/// The broker's spill store, once it has opened one.
-static STORE: OnceLock<Arc<SpillStore>> = OnceLock::new();
-
-/// Raised and cleared by the server's memory monitor.
-pub fn set_pressure(on: bool) {
-    PRESSURE.store(on, Ordering::Relaxed);
+/// A broker's spilling: whether memory is short, and its spill store once
+/// it has opened one (a broker without a data directory never spills).
+/// Every queue of the broker holds it.
+#[derive(Default)]
+pub struct Spill {
+    /// Set while the broker's memory is above the paging threshold.
+    pressure: AtomicBool,
+    store: OnceLock<Arc<SpillStore>>,
 }
 
-/// The spill store to write to now: there is one and memory is short.
-pub fn when_pressed() -> Option<&'static Arc<SpillStore>> {
-    if PRESSURE.load(Ordering::Relaxed) {
-        STORE.get()
-    } else {
-        None
+impl Spill {
+    /// Raised and cleared by the node's memory monitor.
+    pub fn set_pressure(&self, on: bool) {
+        self.pressure.store(on, Ordering::Relaxed);
     }
-}
 
-/// The store, whether or not memory is short (reading back, dropping).
-pub fn store() -> Option<&'static Arc<SpillStore>> {
-    STORE.get()
-}
+    /// The spill store to write to now: there is one and memory is short.
+    pub fn when_pressed(&self) -> Option<&Arc<SpillStore>> {
+        if self.pressure.load(Ordering::Relaxed) {
+            self.store.get()
+        } else {
+            None
+        }
+    }
 
-/// Opens `dir` as the broker's spill store, removing what an earlier run
-/// left there.
-pub fn open(dir: &Path) -> io::Result<()> {
-    let store = SpillStore::open(dir)?;
-    let _ = STORE.set(Arc::new(store));
-    Ok(())
+    /// The store, whether or not memory is short (reading back, dropping).
+    pub fn store(&self) -> Option<&Arc<SpillStore>> {
+        self.store.get()
+    }
+
+    /// Opens `dir` as the spill store, removing what an earlier run left
+    /// there.
+    pub fn open(&self, dir: &Path) -> io::Result<()> {
+        let store = SpillStore::open(dir)?;
+        let _ = self.store.set(Arc::new(store));
+        Ok(())
+    }
 }
 
 struct Segment {

@@ -53,18 +53,6 @@ pub const NAMES: [&str; N] = [
     "drop_unroutable",
 ];
 
-/// Queues declared (`queue.declare`, any outcome), created and deleted
-/// since the start, for `rabbitmq_queues_*_total`.
-pub static QUEUES_DECLARED: AtomicU64 = AtomicU64::new(0);
-pub static QUEUES_CREATED: AtomicU64 = AtomicU64::new(0);
-pub static QUEUES_DELETED: AtomicU64 = AtomicU64::new(0);
-
-/// (declared, created, deleted).
-pub fn queue_totals() -> (u64, u64, u64) {
-    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    (l(&QUEUES_DECLARED), l(&QUEUES_CREATED), l(&QUEUES_DELETED))
-}
-
 /// A snapshot of the counters.
 pub type Counts = [u64; N];
 

@@ -57,7 +57,7 @@ async fn delay_timer(broker: Arc<Broker>) {
     let earlier = Arc::new(tokio::sync::Notify::new());
     let wake = earlier.clone();
     // Without the wake-up (already taken in this process), poll instead.
-    let woken = warren_core::delayed::on_earlier_due(Box::new(move || wake.notify_one()));
+    let woken = broker.hooks.on_earlier_due(Box::new(move || wake.notify_one()));
     loop {
         let now = warren_core::now_ms();
         let mut next = None::<u64>;
@@ -181,7 +181,7 @@ async fn alarms(
             rss = crate::resources::rss_bytes();
             memory = memory_limit.zip(rss).is_some_and(|(limit, rss)| rss > limit);
         }
-        warren_core::spill::set_pressure(paging_at.zip(rss).is_some_and(|(at, rss)| rss > at));
+        broker.hooks.spill.set_pressure(paging_at.zip(rss).is_some_and(|(at, rss)| rss > at));
         let reason = if disk {
             Some("low on disk")
         } else if memory {

@@ -58,10 +58,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // Scratch space for transient messages under memory pressure: what an
-    // earlier run left there is removed (transient stays transient).
-    warren_core::spill::open(&data_dir.join("spill"))
-        .map_err(|e| anyhow::anyhow!("cannot create the spill directory in {}: {e}", data_dir.display()))?;
     let (alarm_tx, alarm) = watch::channel(None);
     let disk_free_limit = Arc::new(AtomicU64::new(config.disk_free_limit.bytes()));
     info!(bytes = disk_free_limit.load(Ordering::Relaxed), "disk free limit set");

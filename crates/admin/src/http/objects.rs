@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use warren_core::arguments::table_to_json;
 use warren_core::queue::{RATE_MESSAGES, RATE_READY, RATE_UNACKED};
-use warren_core::stats::{self, Counts, History, Rates};
+use warren_core::stats::{self, Counts, History};
 use warren_core::{Exchange, Queue, VHost};
 
 use warren_node::ChannelInfo;
@@ -16,13 +16,6 @@ use warren_node::ConnInfo;
 use warren_node::Node;
 
 use crate::views::{node_name, properties_key, BindingRow};
-
-/// Rates of the whole node's `message_stats` and queue totals.
-static OVERVIEW: LazyLock<stats::LengthRates> = LazyLock::new(Rates::default);
-/// Their samples over the last 10 minutes, the node's and each vhost's
-/// (counters, then messages, ready, unacked), for `msg_rates_age`.
-static OVERVIEW_HISTORY: LazyLock<History> = LazyLock::new(History::default);
-static VHOST_HISTORY: LazyLock<parking_lot::Mutex<HashMap<String, Arc<History>>>> = LazyLock::new(Default::default);
 
 /// `msg_rates_age` / `msg_rates_incr` and `lengths_age` / `lengths_incr`
 /// (seconds), as RabbitMQ takes them: with them, `*_details` carry samples.
@@ -376,9 +369,7 @@ fn vhost_with(vhost: &VHost, live: &HashMap<String, Counts>, ages: Ages) -> Valu
         "message_stats": message_stats(&counts, &rates, CHANNEL_STATS),
     });
     if ages.msg.is_some() || ages.lengths.is_some() {
-        if let Some(h) = VHOST_HISTORY.lock().get(&vhost.name).cloned() {
-            add_history(&mut v, None, &h, ages);
-        }
+        add_history(&mut v, None, &vhost.history, ages);
     }
     v
 }
@@ -406,7 +397,7 @@ pub fn overview(shared: &Node, caller: &super::auth::Caller, ages: Ages) -> Valu
     let conns: Vec<Arc<ConnInfo>> =
         shared.registry.connections.lock().values().filter(|c| caller.sees_user(&c.user)).cloned().collect();
     let channels: usize = conns.iter().map(|c| c.channels.load(Ordering::Relaxed)).sum();
-    let rates = OVERVIEW.all();
+    let rates = shared.broker.rates.all();
     let listen = shared.config.amqp_listen;
     let mut listeners = vec![json!({
         "node": node_name(), "protocol": "amqp", "ip_address": listen.ip().to_string(), "port": listen.port(),
@@ -458,7 +449,7 @@ pub fn overview(shared: &Node, caller: &super::auth::Caller, ages: Ages) -> Valu
     });
     if caller.monitoring {
         // Node-wide history: only for those who see every vhost.
-        add_history(&mut v, Some("queue_totals"), &OVERVIEW_HISTORY, ages);
+        add_history(&mut v, Some("queue_totals"), &shared.broker.history, ages);
     }
     v
 }
@@ -538,15 +529,13 @@ pub fn sample_all(shared: &Node) {
         stats::add(&mut total, &counts);
         let values = stats::with_lengths(&counts, vr, vu);
         v.rates.sample(&values);
-        VHOST_HISTORY.lock().entry(v.name.clone()).or_default().push(warren_core::now_ms(), &values);
+        v.history.push(warren_core::now_ms(), &values);
         ready += vr;
         unacked += vu;
     }
     let values = stats::with_lengths(&total, ready, unacked);
-    OVERVIEW.sample(&values);
-    OVERVIEW_HISTORY.push(warren_core::now_ms(), &values);
-    let names: std::collections::HashSet<String> = shared.broker.vhosts().iter().map(|v| v.name.clone()).collect();
-    VHOST_HISTORY.lock().retain(|n, _| names.contains(n));
+    shared.broker.rates.sample(&values);
+    shared.broker.history.push(warren_core::now_ms(), &values);
     let conns: Vec<Arc<ConnInfo>> = shared.registry.connections.lock().values().cloned().collect();
     for c in conns {
         c.rates.sample(&[c.recv_oct.load(Ordering::Relaxed), c.send_oct.load(Ordering::Relaxed)]);

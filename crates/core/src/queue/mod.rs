@@ -66,6 +66,8 @@ pub struct Queue {
     pub delivery_count_header: bool,
     /// The message log, for durable queues when the broker has one.
     pub log: Option<Arc<dyn MessageStore>>,
+    /// The broker's spilling of transient messages under memory pressure.
+    spill: Arc<crate::spill::Spill>,
     /// This queue's name in the message log (vhost and name).
     pub log_key: String,
     /// Its vhost, for dead-lettering.
@@ -144,7 +146,7 @@ impl QueueState {
             paged.settle();
             // Without a log the tail is only for spilling: it takes messages
             // under memory pressure, and while it holds any (order).
-            let takes = paged.log.is_some() || crate::spill::when_pressed().is_some();
+            let takes = paged.log.is_some() || paged.spill.when_pressed().is_some();
             if !paged.order.is_empty() || (over && takes) {
                 paged.push(message, meta);
                 return;
@@ -261,6 +263,7 @@ impl Queue {
         arguments: FieldTable,
     ) -> Self {
         let settings = crate::policy::resolve_queue(&arguments, is_quorum(&arguments), None, None);
+        let spill = Arc::<crate::spill::Spill>::default();
         Queue {
             name: name.to_owned(),
             vhost: vhost.to_owned(),
@@ -274,6 +277,7 @@ impl Queue {
             delivery_count_header: is_quorum(&arguments)
                 || matches!(arguments.inner().get("x-delivery-count-header"), Some(AMQPValue::Boolean(true))),
             log: None,
+            spill: spill.clone(),
             log_key: log_key(vhost, name),
             owner: Weak::new(),
             state: Mutex::new(QueueState {
@@ -282,7 +286,7 @@ impl Queue {
                     _ => Box::new(MemoryStore::default()),
                 },
                 ready_bytes: 0,
-                paged: paged_tails(priority_levels(&arguments), None, settings.message_ttl),
+                paged: paged_tails(priority_levels(&arguments), None, &spill, settings.message_ttl),
                 consumers: Vec::new(),
                 next_consumer: 0,
                 unacked: 0,
@@ -314,8 +318,17 @@ impl Queue {
     pub fn set_log(&mut self, log: Arc<dyn MessageStore>) {
         let levels = priority_levels(&self.arguments);
         let st = self.state.get_mut();
-        st.paged = paged_tails(levels, Some(log.clone()), st.settings.message_ttl);
+        st.paged = paged_tails(levels, Some(log.clone()), &self.spill, st.settings.message_ttl);
         self.log = Some(log);
+    }
+
+    /// Spills with the broker's spilling (set before the queue is shared;
+    /// a queue on its own never spills).
+    pub fn set_spill(&mut self, spill: Arc<crate::spill::Spill>) {
+        let levels = priority_levels(&self.arguments);
+        let st = self.state.get_mut();
+        st.paged = paged_tails(levels, self.log.clone(), &spill, st.settings.message_ttl);
+        self.spill = spill;
     }
 
     /// Messages kept in memory and paged out to the log, for tests and stats.
@@ -800,7 +813,7 @@ impl Queue {
             for paged in std::mem::take(&mut st.paged) {
                 for v in paged.order {
                     if v & SPILLED != 0 && v != PINNED {
-                        if let Some(spill) = crate::spill::store() {
+                        if let Some(spill) = paged.spill.store() {
                             spill.forget(v & !SPILLED);
                         }
                     } else if let Some(log) = paged.log.as_ref().filter(|_| v != PINNED) {

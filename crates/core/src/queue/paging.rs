@@ -15,10 +15,16 @@ pub(super) const PAGE_IN_COUNT: usize = 1024;
 pub(super) const PAGE_IN_BYTES: u64 = 4 << 20;
 
 /// One paged tail per priority level (one for a plain queue).
-pub(super) fn paged_tails(levels: usize, log: Option<Arc<dyn MessageStore>>, message_ttl: Option<u64>) -> Vec<Paged> {
+pub(super) fn paged_tails(
+    levels: usize,
+    log: Option<Arc<dyn MessageStore>>,
+    spill: &Arc<crate::spill::Spill>,
+    message_ttl: Option<u64>,
+) -> Vec<Paged> {
     (0..levels)
         .map(|_| Paged {
             log: log.clone(),
+            spill: spill.clone(),
             message_ttl,
             order: VecDeque::new(),
             base: 0,
@@ -44,6 +50,8 @@ pub(super) const SPILLED: u64 = 1 << 62;
 /// Queues without a log (non-durable) use this tail only to spill.
 pub(super) struct Paged {
     pub(super) log: Option<Arc<dyn MessageStore>>,
+    /// The broker's spilling (transient messages under memory pressure).
+    pub(super) spill: Arc<crate::spill::Spill>,
     pub(super) message_ttl: Option<u64>,
     pub(super) order: VecDeque<u64>,
     /// Index (since the queue began) of `order[0]`.
@@ -69,7 +77,7 @@ impl Paged {
                 self.unsynced.push_back((idx, p.end));
             }
             (_, None) => {
-                if let Some(spill) = crate::spill::when_pressed() {
+                if let Some(spill) = self.spill.when_pressed() {
                     match spill.append(&message, &meta) {
                         Ok(location) => {
                             self.order.push_back(SPILLED | location);
@@ -126,7 +134,7 @@ impl Paged {
             return Some(Some((m, meta)));
         }
         if v & SPILLED != 0 {
-            let back = crate::spill::store().map(|s| s.take(v & !SPILLED));
+            let back = self.spill.store().map(|s| s.take(v & !SPILLED));
             return match back {
                 Some(Ok((m, meta))) => {
                     self.bytes = self.bytes.saturating_sub(m.body.len() as u64);

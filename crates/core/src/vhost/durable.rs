@@ -6,8 +6,13 @@ use super::*;
 
 impl VHost {
     /// A vhost whose durable definitions and messages are stored.
-    pub fn with_storage(name: &str, log: Arc<dyn MessageStore>, definitions: PathBuf) -> Self {
-        VHost { log: Some(log), definitions: Some(definitions), ..Self::new(name) }
+    pub fn with_storage(
+        name: &str,
+        log: Arc<dyn MessageStore>,
+        definitions: PathBuf,
+        hooks: Arc<crate::hooks::Hooks>,
+    ) -> Self {
+        VHost { log: Some(log), definitions: Some(definitions), ..Self::with_hooks(name, hooks) }
     }
 
     /// The durable part of this vhost, as saved.
@@ -94,7 +99,7 @@ impl VHost {
             return;
         }
         let _guard = self.save_lock.lock();
-        if let Err(e) = definitions::save(path, &self.snapshot()) {
+        if let Err(e) = definitions::save(&self.hooks, path, &self.snapshot()) {
             tracing::error!(vhost = %self.name, error = %e, "cannot save definitions");
         }
     }

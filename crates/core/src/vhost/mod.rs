@@ -60,10 +60,15 @@ pub struct VHost {
     /// count their own; the vhost's figures are the sum).
     pub retired: stats::Counters,
     pub rates: stats::LengthRates,
+    /// Samples of its counters and lengths over the last 10 minutes
+    /// (`msg_rates_age`), taken with `rates`.
+    pub history: stats::History,
     /// Messages published to its `x-delayed-message` exchanges, until due.
     pub delayed: crate::delayed::DelayedIndex,
     /// Its policies and operator policies (`policy.rs`), set by the broker.
     policies: RwLock<(Vec<Policy>, Vec<Policy>)>,
+    /// Its broker's callbacks, spilling and totals.
+    pub(crate) hooks: Arc<crate::hooks::Hooks>,
 }
 
 /// The pseudo-queue a requester consumes replies from.
@@ -96,10 +101,17 @@ impl VHost {
             connections: Default::default(),
             retired: Default::default(),
             rates: Default::default(),
+            history: Default::default(),
             policies: Default::default(),
             delayed: Default::default(),
             deleted: Default::default(),
+            hooks: Default::default(),
         }
+    }
+
+    /// A vhost of a broker: with the broker's hooks.
+    pub fn with_hooks(name: &str, hooks: Arc<crate::hooks::Hooks>) -> Self {
+        VHost { hooks, ..Self::new(name) }
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -168,6 +180,7 @@ impl VHost {
 
     fn new_queue(&self, name: &str, durable: bool, owner: Option<u64>, auto_delete: bool, args: FieldTable) -> Queue {
         let mut q = Queue::new(name, &self.name, durable, owner, auto_delete, args);
+        q.set_spill(self.hooks.spill.clone());
         if let Some(log) = self.log.clone().filter(|_| durable) {
             q.set_log(log);
         }
@@ -365,7 +378,7 @@ impl VHost {
         auto_delete: bool,
         arguments: FieldTable,
     ) -> Result<DeclaredQueue, AmqpError> {
-        stats::QUEUES_DECLARED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.hooks.queues_declared.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let report = |q: &Arc<Queue>| DeclaredQueue {
             queue: q.clone(),
             message_count: q.message_count(),
@@ -406,7 +419,7 @@ impl VHost {
         crate::arguments::validate_queue_args(&arguments, name, &self.name)?;
         let q = Arc::new(self.new_queue(name, durable, exclusive.then_some(connection), auto_delete, arguments));
         queues.insert(name.to_owned(), q.clone());
-        stats::QUEUES_CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.hooks.queues_created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(queues);
         self.persist(durable && !exclusive);
         // Every queue is bound to the default exchange by its name; that
@@ -433,7 +446,7 @@ impl VHost {
             match queues.get(&q.name) {
                 Some(existing) if Arc::ptr_eq(existing, q) => {
                     queues.remove(&q.name);
-                    stats::QUEUES_DELETED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.hooks.queues_deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 _ => return 0,
             }
@@ -619,7 +632,7 @@ impl VHost {
                         None
                     }
                 }),
-                (Held::Spilled(at), _) => match crate::spill::store().map(|s| s.take(*at)) {
+                (Held::Spilled(at), _) => match self.hooks.spill.store().map(|s| s.take(*at)) {
                     Some(Ok((m, _))) => Some(m),
                     other => {
                         if let Some(Err(e)) = other {
@@ -653,16 +666,20 @@ impl VHost {
                 let key = crate::delayed::log_key(&self.name, &x.name);
                 let (persisted, pos) =
                     log.publish(&[key.as_str()], now, &msg.exchange, &msg.routing_key, &msg.properties_raw, &msg.body);
-                self.delayed.schedule(&x.name, Held::Logged(persisted), due, Some((pos, msg)));
+                if self.delayed.schedule(&x.name, Held::Logged(persisted), due, Some((pos, msg))) {
+                    self.hooks.earlier_due();
+                }
                 pos
             }
             None => {
                 let meta = warren_store::Meta { priority: 0, expires_at: None, delivery_count: 0 };
-                let held = match crate::spill::store().map(|s| s.append(&msg, &meta)) {
+                let held = match self.hooks.spill.store().map(|s| s.append(&msg, &meta)) {
                     Some(Ok(at)) => Held::Spilled(at),
                     _ => Held::Memory(msg),
                 };
-                self.delayed.schedule(&x.name, held, due, None);
+                if self.delayed.schedule(&x.name, held, due, None) {
+                    self.hooks.earlier_due();
+                }
                 0
             }
         }
