@@ -49,7 +49,7 @@ fn table(info: String, columns: &[&str], rows: Vec<Vec<String>>) -> Response {
 }
 
 fn failed(info: String, e: AdminError) -> Response {
-    Response { exit: e.exit_code, info, error: e.message, ..Default::default() }
+    Response { exit: e.exit_code(), info, error: e.message().to_owned(), ..Default::default() }
 }
 
 fn usage(info: String, text: &str) -> Response {
@@ -86,10 +86,7 @@ pub async fn listen(shared: Arc<Node>, data_dir: &Path) -> std::io::Result<()> {
                             if r.exit == 0 && !hub.defs_replicated(std::time::Duration::from_secs(10)).await {
                                 r = failed(
                                     r.info,
-                                    AdminError {
-                                        exit_code: 75,
-                                        message: "the cluster's followers did not confirm the change".into(),
-                                    },
+                                    AdminError::TryAgain("the cluster's followers did not confirm the change".into()),
                                 );
                             }
                         }
@@ -134,12 +131,9 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
             let leader = c.leader_name().unwrap_or_else(|| "unknown".to_owned());
             return failed(
                 String::new(),
-                AdminError {
-                    exit_code: 69,
-                    message: format!(
-                        "this node is not the cluster's leader (the leader is {leader}): run `warren ctl` there"
-                    ),
-                },
+                AdminError::Unavailable(format!(
+                    "this node is not the cluster's leader (the leader is {leader}): run `warren ctl` there"
+                )),
             );
         }
     }
@@ -160,10 +154,7 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
             let info = format!("Authenticating user \"{}\" ...", arg(0));
             need(2, info.clone(), &|| match broker.authenticate(arg(0), arg(1)) {
                 Some(_) => Ok(Response { text: "Success".into(), ..done(info.clone()) }),
-                None => Err(AdminError {
-                    exit_code: 65,
-                    message: format!("Error: failed to authenticate user \"{}\"", arg(0)),
-                }),
+                None => Err(AdminError::Invalid(format!("Error: failed to authenticate user \"{}\"", arg(0)))),
             })
         }
         "set_user_tags" => {
@@ -206,10 +197,7 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
             let info = format!("Listing permissions for vhost \"{vh}\" ...");
             let ac = broker.access();
             if !ac.vhosts.contains_key(vh) {
-                return failed(
-                    info,
-                    AdminError { exit_code: 69, message: format!("Virtual host {vh} does not exist") },
-                );
+                return failed(info, AdminError::Unavailable(format!("Virtual host {vh} does not exist")));
             }
             let rows = ac
                 .permissions
@@ -223,10 +211,7 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
             let info = format!("Listing permissions for user \"{}\" ...", arg(0));
             let ac = broker.access();
             if !ac.users.contains_key(arg(0)) {
-                return failed(
-                    info,
-                    AdminError { exit_code: 67, message: format!("User \"{}\" does not exist", arg(0)) },
-                );
+                return failed(info, AdminError::NoSuchUser(format!("User \"{}\" does not exist", arg(0))));
             }
             let rows = ac
                 .permissions
@@ -284,13 +269,15 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
                 let current = broker.access().users.get(arg(0)).map(|u| u.limits).unwrap_or_default();
                 let mut merged = serde_json::to_value(current).unwrap_or_default();
                 let new: serde_json::Value = serde_json::from_str(arg(1))
-                    .map_err(|e| AdminError { exit_code: 65, message: format!("invalid limits '{}': {e}", arg(1)) })?;
+                    .map_err(|e| AdminError::Invalid(format!("invalid limits '{}': {e}", arg(1))))?;
                 if let (Some(m), Some(n)) = (merged.as_object_mut(), new.as_object()) {
                     m.extend(n.clone());
                 }
-                let limits: UserLimits = serde_json::from_value(merged).map_err(|e| AdminError {
-                    exit_code: 65,
-                    message: format!("invalid limits '{}': {e} (known: max-connections, max-channels)", arg(1)),
+                let limits: UserLimits = serde_json::from_value(merged).map_err(|e| {
+                    AdminError::Invalid(format!(
+                        "invalid limits '{}': {e} (known: max-connections, max-channels)",
+                        arg(1)
+                    ))
                 })?;
                 broker.set_user_limits(arg(0), limits).map(|()| done(info.clone()))
             })
@@ -308,7 +295,7 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
                     "all" => limits = UserLimits::default(),
                     "max-connections" => limits.max_connections = None,
                     "max-channels" => limits.max_channels = None,
-                    other => return Err(AdminError { exit_code: 65, message: format!("unknown limit '{other}'") }),
+                    other => return Err(AdminError::Invalid(format!("unknown limit '{other}'"))),
                 }
                 broker.set_user_limits(arg(0), limits).map(|()| done(info.clone()))
             })
@@ -319,15 +306,17 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
             let info = format!("Listing limits for user \"{user}\" ...");
             match broker.access().users.get(&user) {
                 Some(u) => Response { text: serde_json::to_string(&u.limits).unwrap_or_default(), ..done(info) },
-                None => failed(info, AdminError { exit_code: 67, message: format!("User \"{user}\" does not exist") }),
+                None => failed(info, AdminError::NoSuchUser(format!("User \"{user}\" does not exist"))),
             }
         }
         "set_vhost_limits" => {
             let info = format!("Setting vhost limits to \"{}\" for vhost \"{vh}\" ...", arg(0));
             need(1, info.clone(), &|| {
-                let limits: VHostLimits = serde_json::from_str(arg(0)).map_err(|e| AdminError {
-                    exit_code: 65,
-                    message: format!("invalid limits '{}': {e} (known: max-connections, max-queues)", arg(0)),
+                let limits: VHostLimits = serde_json::from_str(arg(0)).map_err(|e| {
+                    AdminError::Invalid(format!(
+                        "invalid limits '{}': {e} (known: max-connections, max-queues)",
+                        arg(0)
+                    ))
                 })?;
                 broker.set_vhost_limits(vh, limits).map(|()| done(info.clone()))
             })
@@ -346,9 +335,7 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
                     Response { text: serde_json::to_string(l).unwrap_or_default(), ..done(info) }
                 }
                 Some(_) => done(info),
-                None => {
-                    failed(info, AdminError { exit_code: 69, message: format!("Virtual host {vh} does not exist") })
-                }
+                None => failed(info, AdminError::Unavailable(format!("Virtual host {vh} does not exist"))),
             }
         }
         "status" | "memory_breakdown" => memory_breakdown(shared),
@@ -359,7 +346,7 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
             },
             None => failed(
                 "Cluster status of node ...".into(),
-                AdminError { exit_code: 69, message: "this node is not in a cluster (no --cluster-etcd)".into() },
+                AdminError::Unavailable("this node is not in a cluster (no --cluster-etcd)".into()),
             ),
         },
         "set_disk_free_limit" => {
@@ -382,7 +369,7 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
             let info = "Importing definitions in JSON ...".to_owned();
             need(1, info.clone(), &|| {
                 let doc: serde_json::Value = serde_json::from_str(arg(0))
-                    .map_err(|e| AdminError { exit_code: 65, message: format!("invalid definitions JSON: {e}") })?;
+                    .map_err(|e| AdminError::Invalid(format!("invalid definitions JSON: {e}")))?;
                 let (x, q, b) = broker.import_definitions(&doc)?;
                 Ok(Response {
                     text: format!("Imported users, vhosts and permissions, {x} exchanges, {q} queues, {b} bindings."),
@@ -457,14 +444,11 @@ fn set_policy(shared: &Node, req: &Request) -> Response {
         req.vhost
     );
     let Ok(priority) = priority.parse::<i64>() else {
-        return failed(
-            info,
-            AdminError { exit_code: 65, message: format!("priority should be a number, actually was {priority}") },
-        );
+        return failed(info, AdminError::Invalid(format!("priority should be a number, actually was {priority}")));
     };
     let definition = match serde_json::from_str::<serde_json::Value>(definition) {
         Ok(serde_json::Value::Object(m)) => m,
-        _ => return failed(info, AdminError { exit_code: 69, message: "JSON decoding error. Reason: badarg".into() }),
+        _ => return failed(info, AdminError::Unavailable("JSON decoding error. Reason: badarg".into())),
     };
     match shared.broker.set_policy(&req.vhost, name, pattern, &apply_to, priority, definition, operator) {
         Ok(()) => Response { info, ..Default::default() },
@@ -490,10 +474,7 @@ fn select(info: String, requested: &[String], defaults: &[&str], all: &[&str], r
 fn list_entities(shared: &Node, req: &Request) -> Response {
     let vh = req.vhost.as_str();
     let Some(vhost) = shared.broker.vhost(vh) else {
-        return failed(
-            String::new(),
-            AdminError { exit_code: 69, message: format!("Virtual host {vh} does not exist") },
-        );
+        return failed(String::new(), AdminError::Unavailable(format!("Virtual host {vh} does not exist")));
     };
     match req.command.as_str() {
         "list_queues" => {

@@ -38,30 +38,88 @@ pub struct Broker {
     pub history: crate::stats::History,
 }
 
-/// A `warren ctl` command that could not be carried out: the message and
-/// the exit code rabbitmqctl uses for the same failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminError {
-    pub exit_code: i32,
-    pub message: String,
+/// An administrative change that could not be made, by what went wrong,
+/// with the text rabbitmqctl gives for it. `warren ctl` maps each kind to
+/// rabbitmqctl's exit code ([`AdminError::exit_code`]); the management API
+/// answers with its own status for each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// A value is malformed or refused (EX_DATAERR, 65).
+    #[error("{0}")]
+    Invalid(String),
+    /// The user does not exist (EX_NOUSER, 67).
+    #[error("{0}")]
+    NoSuchUser(String),
+    /// The vhost, parameter or policy does not exist, or a policy failed
+    /// validation, as rabbitmqctl reports them (EX_UNAVAILABLE, 69).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The object exists already (EX_SOFTWARE, 70).
+    #[error("{0}")]
+    Exists(String),
+    /// The change could not be saved (EX_IOERR, 74).
+    #[error("{0}")]
+    Storage(String),
+    /// The change was made but not confirmed in time; try again
+    /// (EX_TEMPFAIL, 75).
+    #[error("{0}")]
+    TryAgain(String),
 }
 
-fn admin_error(exit_code: i32, message: impl std::fmt::Display) -> AdminError {
-    AdminError { exit_code, message: message.to_string() }
+impl AdminError {
+    /// rabbitmqctl's exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AdminError::Invalid(_) => 65,
+            AdminError::NoSuchUser(_) => 67,
+            AdminError::Unavailable(_) => 69,
+            AdminError::Exists(_) => 70,
+            AdminError::Storage(_) => 74,
+            AdminError::TryAgain(_) => 75,
+        }
+    }
+
+    pub(crate) fn invalid(m: impl std::fmt::Display) -> Self {
+        AdminError::Invalid(m.to_string())
+    }
+    pub(crate) fn no_such_user(m: impl std::fmt::Display) -> Self {
+        AdminError::NoSuchUser(m.to_string())
+    }
+    pub(crate) fn unavailable(m: impl std::fmt::Display) -> Self {
+        AdminError::Unavailable(m.to_string())
+    }
+    pub(crate) fn exists(m: impl std::fmt::Display) -> Self {
+        AdminError::Exists(m.to_string())
+    }
+    pub(crate) fn storage(m: impl std::fmt::Display) -> Self {
+        AdminError::Storage(m.to_string())
+    }
+
+    /// The text (without the kind).
+    pub fn message(&self) -> &str {
+        match self {
+            AdminError::Invalid(m)
+            | AdminError::NoSuchUser(m)
+            | AdminError::Unavailable(m)
+            | AdminError::Exists(m)
+            | AdminError::Storage(m)
+            | AdminError::TryAgain(m) => m,
+        }
+    }
 }
 
 fn no_user(name: &str) -> AdminError {
-    admin_error(67, format!("User \"{name}\" does not exist"))
+    AdminError::NoSuchUser(format!("User \"{name}\" does not exist"))
 }
 
 fn no_vhost(name: &str) -> AdminError {
-    admin_error(69, format!("Virtual host {name} does not exist"))
+    AdminError::Unavailable(format!("Virtual host {name} does not exist"))
 }
 
 /// The errors rabbitmqctl gives when a permission names an unknown user or vhost.
 fn require_user_and_vhost(ac: &AccessControl, user: &str, vhost: &str) -> Result<(), AdminError> {
     if !ac.users.contains_key(user) {
-        return Err(admin_error(67, format!("User {user} does not exist")));
+        return Err(AdminError::no_such_user(format!("User {user} does not exist")));
     }
     if !ac.vhosts.contains_key(vhost) {
         return Err(no_vhost(vhost));
@@ -289,7 +347,7 @@ impl Broker {
         if let Some(dir) = &self.definitions_dir {
             if let Err(e) = definitions::save(&self.hooks, &dir.join(ACCESS_FILE), &ac.to_json()) {
                 tracing::error!(error = %e, "cannot save users and vhosts");
-                return Err(admin_error(74, format!("cannot save users and vhosts: {e}")));
+                return Err(AdminError::storage(format!("cannot save users and vhosts: {e}")));
             }
         }
         Ok(out)
@@ -298,7 +356,7 @@ impl Broker {
     pub fn add_user(&self, name: &str, password: &str) -> Result<(), AdminError> {
         self.change_access(|ac| {
             if ac.users.contains_key(name) {
-                return Err(admin_error(70, format!("User \"{name}\" already exists")));
+                return Err(AdminError::exists(format!("User \"{name}\" already exists")));
             }
             ac.users.insert(name.to_owned(), User::new(name, password));
             Ok(())
@@ -333,7 +391,7 @@ impl Broker {
 
     pub fn add_vhost(&self, name: &str) -> Result<(), AdminError> {
         if name.is_empty() {
-            return Err(admin_error(65, "Virtual host name must not be empty"));
+            return Err(AdminError::invalid("Virtual host name must not be empty"));
         }
         self.change_access(|ac| {
             // Adding an existing vhost succeeds, as with rabbitmqctl.
@@ -347,7 +405,9 @@ impl Broker {
     /// Deletes a vhost with everything in it; its connections are closed.
     pub fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
         self.change_access(|ac| {
-            ac.vhosts.remove(name).ok_or_else(|| admin_error(65, format!("Virtual host '{name}' does not exist")))?;
+            ac.vhosts
+                .remove(name)
+                .ok_or_else(|| AdminError::invalid(format!("Virtual host '{name}' does not exist")))?;
             ac.permissions.retain(|(v, _), _| v != name);
             ac.topic_permissions.retain(|(v, _, _), _| v != name);
             ac.policies.retain(|(v, _), _| v != name);
@@ -368,7 +428,7 @@ impl Broker {
         write: &str,
         read: &str,
     ) -> Result<(), AdminError> {
-        let perm = Permission::new(configure, write, read).map_err(|e| admin_error(65, e))?;
+        let perm = Permission::new(configure, write, read).map_err(AdminError::invalid)?;
         self.change_access(|ac| {
             require_user_and_vhost(ac, user, vhost)?;
             ac.permissions.insert((vhost.to_owned(), user.to_owned()), perm);
@@ -384,7 +444,7 @@ impl Broker {
         write: &str,
         read: &str,
     ) -> Result<(), AdminError> {
-        let perm = TopicPermission::new(write, read, user, vhost).map_err(|e| admin_error(65, e))?;
+        let perm = TopicPermission::new(write, read, user, vhost).map_err(AdminError::invalid)?;
         self.change_access(|ac| {
             require_user_and_vhost(ac, user, vhost)?;
             ac.topic_permissions.insert((vhost.to_owned(), user.to_owned(), exchange.to_owned()), perm);
@@ -396,7 +456,7 @@ impl Broker {
     pub fn clear_topic_permissions(&self, vhost: &str, user: &str, exchange: Option<&str>) -> Result<(), AdminError> {
         self.change_access(|ac| {
             if !ac.users.contains_key(user) {
-                return Err(admin_error(67, format!("User {user} does not exist")));
+                return Err(AdminError::no_such_user(format!("User {user} does not exist")));
             }
             ac.topic_permissions.retain(|(v, u, x), _| !(v == vhost && u == user && exchange.is_none_or(|e| e == x)));
             Ok(())
@@ -456,7 +516,7 @@ impl Broker {
     pub fn import_definitions(&self, doc: &serde_json::Value) -> Result<(usize, usize, usize), AdminError> {
         let names = self.change_access(|ac| {
             let mut merged = ac.clone();
-            merged.merge_json(doc).map_err(|e| admin_error(65, e))?;
+            merged.merge_json(doc).map_err(AdminError::invalid)?;
             *ac = merged;
             Ok(ac.vhosts.keys().cloned().collect::<Vec<_>>())
         })?;
@@ -475,7 +535,7 @@ impl Broker {
             let name = v.get("vhost").and_then(|s| s.as_str()).unwrap_or("/");
             self.vhost(name).ok_or_else(|| no_vhost(name))
         };
-        let failed = |what: String, e: crate::AmqpError| admin_error(65, format!("{what}: {}", e.text));
+        let failed = |what: String, e: crate::AmqpError| AdminError::invalid(format!("{what}: {}", e.text));
         let mut counts = (0, 0, 0);
         for x in list("exchanges") {
             let name = text(&x, "name");
@@ -530,7 +590,7 @@ impl Broker {
         operator: bool,
     ) -> Result<(), AdminError> {
         let p = crate::policy::Policy::new(vhost, name, pattern, apply_to, priority, definition, operator)
-            .map_err(|e| admin_error(69, format!("Validation failed\n\n{e}\n")))?;
+            .map_err(|e| AdminError::unavailable(format!("Validation failed\n\n{e}\n")))?;
         self.change_access(|ac| {
             if !ac.vhosts.contains_key(vhost) {
                 return Err(no_vhost(vhost));
@@ -548,7 +608,7 @@ impl Broker {
             let map = if operator { &mut ac.operator_policies } else { &mut ac.policies };
             map.remove(&(vhost.to_owned(), name.to_owned()))
                 .map(|_| ())
-                .ok_or_else(|| admin_error(69, "Parameter does not exist"))
+                .ok_or_else(|| AdminError::unavailable("Parameter does not exist"))
         })?;
         self.push_policies(vhost);
         Ok(())

@@ -74,6 +74,6 @@ pub(super) fn import(shared: &Node, call: &Call, vh: Option<&str>) -> Result {
             o.remove(key);
         }
     }
-    shared.broker.import_definitions(&doc).map_err(|e| bad_request(e.message))?;
+    shared.broker.import_definitions(&doc).map_err(admin_error)?;
     Ok(empty(StatusCode::NO_CONTENT))
 }

@@ -52,8 +52,16 @@ fn amqp_error(e: AmqpError) -> Reply {
     }
 }
 
+/// A refused administrative change, as the API answers it. RabbitMQ's API
+/// answers 400 when a change names a user or vhost that does not exist
+/// (404 is for the object in the path, checked before the change); a save
+/// that failed is the server's fault (500).
 fn admin_error(e: AdminError) -> Reply {
-    bad_request(e.message)
+    match e {
+        AdminError::Storage(m) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", m),
+        AdminError::TryAgain(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+        e => bad_request(e.message()),
+    }
 }
 
 fn vhost(shared: &Node, name: &str) -> Result<Arc<VHost>> {
