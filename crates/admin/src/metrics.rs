@@ -116,20 +116,20 @@ fn cluster_metrics(s: &Scrape, cluster: &dyn warren_node::cluster::ClusterView) 
     s.gauge(
         "warren_cluster_leader",
         "1 while this node is the cluster's leader and serves",
-        (status["role"] == "leader" && cluster.is_serving()) as i64,
+        (status.role == "leader" && cluster.is_serving()) as i64,
     )?;
     s.gauge(
         "warren_cluster_epoch",
         "The cluster's leader epoch as this node sees it",
-        status["epoch"].as_i64().unwrap_or(0),
+        status.epoch.unwrap_or(0) as i64,
     )?;
-    let isr = status["isr"].as_array().map_or(0, |a| a.len());
+    let isr = status.isr.len();
     s.gauge(
         "warren_cluster_isr_members",
         "Members of the in-sync replica set (as this node last read it)",
         isr as i64,
     )?;
-    if let Some(followers) = status["followers"].as_array() {
+    if let Some(followers) = &status.followers {
         let lag = IntGaugeVec::new(
             Opts::new("warren_cluster_follower_lag_bytes", "How far each connected follower is behind (leader only)"),
             &["follower"],
@@ -142,9 +142,8 @@ fn cluster_metrics(s: &Scrape, cluster: &dyn warren_node::cluster::ClusterView) 
             &["follower"],
         )?;
         for f in followers {
-            let name = f["name"].as_str().unwrap_or_default();
-            lag.with_label_values(&[name]).set(f["lag_bytes"].as_i64().unwrap_or(0));
-            in_sync.with_label_values(&[name]).set(f["in_sync"].as_bool().unwrap_or(false) as i64);
+            lag.with_label_values(&[f.name.as_str()]).set(f.lag_bytes as i64);
+            in_sync.with_label_values(&[f.name.as_str()]).set(f.in_sync as i64);
         }
         s.add(lag)?;
         s.add(in_sync)?;

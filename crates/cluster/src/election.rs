@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use tracing::{info, warn};
+use warren_node::cluster::{ClusterStatus, Member};
 
 use crate::etcd::{self, Compare, Etcd};
 
@@ -25,7 +26,7 @@ pub trait Leading: warren_node::cluster::ConfirmGate {
     /// Leadership is lost: nothing more is confirmed.
     fn fence(&self);
     /// Each connected follower's state, for `cluster_status`.
-    fn followers(&self) -> Vec<Value>;
+    fn followers(&self) -> Vec<warren_node::cluster::FollowerStatus>;
 }
 
 /// Lease TTL (s); a leader gives up after `STEP_DOWN` without renewing.
@@ -132,27 +133,29 @@ impl Cluster {
     }
 
     /// `warren ctl cluster_status`.
-    pub fn status(&self) -> Value {
-        let (role, leader, epoch) = match self.role() {
+    pub fn status(&self) -> ClusterStatus {
+        let role = self.role();
+        let (name, leader, epoch) = match &role {
             Role::Unknown => ("unknown", None, None),
-            Role::Leader { epoch } => ("leader", Some(self.settings.node.clone()), Some(epoch)),
-            Role::Follower { leader, epoch, .. } => ("follower", Some(leader), Some(epoch)),
+            Role::Leader { epoch } => ("leader", Some(self.settings.node.clone()), Some(*epoch)),
+            Role::Follower { leader, epoch, .. } => ("follower", Some(leader.clone()), Some(*epoch)),
         };
-        let members: Vec<Value> =
-            self.members.lock().iter().map(|(n, amqp)| json!({ "name": n, "amqp": amqp })).collect();
-        let mut out = json!({
-            "cluster_name": self.settings.name,
-            "node": self.settings.node,
-            "role": role,
-            "leader": leader,
-            "epoch": epoch,
-            "members": members,
-            "isr": *self.isr.lock(),
-        });
-        if let (Role::Leader { .. }, Some(hub)) = (self.role(), self.hub.get()) {
-            out["followers"] = hub.followers().into();
+        let members =
+            self.members.lock().iter().map(|(n, amqp)| Member { name: n.clone(), amqp: amqp.clone() }).collect();
+        let followers = match role {
+            Role::Leader { .. } => self.hub.get().map(|hub| hub.followers()),
+            _ => None,
+        };
+        ClusterStatus {
+            cluster_name: self.settings.name.clone(),
+            node: self.settings.node.clone(),
+            role: name,
+            leader,
+            epoch,
+            members,
+            isr: self.isr.lock().clone(),
+            followers,
         }
-        out
     }
 
     /// A clean stop: gives up the lease (and with it leadership and
@@ -479,7 +482,7 @@ impl warren_node::cluster::ClusterView for Cluster {
         self.hub.get().map(|h| h.clone() as Arc<dyn warren_node::cluster::ConfirmGate>)
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> ClusterStatus {
         Cluster::status(self)
     }
 

@@ -31,10 +31,43 @@ pub trait ClusterView: Send + Sync {
     /// While leading: the gate replies to durable changes wait at.
     fn gate(&self) -> Option<Arc<dyn ConfirmGate>>;
     /// `warren ctl cluster_status` (and the API's node document).
-    fn status(&self) -> serde_json::Value;
+    fn status(&self) -> ClusterStatus;
     /// Sends a whole HTTP/1.1 request (`Connection: close`) to the leader's
     /// management API at `leader` and reads its answer.
     fn forward(&self, leader: &str, request: Vec<u8>) -> BoxFuture<'_, std::io::Result<HttpAnswer>>;
+}
+
+/// A node's view of its cluster (`warren ctl cluster_status`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterStatus {
+    pub cluster_name: String,
+    pub node: String,
+    /// "leader", "follower" or "unknown".
+    pub role: &'static str,
+    pub leader: Option<String>,
+    pub epoch: Option<u64>,
+    pub members: Vec<Member>,
+    /// The in-sync replica set, as this node last read it.
+    pub isr: Vec<String>,
+    /// On the leader: each connected follower.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub followers: Option<Vec<FollowerStatus>>,
+}
+
+/// A registered member: its name and where its AMQP listener is reached.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Member {
+    pub name: String,
+    pub amqp: String,
+}
+
+/// A follower as the leader sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FollowerStatus {
+    pub name: String,
+    pub in_sync: bool,
+    pub acked_position: u64,
+    pub lag_bytes: u64,
 }
 
 /// An HTTP/1.1 response read to the end of its connection.

@@ -506,7 +506,7 @@ pub fn node(shared: &Node) -> Value {
         "memory": memory(shared),
         // Cluster mode: this node's view (role, leader, epoch, members), as
         // `warren ctl cluster_status` prints it; null on a single node.
-        "warren_cluster": shared.cluster.as_ref().map(|c| c.status()),
+        "warren_cluster": shared.cluster.as_ref().map(|c| serde_json::to_value(c.status()).unwrap_or_default()),
     })
 }
 

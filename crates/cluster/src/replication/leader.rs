@@ -3,6 +3,7 @@
 //! (hello, catching up with what it lacks, the stream, its acks).
 
 use super::*;
+use warren_node::cluster::FollowerStatus;
 
 /// A follower as the leader sees it.
 pub(super) struct Peer {
@@ -203,21 +204,19 @@ impl Hub {
     }
 
     /// Each follower: name, counted for confirms, acknowledged position, lag.
-    pub fn followers(&self) -> Vec<Value> {
+    pub fn followers(&self) -> Vec<FollowerStatus> {
         let st = self.st.lock();
-        let mut out: Vec<Value> = st
+        let mut out: Vec<FollowerStatus> = st
             .peers
             .iter()
-            .map(|(name, p)| {
-                json!({
-                    "name": name,
-                    "in_sync": p.counted && p.in_isr,
-                    "acked_position": p.acked,
-                    "lag_bytes": st.local.saturating_sub(p.acked),
-                })
+            .map(|(name, p)| FollowerStatus {
+                name: name.clone(),
+                in_sync: p.counted && p.in_isr,
+                acked_position: p.acked,
+                lag_bytes: st.local.saturating_sub(p.acked),
             })
             .collect();
-        out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 }
@@ -231,7 +230,7 @@ impl crate::Leading for Hub {
         Hub::fence(self)
     }
 
-    fn followers(&self) -> Vec<Value> {
+    fn followers(&self) -> Vec<FollowerStatus> {
         Hub::followers(self)
     }
 }
