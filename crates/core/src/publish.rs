@@ -31,9 +31,9 @@ pub struct Publisher<'a> {
     pub user: &'a str,
     /// The user has the `impersonator` tag: it may set any `user_id`.
     pub impersonator: bool,
-    /// The user has topic permissions in this vhost; without any, topic
-    /// publishes skip the check (callers may cache this per access epoch).
-    pub topic_permissions: bool,
+    /// Whether the user has topic permissions in this vhost (without any,
+    /// topic publishes skip the check), looked up only for topic exchanges.
+    pub topic_permissions: &'a TopicPermissions,
     /// The publishing channel's counters (it is their only writer).
     pub stats: &'a Counters,
 }
@@ -59,14 +59,7 @@ impl Publisher<'_> {
     /// RabbitMQ's `user_id` rule: the property must name the publisher,
     /// unless the publisher is an impersonator.
     pub fn check_user_id(&self, claimed: Option<&str>) -> Result<()> {
-        match claimed {
-            Some(claimed) if claimed != self.user && !self.impersonator => Err(AmqpError::precondition(format_args!(
-                "user_id property set to '{claimed}' but authenticated user was '{}'",
-                self.user
-            ))
-            .during(60, 40)),
-            _ => Ok(()),
-        }
+        check_user_id(claimed, self.user, self.impersonator)
     }
 
     /// The exchange named, if a client may publish to it (internal
@@ -103,7 +96,7 @@ impl Publisher<'_> {
                 &*named
             }
         };
-        if x.kind == ExchangeKind::Topic && self.topic_permissions {
+        if x.kind == ExchangeKind::Topic && self.topic_permissions.any(self.broker, &vhost.name, self.user) {
             self.broker
                 .access()
                 .check_topic(&vhost.name, self.user, &x.name, &msg.routing_key, Access::Write)
@@ -128,6 +121,37 @@ impl Publisher<'_> {
         let pressure = queues.iter().any(|q| q.under_pressure());
         let (pos, accepted) = vhost.enqueue(msg, queues);
         Ok(Outcome { pos, accepted, unroutable, pressure, delayed: false })
+    }
+}
+
+/// RabbitMQ's `user_id` rule: the property must name the publisher (`user`),
+/// unless the publisher is an impersonator.
+pub fn check_user_id(claimed: Option<&str>, user: &str, impersonator: bool) -> Result<()> {
+    match claimed {
+        Some(claimed) if claimed != user && !impersonator => Err(AmqpError::precondition(format_args!(
+            "user_id property set to '{claimed}' but authenticated user was '{user}'"
+        ))
+        .during(60, 40)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a user has topic permissions in a vhost, cached per access
+/// epoch (a channel keeps one: the lookup takes the access lock).
+#[derive(Default)]
+pub struct TopicPermissions(std::cell::Cell<Option<(u64, bool)>>);
+
+impl TopicPermissions {
+    pub fn any(&self, broker: &Broker, vhost: &str, user: &str) -> bool {
+        let epoch = broker.access_epoch();
+        match self.0.get() {
+            Some((e, any)) if e == epoch => any,
+            _ => {
+                let any = broker.access().has_topic_permissions(vhost, user);
+                self.0.set(Some((epoch, any)));
+                any
+            }
+        }
     }
 }
 

@@ -115,7 +115,7 @@ pub struct Channel {
     /// (saves a lock and a regex match per message).
     writable: Option<(u64, Arc<str>)>,
     /// Whether topic permissions apply to this user here, at an access epoch.
-    topic_checks: Option<(u64, bool)>,
+    topic_permissions: warren_core::publish::TopicPermissions,
     /// Replies waiting for the message log to sync past their position,
     /// in the order they must be sent.
     held: VecDeque<(u64, Held)>,
@@ -184,7 +184,7 @@ impl Channel {
             last_exchange: Arc::from(""),
             last_routing_key: Arc::from(""),
             writable: None,
-            topic_checks: None,
+            topic_permissions: Default::default(),
             held: VecDeque::new(),
             reply: None,
         }
@@ -248,7 +248,7 @@ impl Channel {
     /// Read permission on a binding key when binding from a topic exchange.
     fn check_topic_bind(&mut self, ctx: &Ctx<'_>, source: &str, key: &str) -> Result<(), AmqpError> {
         let topic = ctx.vhost.exchange(source).is_ok_and(|x| x.kind == ExchangeKind::Topic);
-        if topic && self.has_topic_permissions(ctx) {
+        if topic && self.topic_permissions.any(ctx.broker, &ctx.vhost.name, ctx.user) {
             ctx.broker.access().check_topic(&ctx.vhost.name, ctx.user, source, key, Access::Read)?;
         }
         Ok(())

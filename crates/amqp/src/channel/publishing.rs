@@ -4,9 +4,14 @@
 //! order once the message log is synced) and transactions.
 
 use super::*;
+use warren_core::publish::TopicPermissions;
 
 /// This channel's side of core's publish path (`warren_core::publish`).
-pub(super) fn publisher<'x>(ctx: &'x Ctx<'_>, topic_permissions: bool, stats: &'x Counters) -> Publisher<'x> {
+pub(super) fn publisher<'x>(
+    ctx: &'x Ctx<'_>,
+    topic_permissions: &'x TopicPermissions,
+    stats: &'x Counters,
+) -> Publisher<'x> {
     Publisher {
         broker: ctx.broker,
         vhost: ctx.vhost,
@@ -81,9 +86,7 @@ impl Channel {
         let mut props_raw = content.header.properties_raw;
         let view = warren_protocol::content::scan_properties(&props_raw)
             .ok_or_else(|| AmqpError::frame_error("cannot decode content header properties"))?;
-        let topic_permissions = self.has_topic_permissions(ctx);
-        let publisher = publisher(ctx, topic_permissions, &self.info.stats);
-        publisher.check_user_id(view.user_id)?;
+        warren_core::publish::check_user_id(view.user_id, ctx.user, ctx.impersonator)?;
         let direct_reply = view.reply_to == Some(REPLY_TO);
         let kept: warren_core::message::Props = view.into();
         let msg = if direct_reply {
@@ -104,7 +107,7 @@ impl Channel {
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
             msg.check_expiration().map_err(|e| e.during(60, 40))?;
-            publisher.exchange(&p.exchange)?;
+            publisher(ctx, &self.topic_permissions, &self.info.stats).exchange(&p.exchange)?;
             self.tx_publishes.push((p, msg));
             return Ok(());
         }
@@ -127,9 +130,12 @@ impl Channel {
     pub(super) fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(u64, bool), AmqpError> {
         let mut queues = std::mem::take(&mut self.routed);
         let returned = p.mandatory.then(|| msg.clone());
-        let topic_permissions = self.has_topic_permissions(ctx);
-        let outcome =
-            publisher(ctx, topic_permissions, &self.info.stats).publish(&p.exchange, msg, p.mandatory, &mut queues);
+        let outcome = publisher(ctx, &self.topic_permissions, &self.info.stats).publish(
+            &p.exchange,
+            msg,
+            p.mandatory,
+            &mut queues,
+        );
         self.routed = queues;
         let outcome = outcome?;
         if let Some(msg) = returned.filter(|_| outcome.unroutable) {
@@ -138,20 +144,6 @@ impl Channel {
         }
         *ctx.pressure |= outcome.pressure;
         Ok((outcome.pos, outcome.accepted))
-    }
-
-    /// Whether the user has topic permissions in this vhost (cached per
-    /// access epoch: without any, topic publishes skip the check).
-    pub(super) fn has_topic_permissions(&mut self, ctx: &Ctx<'_>) -> bool {
-        let epoch = ctx.broker.access_epoch();
-        match self.topic_checks {
-            Some((e, any)) if e == epoch => any,
-            _ => {
-                let any = ctx.broker.access().has_topic_permissions(&ctx.vhost.name, ctx.user);
-                self.topic_checks = Some((epoch, any));
-                any
-            }
-        }
     }
 
     /// Sends what the log's progress allows: held replies up to `synced`,
