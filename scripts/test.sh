@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
+python3 scripts/code-size.py >/dev/null || { python3 scripts/code-size.py; exit 1; }   # the crate split's bars
 # The test-only fault knobs (WARREN_FAULT_*) exist only with this feature.
 features="--features warren/fault-injection"
 cargo clippy --workspace --all-targets --quiet $features -- -D warnings
