@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Warren's whole test suite, as CI runs it:
-#   1. formatting and lints,
+#   1. formatting, the crate split's size and cycle bars, and lints,
 #   2. Rust unit tests and integration tests (the real binary, driven by lapin),
 #   3. Python behaviour tests (pika, py-amqp, kombu, celery; the management
 #      API with rabbitmqadmin and Flower; metrics scraped by Prometheus) in the
 #      project's venv,
 #   4. Node behaviour tests (amqplib, pinned in tests/node/package-lock.json),
-#   5. kombu's and py-amqp's own upstream integration suites.
+#   5. kombu's, py-amqp's and amqplib's own upstream test suites.
 # Set WARREN_TEST_ADDR=host:port to run the behaviour tests against a broker
 # that is already running (e.g. RabbitMQ, for the differential run).
 set -euo pipefail
