@@ -22,52 +22,47 @@ pub(crate) async fn publish(shared: &Node, call: &Call, vh: &str, name: &str) ->
         let reason = shared.alarms.current.borrow().clone().unwrap_or_default();
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("resource alarm: {reason}"));
     }
+    let v = match use_vhost(shared, call, vh) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let counters = warren_core::stats::Counters::default();
-    let published = publish_now(shared, call, vh, name, &counters);
-    if let Ok((v, pos, _)) = &published {
-        // A confirm waits for the message log's sync (and, in a cluster,
-        // the followers'), as an AMQP publisher's does.
-        if *pos > 0 && shared.broker.log().is_some() {
+    let reply = match publish_now(shared, call, &v, name, &counters) {
+        Ok((pos, routed)) => {
+            // A confirm waits for the message log's sync (and, in a
+            // cluster, the followers'), as an AMQP publisher's does.
             let mut synced = shared.confirms.synced.clone();
-            let wait = synced.wait_for(|s| *s >= *pos);
-            if !matches!(tokio::time::timeout(PUBLISH_WAIT, wait).await, Ok(Ok(_))) {
-                v.retired.add_all(&counters.snapshot());
-                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the message was not confirmed in time");
+            let confirmed = pos == 0
+                || shared.broker.log().is_none()
+                || matches!(tokio::time::timeout(PUBLISH_WAIT, synced.wait_for(|s| *s >= pos)).await, Ok(Ok(_)));
+            if confirmed {
+                counters.bump(warren_core::stats::CONFIRM, 1);
+                ok(&json!({ "routed": routed }))
+            } else {
+                error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the message was not confirmed in time")
             }
         }
-        counters.bump(warren_core::stats::CONFIRM, 1);
-    }
-    match published {
-        Ok((v, _, routed)) => {
-            v.retired.add_all(&counters.snapshot());
-            ok(&json!({ "routed": routed }))
-        }
-        Err((v, reply)) => {
-            if let Some(v) = v {
-                v.retired.add_all(&counters.snapshot());
-            }
-            reply
-        }
-    }
+        Err(reply) => reply,
+    };
+    v.retired.add_all(&counters.snapshot());
+    reply
 }
 
-/// The publish itself: (vhost, message-log position to sync, routed).
-#[allow(clippy::type_complexity)]
-pub(super) fn publish_now(
+/// The publish itself: the message-log position to sync before the
+/// confirm, and whether it was routed.
+fn publish_now(
     shared: &Node,
     call: &Call,
-    vh: &str,
+    v: &VHost,
     name: &str,
     counters: &warren_core::stats::Counters,
-) -> std::result::Result<(Arc<VHost>, u64, bool), (Option<Arc<VHost>>, Reply)> {
-    let v = use_vhost(shared, call, vh).map_err(|r| (None, r))?;
+) -> Result<(u64, bool)> {
     let refused = |e: AmqpError| bad_request(e.to_string());
-    let fail = |r: Reply| (Some(v.clone()), r);
-    let body = call.json_body().map_err(fail)?;
+    let body = call.json_body()?;
     let x_name = if name == "amq.default" { "" } else { name };
     for key in ["routing_key", "payload", "payload_encoding", "properties"] {
         if !body.contains_key(key) {
-            return Err(fail(bad_request(format!("[{{key_missing,{key}}}]"))));
+            return Err(bad_request(format!("[{{key_missing,{key}}}]")));
         }
     }
     let payload = text(&body, "payload");
@@ -77,23 +72,23 @@ pub(super) fn publish_now(
             use base64::Engine;
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(payload)
-                .map_err(|_| fail(bad_request("invalid base64 payload")))?;
+                .map_err(|_| bad_request("invalid base64 payload"))?;
             Bytes::from(raw)
         }
-        other => return Err(fail(bad_request(format!("invalid payload_encoding '{other}'")))),
+        other => return Err(bad_request(format!("invalid payload_encoding '{other}'"))),
     };
-    let props = properties_from_json(body.get("properties").and_then(Value::as_object)).map_err(fail)?;
-    (shared.broker.access().check(vh, &call.user.name, Resource::Exchange, x_name, Access::Write))
-        .map_err(|e| fail(refused(e)))?;
+    let props = properties_from_json(body.get("properties").and_then(Value::as_object))?;
+    (shared.broker.access().check(&v.name, &call.user.name, Resource::Exchange, x_name, Access::Write))
+        .map_err(refused)?;
     let publisher = warren_core::publish::Publisher {
         broker: &shared.broker,
-        vhost: &v,
+        vhost: v,
         user: &call.user.name,
         impersonator: call.user.tags.iter().any(|t| t == "impersonator"),
         topic_permissions: &Default::default(),
         stats: counters,
     };
-    publisher.check_user_id(props.user_id().as_ref().map(|u| u.as_str())).map_err(|e| fail(refused(e)))?;
+    publisher.check_user_id(props.user_id().as_ref().map(|u| u.as_str())).map_err(refused)?;
     let raw = warren_protocol::content::encode_properties(&props);
     let msg = Arc::new(warren_core::Message::new(
         Arc::from(x_name),
@@ -103,13 +98,12 @@ pub(super) fn publish_now(
         payload,
     ));
     let mut queues = Vec::new();
-    let outcome = publisher.publish(x_name, msg, true, &mut queues).map_err(|e| fail(refused(e)))?;
+    let outcome = publisher.publish(x_name, msg, true, &mut queues).map_err(refused)?;
     if !outcome.accepted {
-        return Err(fail(bad_request("rejected Unable to publish message. Check queue limits.")));
+        return Err(bad_request("rejected Unable to publish message. Check queue limits."));
     }
     // A delayed exchange holds the message: not routed yet (as the plugin).
-    let routed = !outcome.unroutable && !outcome.delayed;
-    Ok((v.clone(), outcome.pos, routed))
+    Ok((outcome.pos, !outcome.unroutable && !outcome.delayed))
 }
 
 pub(super) fn properties_from_json(
