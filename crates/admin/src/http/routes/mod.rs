@@ -1,5 +1,6 @@
-//! The API's paths, as RabbitMQ's management plugin serves them, and what
-//! each method on them does.
+//! The API's paths, as RabbitMQ's management plugin serves them: `dispatch`
+//! hands a request to the file of the resource its first segment names
+//! (one file per resource), and what each method on them does is there.
 
 mod bindings;
 mod connections;
