@@ -9,6 +9,12 @@ fn main() -> anyhow::Result<()> {
     if args.nth(1).as_deref() == Some("ctl") {
         std::process::exit(warren_admin::ctl::main(args.collect()));
     }
+    // The data directory holds every persistent message and every password
+    // hash: what the broker creates is its user's alone (files 0600,
+    // directories 0700), whatever umask it was started under.
+    // SAFETY: umask sets this process's file-mode creation mask and returns
+    // the old one; it touches no memory.
+    unsafe { libc::umask(0o077) };
     let config = warren_node::Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

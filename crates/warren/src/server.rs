@@ -23,6 +23,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
+    // Private even if it existed before (the umask covers what we create).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| anyhow::anyhow!("cannot make data dir {} private: {e}", data_dir.display()))?;
+    }
     // One broker per data directory: a second one would interleave writes
     // to the same message log. The lock goes with the process (kill -9 too).
     let lock = std::fs::File::create(data_dir.join("LOCK"))?;
