@@ -37,14 +37,14 @@ class Broker:
         self.prometheus = getattr(proc, "prometheus", None) or os.environ.get(
             "WARREN_TEST_PROMETHEUS", f"http://{host}:15692")
 
-    def ctl(self, *args, check=True):
+    def ctl(self, *args, check=True, input=None):
         """Runs an administration command: `warren ctl` for the Warren this
         session started, else WARREN_TEST_CTL (default `rabbitmqctl`)."""
         if self.data is not None:
             cmd = [warren_binary(), "ctl", "--data-dir", self.data]
         else:
             cmd = os.environ.get("WARREN_TEST_CTL", "rabbitmqctl").split()
-        r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=60)
+        r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=60, input=input)
         if check and r.returncode != 0:
             raise RuntimeError(f"{cmd + list(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
         return r

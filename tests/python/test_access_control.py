@@ -59,6 +59,22 @@ def test_new_user_logs_in_and_password_changes_take_effect(broker, user, vhost):
     connect(broker, user, "new-secret", vhost).close()
 
 
+def test_password_left_out_is_read_from_standard_input(broker, vhost):
+    """As rabbitmqctl: `add_user NAME` and `change_password NAME` take the
+    password from standard input, so it stays off the command line."""
+    u = f"u-{uuid.uuid4().hex[:10]}"
+    broker.ctl("add_user", u, input="from-stdin\n")
+    try:
+        broker.ctl("set_permissions", "-p", vhost, u, ".*", ".*", ".*")
+        connect(broker, u, "from-stdin", vhost).close()
+        broker.ctl("change_password", u, input="changed-on-stdin\n")
+        with pytest.raises(pe.ProbableAuthenticationError):
+            connect(broker, u, "from-stdin", vhost)
+        connect(broker, u, "changed-on-stdin", vhost).close()
+    finally:
+        broker.ctl("delete_user", u, check=False)
+
+
 def test_vhost_without_permission_is_not_allowed(broker, user, vhost):
     with pytest.raises(pe.ProbableAccessDeniedError) as e:
         connect(broker, user, "pw-" + user, vhost)

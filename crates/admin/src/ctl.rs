@@ -606,8 +606,8 @@ Usage: warren ctl [--data-dir DIR] [-p VHOST] [-q] [-s] COMMAND [ARGS...]
 Talks to the broker running on DIR (default: the default data directory)
 through DIR/warren.sock. Commands, as rabbitmqctl's:
 
-  add_user USER PASSWORD            delete_user USER
-  change_password USER PASSWORD     authenticate_user USER PASSWORD
+  add_user USER [PASSWORD]          delete_user USER
+  change_password USER [PASSWORD]   authenticate_user USER PASSWORD
   set_user_tags USER [TAG...]       list_users
   add_vhost VHOST                   delete_vhost VHOST          list_vhosts
   set_permissions [-p VHOST] USER CONF WRITE READ
@@ -689,6 +689,18 @@ pub fn main(args: Vec<String>) -> i32 {
             Err(e) => {
                 eprintln!("Error:\ncannot read {path}: {e}");
                 return 66;
+            }
+        }
+    }
+    // A password left out is read from standard input, as rabbitmqctl
+    // does: it then stays out of the process list and shell history.
+    if matches!(command.as_str(), "add_user" | "change_password") && rest.len() == 1 {
+        let mut line = String::new();
+        match std::io::stdin().read_line(&mut line) {
+            Ok(n) if n > 0 => rest.push(line.trim_end_matches(['\r', '\n']).to_owned()),
+            _ => {
+                eprintln!("Error:\n{command}: no password given, and none on standard input");
+                return 64;
             }
         }
     }
