@@ -127,10 +127,10 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False,
 
 
 @contextlib.contextmanager
-def own_warren(extra=(), env=None, allow_panic=False):
-    """A Warren of the test's own (flags, environment), as a Broker; stopped
-    and its data directory removed afterwards."""
-    proc, port, data = start_warren(extra=extra, env=env, allow_panic=allow_panic)
+def own_warren(extra=(), env=None, allow_panic=False, data=None):
+    """A Warren of the test's own (flags, environment, data directory), as a
+    Broker; stopped and its data directory removed afterwards."""
+    proc, port, data = start_warren(extra=extra, env=env, allow_panic=allow_panic, data=data)
     try:
         yield Broker("127.0.0.1", port, proc, data, proc.http)
     finally:

@@ -6,13 +6,12 @@ Warren-only: it is about Warren's own files."""
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 
 import pika
 import pytest
 
-from conftest import start_warren, wait_for
+from conftest import own_warren, wait_for
 
 
 def modes(root):
@@ -34,29 +33,22 @@ def test_data_directory_is_private_whatever_the_umask(broker, name, existing):
     if existing:
         os.mkdir(data)
         os.chmod(data, 0o755)
-    old = os.umask(0o022)
+    old = os.umask(0o022)  # Warren inherits it
     try:
-        proc, port, _ = start_warren(data=data)
+        with own_warren(data=data) as b:
+            c = pika.BlockingConnection(b.params())
+            ch = c.channel()
+            ch.confirm_delivery()
+            ch.queue_declare(name, durable=True)
+            ch.basic_publish("", name, b"secret", pika.BasicProperties(delivery_mode=2))
+            c.close()
+            segments = os.path.join(data, "messages")
+            assert wait_for(lambda: any(f.endswith(".seg") for f in os.listdir(segments)))
+            found = modes(data)
+            assert any(p.endswith("access.json") for p, _ in found), found
+            assert any(p.endswith(".sock") for p, _ in found), found
+            for path, mode in found:
+                assert mode & 0o077 == 0, f"{path} is {oct(mode)}: readable by others"
     finally:
         os.umask(old)
-    try:
-        c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-        ch = c.channel()
-        ch.confirm_delivery()
-        ch.queue_declare(name, durable=True)
-        ch.basic_publish("", name, b"secret", pika.BasicProperties(delivery_mode=2))
-        c.close()
-        segments = os.path.join(data, "messages")
-        assert wait_for(lambda: any(f.endswith(".seg") for f in os.listdir(segments)))
-        found = modes(data)
-        assert any(p.endswith("access.json") for p, _ in found), found
-        assert any(p.endswith(".sock") for p, _ in found), found
-        for path, mode in found:
-            assert mode & 0o077 == 0, f"{path} is {oct(mode)}: readable by others"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         shutil.rmtree(parent, ignore_errors=True)
