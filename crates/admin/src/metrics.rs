@@ -4,12 +4,19 @@
 //!
 //! - `/metrics`: node-wide figures, objects aggregated (no per-queue labels),
 //! - `/metrics/per-object`: the same plus one series per queue
-//!   (`vhost`, `queue`), as RabbitMQ's per-object endpoint.
+//!   (`vhost`, `queue`), as RabbitMQ's per-object endpoint,
+//! - `/metrics/detailed?family=F&vhost=V`: only the per-queue families asked
+//!   for (`queue_coarse_metrics`, `queue_consumer_count`, `queue_metrics`),
+//!   of the vhosts asked for (all when none is), named
+//!   `rabbitmq_detailed_*`, as rabbitmq_prometheus's detailed endpoint.
 //!
 //! A scrape reads the broker's own counters (the ones the management API
 //! shows) into a fresh registry of the `prometheus` crate and encodes it in
 //! the text exposition format 0.0.4. Nothing is counted for the scrape's
-//! sake.
+//! sake. A scrape walks every queue, so it runs on a blocking thread, not a
+//! runtime worker, one at a time (`SCRAPES`), and lists at most
+//! `MAX_QUEUE_SERIES` queues (`warren_metrics_queues_omitted` counts the
+//! rest; the node-wide figures include them).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -33,19 +40,52 @@ pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<Socket
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {at} (Prometheus): {e}")))?;
     let addr = listener.local_addr()?;
-    crate::http::serve(listener, shared, |shared, _peer, req| Box::pin(async move { handle(&shared, req) }));
+    crate::http::serve(listener, shared, |shared, _peer, req| Box::pin(handle(shared, req)));
     info!(%addr, "Prometheus metrics ready on http://{addr}/metrics");
     Ok(addr)
 }
 
-fn handle(shared: &Node, req: Request<Incoming>) -> Reply {
-    let per_object = match req.uri().path() {
-        "/metrics" => false,
-        "/metrics/per-object" => true,
+/// Most queues one scrape lists with their own series.
+const MAX_QUEUE_SERIES: usize = 10_000;
+
+/// Scrapes run one at a time: a second waits for the first.
+static SCRAPES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// What a scrape lists.
+enum View {
+    /// Node-wide figures only.
+    Aggregated,
+    /// Node-wide figures and one series per queue.
+    PerObject,
+    /// The per-queue families asked for, of the vhosts asked for.
+    Detailed { families: Vec<String>, vhosts: Vec<String> },
+}
+
+async fn handle(shared: Arc<Node>, req: Request<Incoming>) -> Reply {
+    let view = match req.uri().path() {
+        "/metrics" => View::Aggregated,
+        "/metrics/per-object" => View::PerObject,
+        "/metrics/detailed" => {
+            let query = req.uri().query().map(crate::http::parse_query).unwrap_or_default();
+            let all = |key: &str| query.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect();
+            View::Detailed { families: all("family"), vhosts: all("vhost") }
+        }
         _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
     };
+    let Ok(_turn) = SCRAPES.acquire().await else { return text(StatusCode::SERVICE_UNAVAILABLE, String::new()) };
+    match tokio::task::spawn_blocking(move || scrape(&shared, &view)).await {
+        Ok(reply) => reply,
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+fn scrape(shared: &Node, view: &View) -> Reply {
     let registry = Registry::new();
-    if let Err(e) = collect(shared, &registry, per_object) {
+    let collected = match view {
+        View::Detailed { families, vhosts } => collect_detailed(shared, &registry, families, vhosts),
+        _ => collect(shared, &registry, matches!(view, View::PerObject)),
+    };
+    if let Err(e) = collected {
         return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
     }
     let mut out = Vec::with_capacity(64 * 1024);
@@ -151,8 +191,8 @@ fn cluster_metrics(s: &Scrape, cluster: &dyn warren_node::cluster::ClusterView) 
     Ok(())
 }
 
-fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::Result<()> {
-    let s = Scrape(registry);
+/// The node's identity and build, in every view.
+fn identity(s: &Scrape) -> prometheus::Result<()> {
     let node = crate::views::node_name();
     s.info(
         "rabbitmq_identity_info",
@@ -173,7 +213,110 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
             ("erlang_version", "none".into()),
             ("warren_version", env!("CARGO_PKG_VERSION").into()),
         ],
+    )
+}
+
+/// The queues a scrape lists with their own series: at most
+/// `MAX_QUEUE_SERIES` of those `wanted` (by vhost), and how many more there were.
+struct Listed {
+    left: usize,
+    omitted: u64,
+}
+
+impl Listed {
+    fn new() -> Listed {
+        Listed { left: MAX_QUEUE_SERIES, omitted: 0 }
+    }
+
+    /// Whether the next queue gets series of its own.
+    fn take(&mut self) -> bool {
+        match self.left {
+            0 => {
+                self.omitted += 1;
+                false
+            }
+            _ => {
+                self.left -= 1;
+                true
+            }
+        }
+    }
+
+    fn report(&self, s: &Scrape) -> prometheus::Result<()> {
+        s.gauge(
+            "warren_metrics_queues_omitted",
+            "Queues left out of this scrape's per-queue series (at most 10000 are listed)",
+            self.omitted as i64,
+        )
+    }
+}
+
+/// `/metrics/detailed`: the families asked for, per queue.
+fn collect_detailed(
+    shared: &Node,
+    registry: &Registry,
+    families: &[String],
+    vhosts: &[String],
+) -> prometheus::Result<()> {
+    let s = Scrape(registry);
+    identity(&s)?;
+    let wants = |f: &str| families.iter().any(|x| x == f);
+    let (coarse, consumers, detail) =
+        (wants("queue_coarse_metrics"), wants("queue_consumer_count"), wants("queue_metrics"));
+    if !(coarse || consumers || detail) {
+        return Ok(());
+    }
+    let per_queue = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["vhost", "queue"]);
+    let q_ready = per_queue("rabbitmq_detailed_queue_messages_ready", "Messages ready to be delivered to consumers")?;
+    let q_unacked = per_queue(
+        "rabbitmq_detailed_queue_messages_unacked",
+        "Messages delivered to consumers but not yet acknowledged",
     )?;
+    let q_messages =
+        per_queue("rabbitmq_detailed_queue_messages", "Sum of ready and unacknowledged messages - total queue depth")?;
+    let q_consumers = per_queue("rabbitmq_detailed_queue_consumers", "Consumers on a queue")?;
+    let q_bytes = per_queue("rabbitmq_detailed_queue_messages_ready_bytes", "Size in bytes of ready messages")?;
+    let q_ram = per_queue("rabbitmq_detailed_queue_messages_ready_ram", "Ready messages stored in memory")?;
+    let q_paged = per_queue("rabbitmq_detailed_queue_messages_paged_out", "Messages paged out to disk")?;
+    let mut listed = Listed::new();
+    for v in shared.broker.vhosts() {
+        if !vhosts.is_empty() && !vhosts.iter().any(|x| *x == v.name) {
+            continue;
+        }
+        for q in v.queues() {
+            if !listed.take() {
+                continue;
+            }
+            let st = q.status();
+            let l = [v.name.as_str(), q.name.as_str()];
+            q_ready.with_label_values(&l).set(st.ready as i64);
+            q_unacked.with_label_values(&l).set(st.unacked as i64);
+            q_messages.with_label_values(&l).set((st.ready + st.unacked) as i64);
+            q_consumers.with_label_values(&l).set(st.consumers as i64);
+            q_bytes.with_label_values(&l).set(st.ready_bytes as i64);
+            q_ram.with_label_values(&l).set(st.ready_in_memory as i64);
+            q_paged.with_label_values(&l).set(st.ready.saturating_sub(st.ready_in_memory) as i64);
+        }
+    }
+    if coarse {
+        s.add(q_ready)?;
+        s.add(q_unacked)?;
+        s.add(q_messages)?;
+    }
+    if consumers || detail {
+        s.add(q_consumers)?;
+    }
+    if detail {
+        s.add(q_bytes)?;
+        s.add(q_ram)?;
+        s.add(q_paged)?;
+    }
+    listed.report(&s)
+}
+
+fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::Result<()> {
+    let s = Scrape(registry);
+    identity(&s)?;
 
     if let Some(cluster) = &shared.cluster {
         cluster_metrics(&s, &**cluster)?;
@@ -288,6 +431,7 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
         Opts::new("rabbitmq_queue_messages_published_total", "Total number of messages published to queues"),
         &["vhost", "queue"],
     )?;
+    let mut listed = Listed::new();
     for v in shared.broker.vhosts() {
         stats::add(&mut global, &v.retired.snapshot());
         for q in v.queues() {
@@ -298,7 +442,7 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
             ready_bytes += st.ready_bytes;
             consumers += st.consumers as i64;
             published += st.counts[stats::PUBLISH];
-            if per_object {
+            if per_object && listed.take() {
                 let l = [v.name.as_str(), q.name.as_str()];
                 q_ready.with_label_values(&l).set(st.ready as i64);
                 q_unacked.with_label_values(&l).set(st.unacked as i64);
@@ -323,6 +467,7 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
         s.add(q_bytes)?;
         s.add(q_consumers)?;
         s.add(q_published)?;
+        listed.report(&s)?;
     } else {
         s.gauge("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers", ready as i64)?;
         s.gauge(

@@ -485,13 +485,4 @@ impl warren_node::cluster::ClusterView for Cluster {
     fn status(&self) -> ClusterStatus {
         Cluster::status(self)
     }
-
-    fn forward(
-        &self,
-        leader: &str,
-        request: Vec<u8>,
-    ) -> warren_node::cluster::BoxFuture<'_, std::io::Result<warren_node::cluster::HttpAnswer>> {
-        let leader = leader.to_owned();
-        Box::pin(async move { etcd::exchange(&leader, &request).await })
-    }
 }

@@ -32,9 +32,6 @@ pub trait ClusterView: Send + Sync {
     fn gate(&self) -> Option<Arc<dyn ConfirmGate>>;
     /// `warren ctl cluster_status` (and the API's node document).
     fn status(&self) -> ClusterStatus;
-    /// Sends a whole HTTP/1.1 request (`Connection: close`) to the leader's
-    /// management API at `leader` and reads its answer.
-    fn forward(&self, leader: &str, request: Vec<u8>) -> BoxFuture<'_, std::io::Result<HttpAnswer>>;
 }
 
 /// A node's view of its cluster (`warren ctl cluster_status`).

@@ -105,6 +105,17 @@ pub struct Config {
     #[arg(long, env = "WARREN_PROMETHEUS_LISTEN", default_value = "127.0.0.1:15692")]
     pub prometheus_listen: String,
 
+    /// Most HTTP connections the management API (and, apart, the metrics
+    /// endpoint) serves at once; further ones wait to be accepted.
+    #[arg(long, env = "WARREN_HTTP_MAX_CONNECTIONS", default_value_t = 256)]
+    pub http_max_connections: usize,
+
+    /// Seconds an HTTP client has to send a request's headers, and to wait
+    /// idle between requests on a kept-alive connection; its body must
+    /// arrive within six times as long. Then the connection is closed.
+    #[arg(long, env = "WARREN_HTTP_REQUEST_TIMEOUT", default_value_t = 10)]
+    pub http_request_timeout: u64,
+
     /// Most client connections the node accepts at once; 0 = no limit.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u64,

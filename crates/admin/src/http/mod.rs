@@ -20,6 +20,7 @@
 mod auth;
 mod objects;
 mod query;
+pub use query::parse_query;
 mod routes;
 mod ui;
 
@@ -48,22 +49,29 @@ const MAX_BODY: usize = 20 << 20;
 pub enum Body {
     Full(Option<Bytes>),
     Stream(Box<dyn Iterator<Item = Bytes> + Send>),
+    /// The cluster leader's answer, passed on as it arrives.
+    Proxied(Incoming),
 }
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let next = match self.get_mut() {
             Body::Full(b) => b.take(),
             Body::Stream(it) => it.next(),
+            Body::Proxied(b) => return Pin::new(b).poll_frame(cx),
         };
         Poll::Ready(next.map(|b| Ok(Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Body::Full(None))
+        match self {
+            Body::Full(b) => b.is_none(),
+            Body::Stream(_) => false,
+            Body::Proxied(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
@@ -71,6 +79,7 @@ impl hyper::body::Body for Body {
             Body::Full(Some(b)) => hyper::body::SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => hyper::body::SizeHint::with_exact(0),
             Body::Stream(_) => hyper::body::SizeHint::default(),
+            Body::Proxied(b) => b.size_hint(),
         }
     }
 }
@@ -125,9 +134,19 @@ pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<Socket
 type Handler = fn(Arc<Node>, SocketAddr, Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
 
 /// Serves HTTP/1.1 on `listener` from a task, one task per connection.
+///
+/// What a stranger can hold: at most `--http-max-connections` connections
+/// (further ones wait in the listen backlog until one ends), each for at
+/// most `--http-request-timeout` while its request's headers arrive or it
+/// sits idle between requests (hyper's header-read timer, which also runs
+/// on an idle kept-alive connection), and six times as long for a body
+/// (`read_body`).
 pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.http_max_connections.max(1)));
+    let timeout = request_timeout(&shared);
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
             let (socket, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
@@ -139,12 +158,22 @@ pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
             let _ = socket.set_nodelay(true);
             let shared = shared.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handler(shared, peer, req).await) }
+                    async move {
+                        let mut reply = handler(shared, peer, req).await;
+                        harden(reply.headers_mut());
+                        Ok::<_, Infallible>(reply)
+                    }
                 });
                 let io = hyper_util::rt::TokioIo::new(socket);
-                if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(timeout)
+                    .serve_connection(io, service)
+                    .await;
+                if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "HTTP connection ended");
                 }
             });
@@ -152,48 +181,115 @@ pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
     });
 }
 
-/// A request's whole body, up to `MAX_BODY`.
-async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
-    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(_) => Err(error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", "request body too large")),
+fn request_timeout(shared: &Node) -> std::time::Duration {
+    std::time::Duration::from_secs(shared.config.http_request_timeout.max(1))
+}
+
+/// Headers on every answer: no content sniffing, never framed (the
+/// dashboard cannot be clickjacked).
+fn harden(headers: &mut hyper::HeaderMap) {
+    use hyper::header::{CONTENT_SECURITY_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.entry(CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
+}
+
+/// A request's whole body, up to `MAX_BODY`, within six request timeouts.
+async fn read_body(shared: &Node, body: Incoming) -> Result<Bytes, Reply> {
+    let limit = request_timeout(shared) * 6;
+    match tokio::time::timeout(limit, http_body_util::Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, "bad_request", "request body too large"))
+        }
+        Ok(Err(_)) => Err(bad_request("the request body could not be read")),
+        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "bad_request", "the request body did not arrive in time")),
     }
 }
 
-/// Passes a management API request on to the cluster leader's API and
-/// its answer back.
-async fn forward(
-    cluster: &dyn warren_node::cluster::ClusterView,
-    leader: &str,
-    parts: &hyper::http::request::Parts,
-    body: &Bytes,
-) -> Reply {
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut req = format!("{} {target} HTTP/1.1\r\nHost: {leader}\r\nConnection: close\r\n", parts.method);
-    for name in [hyper::header::AUTHORIZATION, CONTENT_TYPE, hyper::header::ACCEPT] {
-        if let Some(v) = parts.headers.get(&name).and_then(|v| v.to_str().ok()) {
-            req.push_str(&format!("{name}: {v}\r\n"));
+/// Refuses a state-changing request a browser may have sent on another
+/// site's behalf (with its cached Basic credentials): one that says it is
+/// cross-site (`Sec-Fetch-Site`, or an `Origin` other than the API's own
+/// host), or whose body is not JSON. A form can only send form or text
+/// bodies, so the JSON rule alone stops a cross-site form post, as in
+/// RabbitMQ (415 with no body); an empty body needs no Content-Type
+/// (`curl -X PUT .../api/vhosts/v`).
+fn refuse_cross_site(parts: &hyper::http::request::Parts) -> Option<Reply> {
+    use hyper::header::{CONTENT_LENGTH, HOST, ORIGIN, TRANSFER_ENCODING};
+    use hyper::Method;
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let h = &parts.headers;
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    let forbidden = |why: &str| Some(error(StatusCode::FORBIDDEN, "forbidden", why));
+    if text("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+        return forbidden("cross-site requests are refused");
+    }
+    if let Some(origin) = text(ORIGIN.as_str()) {
+        let authority = origin.split_once("://").map(|(_, a)| a.trim_end_matches('/'));
+        if authority.is_none() || authority != text(HOST.as_str()) {
+            return forbidden("cross-site requests are refused");
         }
     }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut raw = req.into_bytes();
-    raw.extend_from_slice(body);
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), cluster.forward(leader, raw))
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")));
-    match answer {
-        Ok(a) => {
-            let mut r = Response::new(Body::Full(None));
-            *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            for name in [CONTENT_TYPE, hyper::header::WWW_AUTHENTICATE, hyper::header::LOCATION] {
-                if let Some(v) = a.header(name.as_str()).and_then(|v| HeaderValue::from_str(v).ok()) {
-                    r.headers_mut().insert(name, v);
+    let json = match text(CONTENT_TYPE.as_str()) {
+        Some(ct) => ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")),
+        None => text(CONTENT_LENGTH.as_str()).is_none_or(|n| n.trim() == "0") && !h.contains_key(TRANSFER_ENCODING),
+    };
+    (!json).then(|| empty(StatusCode::UNSUPPORTED_MEDIA_TYPE))
+}
+
+/// Passes a management API request on to the cluster leader's API and
+/// streams its answer back. The body is streamed too: the leader
+/// authenticates the request before it reads it.
+async fn forward(leader: &str, parts: hyper::http::request::Parts, body: Incoming) -> Reply {
+    let unreachable = |e: &dyn std::fmt::Display| {
+        error(StatusCode::BAD_GATEWAY, "bad_gateway", format!("cannot reach the cluster leader: {e}"))
+    };
+    let wait = std::time::Duration::from_secs(30);
+    let socket = match tokio::time::timeout(wait, tokio::net::TcpStream::connect(leader)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return unreachable(&e),
+        Err(_) => return unreachable(&"timed out"),
+    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(socket)).await {
+            Ok(c) => c,
+            Err(e) => return unreachable(&e),
+        };
+    tokio::spawn(connection);
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = Request::builder().method(parts.method.clone()).uri(target);
+    for name in [
+        hyper::header::AUTHORIZATION,
+        CONTENT_TYPE,
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::ACCEPT,
+        hyper::header::ORIGIN,
+    ] {
+        if let Some(v) = parts.headers.get(&name) {
+            req = req.header(name, v);
+        }
+    }
+    let Ok(req) = req.header(hyper::header::HOST, leader).body(http_body_util::Limited::new(body, MAX_BODY)) else {
+        return bad_request("invalid request");
+    };
+    match tokio::time::timeout(wait, sender.send_request(req)).await {
+        Ok(Ok(answer)) => {
+            let (head, body) = answer.into_parts();
+            let mut r = Response::new(Body::Proxied(body));
+            *r.status_mut() = head.status;
+            for name in
+                [CONTENT_TYPE, hyper::header::CONTENT_LENGTH, hyper::header::WWW_AUTHENTICATE, hyper::header::LOCATION]
+            {
+                if let Some(v) = head.headers.get(&name) {
+                    r.headers_mut().insert(name, v.clone());
                 }
             }
-            *r.body_mut() = Body::Full(Some(Bytes::from(a.body)));
             r
         }
-        Err(e) => error(StatusCode::BAD_GATEWAY, "bad_gateway", format!("cannot reach the cluster leader: {e}")),
+        Ok(Err(e)) => unreachable(&e),
+        Err(_) => unreachable(&"timed out"),
     }
 }
 
@@ -236,21 +332,26 @@ async fn handle(shared: &Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
     };
     let segments: Vec<String> =
         rest.split('/').filter(|s| !s.is_empty()).map(|s| query::percent_decode(s, false)).collect();
-    // A cluster follower has only an empty placeholder broker: the API
-    // answers for the leader, which authenticates (but /api/nodes answers
-    // for this node).
-    let follows = shared.cluster.as_ref().and_then(|c| Some((c, c.leader_http()?)));
-    if let Some((cluster, leader)) = follows.filter(|_| rest != "/nodes") {
-        return match read_body(body).await {
-            Ok(b) => forward(&**cluster, &leader, &parts, &b).await,
-            Err(r) => r,
+    // A node of a cluster that does not serve has no broker of its own:
+    // the API answers for the leader, which authenticates (but /api/nodes
+    // answers for this node), or 503 while no leader is known.
+    if let Some(cluster) = shared.cluster.as_ref().filter(|c| !c.is_serving() && rest != "/nodes") {
+        if let Some(r) = refuse_cross_site(&parts) {
+            return r;
+        }
+        return match cluster.leader_http() {
+            Some(leader) => forward(&leader, parts, body).await,
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no cluster leader is known yet"),
         };
     }
     let user = match auth::authenticate(shared, peer, &parts.headers) {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let body = match read_body(body).await {
+    if let Some(r) = refuse_cross_site(&parts) {
+        return r;
+    }
+    let body = match read_body(shared, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };

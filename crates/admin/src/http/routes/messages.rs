@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Most messages one `POST .../get` takes.
+const MAX_GET: u64 = 10_000;
+
 /// How long `POST .../publish` waits for its confirm, and for a resource
 /// alarm to clear, before it answers 503.
 pub(super) const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -194,6 +197,11 @@ pub(super) fn get_messages(shared: &Node, call: &Call, vh: &str, name: &str) -> 
     let body = call.json_body()?;
     let count = body.get("count").and_then(|c| c.as_u64().or_else(|| c.as_str().and_then(|s| s.parse().ok())));
     let Some(count) = count else { return Err(bad_request("[{key_missing,count}]")) };
+    // The answer is built whole: a bound on what one request can make the
+    // node hold.
+    if count > MAX_GET {
+        return Err(bad_request(format!("count must be at most {MAX_GET}")));
+    }
     let ackmode = match text(&body, "ackmode") {
         "" => match body.get("requeue") {
             // rabbitmqadmin before 3.7 sent "requeue".
