@@ -56,9 +56,9 @@ def etcd():
 
 
 class Node:
-    def __init__(self, etcd_url, cluster, name, env=None):
+    def __init__(self, etcd_url, cluster, name, env=None, extra=()):
         self.name = name
-        self.args = ["--cluster-etcd", etcd_url, "--cluster-name", cluster, "--node-name", name]
+        self.args = ["--cluster-etcd", etcd_url, "--cluster-name", cluster, "--node-name", name, *extra]
         self.env = env
         self.data = None
         self.start()
@@ -541,6 +541,10 @@ def test_failover_loop_loses_no_confirmed_message(cluster):
     rejoins as a follower); WARREN_CLUSTER_CYCLES cycles (default 3). No
     confirmed message goes missing; a message delivered twice carries
     `redelivered` the second time."""
+    failover_loop(cluster)
+
+
+def failover_loop(cluster):
     import random
 
     cycles = int(os.environ.get("WARREN_CLUSTER_CYCLES", "3"))

@@ -2,15 +2,13 @@
 //! `--tls-cert`, `--tls-key` and, for client certificates, `--tls-ca` /
 //! `--tls-verify-peer`.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 use warren_node::config::Config;
+use warren_node::pem::{certificates, private_key, PemError};
 
 /// Why the TLS listener cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -19,23 +17,12 @@ pub enum TlsError {
     MissingCertOrKey,
     #[error("--tls-verify-peer needs --tls-ca")]
     VerifyWithoutCa,
-    #[error("cannot read {what} from {}: {source}", path.display())]
-    Pem { what: &'static str, path: PathBuf, source: rustls_pki_types::pem::Error },
-    #[error("no certificate in {}", .0.display())]
-    NoCertificate(PathBuf),
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("{what}: {source}")]
     Rustls { what: String, source: rustls::Error },
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
-}
-
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = |source| TlsError::Pem { what: "certificates", path: path.to_owned(), source };
-    let certs = CertificateDer::pem_file_iter(path).map_err(pem)?.collect::<Result<Vec<_>, _>>().map_err(pem)?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(path.to_owned()));
-    }
-    Ok(certs)
 }
 
 /// The acceptor for `--amqps-listen`.
@@ -44,11 +31,7 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor, TlsError> {
         return Err(TlsError::MissingCertOrKey);
     };
     let chain = certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
-        what: "a private key",
-        path: key.clone(),
-        source,
-    })?;
+    let key = private_key(key)?;
     let rustls = |what: &str| {
         let what = what.to_owned();
         move |source| TlsError::Rustls { what, source }

@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use tracing::{info, warn};
-use warren_node::cluster::{ClusterStatus, Member};
+use tracing::{debug, info, warn};
+use warren_node::cluster::{BoxStream, ClusterStatus, Member, Protocol};
 
 use crate::etcd::{self, Compare, Etcd};
 
@@ -94,12 +94,20 @@ pub struct Cluster {
     /// This node's management API address, as the others reach it.
     http: OnceLock<String>,
     leaving: AtomicBool,
+    /// Mutual TLS between the nodes (`--cluster-tls-*`), if set.
+    pub tls: Option<crate::tls::NodeTls>,
+    /// While leading: where the client connections followers pass on go.
+    pub tunnels: OnceLock<warren_node::cluster::TunnelHandler>,
 }
 
 impl Cluster {
-    pub fn new(settings: Settings) -> Result<Arc<Cluster>> {
+    pub fn new(settings: Settings, tls: Option<crate::tls::NodeTls>) -> Result<Arc<Cluster>> {
         if settings.node.is_empty() {
             return Err(Error::Config("--node-name is required with --cluster-etcd".into()));
+        }
+        if tls.is_some() {
+            // Its certificate must be able to name it.
+            crate::tls::NodeTls::server_name(&settings.node)?;
         }
         let etcd = Etcd::new(&settings.etcd)?;
         let (role, _) = watch::channel(Role::Unknown);
@@ -117,6 +125,8 @@ impl Cluster {
             lease: Default::default(),
             http: OnceLock::new(),
             leaving: AtomicBool::new(false),
+            tls,
+            tunnels: OnceLock::new(),
         }))
     }
 
@@ -406,8 +416,8 @@ impl Cluster {
 pub enum Route {
     /// This node is the leader: serve it here.
     Local,
-    /// Spliced to the leader (the connection to it already made).
-    Proxied(TcpStream),
+    /// Spliced to the leader (the tunnel to it already made).
+    Proxied(BoxStream),
 }
 
 /// How long a new connection waits for a leader to be known and reachable
@@ -418,18 +428,21 @@ impl Cluster {
     /// Finds where a new client connection goes: here if this node leads,
     /// else the leader's listener — waiting out an election, and a leader
     /// that cannot be reached, for up to `ROUTE_WAIT`. None: no leader.
-    pub async fn route(&self) -> Option<Route> {
+    pub async fn route(&self, client: std::net::SocketAddr) -> Option<Route> {
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         let mut role = self.subscribe();
         loop {
             let current = role.borrow_and_update().clone();
             match current {
                 Role::Leader { .. } if self.serving.load(Ordering::Acquire) => return Some(Route::Local),
-                Role::Follower { amqp, .. } => {
+                Role::Follower { leader, repl, .. } => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let attempt = Duration::from_secs(1).min(left);
-                    if let Ok(Ok(up)) = tokio::time::timeout(attempt, TcpStream::connect(&amqp)).await {
-                        return Some(Route::Proxied(up));
+                    let tunnel = self.tunnel_to(&leader, &repl, Protocol::Amqp, client);
+                    match tokio::time::timeout(attempt, tunnel).await {
+                        Ok(Ok(up)) => return Some(Route::Proxied(up)),
+                        Ok(Err(e)) => debug!(%leader, error = %e, "cannot reach the leader for a client"),
+                        Err(_) => {}
                     }
                 }
                 _ => {}
@@ -456,10 +469,36 @@ pub fn reachable(bound: std::net::SocketAddr, advertise: &str) -> String {
     }
 }
 
-/// Splices a client's connection to the leader's AMQP listener.
-pub async fn proxy(mut client: TcpStream, mut upstream: TcpStream) {
-    let _ = upstream.set_nodelay(true);
+/// Splices a client's connection to the leader.
+pub async fn proxy(mut client: impl warren_node::cluster::Duplex, mut upstream: BoxStream) {
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+impl Cluster {
+    /// A connection to the leader `leader`'s cluster listener at `repl`,
+    /// which it serves as a `protocol` client connecting from `client`:
+    /// with cluster TLS, only once the leader's certificate names it (a
+    /// forged leader key gets no client's bytes).
+    pub async fn tunnel_to(
+        &self,
+        leader: &str,
+        repl: &str,
+        protocol: Protocol,
+        client: std::net::SocketAddr,
+    ) -> std::io::Result<BoxStream> {
+        let tcp = TcpStream::connect(repl).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut up: BoxStream = match &self.tls {
+            Some(tls) => {
+                let name = crate::tls::NodeTls::server_name(leader).map_err(std::io::Error::other)?;
+                Box::new(tokio_rustls::TlsConnector::from(tls.client.clone()).connect(name, tcp).await?)
+            }
+            None => Box::new(tcp),
+        };
+        let hello = crate::replication::client_frame(&self.settings.name, &self.settings.node, protocol, client);
+        tokio::io::AsyncWriteExt::write_all(&mut up, &hello).await?;
+        Ok(up)
+    }
 }
 
 impl warren_node::cluster::ClusterView for Cluster {
@@ -474,15 +513,24 @@ impl warren_node::cluster::ClusterView for Cluster {
         }
     }
 
-    fn leader_http(&self) -> Option<String> {
-        Cluster::leader_http(self)
-    }
-
     fn gate(&self) -> Option<Arc<dyn warren_node::cluster::ConfirmGate>> {
         self.hub.get().map(|h| h.clone() as Arc<dyn warren_node::cluster::ConfirmGate>)
     }
 
     fn status(&self) -> ClusterStatus {
         Cluster::status(self)
+    }
+
+    fn tunnel(
+        &self,
+        protocol: Protocol,
+        client: std::net::SocketAddr,
+    ) -> warren_node::cluster::BoxFuture<'_, std::io::Result<BoxStream>> {
+        Box::pin(async move {
+            match self.role() {
+                Role::Follower { leader, repl, .. } => self.tunnel_to(&leader, &repl, protocol, client).await,
+                _ => Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "no cluster leader is known")),
+            }
+        })
     }
 }

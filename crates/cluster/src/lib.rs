@@ -20,6 +20,7 @@ mod error;
 pub mod etcd;
 pub mod lifecycle;
 pub mod replication;
+pub mod tls;
 
 pub use election::{clock_ms, proxy, reachable, Cluster, Leading, Role, Route, Settings};
 pub use error::{Error, Result};

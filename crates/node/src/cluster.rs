@@ -10,6 +10,23 @@ use std::time::Duration;
 /// A boxed future (the traits here are used as objects).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A byte stream both ways: TCP, TLS, or a client's connection tunnelled
+/// from a follower to the leader.
+pub trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
+pub type BoxStream = Box<dyn Duplex>;
+
+/// What a client connection passed from a follower to the leader speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Amqp = 1,
+    Http = 2,
+}
+
+/// On the leader: serves a client connection a follower passed on, as if
+/// it had come from `client` (its real address) to this node's listener.
+pub type TunnelHandler = Arc<dyn Fn(Protocol, BoxStream, std::net::SocketAddr) + Send + Sync>;
+
 /// The leader's gate for replies that follow a durable change: they wait
 /// until every in-sync follower has the definitions saved so far.
 pub trait ConfirmGate: Send + Sync {
@@ -26,12 +43,14 @@ pub trait ClusterView: Send + Sync {
     fn is_serving(&self) -> bool;
     /// While following: the leader's node name.
     fn leader_name(&self) -> Option<String>;
-    /// While following a leader that has one: its management API address.
-    fn leader_http(&self) -> Option<String>;
     /// While leading: the gate replies to durable changes wait at.
     fn gate(&self) -> Option<Arc<dyn ConfirmGate>>;
     /// `warren ctl cluster_status` (and the API's node document).
     fn status(&self) -> ClusterStatus;
+    /// While following: a connection to the leader that it serves as a
+    /// `protocol` client connecting from `client` (through the cluster
+    /// listener, inside mutual TLS when the cluster has it).
+    fn tunnel(&self, protocol: Protocol, client: std::net::SocketAddr) -> BoxFuture<'_, std::io::Result<BoxStream>>;
 }
 
 /// A node's view of its cluster (`warren ctl cluster_status`).

@@ -140,6 +140,48 @@ pub struct Config {
     #[arg(long, env = "WARREN_CLUSTER_LISTEN", default_value = "")]
     pub cluster_listen: String,
 
+    /// PEM certificate chain this node presents to the other nodes (mutual
+    /// TLS on the cluster listener: replication and proxied clients). Its
+    /// SAN names the node (`--node-name`) as a DNS name.
+    #[arg(long, env = "WARREN_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-tls-cert.
+    #[arg(long, env = "WARREN_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates the other nodes' certificates must chain to.
+    #[arg(long, env = "WARREN_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
+
+    /// Allow the cluster listener without TLS on an address other than
+    /// loopback (anyone who reaches it can then read every message).
+    #[arg(long, env = "WARREN_CLUSTER_INSECURE", default_value_t = false)]
+    pub cluster_insecure: bool,
+
+    /// PEM CA certificates etcd's server certificate must chain to (for
+    /// `https://` endpoints).
+    #[arg(long, env = "WARREN_CLUSTER_ETCD_CA")]
+    pub cluster_etcd_ca: Option<PathBuf>,
+
+    /// PEM client certificate for etcd (with --cluster-etcd-key), when etcd
+    /// asks for one (`--client-cert-auth`).
+    #[arg(long, env = "WARREN_CLUSTER_ETCD_CERT")]
+    pub cluster_etcd_cert: Option<PathBuf>,
+
+    /// PEM private key of --cluster-etcd-cert.
+    #[arg(long, env = "WARREN_CLUSTER_ETCD_KEY")]
+    pub cluster_etcd_key: Option<PathBuf>,
+
+    /// etcd user (etcd's `auth enable`); its password is read from
+    /// --cluster-etcd-password-file.
+    #[arg(long, env = "WARREN_CLUSTER_ETCD_USER", default_value = "")]
+    pub cluster_etcd_user: String,
+
+    /// File holding the etcd user's password (one line).
+    #[arg(long, env = "WARREN_CLUSTER_ETCD_PASSWORD_FILE")]
+    pub cluster_etcd_password_file: Option<PathBuf>,
+
     /// The AMQP address other nodes and proxied clients reach this node at,
     /// where the listen address is not reachable as is (default: the
     /// AMQP listen address).

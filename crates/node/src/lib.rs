@@ -12,6 +12,7 @@ pub mod background;
 pub mod cluster;
 pub mod config;
 pub mod heap;
+pub mod pem;
 pub mod registry;
 pub mod resources;
 

@@ -79,8 +79,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 "" => format!("{}:0", addr.ip()),
                 a => a.to_owned(),
             };
+            let node_tls = warren_cluster::tls::NodeTls::load(
+                config.cluster_tls_cert.as_ref(),
+                config.cluster_tls_key.as_ref(),
+                config.cluster_tls_ca.as_ref(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?;
             let repl = TcpListener::bind(&at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at}: {e}"))?;
             let bound = repl.local_addr()?;
+            // Secure by default: without TLS, whoever reaches the cluster
+            // listener could pose as a member and be sent every message.
+            if node_tls.is_none() && !bound.ip().is_loopback() {
+                if !config.cluster_insecure {
+                    anyhow::bail!(
+                        "the cluster listener would bind {bound}, which other machines can reach, without TLS: \
+                         anyone reaching it could read every message. Give --cluster-tls-cert, --cluster-tls-key and \
+                         --cluster-tls-ca (docs/cluster.md, \"Security\"), bind --cluster-listen to a loopback \
+                         address, or accept the risk with --cluster-insecure"
+                    );
+                }
+                warn!(
+                    addr = %bound,
+                    "--cluster-insecure: the cluster listener has no TLS; anyone who reaches it can read every message"
+                );
+            }
             let listen = warren_cluster::reachable(bound, &advertise);
             info!(addr = %bound, "cluster replication listening");
             let settings = warren_cluster::Settings {
@@ -90,7 +112,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 advertise,
                 listen,
             };
-            (Some(warren_cluster::Cluster::new(settings).map_err(|e| anyhow::anyhow!(e))?), Some(repl))
+            (Some(warren_cluster::Cluster::new(settings, node_tls).map_err(|e| anyhow::anyhow!(e))?), Some(repl))
         }
     };
     let http_at = config.http_listen().map_err(|e| anyhow::anyhow!(e))?;
@@ -143,6 +165,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Each connection task holds a sender; when all are dropped, they are done.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
 
+    // While leading: the clients followers pass on are served here as if
+    // they had connected to this node's listeners from their own address.
+    if let Some(cluster) = &cluster {
+        let (shared, shutdown, done) = (shared.clone(), shutdown_rx.clone(), done_tx.downgrade());
+        let handler: warren_node::cluster::TunnelHandler = Arc::new(move |protocol, stream, peer| match protocol {
+            warren_node::cluster::Protocol::Amqp => {
+                let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done.upgrade());
+                tokio::spawn(async move {
+                    connection::serve(connection::Stream::PassedOn(stream), peer, shared, shutdown).await;
+                    drop(done);
+                });
+            }
+            warren_node::cluster::Protocol::Http => warren_admin::http::serve_passed_on(shared.clone(), stream, peer),
+        });
+        let _ = cluster.tunnels.set(handler);
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -157,7 +195,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     // closed.
                     if let Some(cluster) = cluster.clone() {
                         tokio::spawn(async move {
-                            match cluster.route().await {
+                            match cluster.route(peer).await {
                                 Some(warren_cluster::Route::Local) => {
                                     connection::serve(connection::Stream::Tcp(socket), peer, shared, shutdown).await;
                                 }
@@ -185,9 +223,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     let shared = shared.clone();
                     let shutdown = shutdown_rx.clone();
                     let done = done_tx.clone();
+                    let cluster = cluster.clone();
                     tokio::spawn(async move {
                         // The TLS handshake counts against the AMQP handshake timeout.
                         match tokio::time::timeout(connection::HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                            // A follower passes the client on, decrypted
+                            // here, as it does a plain one.
+                            Ok(Ok(stream)) if cluster.is_some() => {
+                                match cluster.as_ref().expect("checked").route(peer).await {
+                                    Some(warren_cluster::Route::Local) => {
+                                        let stream = connection::Stream::Tls(Box::new(stream));
+                                        connection::serve(stream, peer, shared, shutdown).await;
+                                    }
+                                    Some(warren_cluster::Route::Proxied(up)) => warren_cluster::proxy(stream, up).await,
+                                    None => warn!(%peer, "no cluster leader: connection closed"),
+                                }
+                            }
                             Ok(Ok(stream)) => {
                                 let stream = connection::Stream::Tls(Box::new(stream));
                                 connection::serve(stream, peer, shared, shutdown).await;

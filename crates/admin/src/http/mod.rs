@@ -143,7 +143,6 @@ type Handler = fn(Arc<Node>, SocketAddr, Request<Incoming>) -> Pin<Box<dyn std::
 /// (`read_body`).
 pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.http_max_connections.max(1)));
-    let timeout = request_timeout(&shared);
     tokio::spawn(async move {
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -156,29 +155,49 @@ pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
                 }
             };
             let _ = socket.set_nodelay(true);
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let service = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move {
-                        let mut reply = handler(shared, peer, req).await;
-                        harden(reply.headers_mut());
-                        Ok::<_, Infallible>(reply)
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(socket);
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(timeout)
-                    .serve_connection(io, service)
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!(%peer, error = %e, "HTTP connection ended");
-                }
-            });
+            tokio::spawn(connection(shared.clone(), socket, peer, handler, Some(slot)));
         }
     });
+}
+
+/// Serves one API connection that a cluster follower passed on (`peer`:
+/// the client's own address).
+pub fn serve_passed_on(shared: Arc<Node>, io: warren_node::cluster::BoxStream, peer: SocketAddr) {
+    tokio::spawn(connection(
+        shared,
+        io,
+        peer,
+        |shared, peer, req| Box::pin(async move { handle(&shared, peer, req).await }),
+        None,
+    ));
+}
+
+/// Serves one HTTP/1.1 connection, holding its slot (if counted) until it ends.
+async fn connection(
+    shared: Arc<Node>,
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    peer: SocketAddr,
+    handler: Handler,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let _slot = slot;
+    let timeout = request_timeout(&shared);
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move {
+            let mut reply = handler(shared, peer, req).await;
+            harden(reply.headers_mut());
+            Ok::<_, Infallible>(reply)
+        }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
 }
 
 fn request_timeout(shared: &Node) -> std::time::Duration {
@@ -239,15 +258,22 @@ fn refuse_cross_site(parts: &hyper::http::request::Parts) -> Option<Reply> {
     (!json).then(|| empty(StatusCode::UNSUPPORTED_MEDIA_TYPE))
 }
 
-/// Passes a management API request on to the cluster leader's API and
-/// streams its answer back. The body is streamed too: the leader
-/// authenticates the request before it reads it.
-async fn forward(leader: &str, parts: hyper::http::request::Parts, body: Incoming) -> Reply {
+/// Passes a management API request on to the cluster leader's API,
+/// through the cluster listener (inside mutual TLS when the cluster has it,
+/// and with the client's own address), and streams its answer back. The
+/// body is streamed too: the leader authenticates the request before it
+/// reads it.
+async fn forward(
+    cluster: &dyn warren_node::cluster::ClusterView,
+    peer: SocketAddr,
+    parts: hyper::http::request::Parts,
+    body: Incoming,
+) -> Reply {
     let unreachable = |e: &dyn std::fmt::Display| {
         error(StatusCode::BAD_GATEWAY, "bad_gateway", format!("cannot reach the cluster leader: {e}"))
     };
     let wait = std::time::Duration::from_secs(30);
-    let socket = match tokio::time::timeout(wait, tokio::net::TcpStream::connect(leader)).await {
+    let socket = match tokio::time::timeout(wait, cluster.tunnel(warren_node::cluster::Protocol::Http, peer)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return unreachable(&e),
         Err(_) => return unreachable(&"timed out"),
@@ -271,7 +297,8 @@ async fn forward(leader: &str, parts: hyper::http::request::Parts, body: Incomin
             req = req.header(name, v);
         }
     }
-    let Ok(req) = req.header(hyper::header::HOST, leader).body(http_body_util::Limited::new(body, MAX_BODY)) else {
+    let host = parts.headers.get(hyper::header::HOST).cloned().unwrap_or(HeaderValue::from_static("localhost"));
+    let Ok(req) = req.header(hyper::header::HOST, host).body(http_body_util::Limited::new(body, MAX_BODY)) else {
         return bad_request("invalid request");
     };
     match tokio::time::timeout(wait, sender.send_request(req)).await {
@@ -339,8 +366,8 @@ async fn handle(shared: &Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
         if let Some(r) = refuse_cross_site(&parts) {
             return r;
         }
-        return match cluster.leader_http() {
-            Some(leader) => forward(&leader, parts, body).await,
+        return match cluster.leader_name() {
+            Some(_) => forward(&**cluster, peer, parts, body).await,
             None => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no cluster leader is known yet"),
         };
     }

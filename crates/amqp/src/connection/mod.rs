@@ -169,6 +169,8 @@ pub struct Conn {
 pub enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A client's connection a cluster follower passed on to this leader.
+    PassedOn(warren_node::cluster::BoxStream),
 }
 
 /// Where the writer task sends bytes. Plain TCP also lets the connection
@@ -188,6 +190,10 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Node>, mut shut
         }
         Stream::Tls(s) => {
             let (r, w) = tokio::io::split(*s);
+            (Box::new(r), Writer::Other(Box::new(w)))
+        }
+        Stream::PassedOn(s) => {
+            let (r, w) = tokio::io::split(s);
             (Box::new(r), Writer::Other(Box::new(w)))
         }
     };

@@ -5,6 +5,10 @@
 use super::*;
 use warren_store::replica::Replica;
 
+/// The link to the leader: TCP, or TLS over it.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// The follower's side, on its own thread until `stop`: replicates from
 /// whichever node etcd names leader, reconnecting as that changes.
 pub fn follow(cluster: Arc<Cluster>, data_dir: PathBuf, stop: Arc<AtomicBool>) {
@@ -17,7 +21,7 @@ pub fn follow(cluster: Arc<Cluster>, data_dir: PathBuf, stop: Arc<AtomicBool>) {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        match follow_leader(&cluster, &mut applier, &repl, epoch, &stop) {
+        match follow_leader(&cluster, &mut applier, &leader, &repl, epoch, &stop) {
             Ok(()) => last_error.clear(),
             Err(e) => {
                 let seen = format!("{leader} {epoch} {e}");
@@ -42,6 +46,7 @@ pub fn follow(cluster: Arc<Cluster>, data_dir: PathBuf, stop: Arc<AtomicBool>) {
 pub(super) fn follow_leader(
     cluster: &Cluster,
     applier: &mut Replica,
+    leader: &str,
     repl: &str,
     epoch: u64,
     stop: &AtomicBool,
@@ -50,9 +55,25 @@ pub(super) fn follow_leader(
         .map_err(|e| Error::Peer(format!("{repl}: {e}")))?
         .next()
         .ok_or_else(|| Error::Peer(format!("{repl}: no address")))?;
-    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    let _ = s.set_nodelay(true);
-    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let tcp = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    let _ = tcp.set_nodelay(true);
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut s: Box<dyn ReadWrite> = match &cluster.tls {
+        // The leader's certificate must name the node etcd says leads.
+        Some(tls) => {
+            let name = crate::tls::NodeTls::server_name(leader)?;
+            let conn =
+                tokio_rustls::rustls::ClientConnection::new(tls.client.clone(), name).map_err(io::Error::other)?;
+            let mut link = tokio_rustls::rustls::StreamOwned::new(conn, tcp.try_clone()?);
+            while link.conn.is_handshaking() {
+                link.conn.complete_io(&mut link.sock).map_err(|e| Error::Peer(format!("TLS with {leader}: {e}")))?;
+            }
+            Box::new(link)
+        }
+        None => Box::new(tcp.try_clone()?),
+    };
+    tcp.set_read_timeout(Some(Duration::from_millis(200)))?;
     let held = applier
         .inventory(&REPLICATED, |path| checked(path).is_ok())
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read the data directory: {e}")))?;
@@ -78,7 +99,7 @@ pub(super) fn follow_leader(
         .map(Duration::from_millis);
     let mut in_flight: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     if delay.is_some() {
-        s.set_read_timeout(Some(Duration::from_millis(20)))?;
+        tcp.set_read_timeout(Some(Duration::from_millis(20)))?;
     }
     let mut welcomed = false;
     let mut heard = Instant::now();

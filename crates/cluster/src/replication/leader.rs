@@ -245,7 +245,8 @@ impl warren_node::cluster::ConfirmGate for Hub {
     }
 }
 
-/// Accepts followers on the cluster listener (the leader only).
+/// Accepts followers, and the clients they pass on, on the cluster
+/// listener (the leader only).
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cluster: Arc<Cluster>) {
     loop {
         let Ok((socket, peer)) = listener.accept().await else {
@@ -254,25 +255,62 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, cluster: Arc<Cluster>) 
         };
         let (hub, cluster) = (hub.clone(), cluster.clone());
         tokio::spawn(async move {
-            if let Err(e) = session(socket, &hub, &cluster).await {
-                info!(%peer, error = %e, "replication session ended");
+            if let Err(e) = admit(socket, peer, &hub, &cluster).await {
+                info!(%peer, error = %e, "cluster link ended");
             }
         });
     }
 }
 
-/// One follower's session on the leader.
-pub(super) async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Cluster>) -> Result<()> {
+/// A link to the cluster listener: its TLS handshake (with cluster TLS),
+/// then its first frame, which must come from a member of this cluster
+/// (named by its certificate, with TLS) within 5 s.
+async fn admit(
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    hub: &Arc<Hub>,
+    cluster: &Arc<Cluster>,
+) -> Result<()> {
     let _ = socket.set_nodelay(true);
-    let (mut rd, mut wr) = socket.into_split();
-    let (kind, payload) = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut rd))
-        .await
-        .map_err(|_| Error::Peer("no hello".into()))??;
-    let mut f = Fields(&payload);
-    let (name, node) = match kind {
-        HELLO => (f.str()?.to_owned(), f.str()?.to_owned()),
-        k => return Err(Error::Protocol(format!("expected hello, got frame {k}"))),
+    let wait = Duration::from_secs(5);
+    let (mut stream, cert): (BoxStream, _) = match &cluster.tls {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+            let s = tokio::time::timeout(wait, acceptor.accept(socket))
+                .await
+                .map_err(|_| Error::Peer("TLS handshake timeout".into()))??;
+            let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            (Box::new(s), cert)
+        }
+        None => (Box::new(socket), None),
     };
+    let (kind, payload) = tokio::time::timeout(wait, read_frame(&mut stream, MAX_FIRST))
+        .await
+        .map_err(|_| Error::Peer("nothing said within 5 s".into()))??;
+    let mut f = Fields(&payload);
+    if !matches!(kind, HELLO | CLIENT) {
+        return Err(Error::Protocol(format!("expected hello, got frame {kind}")));
+    }
+    let (name, node) = (f.str()?, f.str()?.to_owned());
+    if name != cluster.settings.name || node == cluster.settings.node || !cluster.is_member(&node) {
+        // (A node registers in etcd before it follows: one that is not
+        // there yet is seen on the next tick and tries again.)
+        return Err(Error::Protocol(format!("{node:?} of cluster {name:?} is not one of our members")));
+    }
+    if cluster.tls.is_some() && !cert.as_ref().is_some_and(|c| crate::tls::names(c, &node)) {
+        return Err(Error::Protocol(format!("the certificate of {peer} does not name {node:?}")));
+    }
+    if kind == CLIENT {
+        let protocol = match f.take(1)?[0] {
+            1 => warren_node::cluster::Protocol::Amqp,
+            2 => warren_node::cluster::Protocol::Http,
+            p => return Err(Error::Protocol(format!("unknown client protocol {p}"))),
+        };
+        let client = f.str()?.parse().map_err(|_| Error::Protocol("bad client address".into()))?;
+        let Some(serve) = cluster.tunnels.get() else { return Err(Error::NotLeader("no listener for clients")) };
+        serve(protocol, stream, client);
+        return Ok(());
+    }
     let mut theirs = Held::new();
     while !f.0.is_empty() {
         let path = checked(f.str()?)?.to_owned();
@@ -280,11 +318,18 @@ pub(super) async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Clu
         let digest: [u8; 32] = f.take(32)?.try_into().expect("32 octets");
         theirs.insert(path, (size, digest));
     }
-    if name != cluster.settings.name || node == cluster.settings.node || !cluster.is_member(&node) {
-        // (A node registers in etcd before it follows: one that is not
-        // there yet is seen on the next tick and tries again.)
-        return Err(Error::Protocol(format!("hello from {node:?} of cluster {name:?}: not one of our members")));
-    }
+    session(stream, node, theirs, hub, cluster).await
+}
+
+/// One follower's session on the leader, after its hello.
+pub(super) async fn session(
+    stream: BoxStream,
+    node: String,
+    theirs: Held,
+    hub: &Arc<Hub>,
+    cluster: &Arc<Cluster>,
+) -> Result<()> {
+    let (rd, mut wr) = tokio::io::split(stream);
     let Role::Leader { epoch } = cluster.role() else { return Err(Error::NotLeader("not the leader")) };
     // Whatever it held, it is about to be overwritten: out of the ISR first.
     cluster.isr_change(&node, false).await?;
@@ -357,8 +402,8 @@ pub(super) async fn session(socket: TcpStream, hub: &Arc<Hub>, cluster: &Arc<Clu
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn follow_up(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut rd: Rd,
+    wr: &mut Wr,
     hub: &Arc<Hub>,
     cluster: &Arc<Cluster>,
     node: &str,
@@ -440,15 +485,9 @@ pub(super) async fn follow_up(
 /// Reads a follower's acknowledgements: each moves its position; one that
 /// reaches what the leader had when it joined counts it for confirms, then
 /// puts it in the ISR in etcd.
-pub(super) async fn read_acks(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    hub: &Arc<Hub>,
-    cluster: &Arc<Cluster>,
-    node: &str,
-    me: u64,
-) -> Result<()> {
+pub(super) async fn read_acks(rd: &mut Rd, hub: &Arc<Hub>, cluster: &Arc<Cluster>, node: &str, me: u64) -> Result<()> {
     loop {
-        let (kind, payload) = read_frame(rd).await?;
+        let (kind, payload) = read_frame(rd, MAX_ACK).await?;
         if kind != ACK {
             return Err(Error::Protocol(format!("unexpected frame {kind} from a follower")));
         }
@@ -496,12 +535,7 @@ pub(super) async fn read_acks(
 
 /// Sends a follower the stream from its cursor, pinging it when idle;
 /// ends when it falls behind, goes silent, or another session replaces it.
-pub(super) async fn send_stream(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    hub: &Arc<Hub>,
-    node: &str,
-    me: u64,
-) -> Result<()> {
+pub(super) async fn send_stream(wr: &mut Wr, hub: &Arc<Hub>, node: &str, me: u64) -> Result<()> {
     loop {
         let notified = hub.more.notified();
         tokio::pin!(notified);

@@ -21,6 +21,13 @@
 //! follower counted ([`Hub::confirmable`]).
 //!
 //! Frames: kind (1 octet), payload length (4 octets, big-endian), payload.
+//!
+//! The same listener takes the client connections a follower passes on to
+//! the leader: a `CLIENT` frame, then the client's bytes both ways. Both
+//! kinds of link start by naming the cluster and the connecting node; with
+//! cluster TLS ([`crate::tls`]) they are inside mutual TLS and the node's
+//! certificate must name it. Nothing longer than `MAX_FIRST` is read from
+//! a peer before it is known, nor longer than an `ACK` after.
 
 mod follower;
 mod leader;
@@ -39,9 +46,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
+use warren_node::cluster::BoxStream;
 use warren_store::log::FileOp;
 
 use super::{Cluster, Error, Result, Role};
@@ -56,6 +64,9 @@ const HELLO: u8 = 1;
 /// Follower → leader: the last `SYNC` mark applied and fsync'd: a log
 /// position (u64) and a count of definitions saves (u64).
 const ACK: u8 = 2;
+/// Follower → leader: cluster name (str16), node name (str16), protocol
+/// (u8: `Protocol`), the client's address (str16); then the client's bytes.
+const CLIENT: u8 = 3;
 /// Leader → follower: the leader's epoch (u64).
 const WELCOME: u8 = 10;
 /// Path (str16), offset (u64), the bytes written there.
@@ -69,6 +80,13 @@ const REPLACE: u8 = 14;
 const SYNC: u8 = 15;
 /// Nothing new: acknowledge again (the leader's liveness check).
 const PING: u8 = 16;
+
+/// The largest first frame (a hello, or a client's) read from a peer not
+/// yet known to be a member: a hello lists each replicated file in about
+/// 60 octets.
+const MAX_FIRST: usize = 4 << 20;
+/// The largest frame read from a follower after its hello (an `ACK`).
+const MAX_ACK: usize = 64;
 
 /// Frames larger than this are refused (a message body is at most 512 MiB).
 const MAX_FRAME: usize = 1 << 30;
@@ -110,6 +128,21 @@ fn append_frame(path: &str, offset: u64, bytes: &[u8]) -> Vec<u8> {
         put_str(b, path);
         b.extend_from_slice(&offset.to_be_bytes());
         b.extend_from_slice(bytes);
+    })
+}
+
+/// The first frame of a client connection passed on to the leader.
+pub fn client_frame(
+    cluster: &str,
+    node: &str,
+    protocol: warren_node::cluster::Protocol,
+    client: std::net::SocketAddr,
+) -> Vec<u8> {
+    frame(CLIENT, |b| {
+        put_str(b, cluster);
+        put_str(b, node);
+        b.push(protocol as u8);
+        put_str(b, &client.to_string());
     })
 }
 
@@ -180,7 +213,7 @@ type Held = HashMap<String, (u64, [u8; 32])>;
 /// Writes to a follower. One that does not take the bytes within
 /// `FOLLOWER_TIMEOUT` (paused, or its link stalled) ends its session, which
 /// takes it out of the ISR: it must not hold confirms.
-async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, bytes: &[u8]) -> Result<()> {
+async fn send(wr: &mut Wr, bytes: &[u8]) -> Result<()> {
     match tokio::time::timeout(FOLLOWER_TIMEOUT, wr.write_all(bytes)).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(Error::Peer("the follower does not read".into())),
@@ -207,12 +240,17 @@ async fn prefix_digest(f: &mut tokio::fs::File, size: u64) -> io::Result<Option<
 
 // ---------------------------------------------------------------- leader
 
-async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<(u8, Vec<u8>)> {
+/// The two halves of a link to a follower.
+type Rd = tokio::io::ReadHalf<BoxStream>;
+type Wr = tokio::io::WriteHalf<BoxStream>;
+
+/// Reads one frame of at most `max` octets (checked before allocating).
+async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R, max: usize) -> Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
     r.read_exact(&mut head).await?;
     let len = u32::from_be_bytes(head[1..5].try_into().expect("4 octets")) as usize;
-    if len > 16 << 20 {
-        return Err(Error::Protocol(format!("follower frame of {len} octets")));
+    if len > max {
+        return Err(Error::Protocol(format!("frame of {len} octets from a follower")));
     }
     let mut payload = vec![0; len];
     r.read_exact(&mut payload).await?;
