@@ -43,6 +43,8 @@ pub struct Settings {
     pub advertise: String,
     /// Where this node's replication listener is reachable by the others.
     pub listen: String,
+    /// etcd's TLS and credentials.
+    pub etcd_access: etcd::Access,
 }
 
 /// Milliseconds on a clock private to this process (monotonic).
@@ -109,7 +111,7 @@ impl Cluster {
             // Its certificate must be able to name it.
             crate::tls::NodeTls::server_name(&settings.node)?;
         }
-        let etcd = Etcd::new(&settings.etcd)?;
+        let etcd = Etcd::new(&settings.etcd, &settings.etcd_access)?;
         let (role, _) = watch::channel(Role::Unknown);
         Ok(Arc::new(Cluster {
             settings,

@@ -1,19 +1,47 @@
 //! A small client for etcd's v3 API through its JSON gateway (`/v3/...`,
 //! keys and values base64): the handful of calls the cluster needs — lease
-//! grant and keep-alive, transactions, ranges, puts. Plain HTTP/1.1 with
-//! one connection per call, tried against each endpoint in turn; no gRPC
-//! stack and no build-time protobuf compiler.
+//! grant and keep-alive, transactions, ranges, puts. HTTP/1.1 with one
+//! connection per call, tried against each endpoint in turn; no gRPC stack
+//! and no build-time protobuf compiler.
+//!
+//! `https://` endpoints are reached over rustls, checked against
+//! `--cluster-etcd-ca` (and with a client certificate when given); with
+//! `--cluster-etcd-user`, the client authenticates (`/v3/auth/authenticate`)
+//! and sends etcd's token with every call, authenticating again when etcd
+//! no longer knows it (a restart, an expiry). Answers are read up to
+//! `MAX_ANSWER` octets.
 
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest answer read from etcd (the cluster's keys are small).
+const MAX_ANSWER: u64 = 16 << 20;
+
+/// How to reach etcd beyond its endpoints: TLS files and credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// CA certificates etcd's server certificate must chain to.
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate and its key, for etcd's `--client-cert-auth`.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    /// An etcd user, and the file holding its password.
+    pub user: String,
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+struct Endpoint {
+    host: String,
+    port: u16,
+    tls: bool,
+}
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
@@ -78,45 +106,126 @@ pub enum Compare<'a> {
 }
 
 pub struct Etcd {
-    endpoints: Vec<(String, u16)>,
+    endpoints: Vec<Endpoint>,
     /// The endpoint that answered last: tried first (a member that is
     /// down costs each call a timeout only until another one answers).
     preferred: std::sync::atomic::AtomicUsize,
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// The user and password, when etcd has auth enabled.
+    credentials: Option<(String, String)>,
+    /// etcd's token for them, once authenticated.
+    token: parking_lot::Mutex<Option<String>>,
 }
 
 impl Etcd {
-    /// Endpoints as `http://host:port` (the scheme is optional).
-    pub fn new(endpoints: &[String]) -> Result<Etcd> {
+    /// Endpoints as `http://host:port` or `https://host:port` (no scheme:
+    /// http).
+    pub fn new(endpoints: &[String], access: &Access) -> Result<Etcd> {
         let mut parsed = Vec::new();
         for e in endpoints {
-            let rest = e.trim().trim_start_matches("http://").trim_end_matches('/');
-            if rest.starts_with("https://") {
-                return Err(Error::Config(format!("etcd endpoint {e}: TLS is not supported yet")));
-            }
+            let e = e.trim();
+            let (tls, rest) = match e.strip_prefix("https://") {
+                Some(rest) => (true, rest),
+                None => (false, e.strip_prefix("http://").unwrap_or(e)),
+            };
+            let rest = rest.trim_end_matches('/');
             let (host, port) =
                 rest.rsplit_once(':').ok_or_else(|| Error::Config(format!("etcd endpoint {e}: no port")))?;
             let port = port.parse().map_err(|_| Error::Config(format!("etcd endpoint {e}: bad port")))?;
-            parsed.push((host.to_owned(), port));
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            parsed.push(Endpoint { host, port, tls });
         }
         if parsed.is_empty() {
             return Err(Error::Config("no etcd endpoint".into()));
         }
-        Ok(Etcd { endpoints: parsed, preferred: Default::default() })
+        let tls = match parsed.iter().any(|e| e.tls) {
+            true => Some(connector(access)?),
+            false => None,
+        };
+        let credentials = match (access.user.as_str(), &access.password_file) {
+            ("", None) => None,
+            ("", Some(_)) => {
+                return Err(Error::Config("--cluster-etcd-password-file needs --cluster-etcd-user".into()))
+            }
+            (_, None) => return Err(Error::Config("--cluster-etcd-user needs --cluster-etcd-password-file".into())),
+            (user, Some(file)) => {
+                let password = std::fs::read_to_string(file).map_err(|e| {
+                    Error::Config(format!("cannot read the etcd password from {}: {e}", file.display()))
+                })?;
+                let password = password.lines().next().unwrap_or("").to_owned();
+                Some((user.to_owned(), password))
+            }
+        };
+        Ok(Etcd { endpoints: parsed, preferred: Default::default(), tls, credentials, token: Default::default() })
     }
 
-    async fn post_to(host: &str, port: u16, path: &str, body: &str) -> Result<Value> {
+    async fn post_to(&self, at: &Endpoint, path: &str, body: &str) -> Result<Value> {
+        let (host, port) = (&at.host, at.port);
+        let token = self.token.lock().clone();
+        let auth = match (&token, path) {
+            (Some(t), p) if p != "/v3/auth/authenticate" => format!("Authorization: {t}\r\n"),
+            _ => String::new(),
+        };
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n\
+            "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n{auth}\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let answer = exchange(&format!("{host}:{port}"), req.as_bytes()).await?;
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        let answer = match (&self.tls, at.tls) {
+            (Some(tls), true) => {
+                let name = rustls_pki_types::ServerName::try_from(host.clone())
+                    .map_err(|_| Error::Config(format!("etcd endpoint host {host} is not a TLS server name")))?;
+                exchange(tls.connect(name, tcp).await?, req.as_bytes()).await?
+            }
+            _ => exchange(tcp, req.as_bytes()).await?,
+        };
         if answer.status != 200 {
-            return Err(Error::Etcd(format!("etcd answered {}", answer.head.lines().next().unwrap_or(""))));
+            let text = String::from_utf8_lossy(&answer.body);
+            if text.contains("invalid auth token") || text.contains("user name is empty") {
+                *self.token.lock() = None;
+                return Err(Error::Etcd(format!("etcd refused the auth token: {}", text.trim())));
+            }
+            return Err(Error::Etcd(format!(
+                "etcd answered {}: {}",
+                answer.head.lines().next().unwrap_or(""),
+                text.chars().take(200).collect::<String>()
+            )));
         }
         // Streaming calls (keep-alive) send one JSON object per message.
         let mut de = serde_json::Deserializer::from_slice(&answer.body).into_iter::<Value>();
         Ok(de.next().ok_or_else(|| Error::Etcd("etcd answered with an empty body".into()))??)
+    }
+
+    /// A token for the configured user, if auth is configured and none is held.
+    async fn authenticate(&self, at: &Endpoint) -> Result<()> {
+        let Some((user, password)) = &self.credentials else { return Ok(()) };
+        if self.token.lock().is_some() {
+            return Ok(());
+        }
+        let body = json!({ "name": user, "password": password }).to_string();
+        let v = self.post_to(at, "/v3/auth/authenticate", &body).await?;
+        match v.get("token").and_then(Value::as_str) {
+            Some(t) => {
+                *self.token.lock() = Some(t.to_owned());
+                Ok(())
+            }
+            None => Err(Error::Etcd(format!("etcd did not authenticate {user}: {v}"))),
+        }
+    }
+
+    /// One call to one endpoint, authenticated when auth is configured.
+    async fn call(&self, at: &Endpoint, path: &str, body: &str) -> Result<Value> {
+        self.authenticate(at).await?;
+        match self.post_to(at, path, body).await {
+            // The token was dropped as refused (etcd restarted, or this
+            // member did not issue it): once more with a new one.
+            Err(_) if self.credentials.is_some() && self.token.lock().is_none() => {
+                self.authenticate(at).await?;
+                self.post_to(at, path, body).await
+            }
+            answer => answer,
+        }
     }
 
     /// Posts to each endpoint in turn until one answers.
@@ -125,8 +234,9 @@ impl Etcd {
         let mut last = String::new();
         let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
         for i in (0..self.endpoints.len()).map(|k| (first + k) % self.endpoints.len()) {
-            let (host, port) = &self.endpoints[i];
-            match tokio::time::timeout(CALL_TIMEOUT, Self::post_to(host, *port, path, &body)).await {
+            let at = &self.endpoints[i];
+            let (host, port) = (&at.host, at.port);
+            match tokio::time::timeout(CALL_TIMEOUT, self.call(at, path, &body)).await {
                 Ok(Ok(v)) => {
                     self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
                     if let Some(err) = v.get("error") {
@@ -209,16 +319,56 @@ impl Etcd {
     }
 }
 
-pub use warren_node::cluster::HttpAnswer as Answer;
+/// The TLS client for `https://` endpoints.
+fn connector(access: &Access) -> Result<tokio_rustls::TlsConnector> {
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+    use warren_node::pem::{certificates, private_key};
+    let config = |e: &dyn std::fmt::Display| Error::Config(format!("etcd TLS: {e}"));
+    let Some(ca) = &access.ca else {
+        return Err(Error::Config("https:// etcd endpoints need --cluster-etcd-ca".into()));
+    };
+    let mut roots = RootCertStore::empty();
+    for c in certificates(ca).map_err(|e| config(&e))? {
+        roots.add(c).map_err(|e| config(&format!("bad CA certificate in {}: {e}", ca.display())))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config(&e))?
+        .with_root_certificates(roots);
+    let client = match (&access.cert, &access.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(
+                certificates(cert).map_err(|e| config(&e))?,
+                private_key(key).map_err(|e| config(&e))?,
+            )
+            .map_err(|e| config(&e))?,
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(Error::Config("--cluster-etcd-cert and --cluster-etcd-key go together".into())),
+    };
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(client)))
+}
 
-/// Sends `request` (a whole HTTP/1.1 request with `Connection: close`) to
-/// `addr` and reads the answer to the end of the connection.
-pub async fn exchange(addr: &str, request: &[u8]) -> std::io::Result<Answer> {
+/// An HTTP/1.1 response read to the end of its connection.
+pub struct Answer {
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+/// Sends `request` (a whole HTTP/1.1 request with `Connection: close`) on
+/// `s` and reads the answer to the end of the connection (at most
+/// `MAX_ANSWER` octets).
+async fn exchange(mut s: impl AsyncRead + AsyncWrite + Unpin, request: &[u8]) -> std::io::Result<Answer> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let mut s = TcpStream::connect(addr).await?;
     s.write_all(request).await?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await?;
+    (&mut s).take(MAX_ANSWER + 1).read_to_end(&mut raw).await?;
+    if raw.len() as u64 > MAX_ANSWER {
+        return Err(bad("etcd's answer is too large"));
+    }
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no HTTP header end"))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad("no HTTP status"))?;

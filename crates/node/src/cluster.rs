@@ -85,22 +85,3 @@ pub struct FollowerStatus {
     pub acked_position: u64,
     pub lag_bytes: u64,
 }
-
-/// An HTTP/1.1 response read to the end of its connection.
-pub struct HttpAnswer {
-    pub status: u16,
-    /// The status line and headers.
-    pub head: String,
-    /// The body (de-chunked).
-    pub body: Vec<u8>,
-}
-
-impl HttpAnswer {
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}

@@ -111,6 +111,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 node: config.node_name.clone(),
                 advertise,
                 listen,
+                etcd_access: warren_cluster::etcd::Access {
+                    ca: config.cluster_etcd_ca.clone(),
+                    cert: config.cluster_etcd_cert.clone(),
+                    key: config.cluster_etcd_key.clone(),
+                    user: config.cluster_etcd_user.clone(),
+                    password_file: config.cluster_etcd_password_file.clone(),
+                },
             };
             (Some(warren_cluster::Cluster::new(settings, node_tls).map_err(|e| anyhow::anyhow!(e))?), Some(repl))
         }
