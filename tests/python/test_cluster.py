@@ -56,8 +56,9 @@ def etcd():
 
 
 class Node:
-    def __init__(self, etcd_url, cluster, name, env=None, extra=()):
+    def __init__(self, etcd_url, cluster, name, env=None, extra=(), listen_host="127.0.0.1"):
         self.name = name
+        self.listen_host = listen_host
         self.args = ["--cluster-etcd", etcd_url, "--cluster-name", cluster, "--node-name", name, *extra]
         self.env = env
         self.data = None
@@ -65,7 +66,8 @@ class Node:
 
     def start(self):
         """Starts the node (again, on its data directory if it had one)."""
-        self.proc, self.port, self.data = start_warren(extra=self.args, data=self.data, env=self.env)
+        self.proc, self.port, self.data = start_warren(extra=self.args, data=self.data, env=self.env,
+                                                       listen_host=self.listen_host)
 
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)

@@ -343,3 +343,93 @@ def test_the_failover_loop_passes_with_tls_between_nodes_and_to_etcd_with_auth(p
     finally:
         for n in nodes:
             n.stop()
+
+
+def outward_address():
+    """An IPv4 address of this machine other than loopback (None if it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_through_a_follower_a_client_keeps_its_address_and_amqps_is_passed_on(etcd, pki):  # noqa: F811
+    """A follower passes clients on with their own address: `guest` (a
+    loopback user) is refused when it comes from another address through a
+    co-located follower, as it would be at the leader. An amqps client of
+    a follower reaches the leader's broker (no placeholder of its own)."""
+    outward = outward_address()
+    if outward is None:
+        pytest.skip("this machine has no address besides loopback")
+    server = pki["ca_obj"].leaf("amqps", dns=["localhost"])
+    name = f"c{free_port()}"
+    nodes = []
+    try:
+        for i in range(2):
+            amqps = free_port()
+            n = Node(etcd.url, name, f"n{i}", listen_host="0.0.0.0",
+                     extra=["--cluster-listen", f"127.0.0.1:{free_port()}", "--amqps-listen", f"127.0.0.1:{amqps}",
+                            "--tls-cert", str(server[0]), "--tls-key", str(server[1])])
+            n.amqps = amqps
+            nodes.append(n)
+        lead, _, _ = settled(nodes)
+        follower = next(n for n in nodes if n is not lead)
+        from conftest import warren_binary
+        subprocess.run([warren_binary(), "ctl", "--data-dir", lead.data, "add_user", "remote", "pw"], check=True,
+                       capture_output=True, timeout=30)
+        subprocess.run([warren_binary(), "ctl", "--data-dir", lead.data, "set_permissions", "remote", ".*", ".*",
+                        ".*"], check=True, capture_output=True, timeout=30)
+
+        def connect(host, user, password, port=None):
+            return pika.BlockingConnection(pika.ConnectionParameters(
+                host, port or follower.port, credentials=pika.PlainCredentials(user, password),
+                connection_attempts=1))
+
+        # From the outward address, through the follower: guest is refused,
+        # another user is not (the path works); from loopback guest is served.
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            connect(outward, "guest", "guest")
+        connect(outward, "remote", "pw").close()
+        connect("127.0.0.1", "guest", "guest").close()
+        # amqps at the follower: published there, read at the leader.
+        import ssl as _ssl
+        ctx = _ssl.create_default_context(cafile=str(pki["ca"]))
+        c = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", follower.amqps, ssl_options=pika.SSLOptions(ctx, server_hostname="localhost"),
+            connection_attempts=1))
+        ch = c.channel()
+        ch.queue_declare("via-amqps", durable=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", "via-amqps", b"over tls", pika.BasicProperties(delivery_mode=2))
+        c.close()
+        c = pika.BlockingConnection(lead.params())
+        method, _, body = c.channel().basic_get("via-amqps", auto_ack=True)
+        assert body == b"over tls"
+        c.close()
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_with_no_leader_known_nothing_is_served():
+    """A cluster node that knows no leader serves no broker of its own:
+    the API answers 503 (a write is not taken), AMQP clients are closed."""
+    import requests
+    port = free_port()
+    proc, amqp, data = start_warren(extra=["--cluster-etcd", f"http://127.0.0.1:{free_port()}", "--cluster-name",
+                                           f"c{port}", "--node-name", "n0"])
+    try:
+        auth = ("guest", "guest")
+        r = requests.put(proc.http + "/api/vhosts/placeholder", auth=auth, timeout=30)
+        assert r.status_code == 503, r.text
+        assert requests.get(proc.http + "/api/overview", auth=auth, timeout=30).status_code == 503
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", amqp, connection_attempts=1,
+                                                              socket_timeout=20))
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["rm", "-rf", data])
