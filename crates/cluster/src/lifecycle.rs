@@ -67,6 +67,10 @@ impl Lifecycle {
                 std::process::exit(1);
             }
         };
+        if let Err(e) = warren_node::boot::prepare(&broker, &shared.config) {
+            tracing::error!(error = %e, "cannot prepare the broker to lead");
+            std::process::exit(1);
+        }
         let hub = replication::Hub::new(data_dir.clone(), sync_tx, defs_tx, &cluster);
         if let Some(log) = broker.log() {
             let h = hub.clone();

@@ -36,6 +36,9 @@ pub struct Broker {
     /// taken by the management API's timer.
     pub rates: crate::stats::LengthRates,
     pub history: crate::stats::History,
+    /// Opened on a data directory that had no users and vhosts yet: the
+    /// first start, when the default user and vhost are made.
+    pub first_boot: bool,
 }
 
 /// An administrative change that could not be made, by what went wrong,
@@ -149,6 +152,7 @@ impl Broker {
             hooks: Default::default(),
             rates: Default::default(),
             history: Default::default(),
+            first_boot: false,
         };
         b.ensure_vhost("/");
         b
@@ -204,6 +208,7 @@ impl Broker {
             None => {}
         }
         if !access_path.exists() {
+            b.first_boot = true;
             if let Err(e) = definitions::save(&b.hooks, &access_path, &b.access.read().to_json()) {
                 tracing::error!(error = %e, "cannot save users and vhosts");
             }

@@ -17,6 +17,30 @@ use crate::resources::{DiskFreeLimit, InvalidSetting, Watermark};
     after_help = "Administration of a running broker: warren ctl [--data-dir DIR] COMMAND (see `warren ctl help`)."
 )]
 pub struct Config {
+    /// A RabbitMQ configuration file (`rabbitmq.conf`, `key = value`) to
+    /// read settings from: flags and environment variables override it.
+    #[arg(long = "config", env = "WARREN_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// Print the effective settings, each with where it came from, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// What to log: a level (`debug`, `info`, `warn`, `error`, `off`) or
+    /// tracing directives (`info,warren_cluster=debug`).
+    #[arg(long, env = "WARREN_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Log to this file (appended to, reopened on SIGHUP for logrotate)
+    /// instead of standard output.
+    #[arg(long, env = "WARREN_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Log lines as `text`, or `json`: one object per line (time, level,
+    /// target, message, fields) for log shippers.
+    #[arg(long, env = "WARREN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Address the AMQP listener binds to.
     #[arg(long, env = "WARREN_AMQP_LISTEN", default_value = "127.0.0.1:5672")]
     pub amqp_listen: SocketAddr,
@@ -115,6 +139,37 @@ pub struct Config {
     /// arrive within six times as long. Then the connection is closed.
     #[arg(long, env = "WARREN_HTTP_REQUEST_TIMEOUT", default_value_t = 10)]
     pub http_request_timeout: u64,
+
+    /// The user created on first start (RabbitMQ's default_user), an
+    /// administrator with the default permissions on the default vhost.
+    #[arg(long, env = "WARREN_DEFAULT_USER", default_value = "guest")]
+    pub default_user: String,
+
+    /// Its password (RabbitMQ's default_pass).
+    #[arg(long, env = "WARREN_DEFAULT_PASS", default_value = "guest", hide_default_value = true)]
+    pub default_pass: String,
+
+    /// The vhost created on first start (RabbitMQ's default_vhost).
+    #[arg(long, env = "WARREN_DEFAULT_VHOST", default_value = "/")]
+    pub default_vhost: String,
+
+    /// The default user's configure permission on it.
+    #[arg(long, env = "WARREN_DEFAULT_PERMISSIONS_CONFIGURE", default_value = ".*")]
+    pub default_permissions_configure: String,
+
+    /// The default user's read permission on it.
+    #[arg(long, env = "WARREN_DEFAULT_PERMISSIONS_READ", default_value = ".*")]
+    pub default_permissions_read: String,
+
+    /// The default user's write permission on it.
+    #[arg(long, env = "WARREN_DEFAULT_PERMISSIONS_WRITE", default_value = ".*")]
+    pub default_permissions_write: String,
+
+    /// A definitions file (RabbitMQ's export format) imported at every
+    /// start, as RabbitMQ's load_definitions: what it names is created or
+    /// updated, nothing else is touched.
+    #[arg(long, env = "WARREN_LOAD_DEFINITIONS")]
+    pub load_definitions: Option<PathBuf>,
 
     /// Most client connections the node accepts at once; 0 = no limit.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]

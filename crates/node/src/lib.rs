@@ -9,7 +9,9 @@
 //! builds it.
 
 pub mod background;
+pub mod boot;
 pub mod cluster;
+pub mod conf;
 pub mod config;
 pub mod heap;
 pub mod pem;

@@ -19,7 +19,7 @@ fn open_broker(data_dir: &std::path::Path) -> anyhow::Result<Broker> {
     Broker::open(data_dir).map_err(|e| anyhow::anyhow!("cannot open data dir {}: {e}", data_dir.display()))
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> anyhow::Result<()> {
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", data_dir.display()))?;
@@ -45,6 +45,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (BrokerCell::pending(), Some(sync_tx))
     } else {
         let broker = Arc::new(open_broker(&data_dir)?);
+        warren_node::boot::prepare(&broker, &config).map_err(|e| anyhow::anyhow!(e))?;
         if let Some(log) = broker.log() {
             log.on_sync(Box::new(move |pos| {
                 sync_tx.send_replace(pos);
@@ -189,6 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = cluster.tunnels.set(handler);
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -261,6 +263,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            _ = sighup.recv() => {
+                // logrotate moved the log file away: write to a new one.
+                if let Some(f) = &log_file {
+                    f.reopen();
+                    info!("log file reopened");
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
