@@ -94,7 +94,7 @@ def test_alarm_clears_when_the_backlog_goes(small_broker, name, how):
 
 
 def breakdown(broker):
-    out = broker.ctl("status").stdout
+    out = broker.ctl("memory_breakdown").stdout
     rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
     return {r[0]: int(r[1]) for r in rows[1:]}
 

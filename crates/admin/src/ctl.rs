@@ -338,7 +338,8 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
                 None => failed(info, AdminError::Unavailable(format!("Virtual host {vh} does not exist"))),
             }
         }
-        "status" | "memory_breakdown" => memory_breakdown(shared),
+        "status" => status(shared),
+        "memory_breakdown" => memory_breakdown(shared),
         "cluster_status" => match &shared.cluster {
             Some(c) => Response {
                 text: serde_json::to_string_pretty(&c.status()).unwrap_or_default(),
@@ -558,6 +559,40 @@ fn list_entities(shared: &Node, req: &Request) -> Response {
 
 /// Where the broker's memory is, in the spirit of `rabbitmq-diagnostics
 /// memory_breakdown`: one row per category, bytes and share of RSS.
+/// `status`: what the node runs and how it stands (rabbitmqctl status's
+/// essentials): version, uptime, listeners, alarms, memory.
+fn status(shared: &Node) -> Response {
+    let l = &shared.listeners;
+    let addr = |a: &std::sync::OnceLock<std::net::SocketAddr>| a.get().map_or("off".to_owned(), |a| a.to_string());
+    let alarms = shared.alarms.current.borrow().clone().unwrap_or_else(|| "none".into());
+    let rss = warren_node::resources::rss_bytes().unwrap_or(0);
+    let role = match &shared.cluster {
+        None => "single node".to_owned(),
+        Some(c) => format!("cluster {}: {}", c.status().cluster_name, c.status().role),
+    };
+    let rows = [
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("uptime_seconds", shared.started.elapsed().as_secs().to_string()),
+        ("role", role),
+        ("amqp_listener", addr(&l.amqp)),
+        ("amqps_listener", addr(&l.amqps)),
+        ("http_listener", addr(&l.http)),
+        ("prometheus_listener", addr(&l.prometheus)),
+        ("data_dir", shared.config.data_dir().display().to_string()),
+        ("alarms", alarms.clone()),
+        ("memory_rss_bytes", rss.to_string()),
+        ("memory_limit_bytes", shared.config.memory_limit().unwrap_or(0).to_string()),
+        ("connections", shared.registry.connections.lock().len().to_string()),
+    ];
+    let mut r = table(
+        format!("Status of node {} ...", crate::views::node_name()),
+        &["key", "value"],
+        rows.into_iter().map(|(k, v)| vec![k.to_owned(), v]).collect(),
+    );
+    r.text = format!("Alarms: {alarms}.");
+    r
+}
+
 fn memory_breakdown(shared: &Node) -> Response {
     let rows = crate::views::memory_rows(shared);
     let rss = rows.iter().find(|(k, _, _)| *k == "total_rss").map_or(0, |r| r.1);
@@ -628,7 +663,9 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
   list_connections [user peer_host peer_port state vhost channels ssl name]
   list_consumers [-p VHOST] [queue_name channel consumer_tag ack_required
               prefetch_count active]
-  status | memory_breakdown         where the memory is: queue bodies in memory
+  status                            version, uptime, listeners, alarms, memory
+  await_startup [--timeout SECS]    wait until the broker answers (default 300 s)
+  memory_breakdown                  where the memory is: queue bodies in memory
                                     and on disk, connection buffers, heap in use,
                                     allocator free space, RSS; alarms
   set_disk_free_limit LIMIT | mem_relative FRACTION
@@ -678,6 +715,9 @@ pub fn main(args: Vec<String>) -> i32 {
         return 64;
     }
     let command = rest.remove(0);
+    if command == "await_startup" {
+        return await_startup(data_dir, &rest);
+    }
     if command == "import_definitions" {
         // The file is read here, with the caller's permissions.
         let Some(path) = rest.first() else {
@@ -747,6 +787,51 @@ pub fn main(args: Vec<String>) -> i32 {
         let _ = writeln!(out, "{}", response.text);
     }
     0
+}
+
+/// `await_startup [--timeout SECS]`: waits until the broker answers on its
+/// ctl socket (it is created once the listeners are up), as rabbitmqctl's;
+/// 0 once it does, 69 after the timeout (default 300 s).
+fn await_startup(data_dir: Option<PathBuf>, args: &[String]) -> i32 {
+    let timeout = match args {
+        [] => 300,
+        [flag, secs] if flag == "--timeout" || flag == "-t" => match secs.parse::<u64>() {
+            Ok(s) => s,
+            Err(_) => {
+                eprintln!(
+                    "Error:
+await_startup --timeout takes a number of seconds"
+                );
+                return 64;
+            }
+        },
+        _ => {
+            eprintln!(
+                "Error:
+usage: warren ctl await_startup [--timeout SECS]"
+            );
+            return 64;
+        }
+    };
+    let socket = data_dir.unwrap_or_else(warren_node::config::default_data_dir).join(SOCKET_NAME);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    let ask = Request { command: "status".into(), vhost: "/".into(), args: Vec::new() };
+    loop {
+        if let Ok(r) = call(&socket, &ask) {
+            if r.exit == 0 {
+                return 0;
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "Error:
+the broker at {} did not start within {timeout} s",
+                socket.display()
+            );
+            return 69;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn call(socket: &Path, req: &Request) -> std::io::Result<Response> {

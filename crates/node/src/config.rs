@@ -171,6 +171,11 @@ pub struct Config {
     #[arg(long, env = "WARREN_LOAD_DEFINITIONS")]
     pub load_definitions: Option<PathBuf>,
 
+    /// On SIGTERM, how long (seconds) what was published before it may take
+    /// to be confirmed before every client is closed (320).
+    #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value_t = 10)]
+    pub shutdown_timeout: u64,
+
     /// Most client connections the node accepts at once; 0 = no limit.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: u64,

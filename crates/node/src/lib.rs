@@ -73,7 +73,10 @@ pub struct Alarms {
 /// Where the node's listeners are bound, once they are.
 #[derive(Default)]
 pub struct Listeners {
+    pub amqp: OnceLock<SocketAddr>,
+    pub amqps: OnceLock<SocketAddr>,
     pub http: OnceLock<SocketAddr>,
+    pub prometheus: OnceLock<SocketAddr>,
 }
 
 /// The broker a node serves. A cluster node starts with an empty

@@ -159,7 +159,12 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
         _ => background.start(shared.broker.clone()),
     }
     if let Some(at) = prometheus_at {
-        warren_admin::metrics::listen(shared.clone(), at).await?;
+        let bound = warren_admin::metrics::listen(shared.clone(), at).await?;
+        let _ = shared.listeners.prometheus.set(bound);
+    }
+    let _ = shared.listeners.amqp.set(addr);
+    if let Some((l, _)) = &tls {
+        let _ = shared.listeners.amqps.set(l.local_addr()?);
     }
     warren_admin::ctl::listen(shared.clone(), &data_dir)
         .await
@@ -168,6 +173,7 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
         info!(addr = %l.local_addr()?, "AMQP over TLS listening");
     }
     info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
+    notify_systemd("READY=1");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Each connection task holds a sender; when all are dropped, they are done.
@@ -274,8 +280,23 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
             _ = sigterm.recv() => break,
         }
     }
-    info!("shutting down: closing client connections");
+    // No new connections; what was published before the signal is
+    // confirmed (fsync'd, and in a cluster replicated) if that happens
+    // within --shutdown-timeout; then every client gets 320.
+    notify_systemd("STOPPING=1");
     drop(listener);
+    drop(tls);
+    if let Some(log) = shared.broker.log() {
+        let target = log.appended();
+        let limit = Duration::from_secs(shared.config.shutdown_timeout);
+        info!(timeout_s = limit.as_secs(), "shutting down: waiting for in-flight confirms");
+        let mut synced = shared.confirms.synced.clone();
+        let caught_up = tokio::time::timeout(limit, synced.wait_for(|p| *p >= target)).await;
+        if !matches!(caught_up, Ok(Ok(_))) {
+            warn!("shutting down: in-flight confirms did not finish within --shutdown-timeout");
+        }
+    }
+    info!("shutting down: closing client connections");
     let _ = shutdown_tx.send(true);
     drop(done_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
@@ -300,5 +321,26 @@ async fn accept_tls(
     match tls {
         Some((l, _)) => l.accept().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Tells systemd (`Type=notify`) how the service stands, when it runs us.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return warn!(error = %e, "cannot notify systemd"),
+    };
+    let sent = match path.as_encoded_bytes().strip_prefix(b"@") {
+        // An abstract socket name.
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|a| socket.send_to_addr(state.as_bytes(), &a))
+        }
+        None => socket.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        warn!(error = %e, "cannot notify systemd");
     }
 }

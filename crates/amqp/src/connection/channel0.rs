@@ -227,7 +227,7 @@ impl Conn {
                 self.vhost = Some(vhost);
                 frame::write_method(&mut self.out, 0, &AMQPClass::Connection(M::OpenOk(conn::OpenOk {})));
                 self.stage = Stage::Open;
-                debug!(peer = %self.peer, user = %self.user, vhost = name, "connection open");
+                info!(peer = %self.peer, user = %self.user, vhost = name, "user authenticated and granted access to vhost");
                 Ok(())
             }
             (_, M::Close(_)) => {

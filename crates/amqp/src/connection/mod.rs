@@ -183,6 +183,7 @@ enum Writer {
 
 pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let tls = matches!(stream, Stream::Tls(_));
+    info!(%peer, tls, "accepting AMQP connection");
     let (mut rd, writer): (Box<dyn AsyncRead + Unpin + Send>, Writer) = match stream {
         Stream::Tcp(s) => {
             let (r, w) = s.into_split();
@@ -457,6 +458,8 @@ pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Node>, mut shut
                 }
             }
             _ = shutdown.changed() => {
+                // What is confirmable goes out before the 320.
+                c.after_turn();
                 if c.stage < Stage::Closing {
                     c.close(AmqpError::new(
                         ErrorKind::ConnectionForced,
@@ -861,7 +864,8 @@ impl Conn {
         if let Some(vhost) = &self.vhost {
             vhost.connection_closed(self.id);
         }
-        if self.registered.take().is_some() {
+        let was_open = self.registered.take().is_some();
+        if was_open {
             self.shared.registry.totals.connections_closed.fetch_add(1, Ordering::Relaxed);
             let mut open = self.shared.registry.connections.lock();
             open.remove(&self.id);
@@ -874,6 +878,9 @@ impl Conn {
                 vhost.connections.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        debug!(peer = %self.peer, "connection closed");
+        match was_open {
+            true => info!(peer = %self.peer, user = %self.user, "closing AMQP connection"),
+            false => debug!(peer = %self.peer, "connection closed"),
+        }
     }
 }
