@@ -7,6 +7,9 @@
 #      project's venv,
 #   4. Node behaviour tests (amqplib, pinned in tests/node/package-lock.json),
 #   5. kombu's, py-amqp's and amqplib's own upstream test suites.
+# The Debian package is built and tested every run (from the debug build);
+# the container image (a static build: minutes) under CI=true or with
+# WARREN_TEST_IMAGE=1.
 # Set WARREN_TEST_ADDR=host:port to run the behaviour tests against a broker
 # that is already running (e.g. RabbitMQ, for the differential run).
 set -euo pipefail
@@ -23,6 +26,8 @@ cargo test --workspace $features
 venv=$(scripts/python-env.sh)
 scripts/observability-env.sh      # Prometheus, Chromium, ChromeDriver (Debian)
 scripts/etcd-env.sh                # etcd for the cluster tests (Debian)
+if [ "${CI:-}" = true ]; then export WARREN_TEST_IMAGE=1; fi
+scripts/packaging-env.sh           # dpkg-deb, systemd-analyze, setpriv, openssl (+ podman)
 export WARREN_BIN=${WARREN_BIN:-$PWD/target/debug/warren}
 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider --timeout 300
 scripts/node-env.sh

@@ -26,10 +26,10 @@ def warren_only(broker):
 class Launched:
     """A warren process with the given arguments; its output collected."""
 
-    def __init__(self, args, env=None, data=None):
+    def __init__(self, args, env=None, data=None, binary=None):
         self.data = data or tempfile.mkdtemp(prefix="warren-conf-")
         self.out = tempfile.NamedTemporaryFile(prefix="warren-out-", delete=False)
-        self.proc = subprocess.Popen([warren_binary(), *args], stdout=self.out, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([binary or warren_binary(), *args], stdout=self.out, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
 
     def output(self):
