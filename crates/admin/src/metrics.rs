@@ -251,6 +251,38 @@ impl Listed {
     }
 }
 
+/// The per-queue gauges both per-queue views have, named `{prefix}queue_*`.
+struct QueueGauges {
+    ready: IntGaugeVec,
+    unacked: IntGaugeVec,
+    messages: IntGaugeVec,
+    consumers: IntGaugeVec,
+    ready_bytes: IntGaugeVec,
+}
+
+impl QueueGauges {
+    fn new(prefix: &str) -> prometheus::Result<QueueGauges> {
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(format!("{prefix}queue_{name}"), help), &["vhost", "queue"])
+        };
+        Ok(QueueGauges {
+            ready: gauge("messages_ready", "Messages ready to be delivered to consumers")?,
+            unacked: gauge("messages_unacked", "Messages delivered to consumers but not yet acknowledged")?,
+            messages: gauge("messages", "Sum of ready and unacknowledged messages - total queue depth")?,
+            consumers: gauge("consumers", "Consumers on a queue")?,
+            ready_bytes: gauge("messages_ready_bytes", "Size in bytes of ready messages")?,
+        })
+    }
+
+    fn set(&self, labels: &[&str; 2], st: &warren_core::queue::QueueStatus) {
+        self.ready.with_label_values(labels).set(st.ready as i64);
+        self.unacked.with_label_values(labels).set(st.unacked as i64);
+        self.messages.with_label_values(labels).set((st.ready + st.unacked) as i64);
+        self.consumers.with_label_values(labels).set(st.consumers as i64);
+        self.ready_bytes.with_label_values(labels).set(st.ready_bytes as i64);
+    }
+}
+
 /// `/metrics/detailed`: the families asked for, per queue.
 fn collect_detailed(
     shared: &Node,
@@ -266,16 +298,8 @@ fn collect_detailed(
     if !(coarse || consumers || detail) {
         return Ok(());
     }
+    let q = QueueGauges::new("rabbitmq_detailed_")?;
     let per_queue = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["vhost", "queue"]);
-    let q_ready = per_queue("rabbitmq_detailed_queue_messages_ready", "Messages ready to be delivered to consumers")?;
-    let q_unacked = per_queue(
-        "rabbitmq_detailed_queue_messages_unacked",
-        "Messages delivered to consumers but not yet acknowledged",
-    )?;
-    let q_messages =
-        per_queue("rabbitmq_detailed_queue_messages", "Sum of ready and unacknowledged messages - total queue depth")?;
-    let q_consumers = per_queue("rabbitmq_detailed_queue_consumers", "Consumers on a queue")?;
-    let q_bytes = per_queue("rabbitmq_detailed_queue_messages_ready_bytes", "Size in bytes of ready messages")?;
     let q_ram = per_queue("rabbitmq_detailed_queue_messages_ready_ram", "Ready messages stored in memory")?;
     let q_paged = per_queue("rabbitmq_detailed_queue_messages_paged_out", "Messages paged out to disk")?;
     let mut listed = Listed::new();
@@ -283,31 +307,27 @@ fn collect_detailed(
         if !vhosts.is_empty() && !vhosts.iter().any(|x| *x == v.name) {
             continue;
         }
-        for q in v.queues() {
+        for queue in v.queues() {
             if !listed.take() {
                 continue;
             }
-            let st = q.status();
-            let l = [v.name.as_str(), q.name.as_str()];
-            q_ready.with_label_values(&l).set(st.ready as i64);
-            q_unacked.with_label_values(&l).set(st.unacked as i64);
-            q_messages.with_label_values(&l).set((st.ready + st.unacked) as i64);
-            q_consumers.with_label_values(&l).set(st.consumers as i64);
-            q_bytes.with_label_values(&l).set(st.ready_bytes as i64);
+            let st = queue.status();
+            let l = [v.name.as_str(), queue.name.as_str()];
+            q.set(&l, &st);
             q_ram.with_label_values(&l).set(st.ready_in_memory as i64);
             q_paged.with_label_values(&l).set(st.ready.saturating_sub(st.ready_in_memory) as i64);
         }
     }
     if coarse {
-        s.add(q_ready)?;
-        s.add(q_unacked)?;
-        s.add(q_messages)?;
+        s.add(q.ready)?;
+        s.add(q.unacked)?;
+        s.add(q.messages)?;
     }
     if consumers || detail {
-        s.add(q_consumers)?;
+        s.add(q.consumers)?;
     }
     if detail {
-        s.add(q_bytes)?;
+        s.add(q.ready_bytes)?;
         s.add(q_ram)?;
         s.add(q_paged)?;
     }
@@ -419,14 +439,7 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
     let mut global = [0u64; stats::N];
     let (mut queues, mut ready, mut unacked_q, mut ready_bytes, mut consumers, mut published) =
         (0i64, 0u64, 0u64, 0u64, 0i64, 0u64);
-    let per_queue = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["vhost", "queue"]);
-    let q_ready = per_queue("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers")?;
-    let q_unacked =
-        per_queue("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged")?;
-    let q_messages =
-        per_queue("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages - total queue depth")?;
-    let q_bytes = per_queue("rabbitmq_queue_messages_ready_bytes", "Size in bytes of ready messages")?;
-    let q_consumers = per_queue("rabbitmq_queue_consumers", "Consumers on a queue")?;
+    let q = QueueGauges::new("rabbitmq_")?;
     let q_published = IntCounterVec::new(
         Opts::new("rabbitmq_queue_messages_published_total", "Total number of messages published to queues"),
         &["vhost", "queue"],
@@ -434,8 +447,8 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
     let mut listed = Listed::new();
     for v in shared.broker.vhosts() {
         stats::add(&mut global, &v.retired.snapshot());
-        for q in v.queues() {
-            let st = q.status();
+        for queue in v.queues() {
+            let st = queue.status();
             queues += 1;
             ready += st.ready;
             unacked_q += st.unacked;
@@ -443,12 +456,8 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
             consumers += st.consumers as i64;
             published += st.counts[stats::PUBLISH];
             if per_object && listed.take() {
-                let l = [v.name.as_str(), q.name.as_str()];
-                q_ready.with_label_values(&l).set(st.ready as i64);
-                q_unacked.with_label_values(&l).set(st.unacked as i64);
-                q_messages.with_label_values(&l).set((st.ready + st.unacked) as i64);
-                q_bytes.with_label_values(&l).set(st.ready_bytes as i64);
-                q_consumers.with_label_values(&l).set(st.consumers as i64);
+                let l = [v.name.as_str(), queue.name.as_str()];
+                q.set(&l, &st);
                 q_published.with_label_values(&l).inc_by(st.counts[stats::PUBLISH]);
             }
         }
@@ -461,11 +470,11 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
     s.counter("rabbitmq_queues_created_total", "Total number of queues created", totals.1)?;
     s.counter("rabbitmq_queues_deleted_total", "Total number of queues deleted", totals.2)?;
     if per_object {
-        s.add(q_ready)?;
-        s.add(q_unacked)?;
-        s.add(q_messages)?;
-        s.add(q_bytes)?;
-        s.add(q_consumers)?;
+        s.add(q.ready)?;
+        s.add(q.unacked)?;
+        s.add(q.messages)?;
+        s.add(q.ready_bytes)?;
+        s.add(q.consumers)?;
         s.add(q_published)?;
         listed.report(&s)?;
     } else {
