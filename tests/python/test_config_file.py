@@ -177,3 +177,37 @@ def test_the_log_file_is_reopened_on_sighup(tmp_path):
         assert oct(log.stat().st_mode & 0o777) == oct(0o600)
     finally:
         w.stop()
+
+
+def test_the_management_api_over_https_from_management_ssl_keys(tmp_path):
+    from pki import Pki
+    ca = Pki(tmp_path / "pki")
+    cert, key = ca.leaf("localhost", dns=["localhost"], ips=["127.0.0.1"])
+    https, amqp = free_port(), free_port()
+    conf = write(tmp_path, "rabbitmq.conf", f"""\
+listeners.tcp.default = 127.0.0.1:{amqp}
+management.tcp.port = {free_port()}
+management.tcp.ip = 127.0.0.1
+management.ssl.port = {https}
+management.ssl.ip = 127.0.0.1
+management.ssl.certfile = {cert}
+management.ssl.keyfile = {key}
+management.ssl.cacertfile = {ca.ca}
+prometheus.tcp.port = {free_port()}
+prometheus.tcp.ip = 127.0.0.1
+warren.data_dir = {tmp_path / "data"}
+""")
+    w = Launched(["--config", str(conf)])
+    try:
+        w.wait_listening()
+        r = requests.get(f"https://127.0.0.1:{https}/api/overview", auth=("guest", "guest"), verify=str(ca.ca),
+                         timeout=10)
+        assert r.status_code == 200 and r.json()["management_version"]
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        # Plain HTTP on the HTTPS port gets no API answer.
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://127.0.0.1:{https}/api/overview", auth=("guest", "guest"), timeout=10)
+        # The one key not taken is named.
+        assert "management.ssl.cacertfile is ignored" in w.output()
+    finally:
+        w.stop()

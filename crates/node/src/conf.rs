@@ -45,7 +45,7 @@ pub fn read(path: &Path, known: &dyn Fn(&str) -> bool) -> Result<ConfFile, ConfE
 }
 
 /// What is unsupported, and why (for the warning).
-const NO_TLS_API: &str = "Warren's management API has no TLS listener: put a TLS proxy in front of it";
+const NO_CLIENT_CERTS_API: &str = "Warren's HTTPS API takes a certificate and key only (no client certificates)";
 const NOT_IMPLEMENTED: &str = "not implemented by Warren";
 
 /// Parses the text of a file; an error is its line and what is wrong.
@@ -53,6 +53,7 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<ConfFile, (usiz
     let mut out = ConfFile::default();
     // Keys that combine into one flag: (ip, port) pairs.
     let mut management = (None, None);
+    let mut management_ssl = (None, None);
     let mut prometheus = (None, None);
     let mut loopback: Option<(Vec<String>, String, usize)> = None;
     let mut ssl_verify_peer = false;
@@ -130,7 +131,11 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<ConfFile, (usiz
             }
             ["management", "tcp", "port"] => management.1 = Some((value.to_owned(), key.to_owned(), line)),
             ["management", "tcp", "ip"] => management.0 = Some(value.to_owned()),
-            ["management", "ssl", ..] => out.ignored.push((key.to_owned(), line, NO_TLS_API)),
+            ["management", "ssl", "port"] => management_ssl.1 = Some((value.to_owned(), key.to_owned(), line)),
+            ["management", "ssl", "ip"] => management_ssl.0 = Some(value.to_owned()),
+            ["management", "ssl", "certfile"] => set("https-cert", value.to_owned()),
+            ["management", "ssl", "keyfile"] => set("https-key", value.to_owned()),
+            ["management", "ssl", ..] => out.ignored.push((key.to_owned(), line, NO_CLIENT_CERTS_API)),
             ["prometheus", "tcp", "port"] => prometheus.1 = Some((value.to_owned(), key.to_owned(), line)),
             ["prometheus", "tcp", "ip"] => prometheus.0 = Some(value.to_owned()),
             ["load_definitions"] => set("load-definitions", value.to_owned()),
@@ -148,7 +153,9 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<ConfFile, (usiz
             _ => out.ignored.push((key.to_owned(), line, NOT_IMPLEMENTED)),
         }
     }
-    for (flag, (ip, port)) in [("http-listen", management), ("prometheus-listen", prometheus)] {
+    for (flag, (ip, port)) in
+        [("http-listen", management), ("https-listen", management_ssl), ("prometheus-listen", prometheus)]
+    {
         if let Some((port, key, line)) = port {
             let ip = ip.unwrap_or_else(|| "0.0.0.0".into());
             let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
@@ -249,9 +256,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_reported_and_bad_lines_refused() {
-        let f = parse("mqtt.listeners.tcp.default = 1883\nmanagement.ssl.port = 15671\n", &|_| false).unwrap();
+        let f = parse("mqtt.listeners.tcp.default = 1883\nmanagement.ssl.verify = verify_peer\n", &|_| false).unwrap();
         let ignored: Vec<_> = f.ignored.iter().map(|(k, l, _)| (k.as_str(), *l)).collect();
-        assert_eq!(ignored, [("mqtt.listeners.tcp.default", 1), ("management.ssl.port", 2)]);
+        assert_eq!(ignored, [("mqtt.listeners.tcp.default", 1), ("management.ssl.verify", 2)]);
         assert_eq!(parse("heartbeat = 1\nnot a setting\n", &|_| false).unwrap_err().0, 2);
         assert_eq!(parse("heartbeat =\n", &|_| false).unwrap_err().0, 1);
         assert!(parse("warren.no_such_thing = 1\n", &|_| false).unwrap_err().1.contains("--no-such-thing"));

@@ -123,6 +123,19 @@ pub struct Config {
     #[arg(long, env = "WARREN_HTTP_LISTEN", default_value = "127.0.0.1:15672")]
     pub http_listen: String,
 
+    /// Address of the management API over HTTPS (off unless set); needs
+    /// --https-cert and --https-key (RabbitMQ's management.ssl.*).
+    #[arg(long, env = "WARREN_HTTPS_LISTEN")]
+    pub https_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain of the HTTPS API (leaf first).
+    #[arg(long, env = "WARREN_HTTPS_CERT")]
+    pub https_cert: Option<PathBuf>,
+
+    /// PEM private key of the HTTPS API.
+    #[arg(long, env = "WARREN_HTTPS_KEY")]
+    pub https_key: Option<PathBuf>,
+
     /// Address of the Prometheus metrics endpoint (`/metrics`,
     /// `/metrics/per-object`, rabbitmq_prometheus's names); an empty value
     /// turns it off.

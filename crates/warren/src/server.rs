@@ -142,6 +142,9 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
             c.set_http(warren_cluster::reachable(bound, &c.settings.advertise));
         }
     }
+    if let Some(at) = shared.config.https_listen {
+        warren_admin::http::listen_tls(shared.clone(), at).await?;
+    }
     match (cluster.clone(), repl_listener, sync_tx) {
         (Some(cluster), Some(repl), Some(sync_tx)) => {
             tokio::spawn(cluster.clone().run());

@@ -131,6 +131,58 @@ pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<Socket
     Ok(addr)
 }
 
+/// The API over HTTPS (`--https-listen`, `--https-cert`, `--https-key`):
+/// the same routes, each connection's TLS handshake within the request
+/// timeout. Returns the bound address.
+pub async fn listen_tls(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<SocketAddr> {
+    let acceptor =
+        tls_acceptor(&shared.config).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let listener = TcpListener::bind(at)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {at} (HTTPS): {e}")))?;
+    let addr = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.http_max_connections.max(1)));
+    let handler: Handler = |shared, peer, req| Box::pin(async move { handle(&shared, peer, req).await });
+    tokio::spawn(async move {
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let Ok((socket, peer)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let (shared, acceptor) = (shared.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(request_timeout(&shared), acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) => connection(shared, tls, peer, handler, Some(slot)).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "HTTPS handshake timeout"),
+                }
+            });
+        }
+    });
+    info!(%addr, "HTTPS API ready on https://{addr}/api/");
+    Ok(addr)
+}
+
+fn tls_acceptor(config: &warren_node::Config) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls::{self, ServerConfig};
+    let (Some(cert), Some(key)) = (&config.https_cert, &config.https_key) else {
+        return Err("--https-listen needs --https-cert and --https-key".into());
+    };
+    let chain = warren_node::pem::certificates(cert).map_err(|e| e.to_string())?;
+    let key = warren_node::pem::private_key(key).map_err(|e| e.to_string())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("HTTPS certificate and key: {e}"))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
 type Handler = fn(Arc<Node>, SocketAddr, Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
 
 /// Serves HTTP/1.1 on `listener` from a task, one task per connection.
