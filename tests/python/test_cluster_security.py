@@ -16,7 +16,7 @@ import pytest
 
 from conftest import free_port, start_warren, wait_for
 from pki import Pki
-from test_cluster import (Node, Publisher, agreed_leader, check_kept, drain, durable_queue, etcd,  # noqa: F401
+from test_cluster import (Node, Publisher, agreed_leader, check_kept, cluster, drain, durable_queue, etcd,  # noqa: F401,E501
                           failover_loop, in_sync, settled)
 
 SECRET = "top-secret-body"
@@ -433,3 +433,19 @@ def test_with_no_leader_known_nothing_is_served():
         proc.kill()
         proc.wait()
         subprocess.run(["rm", "-rf", data])
+
+
+def test_a_followers_api_does_not_read_a_body_before_the_leader_authenticates(cluster):  # noqa: F811
+    """A follower streams an API request to the leader, which answers a bad
+    login before reading the body: a client announcing 20 MiB and sending
+    none of it gets its 401 at once (the follower used to read the whole
+    body first)."""
+    lead, _, _ = settled(cluster)
+    follower = next(n for n in cluster if n is not lead)
+    host, port = follower.proc.http.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /api/definitions HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6d3Jvbmc=\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: 20971520\r\n\r\n")
+        s.settimeout(10)
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 401"), answer
