@@ -26,6 +26,9 @@ SCENARIOS = [
       "--queue", "pbench"]),
     ("fanout 1 → 8, 256 B, delivered", "consumed_per_s",
      ["--size", "256", "--fanout", "8", "--prefetch", "1000", "--multi-ack", "100", "--queue", "fan"]),
+    ("4 → 4 queues → 4, 256 B", "consumed_per_s",
+     ["--publishers", "4", "--consumers", "4", "--queues", "4", "--size", "256", "--prefetch", "1000",
+      "--multi-ack", "100", "--queue", "four"]),
     ("latency at 1,000 msg/s, p99 (µs)", "p99_us",
      ["--size", "16", "--rate", "1000", "--prefetch", "1000", "--multi-ack", "10", "--queue", "lat"]),
 ]

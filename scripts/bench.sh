@@ -38,11 +38,17 @@ if [ -z "${RABBITMQ_ADDR+set}" ]; then
     rabbit_node="bench$$@localhost"
     mkdir -p "$data/rabbit"
     echo '[].' > "$data/rabbit/enabled_plugins"
+    # Run as root, rabbitmq-server switches to the rabbitmq user: its
+    # directory must be that user's.
+    if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then
+        chmod 755 "$data"
+        chown -R rabbitmq:rabbitmq "$data/rabbit"
+    fi
     RABBITMQ_NODENAME=$rabbit_node RABBITMQ_NODE_PORT=$rport RABBITMQ_DIST_PORT=$(free_port) \
         RABBITMQ_MNESIA_BASE=$data/rabbit/mnesia RABBITMQ_LOG_BASE=$data/rabbit/log \
         RABBITMQ_PID_FILE=$data/rabbit/pid RABBITMQ_ENABLED_PLUGINS_FILE=$data/rabbit/enabled_plugins \
         rabbitmq-server -detached >/dev/null 2>&1
-    rabbitmqctl -q -n "$rabbit_node" await_startup --timeout 120 >/dev/null
+    rabbitmqctl -q -n "$rabbit_node" wait "$data/rabbit/pid" --timeout 120 >/dev/null
     rabbit=127.0.0.1:$rport
     rabbit_pid=$(cat "$data/rabbit/pid")
     echo "private RabbitMQ $(rabbitmqctl -q -n "$rabbit_node" version 2>/dev/null) on $rabbit" >&2

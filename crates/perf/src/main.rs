@@ -67,6 +67,10 @@ struct Args {
     /// via the default exchange).
     #[arg(long, default_value_t = 0)]
     fanout: usize,
+    /// Spread publishers and consumers over this many queues (publisher and
+    /// consumer i use queue i mod N; without --fanout).
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
     /// Each publisher stops after this many messages (0 = run for --duration).
     #[arg(long, default_value_t = 0)]
     count: u64,
@@ -187,7 +191,7 @@ fn queue_arguments(args: &Args) -> FieldTable {
 }
 
 fn queue_names(args: &Args) -> Vec<String> {
-    let n = args.fanout.max(1);
+    let n = if args.fanout > 0 { args.fanout } else { args.queues.max(1) };
     (0..n).map(|i| format!("{}-{i}", args.queue)).collect()
 }
 
@@ -246,6 +250,7 @@ fn now_nanos(base: Instant) -> u64 {
 
 async fn publisher(
     args: Args,
+    index: usize,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     base: Instant,
@@ -259,7 +264,8 @@ async fn publisher(
     let (exchange, key) = if args.fanout > 0 {
         ("amq.fanout".to_string(), String::new())
     } else {
-        (String::new(), queue_names(&args)[0].clone())
+        let queues = queue_names(&args);
+        (String::new(), queues[index % queues.len()].clone())
     };
     let mut publish = BytesMut::new();
     frame::write_method(
@@ -480,7 +486,7 @@ async fn main() -> anyhow::Result<()> {
         // Publish exactly --count per publisher, report how long it took.
         let t0 = Instant::now();
         let pubs: Vec<_> = (0..args.publishers)
-            .map(|_| tokio::spawn(publisher(args.clone(), stats.clone(), stop.clone(), base, per_rate)))
+            .map(|i| tokio::spawn(publisher(args.clone(), i, stats.clone(), stop.clone(), base, per_rate)))
             .collect();
         for p in pubs {
             p.await??;
@@ -494,8 +500,8 @@ async fn main() -> anyhow::Result<()> {
         stop.store(true, Ordering::Relaxed);
         return Ok(());
     }
-    for _ in 0..args.publishers {
-        tasks.push(tokio::spawn(publisher(args.clone(), stats.clone(), stop.clone(), base, per_rate)));
+    for i in 0..args.publishers {
+        tasks.push(tokio::spawn(publisher(args.clone(), i, stats.clone(), stop.clone(), base, per_rate)));
     }
     // Skip the first second (warm-up), then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -524,6 +530,7 @@ async fn main() -> anyhow::Result<()> {
         "persistent": args.persistent,
         "confirm": args.confirm,
         "fanout": args.fanout,
+        "queues": args.queues,
         "rate_limit": args.rate,
         "seconds": secs,
         "published_per_s": ((p1 - p0) as f64 / secs).round(),
