@@ -449,3 +449,22 @@ def test_a_followers_api_does_not_read_a_body_before_the_leader_authenticates(cl
         s.settimeout(10)
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 401"), answer
+
+
+def test_a_followers_own_api_answers_log_in_at_the_leader(cluster):  # noqa: F811
+    """`/api/nodes` on a follower answers for the follower, but whoever
+    calls is logged in by the leader (a follower has no users of its own):
+    a user made on the leader is let in, a wrong password is not."""
+    import requests
+    from conftest import warren_binary
+    lead, _, _ = settled(cluster)
+    follower = next(n for n in cluster if n is not lead)
+    for args in (["add_user", "watcher", "pw"], ["set_user_tags", "watcher", "monitoring"]):
+        subprocess.run([warren_binary(), "ctl", "--data-dir", lead.data, *args], check=True, capture_output=True,
+                       timeout=30)
+    url = follower.proc.http + "/api/nodes"
+    r = requests.get(url, auth=("watcher", "pw"), timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()[0]["warren_cluster"]["node"] == follower.name
+    assert requests.get(url, auth=("watcher", "wrong"), timeout=30).status_code == 401
+    assert requests.get(url, timeout=30).status_code == 401

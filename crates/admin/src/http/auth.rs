@@ -53,17 +53,23 @@ pub fn authenticate(shared: &Node, peer: SocketAddr, headers: &hyper::HeaderMap)
     if !loopback && shared.config.loopback_users().any(|u| u == user) {
         return Err(not_authorised("User can only log in via localhost"));
     }
-    let has = |t: &str| found.tags.iter().any(|x| x == t);
-    let administrator = has("administrator");
-    let monitoring = administrator || has("monitoring");
-    let policymaker = administrator || has("policymaker");
-    if !(monitoring || policymaker || has("management")) {
-        return Err(not_authorised("Not management user"));
-    }
-    Ok(Caller { name: user.to_owned(), tags: found.tags.clone(), administrator, monitoring, policymaker })
+    Caller::with_tags(user, found.tags.clone())
 }
 
 impl Caller {
+    /// A logged-in user with these tags: 401 unless one of them lets it
+    /// use the API.
+    pub fn with_tags(name: &str, tags: Vec<String>) -> Result<Caller, Reply> {
+        let has = |t: &str| tags.iter().any(|x| x == t);
+        let administrator = has("administrator");
+        let monitoring = administrator || has("monitoring");
+        let policymaker = administrator || has("policymaker");
+        if !(monitoring || policymaker || has("management")) {
+            return Err(not_authorised("Not management user"));
+        }
+        Ok(Caller { name: name.to_owned(), tags, administrator, monitoring, policymaker })
+    }
+
     pub fn require_admin(&self) -> Result<(), Reply> {
         if self.administrator {
             Ok(())

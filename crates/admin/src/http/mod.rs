@@ -321,6 +321,20 @@ async fn forward(
     parts: hyper::http::request::Parts,
     body: Incoming,
 ) -> Reply {
+    forward_parts(cluster, peer, parts, http_body_util::Limited::new(body, MAX_BODY)).await
+}
+
+async fn forward_parts<B>(
+    cluster: &dyn warren_node::cluster::ClusterView,
+    peer: SocketAddr,
+    parts: hyper::http::request::Parts,
+    body: B,
+) -> Reply
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let unreachable = |e: &dyn std::fmt::Display| {
         error(StatusCode::BAD_GATEWAY, "bad_gateway", format!("cannot reach the cluster leader: {e}"))
     };
@@ -350,7 +364,7 @@ async fn forward(
         }
     }
     let host = parts.headers.get(hyper::header::HOST).cloned().unwrap_or(HeaderValue::from_static("localhost"));
-    let Ok(req) = req.header(hyper::header::HOST, host).body(http_body_util::Limited::new(body, MAX_BODY)) else {
+    let Ok(req) = req.header(hyper::header::HOST, host).body(body) else {
         return bad_request("invalid request");
     };
     match tokio::time::timeout(wait, sender.send_request(req)).await {
@@ -370,6 +384,45 @@ async fn forward(
         Ok(Err(e)) => unreachable(&e),
         Err(_) => unreachable(&"timed out"),
     }
+}
+
+/// Who is calling, as the cluster leader authenticates them (its
+/// `/api/whoami`, with the caller's credentials and address): a follower
+/// has no users of its own.
+async fn leader_says_who(
+    cluster: &dyn warren_node::cluster::ClusterView,
+    peer: SocketAddr,
+    parts: &hyper::http::request::Parts,
+) -> Result<auth::Caller, Reply> {
+    if cluster.leader_name().is_none() {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no cluster leader is known yet"));
+    }
+    let mut ask = Request::builder().method(hyper::Method::GET).uri("/api/whoami");
+    for name in [hyper::header::AUTHORIZATION, hyper::header::HOST] {
+        if let Some(v) = parts.headers.get(&name) {
+            ask = ask.header(name, v);
+        }
+    }
+    let Ok((ask, ())) = ask.body(()).map(|r| r.into_parts()) else { return Err(bad_request("invalid request")) };
+    let answer = forward_parts(cluster, peer, ask, http_body_util::Empty::<Bytes>::new()).await;
+    if answer.status() != StatusCode::OK {
+        return Err(answer);
+    }
+    let Body::Proxied(incoming) = answer.into_body() else {
+        return Err(error(StatusCode::BAD_GATEWAY, "bad_gateway", "no answer from the cluster leader"));
+    };
+    let bytes = match tokio::time::timeout(std::time::Duration::from_secs(30), incoming.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => return Err(error(StatusCode::BAD_GATEWAY, "bad_gateway", "no answer from the cluster leader")),
+    };
+    let who: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let name = who["name"].as_str().unwrap_or_default();
+    let tags = match &who["tags"] {
+        serde_json::Value::Array(list) => list.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
+        serde_json::Value::String(s) => s.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    auth::Caller::with_tags(name, tags)
 }
 
 /// A request, read whole and decoded: what the routes see.
@@ -414,7 +467,9 @@ async fn handle(shared: &Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
     // A node of a cluster that does not serve has no broker of its own:
     // the API answers for the leader, which authenticates (but /api/nodes
     // answers for this node), or 503 while no leader is known.
-    if let Some(cluster) = shared.cluster.as_ref().filter(|c| !c.is_serving() && rest != "/nodes") {
+    let follower = shared.cluster.as_ref().filter(|c| !c.is_serving());
+    let about_this_node = rest == "/nodes" || rest.starts_with("/nodes/");
+    if let Some(cluster) = follower.filter(|_| !about_this_node) {
         if let Some(r) = refuse_cross_site(&parts) {
             return r;
         }
@@ -423,7 +478,13 @@ async fn handle(shared: &Arc<Node>, peer: SocketAddr, req: Request<Incoming>) ->
             None => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no cluster leader is known yet"),
         };
     }
-    let user = match auth::authenticate(shared, peer, &parts.headers) {
+    // A follower's own answers (its view of the cluster) are for the
+    // leader's users: the leader says who is calling.
+    let user = match follower {
+        Some(cluster) => leader_says_who(&**cluster, peer, &parts).await,
+        None => auth::authenticate(shared, peer, &parts.headers),
+    };
+    let user = match user {
         Ok(u) => u,
         Err(r) => return r,
     };
