@@ -211,3 +211,47 @@ warren.data_dir = {tmp_path / "data"}
         assert "management.ssl.cacertfile is ignored" in w.output()
     finally:
         w.stop()
+
+
+def test_listeners_tcp_none_serves_amqps_only(tmp_path):
+    """RabbitMQ's TLS-only setup: `listeners.tcp = none` with an amqps
+    listener. The plain port is not listened on; amqps serves."""
+    import ssl
+    from pki import Pki
+    ca = Pki(tmp_path / "pki")
+    cert, key = ca.leaf("localhost", dns=["localhost"])
+    amqps = free_port()
+    conf = write(tmp_path, "rabbitmq.conf", f"""\
+listeners.tcp = none
+listeners.ssl.default = 127.0.0.1:{amqps}
+ssl_options.certfile = {cert}
+ssl_options.keyfile = {key}
+management.tcp.port = {free_port()}
+management.tcp.ip = 127.0.0.1
+prometheus.tcp.port = {free_port()}
+prometheus.tcp.ip = 127.0.0.1
+warren.data_dir = {tmp_path / "data"}
+""")
+    r = subprocess.run([warren_binary(), "--config", str(conf), "--print-config"], capture_output=True, text=True,
+                       timeout=30)
+    assert "--amqp-listen = none" in r.stdout, r.stdout
+    w = Launched(["--config", str(conf)])
+    try:
+        w.wait_listening()
+        assert "TLS only" in w.output()
+        # No plain listener: the node says so.
+        st = subprocess.run([warren_binary(), "ctl", "--data-dir", str(tmp_path / "data"), "status"],
+                            capture_output=True, text=True, timeout=30)
+        rows = dict(line.split("\t", 1) for line in st.stdout.splitlines() if "\t" in line)
+        assert rows["amqp_listener"] == "off" and rows["amqps_listener"] == f"127.0.0.1:{amqps}", st.stdout
+        ctx = ssl.create_default_context(cafile=str(ca.ca))
+        c = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", amqps, ssl_options=pika.SSLOptions(ctx, server_hostname="localhost")))
+        c.channel().queue_declare("tls-only")
+        c.close()
+    finally:
+        w.stop()
+    # With no listener at all, Warren refuses to start.
+    r = subprocess.run([warren_binary(), "--amqp-listen", "none", "--data-dir", str(tmp_path / "d2"), "--http-listen",
+                        "", "--prometheus-listen", ""], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "--amqps-listen" in (r.stdout + r.stderr)

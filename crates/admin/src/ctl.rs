@@ -628,7 +628,7 @@ fn list_connections(shared: &Node, requested: &[String]) -> Response {
                 c.vhost.clone(),
                 c.channels.load(Ordering::Relaxed).to_string(),
                 yes(c.tls),
-                format!("{} -> {}", c.peer, shared.config.amqp_listen),
+                format!("{} -> {}", c.peer, shared.config.amqp_addr()),
             ]
         })
         .collect();

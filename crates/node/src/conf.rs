@@ -85,9 +85,8 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<ConfFile, (usiz
         };
         let parts: Vec<&str> = key.split('.').collect();
         match parts.as_slice() {
-            ["listeners", "tcp"] | ["listeners", "ssl"] if value == "none" => {
-                out.ignored.push((key.to_owned(), line, "Warren's AMQP listener cannot be turned off"))
-            }
+            ["listeners", "tcp"] if value == "none" => set("amqp-listen", "none".into()),
+            ["listeners", "ssl"] if value == "none" => {}
             ["listeners", "tcp", _] => set("amqp-listen", listen_address(value).map_err(|e| (line, e))?),
             ["listeners", "ssl", _] => set("amqps-listen", listen_address(value).map_err(|e| (line, e))?),
             ["ssl_options", "cacertfile"] => set("tls-ca", value.to_owned()),

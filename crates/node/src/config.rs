@@ -41,9 +41,10 @@ pub struct Config {
     #[arg(long, env = "WARREN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
-    /// Address the AMQP listener binds to.
+    /// Address the AMQP listener binds to; `none` turns it off (TLS only:
+    /// RabbitMQ's `listeners.tcp = none`, with --amqps-listen).
     #[arg(long, env = "WARREN_AMQP_LISTEN", default_value = "127.0.0.1:5672")]
-    pub amqp_listen: SocketAddr,
+    pub amqp_listen: Listen,
 
     /// Address of the AMQP-over-TLS listener (amqps, usually port 5671);
     /// off unless set. Needs --tls-cert and --tls-key.
@@ -262,7 +263,27 @@ pub struct Config {
     pub cluster_advertise: String,
 }
 
+/// A listener's address, or `none` (also an empty value): no listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = std::net::AddrParseError;
+    fn from_str(s: &str) -> Result<Listen, Self::Err> {
+        match s.trim() {
+            "" | "none" => Ok(Listen(None)),
+            a => a.parse().map(|a| Listen(Some(a))),
+        }
+    }
+}
+
 impl Config {
+    /// The address clients reach the AMQP server at, for naming
+    /// connections: the plain listener's, else the TLS one's.
+    pub fn amqp_addr(&self) -> SocketAddr {
+        self.amqp_listen.0.or(self.amqps_listen).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     /// The memory alarm threshold in bytes (None: it cannot be determined).
     pub fn memory_limit(&self) -> Option<u64> {
         self.memory_high_watermark.bytes()

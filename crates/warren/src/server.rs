@@ -53,10 +53,13 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
         }
         (BrokerCell::ready(broker), None)
     };
-    let listener = TcpListener::bind(config.amqp_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.amqp_listen))?;
-    let addr = listener.local_addr()?;
+    let listener = match config.amqp_listen.0 {
+        Some(at) => Some(TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at}: {e}"))?),
+        None if config.amqps_listen.is_none() => {
+            anyhow::bail!("--amqp-listen none turns off the only AMQP listener: give --amqps-listen")
+        }
+        None => None,
+    };
     let tls = match config.amqps_listen {
         Some(at) => {
             let acceptor = warren_amqp::tls::acceptor(&config)?;
@@ -64,6 +67,11 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
             Some((l, acceptor))
         }
         None => None,
+    };
+    // Where clients reach the AMQP server: the plain listener, else TLS.
+    let addr = match (&listener, &tls) {
+        (Some(l), _) | (None, Some((l, _))) => l.local_addr()?,
+        (None, None) => unreachable!("checked above"),
     };
     let (alarm_tx, alarm) = watch::channel(None);
     let disk_free_limit = Arc::new(AtomicU64::new(config.disk_free_limit.bytes()));
@@ -165,7 +173,9 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
         let bound = warren_admin::metrics::listen(shared.clone(), at).await?;
         let _ = shared.listeners.prometheus.set(bound);
     }
-    let _ = shared.listeners.amqp.set(addr);
+    if let Some(l) = &listener {
+        let _ = shared.listeners.amqp.set(l.local_addr()?);
+    }
     if let Some((l, _)) = &tls {
         let _ = shared.listeners.amqps.set(l.local_addr()?);
     }
@@ -175,7 +185,10 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
     if let Some((l, _)) = &tls {
         info!(addr = %l.local_addr()?, "AMQP over TLS listening");
     }
-    info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}");
+    match &listener {
+        Some(_) => info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr}"),
+        None => info!(%addr, data_dir = %data_dir.display(), "AMQP listening on {addr} (TLS only)"),
+    }
     notify_systemd("READY=1");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -202,7 +215,7 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept_plain(&listener) => match accepted {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let shared = shared.clone();
@@ -315,6 +328,16 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
     info!("stopped");
     drop(lock);
     Ok(())
+}
+
+/// Accepts on the plain listener, or never when it is off.
+async fn accept_plain(
+    listener: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Accepts on the TLS listener, or never when there is none.

@@ -221,7 +221,7 @@ pub fn connection(shared: &Node, c: &ConnInfo) -> Value {
     let rates = c.rates.all();
     let client: Value = serde_json::from_str(&c.client_properties).unwrap_or_else(|_| json!({}));
     json!({
-        "name": c.name(shared.config.amqp_listen),
+        "name": c.name(shared.config.amqp_addr()),
         "node": node_name(),
         "type": "network",
         "state": "running",
@@ -230,8 +230,8 @@ pub fn connection(shared: &Node, c: &ConnInfo) -> Value {
         "vhost": c.vhost,
         "protocol": "AMQP 0-9-1",
         "auth_mechanism": c.auth_mechanism,
-        "host": shared.config.amqp_listen.ip().to_string(),
-        "port": shared.config.amqp_listen.port(),
+        "host": shared.config.amqp_addr().ip().to_string(),
+        "port": shared.config.amqp_addr().port(),
         "peer_host": c.peer.ip().to_string(),
         "peer_port": c.peer.port(),
         "ssl": c.tls,
@@ -250,7 +250,7 @@ pub fn connection(shared: &Node, c: &ConnInfo) -> Value {
 }
 
 pub fn channel_name(shared: &Node, c: &ConnInfo, ch: &ChannelInfo) -> String {
-    format!("{} ({})", c.name(shared.config.amqp_listen), ch.number)
+    format!("{} ({})", c.name(shared.config.amqp_addr()), ch.number)
 }
 
 pub fn channel(shared: &Node, c: &ConnInfo, ch: &ChannelInfo) -> Value {
@@ -275,7 +275,7 @@ pub fn channel(shared: &Node, c: &ConnInfo, ch: &ChannelInfo) -> Value {
         "messages_uncommitted": 0,
         "acks_uncommitted": 0,
         "connection_details": {
-            "name": c.name(shared.config.amqp_listen),
+            "name": c.name(shared.config.amqp_addr()),
             "peer_host": c.peer.ip().to_string(),
             "peer_port": c.peer.port(),
         },
@@ -287,10 +287,10 @@ pub fn consumer(shared: &Node, q: &Queue, c: &warren_core::Consumer, active: boo
     let conn = shared.registry.connections.lock().get(&c.connection).cloned();
     let channel_details = match &conn {
         Some(ci) => json!({
-            "name": format!("{} ({})", ci.name(shared.config.amqp_listen), c.channel),
+            "name": format!("{} ({})", ci.name(shared.config.amqp_addr()), c.channel),
             "number": c.channel,
             "node": node_name(),
-            "connection_name": ci.name(shared.config.amqp_listen),
+            "connection_name": ci.name(shared.config.amqp_addr()),
             "peer_host": ci.peer.ip().to_string(),
             "peer_port": ci.peer.port(),
             "user": ci.user,
@@ -398,7 +398,7 @@ pub fn overview(shared: &Node, caller: &super::auth::Caller, ages: Ages) -> Valu
         shared.registry.connections.lock().values().filter(|c| caller.sees_user(&c.user)).cloned().collect();
     let channels: usize = conns.iter().map(|c| c.channels.load(Ordering::Relaxed)).sum();
     let rates = shared.broker.rates.all();
-    let listen = shared.config.amqp_listen;
+    let listen = shared.config.amqp_addr();
     let mut listeners = vec![json!({
         "node": node_name(), "protocol": "amqp", "ip_address": listen.ip().to_string(), "port": listen.port(),
     })];

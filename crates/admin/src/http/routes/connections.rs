@@ -71,7 +71,7 @@ pub(super) fn connections(shared: &Arc<Node>, call: &Call, vh: Option<&str>) -> 
 pub(super) fn find_connection(shared: &Node, call: &Call, name: &str) -> Result<Arc<warren_node::ConnInfo>> {
     connections_of(shared, call, None)
         .into_iter()
-        .find(|c| c.name(shared.config.amqp_listen) == name)
+        .find(|c| c.name(shared.config.amqp_addr()) == name)
         .ok_or_else(not_found)
 }
 

@@ -50,7 +50,7 @@ pub(super) fn route(shared: &Arc<Node>, call: &Call, seg: &[&str]) -> Result {
         }
         (["health", "checks", "port-listener", port], _) if get => {
             call.user.require_monitor()?;
-            let mut ports = vec![shared.config.amqp_listen.port()];
+            let mut ports = vec![shared.config.amqp_addr().port()];
             ports.extend(shared.config.amqps_listen.map(|a| a.port()));
             ports.extend(shared.http_listen().map(|a| a.port()));
             let Ok(p) = port.parse::<u16>() else { return Err(bad_request(format!("invalid port '{port}'"))) };
