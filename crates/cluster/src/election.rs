@@ -194,22 +194,14 @@ impl Cluster {
         self.leaving.load(Ordering::Acquire)
     }
 
-    /// The leader's management API, while this node follows one that has
-    /// one.
-    pub fn leader_http(&self) -> Option<String> {
-        match self.role() {
-            Role::Follower { http, .. } if !http.is_empty() => Some(http),
-            _ => None,
-        }
-    }
-
     /// Whether this node leads and its broker is open.
     pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Acquire)
     }
 
     /// Where this node's management API is reachable by the others, once
-    /// it is bound (followers forward API requests to the leader's).
+    /// it is bound (recorded in the leader key for operators; followers
+    /// reach the leader's API through the cluster listener).
     pub fn set_http(&self, addr: String) {
         let _ = self.http.set(addr);
     }
