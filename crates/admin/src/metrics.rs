@@ -40,7 +40,7 @@ pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<Socket
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {at} (Prometheus): {e}")))?;
     let addr = listener.local_addr()?;
-    crate::http::serve(listener, shared, |shared, _peer, req| Box::pin(handle(shared, req)));
+    crate::http::serve(listener, shared, |shared, _peer, req| Box::pin(handle(shared, req)), None);
     info!(%addr, "Prometheus metrics ready on http://{addr}/metrics");
     Ok(addr)
 }

@@ -126,7 +126,7 @@ pub async fn listen(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<Socket
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {at} (HTTP): {e}")))?;
     let addr = listener.local_addr()?;
     tokio::spawn(sampler(shared.clone()));
-    serve(listener, shared, |shared, peer, req| Box::pin(async move { handle(&shared, peer, req).await }));
+    serve(listener, shared, api, None);
     info!(%addr, "HTTP API ready on http://{addr}/api/");
     Ok(addr)
 }
@@ -141,26 +141,7 @@ pub async fn listen_tls(shared: Arc<Node>, at: SocketAddr) -> std::io::Result<So
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {at} (HTTPS): {e}")))?;
     let addr = listener.local_addr()?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.http_max_connections.max(1)));
-    let handler: Handler = |shared, peer, req| Box::pin(async move { handle(&shared, peer, req).await });
-    tokio::spawn(async move {
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else { return };
-            let Ok((socket, peer)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            };
-            let _ = socket.set_nodelay(true);
-            let (shared, acceptor) = (shared.clone(), acceptor.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(request_timeout(&shared), acceptor.accept(socket)).await {
-                    Ok(Ok(tls)) => connection(shared, tls, peer, handler, Some(slot)).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "HTTPS handshake timeout"),
-                }
-            });
-        }
-    });
+    serve(listener, shared, api, Some(acceptor));
     info!(%addr, "HTTPS API ready on https://{addr}/api/");
     Ok(addr)
 }
@@ -185,6 +166,15 @@ fn tls_acceptor(config: &warren_node::Config) -> Result<tokio_rustls::TlsAccepto
 
 type Handler = fn(Arc<Node>, SocketAddr, Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>>;
 
+/// The management API's handler.
+fn api(
+    shared: Arc<Node>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>> {
+    Box::pin(async move { handle(&shared, peer, req).await })
+}
+
 /// Serves HTTP/1.1 on `listener` from a task, one task per connection.
 ///
 /// What a stranger can hold: at most `--http-max-connections` connections
@@ -192,8 +182,9 @@ type Handler = fn(Arc<Node>, SocketAddr, Request<Incoming>) -> Pin<Box<dyn std::
 /// most `--http-request-timeout` while its request's headers arrive or it
 /// sits idle between requests (hyper's header-read timer, which also runs
 /// on an idle kept-alive connection), and six times as long for a body
-/// (`read_body`).
-pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
+/// (`read_body`). With `tls`, each connection's TLS handshake must finish
+/// within the request timeout.
+pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.http_max_connections.max(1)));
     tokio::spawn(async move {
         loop {
@@ -207,7 +198,18 @@ pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
                 }
             };
             let _ = socket.set_nodelay(true);
-            tokio::spawn(connection(shared.clone(), socket, peer, handler, Some(slot)));
+            let Some(acceptor) = tls.clone() else {
+                tokio::spawn(connection(shared.clone(), socket, peer, handler, Some(slot)));
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(request_timeout(&shared), acceptor.accept(socket)).await {
+                    Ok(Ok(tls)) => connection(shared, tls, peer, handler, Some(slot)).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "HTTPS handshake timeout"),
+                }
+            });
         }
     });
 }
@@ -215,13 +217,7 @@ pub fn serve(listener: TcpListener, shared: Arc<Node>, handler: Handler) {
 /// Serves one API connection that a cluster follower passed on (`peer`:
 /// the client's own address).
 pub fn serve_passed_on(shared: Arc<Node>, io: warren_node::cluster::BoxStream, peer: SocketAddr) {
-    tokio::spawn(connection(
-        shared,
-        io,
-        peer,
-        |shared, peer, req| Box::pin(async move { handle(&shared, peer, req).await }),
-        None,
-    ));
+    tokio::spawn(connection(shared, io, peer, api, None));
 }
 
 /// Serves one HTTP/1.1 connection, holding its slot (if counted) until it ends.
