@@ -26,10 +26,11 @@ cargo test --workspace $features
 venv=$(scripts/python-env.sh)
 scripts/observability-env.sh      # Prometheus, Chromium, ChromeDriver (Debian)
 scripts/etcd-env.sh                # etcd for the cluster tests (Debian)
+scripts/rabbitmq-env.sh            # RabbitMQ on the far side of shovels and federation (Debian)
 if [ "${CI:-}" = true ]; then export WARREN_TEST_IMAGE=1; fi
 scripts/packaging-env.sh           # dpkg-deb, systemd-analyze, setpriv, openssl (+ podman)
 export WARREN_BIN=${WARREN_BIN:-$PWD/target/debug/warren}
-"$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider --timeout 300
+"$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider --timeout 300 --durations=15
 scripts/node-env.sh
 (cd tests/node && npm test --silent)
 scripts/upstream-suites.sh

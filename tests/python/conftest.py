@@ -239,3 +239,16 @@ def round_trip(conn, ch, queue):
 def count(ch, name):
     """Ready messages of a queue (a passive declare, in step with the channel)."""
     return ch.queue_declare(name, passive=True).method.message_count
+
+
+@pytest.fixture(scope="session")
+def rabbit(broker):
+    """A private RabbitMQ node (tests/python/rabbitnode.py) for the other
+    side of shovels and federation links, shared by the session; against
+    another broker (WARREN_TEST_ADDR) those tests are skipped."""
+    if not broker.is_warren:
+        pytest.skip("starts a RabbitMQ node of its own")
+    from rabbitnode import RabbitNode
+    node = RabbitNode()
+    yield node
+    node.stop()

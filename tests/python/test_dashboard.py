@@ -93,3 +93,50 @@ def test_dashboard_login_queue_depth_and_purge(broker, browser, conn, name):
               and not ("/api/whoami" in entry["message"] and "401" in entry["message"])]
     assert not errors, errors
     ch.queue_delete(name)
+
+
+def log_in(browser, broker):
+    browser.get(f"{broker.http}/?refresh=1")
+    browser.find_element("id", "username").send_keys("guest")
+    browser.find_element("id", "password").send_keys("guest")
+    browser.find_element("id", "login-button").click()
+    assert wait_for(lambda: "guest" in (text_of(browser, "#user") or ""), timeout=15)
+
+
+def test_dashboard_moves_messages_and_lists_shovels(broker, browser, conn, name):
+    import requests
+
+    ch = conn.channel()
+    ch.queue_declare(f"{name}-from")
+    ch.queue_declare(f"{name}-to", durable=True)
+    for i in range(5):
+        ch.basic_publish("", f"{name}-from", f"{i}".encode())
+    log_in(browser, broker)
+    browser.find_element("css selector", "a[data-tab=queues]").click()
+    row = f"tr[data-queue='{name}-from']"
+    assert wait_for(lambda: text_of(browser, f"{row} td[data-col=messages]") == "5", timeout=15)
+    browser.find_element("css selector", row).click()
+    assert wait_for(lambda: f"{name}-from" in (text_of(browser, "#qd-name") or ""), timeout=15)
+    browser.find_element("css selector", "#qd-move input[name=dest]").send_keys(f"{name}-to")
+    browser.find_element("css selector", "#qd-move button").click()
+    # The one-off shovel moves them and removes itself, as RabbitMQ's "Move messages".
+    assert wait_for(lambda: ch.queue_declare(f"{name}-to", durable=True, passive=True).method.message_count == 5,
+                    timeout=30)
+    assert ch.queue_declare(f"{name}-from", passive=True).method.message_count == 0
+    auth = ("guest", "guest")
+    assert wait_for(lambda: requests.get(f"{broker.http}/api/parameters/shovel", auth=auth).json() == [], timeout=15)
+    # A running shovel is listed with its state, and deleted from the page.
+    r = requests.put(f"{broker.http}/api/parameters/shovel/%2F/{name}", auth=auth, json={"value": {
+        "src-uri": "amqp://", "src-queue": f"{name}-from", "dest-uri": "amqp://", "dest-queue": f"{name}-to"}})
+    assert r.status_code == 201, r.text
+    browser.find_element("css selector", "a[data-tab=links]").click()
+    shovel = f"tr[data-shovel='{name}']"
+    assert wait_for(lambda: text_of(browser, f"{shovel} td[data-col=state]") == "running", timeout=15)
+    ch.basic_publish("", f"{name}-from", b"more")
+    assert wait_for(lambda: text_of(browser, f"{shovel} td[data-col=moved]") == "1", timeout=15)
+    browser.find_element("css selector", f"{shovel} button.danger").click()
+    browser.switch_to.alert.accept()
+    assert wait_for(lambda: text_of(browser, shovel) is None, timeout=15)
+    assert requests.get(f"{broker.http}/api/parameters/shovel/%2F/{name}", auth=auth).status_code == 404
+    ch.queue_delete(f"{name}-from")
+    ch.queue_delete(f"{name}-to")

@@ -3,7 +3,6 @@
 //! memory breakdown, and a vhost's bindings as rows.
 
 use std::sync::atomic::Ordering;
-use std::sync::LazyLock;
 
 use serde_json::{json, Value};
 use warren_core::arguments::table_to_json;
@@ -13,12 +12,7 @@ use warren_node::Node;
 
 /// This node's name, as RabbitMQ's `rabbit@host`.
 pub fn node_name() -> String {
-    static NAME: LazyLock<String> = LazyLock::new(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let host = host.trim();
-        format!("warren@{}", if host.is_empty() { "localhost" } else { host })
-    });
-    NAME.clone()
+    warren_node::node_name()
 }
 
 /// Where the broker's memory is: (category, bytes, whether a share of RSS
@@ -109,4 +103,30 @@ pub fn bindings(vhost: &VHost) -> Vec<BindingRow> {
         }
     }
     rows
+}
+
+/// "YYYY-MM-DD HH:MM:SS" in UTC, as RabbitMQ's status timestamps.
+pub fn timestamp(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    #[test]
+    fn timestamps_read_as_rabbitmq_writes_them() {
+        assert_eq!(super::timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(super::timestamp(1_796_322_896_000), "2026-12-03 18:34:56");
+    }
 }

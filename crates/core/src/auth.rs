@@ -200,7 +200,23 @@ pub struct AccessControl {
     /// (vhost, name) → policy, and the operator policies apart.
     pub policies: BTreeMap<(String, String), crate::policy::Policy>,
     pub operator_policies: BTreeMap<(String, String), crate::policy::Policy>,
+    /// Runtime parameters other than operator policies — shovels,
+    /// federation upstreams and upstream sets — as
+    /// (component, vhost, name) → value, validated by whoever runs them
+    /// before they are set.
+    pub parameters: BTreeMap<(String, String, String), serde_json::Value>,
 }
+
+/// The identity of the broker's own links (shovels, federation) on its
+/// internal listener, which only they can log in to (with a secret made at
+/// start): it may do everything, as RabbitMQ's direct connections of a
+/// plugin. No user of that name can be made or imported, so no client
+/// can log in as it anywhere else.
+pub const INTERNAL_USER: &str = "warren-internal";
+
+/// The components of runtime parameters that the broker keeps (and
+/// exports, imports and lists); operator policies are kept apart.
+pub const PARAMETER_COMPONENTS: [&str; 3] = ["shovel", "federation-upstream", "federation-upstream-set"];
 
 /// The 403 a denied operation gets, in RabbitMQ's words.
 pub fn refused(kind: Resource, name: &str, vhost: &str, user: &str) -> AmqpError {
@@ -262,6 +278,9 @@ impl AccessControl {
 
     /// Checks `access` to a resource; the error is the channel exception.
     pub fn check(&self, vhost: &str, user: &str, kind: Resource, name: &str, access: Access) -> Result<(), AmqpError> {
+        if user == INTERNAL_USER {
+            return Ok(());
+        }
         let checked = if kind == Resource::Exchange && name.is_empty() { "amq.default" } else { name };
         match self.permissions.get(&(vhost.to_owned(), user.to_owned())) {
             Some(p) if p.allows(access, checked) => Ok(()),
@@ -270,7 +289,8 @@ impl AccessControl {
     }
 
     pub fn has_vhost_access(&self, vhost: &str, user: &str) -> bool {
-        self.vhosts.contains_key(vhost) && self.permissions.contains_key(&(vhost.to_owned(), user.to_owned()))
+        self.vhosts.contains_key(vhost)
+            && (user == INTERNAL_USER || self.permissions.contains_key(&(vhost.to_owned(), user.to_owned())))
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -286,11 +306,13 @@ impl AccessControl {
             })).collect::<Vec<_>>(),
             "policies": self.policies.values().map(|p| p.to_json()).collect::<Vec<_>>(),
             // RabbitMQ exports operator policies as runtime parameters.
-            "parameters": self.operator_policies.values().map(|p| json!({
+            "parameters": self.parameters.iter().map(|((component, vhost, name), value)| json!({
+                "vhost": vhost, "component": component, "name": name, "value": value,
+            })).chain(self.operator_policies.values().map(|p| json!({
                 "vhost": p.vhost, "component": "operator_policy", "name": p.name,
                 "value": {"pattern": p.pattern, "definition": p.definition, "priority": p.priority,
                           "apply-to": p.apply_to.as_str()},
-            })).collect::<Vec<_>>(),
+            }))).collect::<Vec<_>>(),
         })
     }
 
@@ -311,6 +333,9 @@ impl AccessControl {
             let name = text(&u, "name");
             if name.is_empty() {
                 return Err(Invalid("a user without a name".into()));
+            }
+            if name == INTERNAL_USER {
+                return Err(Invalid(format!("user name '{INTERNAL_USER}' is reserved for the broker's own links")));
             }
             let mut algorithm = text(&u, "hashing_algorithm");
             if algorithm.is_empty() {
@@ -363,6 +388,19 @@ impl AccessControl {
             let value = p.get("value").cloned().unwrap_or_default();
             let pol = policy(text(p, "vhost"), text(p, "name"), &value, true)?;
             self.operator_policies.insert((pol.vhost.clone(), pol.name.clone()), pol);
+        }
+        for p in list("parameters") {
+            let component = text(&p, "component");
+            if !PARAMETER_COMPONENTS.contains(&component.as_str()) {
+                continue;
+            }
+            let (vhost, name) = (text(&p, "vhost"), text(&p, "name"));
+            let vhost = if vhost.is_empty() { "/".to_owned() } else { vhost };
+            if name.is_empty() {
+                return Err(Invalid(format!("a {component} parameter without a name")));
+            }
+            let value = p.get("value").cloned().unwrap_or_default();
+            self.parameters.insert((component, vhost, name), value);
         }
         Ok(())
     }

@@ -359,6 +359,9 @@ impl Broker {
     }
 
     pub fn add_user(&self, name: &str, password: &str) -> Result<(), AdminError> {
+        if name == crate::auth::INTERNAL_USER {
+            return Err(AdminError::invalid(format!("user name '{name}' is reserved for the broker's own links")));
+        }
         self.change_access(|ac| {
             if ac.users.contains_key(name) {
                 return Err(AdminError::exists(format!("User \"{name}\" already exists")));
@@ -417,6 +420,7 @@ impl Broker {
             ac.topic_permissions.retain(|(v, _, _), _| v != name);
             ac.policies.retain(|(v, _), _| v != name);
             ac.operator_policies.retain(|(v, _), _| v != name);
+            ac.parameters.retain(|(_, v, _), _| v != name);
             Ok(())
         })?;
         if let Some(v) = self.vhosts.write().remove(name) {
@@ -617,6 +621,49 @@ impl Broker {
         })?;
         self.push_policies(vhost);
         Ok(())
+    }
+
+    /// Sets a runtime parameter (a shovel, a federation upstream or
+    /// upstream set) whose value the caller has validated. Returns whether
+    /// it replaced one.
+    pub fn set_parameter(
+        &self,
+        component: &str,
+        vhost: &str,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<bool, AdminError> {
+        self.change_access(|ac| {
+            if !ac.vhosts.contains_key(vhost) {
+                return Err(no_vhost(vhost));
+            }
+            Ok(ac.parameters.insert((component.to_owned(), vhost.to_owned(), name.to_owned()), value).is_some())
+        })
+    }
+
+    /// Clears a runtime parameter; rabbitmqctl's error when there is none.
+    pub fn clear_parameter(&self, component: &str, vhost: &str, name: &str) -> Result<(), AdminError> {
+        self.change_access(|ac| {
+            ac.parameters
+                .remove(&(component.to_owned(), vhost.to_owned(), name.to_owned()))
+                .map(|_| ())
+                .ok_or_else(|| AdminError::unavailable("Parameter does not exist"))
+        })
+    }
+
+    /// The runtime parameters of a component (all if `None`), optionally of
+    /// one vhost: (component, vhost, name, value), sorted.
+    pub fn parameters(
+        &self,
+        component: Option<&str>,
+        vhost: Option<&str>,
+    ) -> Vec<(String, String, String, serde_json::Value)> {
+        self.access()
+            .parameters
+            .iter()
+            .filter(|((c, v, _), _)| component.is_none_or(|x| x == c) && vhost.is_none_or(|x| x == v))
+            .map(|((c, v, n), value)| (c.clone(), v.clone(), n.clone(), value.clone()))
+            .collect()
     }
 
     /// Hands a vhost its policies (after a change), which re-resolves

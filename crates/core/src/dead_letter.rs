@@ -114,55 +114,10 @@ pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, exchange: &str,
     props = props.with_headers(headers);
     // The per-message TTL does not follow it (kept as original-expiration).
     if msg.properties.expiration().is_some() {
-        props = without_expiration(props);
+        props = warren_protocol::content::without(&props, warren_protocol::content::Property::Expiration);
     }
     let raw = encode_properties(&props);
     Arc::new(Message::new(exchange.into(), routing_key.into(), raw, props, msg.body.clone()))
-}
-
-fn without_expiration(p: warren_protocol::spec::basic::AMQPProperties) -> warren_protocol::spec::basic::AMQPProperties {
-    // AMQPProperties has no unsetter: rebuild without the field.
-    let mut q = warren_protocol::spec::basic::AMQPProperties::default();
-    if let Some(v) = p.content_type() {
-        q = q.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        q = q.with_content_encoding(v.clone());
-    }
-    if let Some(v) = p.headers() {
-        q = q.with_headers(v.clone());
-    }
-    if let Some(v) = p.delivery_mode() {
-        q = q.with_delivery_mode(*v);
-    }
-    if let Some(v) = p.priority() {
-        q = q.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        q = q.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        q = q.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        q = q.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        q = q.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        q = q.with_type(v.clone());
-    }
-    if let Some(v) = p.user_id() {
-        q = q.with_user_id(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        q = q.with_app_id(v.clone());
-    }
-    if let Some(v) = p.cluster_id() {
-        q = q.with_cluster_id(v.clone());
-    }
-    q
 }
 
 /// RabbitMQ's cycle rule: routing a dead-lettered message (headers already

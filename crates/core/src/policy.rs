@@ -75,6 +75,9 @@ const QUEUE_KEYS: &[&str] = &[
     "queue-master-locator",
     "queue-version",
     "consumer-timeout",
+    "federation-upstream",
+    "federation-upstream-set",
+    "federation-upstream-pattern",
 ];
 /// Keys an operator policy may set (RabbitMQ's list).
 const OPERATOR_KEYS: &[&str] = &[
@@ -130,6 +133,18 @@ fn validate_value(key: &str, v: &Value) -> Result<(), Invalid> {
         "dead-letter-exchange" => text("dead-letter-exchange"),
         "dead-letter-routing-key" => text("dead-letter-routing-key"),
         "alternate-exchange" => text("alternate-exchange"),
+        "federation-upstream" => match v {
+            Value::String(_) => Ok(()),
+            _ => Err(Invalid(format!("{} is not a valid federation upstream name", erl(v)))),
+        },
+        "federation-upstream-set" => match v {
+            Value::String(_) => Ok(()),
+            _ => Err(Invalid(format!("{} is not a valid federation upstream set name", erl(v)))),
+        },
+        "federation-upstream-pattern" => match v.as_str().map(regex::Regex::new) {
+            Some(Ok(_)) => Ok(()),
+            _ => Err(Invalid(format!("{} is not a valid federation upstream pattern", erl(v)))),
+        },
         _ => Ok(()),
     }
 }
@@ -172,6 +187,13 @@ impl Policy {
         }
         for (k, v) in &definition {
             validate_value(k, v)?;
+        }
+        let selectors = ["federation-upstream", "federation-upstream-set", "federation-upstream-pattern"];
+        if selectors.iter().filter(|k| definition.contains_key(**k)).count() > 1 {
+            return Err(Invalid(
+                "cannot specify federation-upstream, federation-upstream-set or federation-upstream-pattern together"
+                    .into(),
+            ));
         }
         Ok(Policy {
             vhost: vhost.to_owned(),

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod conf;
 pub mod config;
 pub mod heap;
+pub mod links;
 pub mod pem;
 pub mod registry;
 pub mod resources;
@@ -42,13 +43,32 @@ pub struct Node {
     /// Cluster mode (`--cluster-etcd`): leadership, the leader's address,
     /// forwarding to it.
     pub cluster: Option<Arc<dyn cluster::ClusterView>>,
+    /// Shovels and federation links: their states, restart requests, the
+    /// internal listener they reach this broker through.
+    pub links: links::Links,
 }
 
 impl Node {
+    /// Whether this node serves its broker: a single node always, a
+    /// cluster node while it leads. Links run only there.
+    pub fn is_serving(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.is_serving())
+    }
+
     /// Where the management API listens, once bound.
     pub fn http_listen(&self) -> Option<SocketAddr> {
         self.listeners.http.get().copied()
     }
+}
+
+/// This node's name as RabbitMQ's tools show one: `warren@HOST`.
+pub fn node_name() -> String {
+    static NAME: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = host.trim();
+        format!("warren@{}", if host.is_empty() { "localhost" } else { host })
+    });
+    NAME.clone()
 }
 
 /// What confirms and replies wait for.

@@ -288,3 +288,60 @@ mod encode_tests {
         assert_eq!(scan_properties(&raw).unwrap().priority, Some(4));
     }
 }
+
+/// A property [`without`] can drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Property {
+    Expiration,
+    UserId,
+}
+
+/// The same properties without one of them (`AMQPProperties` has no
+/// unsetter): dead-lettering drops `expiration`, a federation link without
+/// `trust-user-id` drops `user_id`.
+pub fn without(p: &crate::spec::basic::AMQPProperties, drop: Property) -> crate::spec::basic::AMQPProperties {
+    let mut q = crate::spec::basic::AMQPProperties::default();
+    if let Some(v) = p.content_type() {
+        q = q.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        q = q.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.headers() {
+        q = q.with_headers(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        q = q.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        q = q.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        q = q.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        q = q.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.expiration().as_ref().filter(|_| drop != Property::Expiration) {
+        q = q.with_expiration(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        q = q.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        q = q.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        q = q.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id().as_ref().filter(|_| drop != Property::UserId) {
+        q = q.with_user_id(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        q = q.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        q = q.with_cluster_id(v.clone());
+    }
+    q
+}

@@ -56,7 +56,14 @@ impl<'a> MakeWriter<'a> for LogFile {
 
 /// Sets up logging as configured; the log file, if any (for SIGHUP).
 pub fn init(config: &Config) -> anyhow::Result<Option<LogFile>> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+    // The client library the links use (lapin) logs, as errors, what the
+    // links expect and report themselves (a passive declare's 404, a
+    // closed connection): it is quiet unless the filter names it.
+    let mut level = config.log_level.clone();
+    if !level.contains("lapin") {
+        level.push_str(",lapin=off");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
     let file = match &config.log_file {
         Some(path) => {

@@ -142,6 +142,7 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
         listeners: Listeners::default(),
         started: std::time::Instant::now(),
         cluster: cluster.clone().map(|c| c as Arc<dyn warren_node::cluster::ClusterView>),
+        links: Default::default(),
     });
     if let Some(at) = http_at {
         let bound = warren_admin::http::listen(shared.clone(), at).await?;
@@ -210,6 +211,28 @@ pub async fn run(config: Config, log_file: Option<crate::logging::LogFile>) -> a
             warren_node::cluster::Protocol::Http => warren_admin::http::serve_passed_on(shared.clone(), stream, peer),
         });
         let _ = cluster.tunnels.set(handler);
+    }
+    // The internal listener: the broker's own links (shovels, federation)
+    // reach its broker here, with a secret only they know.
+    {
+        let internal = TcpListener::bind("127.0.0.1:0").await?;
+        let _ = shared.links.internal.set(internal.local_addr()?);
+        tokio::spawn(warren_links::run(shared.clone(), shutdown_rx.clone()));
+        let (shared, shutdown, done) = (shared.clone(), shutdown_rx.clone(), done_tx.downgrade());
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, peer)) = internal.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done.upgrade());
+                tokio::spawn(async move {
+                    connection::serve_internal(socket, peer, shared, shutdown).await;
+                    drop(done);
+                });
+            }
+        });
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

@@ -21,6 +21,7 @@ mod auth;
 mod objects;
 mod query;
 pub use query::parse_query;
+pub(crate) use routes::federation_json as federation_row;
 mod routes;
 mod ui;
 
@@ -106,8 +107,11 @@ pub fn empty(status: StatusCode) -> Reply {
 }
 
 /// RabbitMQ's error body: `{"error": ..., "reason": ...}`.
+/// An error answer. As RabbitMQ's API, the reason's `<`, `>` and `&` are
+/// HTML-escaped (its validation texts print Erlang binaries, `<<"x">>`).
 pub fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Reply {
-    json(status, &serde_json::json!({"error": error, "reason": reason.into()}))
+    let reason = reason.into().replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    json(status, &serde_json::json!({"error": error, "reason": reason}))
 }
 
 pub fn not_found() -> Reply {

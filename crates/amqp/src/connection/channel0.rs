@@ -4,6 +4,7 @@
 //! the checks that keep an open connection within what its user may do.
 
 use super::*;
+use warren_core::auth::INTERNAL_USER;
 
 fn server_properties() -> FieldTable {
     let mut caps = FieldTable::default();
@@ -77,6 +78,17 @@ impl Conn {
         frame::write_method(&mut self.out, 0, &start);
     }
 
+    fn send_tune(&mut self) -> Result<(), AmqpError> {
+        let tune = AMQPClass::Connection(conn::AMQPMethod::Tune(conn::Tune {
+            channel_max: self.shared.config.channel_max,
+            frame_max: self.shared.config.frame_max,
+            heartbeat: self.shared.config.heartbeat,
+        }));
+        frame::write_method(&mut self.out, 0, &tune);
+        self.stage = Stage::AwaitTuneOk;
+        Ok(())
+    }
+
     pub(super) fn on_connection_method(&mut self, m: AMQPClass) -> Result<(), AmqpError> {
         use conn::AMQPMethod as M;
         let AMQPClass::Connection(m) = m else {
@@ -120,6 +132,15 @@ impl Conn {
                 let Some((user, pass)) = creds else {
                     return refuse(self, "unreadable credentials");
                 };
+                if self.internal {
+                    // The broker's own links, and nobody else.
+                    if user != INTERNAL_USER || !self.shared.links.is_secret(&pass) {
+                        return refuse(self, "internal listener: not one of this broker's links");
+                    }
+                    self.impersonator = true;
+                    self.user = user;
+                    return self.send_tune();
+                }
                 let Some(found) = self.shared.broker.authenticate(&user, &pass) else {
                     return refuse(self, &format!("user '{user}': invalid credentials"));
                 };
@@ -134,14 +155,7 @@ impl Conn {
                 }
                 self.impersonator = found.tags.iter().any(|t| t == "impersonator");
                 self.user = user;
-                let tune = AMQPClass::Connection(M::Tune(conn::Tune {
-                    channel_max: self.shared.config.channel_max,
-                    frame_max: self.shared.config.frame_max,
-                    heartbeat: self.shared.config.heartbeat,
-                }));
-                frame::write_method(&mut self.out, 0, &tune);
-                self.stage = Stage::AwaitTuneOk;
-                Ok(())
+                self.send_tune()
             }
             (Stage::AwaitTuneOk, M::TuneOk(ok)) => {
                 let server_max = self.shared.config.frame_max;
@@ -300,7 +314,7 @@ impl Conn {
             // see "is down" when the vhost's processes stop first).
             let e = forced(format!("vhost '{}' is deleted", v.name));
             self.close(e);
-        } else if !self.shared.broker.access().users.contains_key(&self.user) {
+        } else if !self.internal && !self.shared.broker.access().users.contains_key(&self.user) {
             let e = forced(format!("user '{}' is deleted", self.user));
             self.close(e);
         }

@@ -8,6 +8,7 @@ mod definitions;
 mod exchanges;
 mod messages;
 mod node;
+mod parameters;
 mod policies;
 mod queues;
 mod users;
@@ -31,6 +32,7 @@ use crate::views::{node_name, BindingRow};
 use warren_node::Node;
 
 pub(crate) use messages::publish;
+pub(crate) use parameters::federation_json;
 
 type Result<T = Reply> = std::result::Result<T, Reply>;
 
@@ -131,6 +133,8 @@ fn dispatch(shared: &Arc<Node>, call: &Call) -> Result {
             policies::route(shared, call, &seg)
         }
         Some("definitions") => definitions::route(shared, call, &seg),
+        Some("shovels") => parameters::shovels(shared, call, &seg),
+        Some("federation-links") => parameters::federation_links(shared, call, &seg),
         Some(_) => Ok(not_found()),
     }
 }

@@ -69,7 +69,7 @@ pub(super) fn route(shared: &Arc<Node>, call: &Call, seg: &[&str]) -> Result {
                 _ => Ok(method_not_allowed()),
             }
         }
-        (["parameters"] | ["global-parameters"], _) if get => Ok(ok(&json!([]))),
+        (["global-parameters"], _) if get => Ok(ok(&json!([]))),
         (["parameters", "operator_policy"], _) if get => {
             call.user.require_admin()?;
             Ok(ok(&operator_policy_parameters(shared, None)))
@@ -78,12 +78,7 @@ pub(super) fn route(shared: &Arc<Node>, call: &Call, seg: &[&str]) -> Result {
             call.user.require_admin()?;
             Ok(ok(&operator_policy_parameters(shared, Some(vh))))
         }
-        (["parameters", _component], _) if get => Ok(ok(&json!([]))),
-        (["parameters", _component, vh], _) if get => {
-            use_vhost(shared, call, vh)?;
-            Ok(ok(&json!([])))
-        }
-
+        (["parameters", ..], _) => super::parameters::route(shared, call, seg),
         // Definitions.
         _ => Ok(not_found()),
     }

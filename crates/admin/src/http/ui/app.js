@@ -238,6 +238,32 @@ const views = {
     ], [q]);
   },
 
+  async links() {
+    const [shovels, fed] = await Promise.all([api('GET', '/shovels'), api('GET', '/federation-links')]);
+    const src = r => r.src_queue !== undefined ? `queue ${r.src_queue}` : `exchange ${r.src_exchange} (${r.src_exchange_key})`;
+    const dest = r => r.dest_queue !== undefined ? `queue ${r.dest_queue}`
+      : `exchange ${r.dest_exchange || '(same)'}${r.dest_exchange_key ? ` (${r.dest_exchange_key})` : ''}`;
+    table($('#shovels-table'), [
+      ['Vhost', r => r.vhost], ['Name', r => r.name], ['State', r => r.state, { key: 'state' }],
+      ['Source', r => `${r.src_uri} ${src(r)}`], ['Destination', r => `${r.dest_uri} ${dest(r)}`],
+      ['Moved', r => num(r.messages_transferred), { num: true, key: 'moved' }], ['Reason', r => r.reason || ''],
+      ['', r => button('Restart', () => act('Shovel restarted',
+        () => api('DELETE', `/shovels/vhost/${enc(r.vhost)}/${enc(r.name)}/restart`)))],
+      ['', r => button('Delete', () => {
+        if (confirm(`Delete shovel ${r.name}?`)) {
+          act('Shovel deleted', () => api('DELETE', `/shovels/vhost/${enc(r.vhost)}/${enc(r.name)}`));
+        }
+      }, 'danger')],
+    ], shovels, (tr, r) => { tr.dataset.shovel = r.name; });
+    table($('#federation-table'), [
+      ['Vhost', r => r.vhost], ['Upstream', r => r.upstream], ['URI', r => r.uri],
+      ['Local', r => `${r.type} ${r.exchange || r.queue}`],
+      ['Upstream name', r => r.upstream_exchange || r.upstream_queue],
+      ['Status', r => r.status, { key: 'status' }], ['Moved', r => num(r.messages_transferred), { num: true }],
+      ['Error', r => r.error || ''],
+    ], fed, (tr, r) => { tr.dataset.link = r.id; });
+  },
+
   async admin() {
     const [users, vhosts, policies] = await Promise.all([
       api('GET', '/users').catch(() => []), api('GET', '/vhosts'), api('GET', '/policies'),
@@ -355,6 +381,19 @@ function wire() {
     act('Message published', () => api('POST', `/exchanges/${enc(q.vhost)}/amq.default/publish`, {
       properties: { delivery_mode: f.persistent ? 2 : 1 }, routing_key: q.name,
       payload: f.payload || '', payload_encoding: 'string',
+    }));
+  });
+  $('#qd-move').addEventListener('submit', e => {
+    e.preventDefault();
+    const q = state.selected, f = formData(e.target);
+    // As RabbitMQ's management UI: a one-off shovel, removed when done.
+    const local = `amqp:///${enc(q.vhost)}`;
+    act('Moving messages', () => api('PUT', `/parameters/shovel/${enc(q.vhost)}/${enc(`Move from ${q.name}`)}`, {
+      component: 'shovel', vhost: q.vhost, name: `Move from ${q.name}`, value: {
+        'src-uri': local, 'src-queue': q.name, 'src-protocol': 'amqp091', 'src-prefetch-count': 1000,
+        'src-delete-after': 'queue-length', 'dest-protocol': 'amqp091', 'dest-uri': local,
+        'dest-add-forward-headers': false, 'ack-mode': 'on-confirm', 'dest-queue': f.dest,
+      },
     }));
   });
   $('#qd-get').addEventListener('submit', async e => {

@@ -9,6 +9,8 @@
 //! one JSON line back with the info line, an optional table, and the exit
 //! code rabbitmqctl would use.
 
+mod parameters;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -414,6 +416,9 @@ pub fn execute(shared: &Node, req: &Request) -> Response {
                 .collect();
             table(info, &["vhost", "name", "pattern", "apply-to", "definition", "priority"], rows)
         }
+        "set_parameter" | "clear_parameter" | "list_parameters" | "shovel_status" | "federation_status" => {
+            parameters::execute(shared, req)
+        }
         "list_queues" | "list_exchanges" | "list_bindings" | "list_consumers" => list_entities(shared, req),
         "list_connections" => list_connections(shared, a),
         other => usage(String::new(), &format!("unknown command '{other}'; see `warren ctl help`")),
@@ -674,6 +679,8 @@ through DIR/warren.sock. Commands, as rabbitmqctl's:
              NAME PATTERN DEFINITION      (DEFINITION: JSON, e.g.
                                            '{\"max-length\":1000}')
   clear_policy [-p VHOST] NAME      list_policies [-p VHOST]
+  set_parameter [-p VHOST] COMPONENT NAME JSON   clear_parameter [-p VHOST] COMPONENT NAME
+  list_parameters [-p VHOST]        shovel_status      federation_status
   set_operator_policy / clear_operator_policy / list_operator_policies
                                     (the same, for operator policies, which
                                      cap message-ttl, expires, max-length,
