@@ -21,11 +21,12 @@ python3 scripts/code-size.py >/dev/null || { python3 scripts/code-size.py; exit 
 features="--features warren/fault-injection"
 cargo clippy --workspace --all-targets --quiet $features -- -D warnings
 cargo build --workspace --quiet $features
+# Before the Rust tests: the lapin cluster test starts a real etcd.
+scripts/etcd-env.sh                # etcd for the cluster tests (Debian)
 cargo test --workspace $features
 
 venv=$(scripts/python-env.sh)
 scripts/observability-env.sh      # Prometheus, Chromium, ChromeDriver (Debian)
-scripts/etcd-env.sh                # etcd for the cluster tests (Debian)
 scripts/rabbitmq-env.sh            # RabbitMQ on the far side of shovels and federation (Debian)
 if [ "${CI:-}" = true ]; then export WARREN_TEST_IMAGE=1; fi
 scripts/packaging-env.sh           # dpkg-deb, systemd-analyze, setpriv, openssl (+ podman)
