@@ -267,7 +267,7 @@ pub(crate) async fn run(
     let local = match connect(node, &["amqp://".to_owned()], &link.vhost).await {
         Ok((c, _)) => c,
         Err(e) => {
-            let _ = up.close(200, "OK".into()).await;
+            crate::shovel::close(&up).await;
             return Err(e);
         }
     };
@@ -281,8 +281,8 @@ pub(crate) async fn run(
         } => r,
         e = crate::shovel::lost(&conns) => Err(e),
     };
-    let _ = up.close(200, "OK".into()).await;
-    let _ = local.close(200, "OK".into()).await;
+    crate::shovel::close(&up).await;
+    crate::shovel::close(&local).await;
     result
 }
 

@@ -319,6 +319,16 @@ pub(crate) async fn connect(node: &Node, uris: &[String], vhost: &str) -> Result
     Err(last)
 }
 
+/// Closes a link's connection, waiting at most 5 s for the peer's
+/// close-ok: a connection whose peer died (kill -9 mid-shovel) may never
+/// answer, and the link must go on to reconnect.
+pub(crate) async fn close(conn: &Connection) {
+    let closing = conn.close(200, "OK".into());
+    if tokio::time::timeout(Duration::from_secs(5), closing).await.is_err() {
+        tracing::info!("link: no close-ok in 5 s; the connection is dropped");
+    }
+}
+
 /// Ends when one of the connections is no longer open, saying which. A
 /// link awaits its connections in many places (a publish, an ack, a
 /// confirm, the acker's queue); a peer that died does not fail all of them
@@ -378,7 +388,7 @@ pub(crate) async fn run(
     let (dest, dest_uri) = match connect(node, &s.dest_uris, &s.vhost).await {
         Ok(d) => d,
         Err(e) => {
-            let _ = src.close(200, "OK".into()).await;
+            close(&src).await;
             return Err(e);
         }
     };
@@ -387,8 +397,8 @@ pub(crate) async fn run(
         r = shovel(node, key, s, stop, &src, &dest, &src_uri, &dest_uri) => r,
         e = lost(&conns) => Err(e),
     };
-    let _ = src.close(200, "OK".into()).await;
-    let _ = dest.close(200, "OK".into()).await;
+    close(&src).await;
+    close(&dest).await;
     result
 }
 
