@@ -31,6 +31,8 @@ SCENARIOS = [
       "--multi-ack", "100", "--queue", "four"]),
     ("latency at 1,000 msg/s, p99 (µs)", "p99_us",
      ["--size", "16", "--rate", "1000", "--prefetch", "1000", "--multi-ack", "10", "--queue", "lat"]),
+    ("latency at 100,000 msg/s, p99 (µs)", "p99_us",
+     ["--size", "16", "--rate", "100000", "--prefetch", "1000", "--multi-ack", "100", "--queue", "lat100k"]),
 ]
 START, END = "<!-- bench-summary:start -->", "<!-- bench-summary:end -->"
 

@@ -29,7 +29,17 @@ pub fn parse_header(payload: &Bytes) -> Result<ContentHeader, AmqpError> {
         return Err(AmqpError::frame_error(format_args!("content header for class {class_id}, expected 60")));
     }
     let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
-    let properties_raw = payload.slice(12..);
+    // Copied out of the read buffer, as small bodies are (`COPY_BELOW`):
+    // a slice would keep the whole buffer (the neighbouring messages'
+    // frames too) alive for as long as the message stays queued: ~330
+    // pinned bytes per queued 256 B message. No properties at all is the
+    // common case and costs nothing.
+    let raw = &payload[12..];
+    let properties_raw = match raw {
+        [0, 0] => Bytes::from_static(&[0, 0]),
+        _ if raw.len() < COPY_BELOW => Bytes::copy_from_slice(raw),
+        _ => payload.slice(12..),
+    };
     if scan_properties(&properties_raw).is_none() {
         return Err(AmqpError::frame_error("cannot decode content header properties"));
     }

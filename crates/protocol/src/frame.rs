@@ -204,15 +204,20 @@ pub fn write_confirm(buf: &mut BytesMut, channel: u16, delivery_tag: u64, multip
     finish_frame(buf, at);
 }
 
-/// Content header and body frames. `properties` is the encoded property
-/// flags and list exactly as the publisher sent them.
-pub fn write_content(buf: &mut BytesMut, channel: u16, frame_max: u32, properties: &[u8], body: &[u8]) {
+#[inline(always)]
+fn write_header(buf: &mut BytesMut, channel: u16, body_size: usize, properties: &[u8]) {
     let at = begin_frame(buf, FRAME_HEADER, channel);
     buf.put_u16(60);
     buf.put_u16(0);
-    buf.put_u64(body.len() as u64);
+    buf.put_u64(body_size as u64);
     buf.put_slice(properties);
     finish_frame(buf, at);
+}
+
+/// Content header and body frames. `properties` is the encoded property
+/// flags and list exactly as the publisher sent them.
+pub fn write_content(buf: &mut BytesMut, channel: u16, frame_max: u32, properties: &[u8], body: &[u8]) {
+    write_header(buf, channel, body.len(), properties);
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
     buf.reserve(body.len() + body.len().div_ceil(chunk) * FRAME_OVERHEAD);
     for part in body.chunks(chunk) {
@@ -221,6 +226,168 @@ pub fn write_content(buf: &mut BytesMut, channel: u16, frame_max: u32, propertie
         buf.put_u32(part.len() as u32);
         buf.put_slice(part);
         buf.put_u8(FRAME_END);
+    }
+}
+
+/// Bodies at least this big go out by reference: their frames' headers
+/// and end markers are written into the output buffer and the body itself
+/// is sent from the message's own bytes by a vectored write, never copied
+/// per delivery. Smaller bodies are cheaper copied than referenced.
+pub const SHARE_BODY_FROM: usize = 16 * 1024;
+
+/// A connection's pending output: frames written into a buffer, with big
+/// bodies kept by reference between them. In order, the bytes are `segs`
+/// and then `buf`. Derefs to the buffer, so that the frame writers taking
+/// a `BytesMut` append to it; the length, emptiness and clearing are
+/// `Out`'s own (they count the segments too).
+#[derive(Debug, Default)]
+pub struct Out {
+    buf: BytesMut,
+    segs: Vec<Bytes>,
+    seg_bytes: usize,
+}
+
+impl Out {
+    pub fn with_capacity(n: usize) -> Out {
+        Out { buf: BytesMut::with_capacity(n), segs: Vec::new(), seg_bytes: 0 }
+    }
+
+    /// All pending bytes.
+    pub fn len(&self) -> usize {
+        self.seg_bytes + self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seg_bytes == 0 && self.buf.is_empty()
+    }
+
+    /// The buffer's capacity (what the connection holds besides the
+    /// messages the segments reference).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Whether anything is held by reference (then a write must be vectored).
+    pub fn has_segments(&self) -> bool {
+        !self.segs.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.segs.clear();
+        self.seg_bytes = 0;
+        self.buf.clear();
+    }
+
+    /// Drops what was written after `len()` was `mark`.
+    pub fn truncate(&mut self, mark: usize) {
+        if mark >= self.seg_bytes {
+            self.buf.truncate(mark - self.seg_bytes);
+            return;
+        }
+        self.buf.clear();
+        while let Some(last) = self.segs.pop() {
+            self.seg_bytes -= last.len();
+            if self.seg_bytes < mark {
+                let keep = mark - self.seg_bytes;
+                self.seg_bytes += keep;
+                self.segs.push(last.slice(..keep));
+                break;
+            }
+        }
+    }
+
+    /// Appends `bytes` by reference.
+    pub fn push_shared(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if !self.buf.is_empty() {
+            let head = self.buf.split().freeze();
+            self.seg_bytes += head.len();
+            self.segs.push(head);
+        }
+        self.seg_bytes += bytes.len();
+        self.segs.push(bytes);
+    }
+
+    /// The first pending bytes as slices for a vectored write (as many
+    /// as `dst` holds); returns how many it filled.
+    pub fn io_slices<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let segs = self.segs.iter().map(|b| &b[..]);
+        let all = segs.chain(std::iter::once(&self.buf[..]).filter(|b| !b.is_empty()));
+        let mut n = 0;
+        for (d, s) in dst.iter_mut().zip(all) {
+            *d = std::io::IoSlice::new(s);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `n` pending bytes (written out).
+    pub fn advance(&mut self, mut n: usize) {
+        let mut done = 0;
+        for s in &mut self.segs {
+            if n == 0 {
+                break;
+            }
+            if n >= s.len() {
+                n -= s.len();
+                self.seg_bytes -= s.len();
+                done += 1;
+            } else {
+                s.advance(n);
+                self.seg_bytes -= n;
+                n = 0;
+            }
+        }
+        self.segs.drain(..done);
+        self.buf.advance(n.min(self.buf.len()));
+    }
+
+    /// Takes every pending byte, as chunks in order.
+    pub fn take_chunks(&mut self, mut each: impl FnMut(Bytes)) {
+        self.seg_bytes = 0;
+        for s in self.segs.drain(..) {
+            each(s);
+        }
+        if !self.buf.is_empty() {
+            each(self.buf.split().freeze());
+        }
+    }
+}
+
+impl std::ops::Deref for Out {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Out {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+}
+
+/// Content header and body frames into a connection's output: as
+/// [`write_content`], but a body of [`SHARE_BODY_FROM`] bytes or more is
+/// referenced, not copied.
+#[inline]
+pub fn write_content_out(out: &mut Out, channel: u16, frame_max: u32, properties: &[u8], body: &Bytes) {
+    if body.len() < SHARE_BODY_FROM {
+        return write_content(&mut out.buf, channel, frame_max, properties, body);
+    }
+    write_header(&mut out.buf, channel, body.len(), properties);
+    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+    let mut at = 0;
+    while at < body.len() {
+        let end = (at + chunk).min(body.len());
+        out.buf.put_u8(FRAME_BODY);
+        out.buf.put_u16(channel);
+        out.buf.put_u32((end - at) as u32);
+        out.push_shared(body.slice(at..end));
+        out.buf.put_u8(FRAME_END);
+        at = end;
     }
 }
 
@@ -331,5 +498,67 @@ mod tests {
             sizes,
             vec![(FrameKind::Header, 14), (FrameKind::Body, 4088), (FrameKind::Body, 4088), (FrameKind::Body, 1824)]
         );
+    }
+
+    fn flatten(out: &Out) -> Vec<u8> {
+        let mut v = vec![std::io::IoSlice::new(&[]); 1024];
+        let n = out.io_slices(&mut v);
+        v[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn shared_bodies_write_the_same_bytes_as_copied_ones() {
+        for (size, frame_max) in [(0, 4096), (100, 4096), (SHARE_BODY_FROM, 4096), (70_000, 131_072), (70_000, 4096)] {
+            let body = Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>());
+            let mut copied = BytesMut::new();
+            write_deliver(&mut copied, 3, "ctag", 9, false, "ex", "rk");
+            write_content(&mut copied, 3, frame_max, &[0, 0], &body);
+            write_heartbeat(&mut copied);
+            let mut out = Out::with_capacity(16);
+            write_deliver(&mut out, 3, "ctag", 9, false, "ex", "rk");
+            write_content_out(&mut out, 3, frame_max, &[0, 0], &body);
+            write_heartbeat(&mut out);
+            assert_eq!(out.has_segments(), size >= SHARE_BODY_FROM);
+            assert_eq!(out.len(), copied.len());
+            assert_eq!(flatten(&out), &copied[..], "{size} / {frame_max}");
+            // Written out in pieces, the rest is what was not written.
+            for n in [0, 1, 40, out.len() / 2, out.len() - 1] {
+                let mut o = Out::default();
+                write_content_out(&mut o, 3, frame_max, &[0, 0], &body);
+                write_heartbeat(&mut o);
+                let whole = flatten(&o);
+                let n = n.min(whole.len());
+                o.advance(n);
+                assert_eq!(o.len(), whole.len() - n);
+                assert_eq!(flatten(&o), &whole[n..]);
+                let mut chunks = vec![];
+                o.take_chunks(|c| chunks.extend_from_slice(&c));
+                assert_eq!(chunks, &whole[n..]);
+                assert!(o.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn truncate_drops_what_came_after_the_mark() {
+        let body = Bytes::from(vec![5u8; SHARE_BODY_FROM * 2]);
+        for before in [0usize, 1] {
+            let mut out = Out::default();
+            if before == 1 {
+                write_content_out(&mut out, 1, 131_072, &[0, 0], &body);
+            }
+            let expect = flatten(&out);
+            let mark = out.len();
+            write_content_out(&mut out, 2, 131_072, &[0, 0], &body);
+            write_heartbeat(&mut out);
+            out.truncate(mark);
+            assert_eq!(flatten(&out), expect);
+            // A mark inside the buffer part.
+            write_heartbeat(&mut out);
+            let mark = out.len();
+            write_heartbeat(&mut out);
+            out.truncate(mark);
+            assert_eq!(out.len(), mark);
+        }
     }
 }

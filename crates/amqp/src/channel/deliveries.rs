@@ -38,13 +38,13 @@ pub(super) fn group_by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Unacke
 
 impl Channel {
     /// Writes one delivery from a queue to the client.
-    pub fn deliver(&mut self, out: &mut BytesMut, frame_max: u32, d: Delivery, turn: &mut Turn) {
+    pub fn deliver(&mut self, out: &mut frame::Out, frame_max: u32, d: Delivery, turn: &mut Turn) {
         let tag = self.next_tag;
         self.next_tag += 1;
         let msg = &d.entry.message;
         frame::write_deliver(out, self.id, &d.consumer.tag, tag, d.entry.redelivered, &msg.exchange, &msg.routing_key);
         let props = warren_core::queue::delivery_properties(&d.queue, &d.entry);
-        frame::write_content(out, self.id, frame_max, &props, &msg.body);
+        frame::write_content_out(out, self.id, frame_max, &props, &msg.body);
         drop(props);
         self.info.stats.bump(if d.consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }, 1);
         if d.entry.redelivered {
@@ -404,6 +404,7 @@ impl Channel {
                 let consumer = self.new_consumer(ctx, &tag, c.no_ack, c.exclusive, priority, timeout_ms);
                 // consume-ok must precede the first delivery: deliveries go
                 // through the connection's event queue, handled after this.
+                let mark = ctx.out.len();
                 if !c.nowait {
                     reply(
                         ctx.out,
@@ -412,7 +413,8 @@ impl Channel {
                     );
                 }
                 if let Err(e) = q.add_consumer(consumer.clone()) {
-                    ctx.out.clear();
+                    // Only the consume-ok: the rest of the turn's output stays.
+                    ctx.out.truncate(mark);
                     return Err(e);
                 }
                 self.consumers.insert(tag, (consumer, q));
@@ -454,7 +456,7 @@ impl Channel {
                             remaining,
                         );
                         let props = warren_core::queue::delivery_properties(&q, &entry);
-                        frame::write_content(ctx.out, id, ctx.frame_max, &props, &msg.body);
+                        frame::write_content_out(ctx.out, id, ctx.frame_max, &props, &msg.body);
                         drop(props);
                         let u = (!g.no_ack).then_some(Unacked { queue: q, entry, consumer: None, at_ms: 0 });
                         self.push_unacked(tag, u);

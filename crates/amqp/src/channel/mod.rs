@@ -36,7 +36,7 @@ pub struct Ctx<'a> {
     pub user: &'a str,
     pub impersonator: bool,
     pub connection: u64,
-    pub out: &'a mut BytesMut,
+    pub out: &'a mut frame::Out,
     pub outbox: &'a Arc<dyn Outbox>,
     pub frame_max: u32,
     pub max_message_size: u64,

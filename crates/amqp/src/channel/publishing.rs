@@ -30,6 +30,7 @@ pub(super) struct Publish {
 
 /// Returns `s` as a shared string, reusing `last` when it is the same
 /// (publishers repeat exchange and routing key: no allocation then).
+#[inline]
 pub(super) fn intern(last: &mut Arc<str>, s: &str) -> Arc<str> {
     if &**last != s {
         *last = Arc::from(s);
@@ -140,7 +141,7 @@ impl Channel {
         let outcome = outcome?;
         if let Some(msg) = returned.filter(|_| outcome.unroutable) {
             frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
-            frame::write_content(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
+            frame::write_content_out(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
         }
         *ctx.pressure |= outcome.pressure;
         Ok((outcome.pos, outcome.accepted))

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{channel as chan, connection as conn, AMQPClass};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -94,6 +94,18 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// time); after `SHRINK_AFTER` without traffic both buffers go back to
 /// small. With 64 KiB buffers from the start, 1,000 idle connections cost
 /// 18.3 KiB each (malloc touches a large buffer's first and last pages).
+/// A frame this big is read in place (see the read loop), not moved.
+const BIG_FRAME: usize = 16 * 1024;
+
+/// The bytes still missing of a big frame at the front of `rbuf`.
+fn big_frame_missing(rbuf: &[u8]) -> Option<usize> {
+    let size = u32::from_be_bytes(rbuf.get(3..7)?.try_into().ok()?) as usize;
+    let whole = size.checked_add(frame::FRAME_OVERHEAD)?;
+    (size >= BIG_FRAME && whole > rbuf.len()).then(|| whole - rbuf.len())
+}
+
+/// Slices per vectored write (a kernel takes up to 1024).
+const MAX_IOV: usize = 64;
 const READ_SMALL: usize = 512;
 const READ_BIG: usize = 64 * 1024;
 const OUT_SMALL: usize = 256;
@@ -146,7 +158,7 @@ pub struct Conn {
     /// the keys are bounded by channel_max, so no flooding concern).
     channels: rustc_hash::FxHashMap<u16, Box<Channel>>,
     /// Bytes produced since the last flush.
-    out: BytesMut,
+    out: frame::Out,
     outbox: Arc<dyn Outbox>,
     /// Whether the client wants server-sent basic.cancel.
     cancel_notify: bool,
@@ -280,7 +292,7 @@ async fn serve_as(
         channel_max: shared.config.channel_max,
         heartbeat: 0,
         channels: Default::default(),
-        out: BytesMut::with_capacity(OUT_SMALL),
+        out: frame::Out::with_capacity(OUT_SMALL),
         outbox: Arc::new(ConnOutbox { tx: event_tx }),
         cancel_notify: false,
         blocked_notify: false,
@@ -302,9 +314,12 @@ async fn serve_as(
     let hub = shared.cluster.as_ref().and_then(|c| c.gate());
     let mut defs_rx = shared.confirms.defs_replicated.clone();
     let mut defs_wait = 0u64;
-    // Likewise after a turn that delivered logged messages, until the log
-    // (their delivery records) is on the followers.
-    let mut deliveries_wait = 0u64;
+    // Likewise the output of a turn that delivered logged messages waits
+    // until the log (their delivery records) is on the followers — and so
+    // does all output after it, in order; what came before goes out
+    // meanwhile, so deliveries stream a replication round trip behind the
+    // log instead of waiting in bursts for whatever was appended last.
+    let mut held: std::collections::VecDeque<(u64, Vec<Bytes>)> = Default::default();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -319,14 +334,16 @@ async fn serve_as(
     tokio::pin!(pause);
     // Whether reads have filled the read buffer: then it is READ_BIG.
     let mut read_big = false;
+    // Whether frames of BIG_FRAME bytes or more have come (see the reads).
+    let mut big_frames = false;
     loop {
-        if hub.is_some() && std::mem::take(&mut c.delivered_logged) {
-            deliveries_wait = c.shared.broker.log().map_or(0, |l| l.appended());
-        }
         // (A single node has no hub: no lock is read for these.)
+        if hub.is_some() {
+            hold_deliveries(&mut c, &mut held, *synced_rx.borrow());
+        }
         let defs_held = hub.is_some() && defs_wait > *defs_rx.borrow();
-        let deliveries_held = hub.is_some() && deliveries_wait > *synced_rx.borrow();
-        if !c.out.is_empty() && !defs_held && !deliveries_held {
+        let deliveries_held = !held.is_empty();
+        if !c.out.is_empty() && !defs_held {
             if let Some(info) = &c.registered {
                 bump(&info.send_oct, c.out.len());
             }
@@ -334,7 +351,15 @@ async fn serve_as(
             // hand-off, no wake-up); give the writer only what would block.
             let mut written = 0;
             if let Some(wr) = fast.as_ref().filter(|_| pending.load(Ordering::Acquire) == 0) {
-                match wr.try_write(&c.out) {
+                let r = if c.out.has_segments() {
+                    // Big bodies by reference: one vectored write.
+                    let mut slices = [std::io::IoSlice::new(&[]); MAX_IOV];
+                    let n = c.out.io_slices(&mut slices);
+                    wr.try_write_vectored(&slices[..n])
+                } else {
+                    wr.try_write(&c.out)
+                };
+                match r {
                     Ok(n) => written = n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => break,
@@ -344,9 +369,12 @@ async fn serve_as(
                 c.out.clear();
             } else {
                 c.out.advance(written);
-                let chunk = c.out.split().freeze();
-                pending.fetch_add(chunk.len(), Ordering::AcqRel);
-                if write_tx.send(chunk).is_err() {
+                let mut gone = false;
+                c.out.take_chunks(|chunk| {
+                    pending.fetch_add(chunk.len(), Ordering::AcqRel);
+                    gone |= write_tx.send(chunk).is_err();
+                });
+                if gone {
                     break;
                 }
             }
@@ -378,10 +406,22 @@ async fn serve_as(
             }
         }
         let want = if read_big { READ_BIG } else { READ_SMALL };
-        if rbuf.capacity() - rbuf.len() < want / 4 {
-            rbuf.reserve(want);
+        // Big frames are read into room kept for them, never moved: a body
+        // frame still arriving gets exactly its missing bytes; once big
+        // frames come, every read leaves room after it for a whole frame
+        // to complete in place. (A body frame is a slice of this buffer
+        // until the message is gone: a move is a copy of up to frame_max.)
+        let missing = big_frame_missing(&rbuf);
+        big_frames |= missing.is_some();
+        let (limit, needed) = match missing {
+            Some(m) => (m, m),
+            None if big_frames => (want, want + c.frame_room()),
+            None => (want, want / 4),
+        };
+        if rbuf.capacity() - rbuf.len() < needed {
+            rbuf.reserve(needed.max(want));
         }
-        let spare = rbuf.capacity() - rbuf.len();
+        let spare = (rbuf.capacity() - rbuf.len()).min(limit);
         tokio::select! {
             changed = alarm_rx.changed() => {
                 if changed.is_ok() {
@@ -393,7 +433,7 @@ async fn serve_as(
                 paused = false;
                 last_read = Instant::now();
             }
-            read = rd.read_buf(&mut rbuf), if !alarmed && !stalled && !paused => {
+            read = async { rd.read_buf(&mut (&mut rbuf).limit(limit)).await }, if !alarmed && !stalled && !paused => {
                 match read {
                     Ok(0) | Err(_) => {
                         if c.stage == Stage::Open {
@@ -459,9 +499,10 @@ async fn serve_as(
                     if rbuf.is_empty() && rbuf.capacity() > READ_SMALL {
                         rbuf = BytesMut::with_capacity(READ_SMALL);
                         read_big = false;
+                        big_frames = false;
                     }
                     if c.out.is_empty() && c.out.capacity() > 4 * OUT_SMALL {
-                        c.out = BytesMut::with_capacity(OUT_SMALL);
+                        c.out = frame::Out::with_capacity(OUT_SMALL);
                     }
                 }
                 if let Some(since) = c.closing_since {
@@ -499,6 +540,28 @@ async fn serve_as(
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
+/// A cluster leader's output held for delivery records (see `held` in
+/// `serve`): the last turn's output joins the held batches when it
+/// delivered logged messages or when batches wait before it; batches whose
+/// records are on the followers (`synced`) go back to `c.out`, in order.
+fn hold_deliveries(c: &mut Conn, held: &mut std::collections::VecDeque<(u64, Vec<Bytes>)>, synced: u64) {
+    if std::mem::take(&mut c.delivered_logged) {
+        let pos = c.shared.broker.log().map_or(0, |l| l.appended());
+        if held.back().is_none_or(|(p, _)| *p != pos) {
+            held.push_back((pos, Vec::new()));
+        }
+    }
+    let Some((_, batch)) = held.back_mut() else {
+        return;
+    };
+    c.out.take_chunks(|b| batch.push(b));
+    while held.front().is_some_and(|(pos, _)| *pos <= synced) {
+        for b in held.pop_front().map(|(_, b)| b).unwrap_or_default() {
+            c.out.push_shared(b);
+        }
+    }
+}
+
 /// Writes what the connection task could not write without blocking.
 async fn write_loop(
     mut wr: Writer,
@@ -506,20 +569,55 @@ async fn write_loop(
     pending: Arc<AtomicUsize>,
     drained: Arc<Notify>,
 ) {
+    // Plain TCP: what is queued goes out in vectored writes of up to
+    // MAX_IOV chunks (big bodies arrive as chunks of their own).
+    let mut batch: Vec<Bytes> = Vec::new();
     while let Some(chunk) = rx.recv().await {
+        let mut total = chunk.len();
         match &mut wr {
             Writer::Tcp(wr) => {
-                let mut off = 0;
-                while off < chunk.len() {
+                batch.push(chunk);
+                while batch.len() < MAX_IOV {
+                    match rx.try_recv() {
+                        Ok(c) => {
+                            total += c.len();
+                            batch.push(c);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                batch.retain(|c| !c.is_empty());
+                // Next byte to write: batch[done][off..].
+                let (mut done, mut off) = (0, 0);
+                while done < batch.len() {
                     if wr.writable().await.is_err() {
                         return;
                     }
-                    match wr.try_write(&chunk[off..]) {
-                        Ok(n) => off += n,
+                    let mut slices = [std::io::IoSlice::new(&[]); MAX_IOV];
+                    let mut n = 0;
+                    for (i, c) in batch[done..].iter().enumerate() {
+                        slices[i] = std::io::IoSlice::new(if i == 0 { &c[off..] } else { c });
+                        n += 1;
+                    }
+                    match wr.try_write_vectored(&slices[..n]) {
+                        Ok(mut k) => {
+                            while k > 0 && done < batch.len() {
+                                let rest = batch[done].len() - off;
+                                if k >= rest {
+                                    k -= rest;
+                                    done += 1;
+                                    off = 0;
+                                } else {
+                                    off += k;
+                                    k = 0;
+                                }
+                            }
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => return,
                     }
                 }
+                batch.clear();
             }
             Writer::Other(w) => {
                 // Flush only when nothing else is queued: TLS records carry many frames.
@@ -528,7 +626,7 @@ async fn write_loop(
                 }
             }
         }
-        let left = pending.fetch_sub(chunk.len(), Ordering::AcqRel) - chunk.len();
+        let left = pending.fetch_sub(total, Ordering::AcqRel) - total;
         if left <= OUT_HIGH_WATER {
             drained.notify_one();
         }
@@ -540,6 +638,15 @@ async fn write_loop(
 }
 
 impl Conn {
+    /// Room kept after a read for a big frame to complete in place: the
+    /// negotiated frame_max, at most 1 MiB (bigger frames are moved).
+    fn frame_room(&self) -> usize {
+        match self.frame_max as usize {
+            0 => 1 << 20,
+            n => n.min(1 << 20),
+        }
+    }
+
     /// Sends connection.close for a hard error and waits for close-ok.
     fn close(&mut self, err: AmqpError) {
         if self.stage >= Stage::Closing {
