@@ -6,6 +6,8 @@
 # (release build) and, if RABBIT_ADDR (default 127.0.0.1:5672) answers, against
 # that RabbitMQ node (RSS of its beam.smp).
 #   scripts/bench-backlog.sh [N]        (default 10,000,000)
+# TRANSIENT=1: transient messages on a non-durable queue instead (no
+# confirms), the backlog that lives in memory.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 n=${1:-10000000}
@@ -13,16 +15,21 @@ rabbit=${RABBIT_ADDR:-127.0.0.1:5672}
 cd "$root"
 cargo build --release --quiet -p warren -p warren-perf
 perf=target/release/warren-perf
+if [ "${TRANSIENT:-0}" = 1 ]; then
+    kind="transient" fill=() keep=() queue=backlog-transient
+else
+    kind="persistent" fill=(--persistent --durable --confirm 1000) keep=(--durable) queue=backlog
+fi
 mib() { awk '{printf "%.0f MiB", $1/1024}'; }
 
 run() { # name addr rss-command
     local name=$1 addr=$2 rss=$3
-    echo "== $name: fill $n x 256 B persistent, confirms"
-    $perf --addr "$addr" --consumers 0 --count "$n" --size 256 --persistent --durable --confirm 1000 --queue backlog
+    echo "== $name: fill $n x 256 B $kind"
+    $perf --addr "$addr" --consumers 0 --count "$n" --size 256 "${fill[@]}" --queue "$queue"
     sleep 2
     echo "$name RSS with the backlog queued: $(eval "$rss" | mib)"
     echo "== $name: drain"
-    $perf --addr "$addr" --publishers 0 --consumers 1 --keep --durable --queue backlog --drain "$n"
+    $perf --addr "$addr" --publishers 0 --consumers 1 --keep "${keep[@]}" --queue "$queue" --drain "$n"
     echo "$name RSS after the drain: $(eval "$rss" | mib)"
 }
 

@@ -10,6 +10,7 @@
 //! events is flushed as one chunk.
 
 mod channel0;
+mod io;
 mod label;
 
 use std::net::SocketAddr;
@@ -19,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{channel as chan, connection as conn, AMQPClass};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
@@ -31,6 +31,7 @@ use warren_protocol::method::decode_method;
 use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, PROTOCOL_HEADER};
 
 use crate::channel::{Channel, Ctx, Turn};
+use io::{big_frame_missing, hold_deliveries, write_loop, Writer, MAX_IOV};
 use label::{frame_label, FrameLabel};
 use warren_node::Node;
 use warren_node::{ChannelInfo, ConnInfo};
@@ -94,18 +95,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// time); after `SHRINK_AFTER` without traffic both buffers go back to
 /// small. With 64 KiB buffers from the start, 1,000 idle connections cost
 /// 18.3 KiB each (malloc touches a large buffer's first and last pages).
-/// A frame this big is read in place (see the read loop), not moved.
-const BIG_FRAME: usize = 16 * 1024;
-
-/// The bytes still missing of a big frame at the front of `rbuf`.
-fn big_frame_missing(rbuf: &[u8]) -> Option<usize> {
-    let size = u32::from_be_bytes(rbuf.get(3..7)?.try_into().ok()?) as usize;
-    let whole = size.checked_add(frame::FRAME_OVERHEAD)?;
-    (size >= BIG_FRAME && whole > rbuf.len()).then(|| whole - rbuf.len())
-}
-
-/// Slices per vectored write (a kernel takes up to 1024).
-const MAX_IOV: usize = 64;
 const READ_SMALL: usize = 512;
 const READ_BIG: usize = 64 * 1024;
 const OUT_SMALL: usize = 256;
@@ -189,14 +178,6 @@ pub enum Stream {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// A client's connection a cluster follower passed on to this leader.
     PassedOn(warren_node::cluster::BoxStream),
-}
-
-/// Where the writer task sends bytes. Plain TCP also lets the connection
-/// task write directly while the writer is idle (`try_write`, no hand-off);
-/// TLS always goes through the writer task.
-enum Writer {
-    Tcp(Arc<OwnedWriteHalf>),
-    Other(Box<dyn AsyncWrite + Unpin + Send>),
 }
 
 pub async fn serve(stream: Stream, peer: SocketAddr, shared: Arc<Node>, shutdown: watch::Receiver<bool>) {
@@ -538,103 +519,6 @@ async fn serve_as(
     c.cleanup(&mut events);
     drop(write_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-}
-
-/// A cluster leader's output held for delivery records (see `held` in
-/// `serve`): the last turn's output joins the held batches when it
-/// delivered logged messages or when batches wait before it; batches whose
-/// records are on the followers (`synced`) go back to `c.out`, in order.
-fn hold_deliveries(c: &mut Conn, held: &mut std::collections::VecDeque<(u64, Vec<Bytes>)>, synced: u64) {
-    if std::mem::take(&mut c.delivered_logged) {
-        let pos = c.shared.broker.log().map_or(0, |l| l.appended());
-        if held.back().is_none_or(|(p, _)| *p != pos) {
-            held.push_back((pos, Vec::new()));
-        }
-    }
-    let Some((_, batch)) = held.back_mut() else {
-        return;
-    };
-    c.out.take_chunks(|b| batch.push(b));
-    while held.front().is_some_and(|(pos, _)| *pos <= synced) {
-        for b in held.pop_front().map(|(_, b)| b).unwrap_or_default() {
-            c.out.push_shared(b);
-        }
-    }
-}
-
-/// Writes what the connection task could not write without blocking.
-async fn write_loop(
-    mut wr: Writer,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    pending: Arc<AtomicUsize>,
-    drained: Arc<Notify>,
-) {
-    // Plain TCP: what is queued goes out in vectored writes of up to
-    // MAX_IOV chunks (big bodies arrive as chunks of their own).
-    let mut batch: Vec<Bytes> = Vec::new();
-    while let Some(chunk) = rx.recv().await {
-        let mut total = chunk.len();
-        match &mut wr {
-            Writer::Tcp(wr) => {
-                batch.push(chunk);
-                while batch.len() < MAX_IOV {
-                    match rx.try_recv() {
-                        Ok(c) => {
-                            total += c.len();
-                            batch.push(c);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                batch.retain(|c| !c.is_empty());
-                // Next byte to write: batch[done][off..].
-                let (mut done, mut off) = (0, 0);
-                while done < batch.len() {
-                    if wr.writable().await.is_err() {
-                        return;
-                    }
-                    let mut slices = [std::io::IoSlice::new(&[]); MAX_IOV];
-                    let mut n = 0;
-                    for (i, c) in batch[done..].iter().enumerate() {
-                        slices[i] = std::io::IoSlice::new(if i == 0 { &c[off..] } else { c });
-                        n += 1;
-                    }
-                    match wr.try_write_vectored(&slices[..n]) {
-                        Ok(mut k) => {
-                            while k > 0 && done < batch.len() {
-                                let rest = batch[done].len() - off;
-                                if k >= rest {
-                                    k -= rest;
-                                    done += 1;
-                                    off = 0;
-                                } else {
-                                    off += k;
-                                    k = 0;
-                                }
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => return,
-                    }
-                }
-                batch.clear();
-            }
-            Writer::Other(w) => {
-                // Flush only when nothing else is queued: TLS records carry many frames.
-                if w.write_all(&chunk).await.is_err() || (rx.is_empty() && w.flush().await.is_err()) {
-                    return;
-                }
-            }
-        }
-        let left = pending.fetch_sub(total, Ordering::AcqRel) - total;
-        if left <= OUT_HIGH_WATER {
-            drained.notify_one();
-        }
-    }
-    if let Writer::Other(w) = &mut wr {
-        // TLS: close_notify, so the client sees a clean end of stream.
-        let _ = w.shutdown().await;
-    }
 }
 
 impl Conn {
