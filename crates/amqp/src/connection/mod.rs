@@ -320,7 +320,11 @@ async fn serve_as(
     loop {
         // (A single node has no hub: no lock is read for these.)
         if hub.is_some() {
-            hold_deliveries(&mut c, &mut held, *synced_rx.borrow());
+            // The watch's guard must be gone before the log's lock is
+            // taken: the hub takes them the other way round (a deadlock
+            // seen in the cluster benchmark).
+            let synced = *synced_rx.borrow();
+            hold_deliveries(&mut c, &mut held, synced);
         }
         let defs_held = hub.is_some() && defs_wait > *defs_rx.borrow();
         let deliveries_held = !held.is_empty();
