@@ -114,7 +114,8 @@ def test_status_shows_a_memory_breakdown(name):
         during = breakdown(broker)
         assert during["queue_bodies_in_memory"] == 1_000_000
         assert during["queue_bodies_on_disk"] == 0
-        assert during["total_rss"] >= during["heap_in_use"] > 1_000_000
+        assert during["total_rss"] > 1_000_000
+        assert during["allocator_committed"] > 1_000_000
         assert wait_for(lambda: breakdown(broker)["connection_buffers"] > 0)
         ch.queue_purge(name)
         assert breakdown(broker)["queue_bodies_in_memory"] == 0

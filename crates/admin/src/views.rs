@@ -28,15 +28,14 @@ pub fn memory_rows(shared: &Node) -> Vec<(&'static str, u64, bool)> {
     }
     let buffers: u64 =
         shared.registry.connections.lock().values().map(|c| c.buffers.load(Ordering::Relaxed) as u64).sum();
-    let (heap_used, heap_free) = warren_node::resources::heap_usage();
+    let committed = warren_node::heap::committed();
     let rss = warren_node::resources::rss_bytes().unwrap_or(0);
     vec![
         ("queue_bodies_in_memory", in_memory, true),
         ("queue_bodies_on_disk", paged, false),
         ("spilled_on_disk", shared.broker.hooks.spill.store().map_or(0, |s| s.bytes()), false),
         ("connection_buffers", buffers, true),
-        ("heap_in_use", heap_used, true),
-        ("allocator_free_held", heap_free, true),
+        ("allocator_committed", committed, false),
         ("total_rss", rss, true),
         ("memory_high_watermark", shared.config.memory_limit().unwrap_or(0), false),
         ("disk_free_limit", shared.alarms.disk_free_limit.load(Ordering::Relaxed), false),

@@ -1,73 +1,51 @@
-//! Giving freed memory back to the OS. glibc's malloc keeps what the broker
-//! frees for reuse: in its arenas (released by `trim`) and in a small cache
-//! per thread (released by `release_thread_cache` on each runtime worker).
-//! Without both, a deleted backlog left RSS above the memory watermark, and
-//! 9,000 closed connections left ~0.75 MiB pinned by the workers' caches.
+//! The broker's allocator, and giving freed memory back to the OS.
+//!
+//! Warren allocates with mimalloc (built in, not the system's malloc). On
+//! the per-message path a message is allocated on the publisher's thread
+//! and freed on the consumer's. glibc's malloc then took the publisher
+//! arena's lock for every free that missed the freeing thread's small
+//! cache, and the two threads waited on each other: about a tenth of the
+//! broker's CPU in the transient 16 B benchmark went to futex waits and
+//! wake-ups (`perf record`, docs/benchmarks.md). mimalloc frees a block of
+//! another thread's page onto that page's own list, without a lock.
+//!
+//! mimalloc keeps freed pages for reuse for a while. `trim` and
+//! `release_thread_cache` (on each runtime worker as it parks) collect the
+//! calling thread's heap and give its free pages back to the OS. Without
+//! them a deleted backlog left RSS above the memory watermark, and closed
+//! connections left memory pinned.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Returns the arenas' free memory to the OS (glibc `malloc_trim`: every
-/// arena, free pages in the middle of the heap too).
-pub fn trim() {
-    // SAFETY: malloc_trim only walks and releases the allocator's own free
-    // lists; it is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Bytes the allocator has committed from the OS: what the program uses,
+/// plus free pages it has not given back yet. (Pages committed but never
+/// touched are not resident, so this may exceed RSS.)
+pub fn committed() -> u64 {
+    let mut v = [0usize; 8];
+    let [elapsed, user, system, rss, peak_rss, commit, peak_commit, faults] = &mut v;
+    // SAFETY: each pointer is to a usize that mi_process_info writes.
+    unsafe { libmimalloc_sys::mi_process_info(elapsed, user, system, rss, peak_rss, commit, peak_commit, faults) };
+    v[5] as u64
 }
 
-/// glibc's per-thread cache (tcache) holds up to `TCACHE_COUNT` freed chunks
-/// of each of its `TCACHE_BINS` sizes (requests of 24 + 16 × bin bytes, up
-/// to 1,032). Chunks in it count as in use, so `trim` cannot release the
-/// page each one sits on: after a wave of connections closed, the last ones
-/// freed on each worker were scattered over ~90 pages per worker.
-const TCACHE_BINS: usize = 64;
-const TCACHE_COUNT: usize = 7;
+/// Gives the calling thread's free pages back to the OS, and collects the
+/// heaps of threads that have exited; asks the runtime workers to do the
+/// same for theirs as they next park.
+pub fn trim() {
+    // SAFETY: mi_collect only works on mimalloc's own structures.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    request_release();
+}
 
-/// Empties the calling thread's cache. glibc has no call for it, but a
-/// thread's cache goes back to the arenas when the thread exits: so take
-/// every cached chunk out (allocating each size twice the cache's depth,
-/// since an allocation that misses the cache may refill it from the arena)
-/// and free them on a short-lived thread. The next `trim` releases their
-/// pages. Costs ~900 allocations and a thread start. Returns the thread
-/// that frees them.
-pub fn release_thread_cache() -> Option<std::thread::JoinHandle<()>> {
-    let mut taken: Vec<usize> = Vec::with_capacity(TCACHE_BINS * TCACHE_COUNT * 2);
-    for bin in 0..TCACHE_BINS {
-        for _ in 0..TCACHE_COUNT * 2 {
-            // SAFETY: a plain allocation, freed below with `free`.
-            let p = unsafe { libc::malloc(24 + 16 * bin) };
-            if !p.is_null() {
-                taken.push(p as usize);
-            }
-        }
-    }
-    let free_all = |taken: Vec<usize>| {
-        for p in taken {
-            // SAFETY: each pointer came from `malloc` above and is freed
-            // exactly once.
-            unsafe { libc::free(p as *mut libc::c_void) };
-        }
-    };
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
-    let spawned = std::thread::Builder::new().name("warren-heap".into()).stack_size(64 * 1024).spawn(move || {
-        if let Ok(taken) = rx.recv() {
-            free_all(taken);
-        }
-    });
-    match spawned {
-        Ok(thread) => {
-            let _ = tx.send(taken);
-            Some(thread)
-        }
-        // No thread to free them on: freeing them here only puts them
-        // back in this thread's cache, which is where they were.
-        Err(_) => {
-            free_all(taken);
-            None
-        }
-    }
+/// Gives the calling thread's free pages back to the OS (its heap,
+/// including blocks other threads freed into it).
+pub fn release_thread_cache() {
+    // SAFETY: as in `trim`.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// Bumped by the resource timer before each trim; a runtime worker that
@@ -91,7 +69,7 @@ pub fn on_worker_park() {
     let epoch = RELEASE_EPOCH.load(Ordering::Relaxed);
     if RELEASED.get() != epoch {
         RELEASED.set(epoch);
-        let _ = release_thread_cache();
+        release_thread_cache();
     }
 }
 
@@ -99,54 +77,31 @@ pub fn on_worker_park() {
 mod tests {
     use super::*;
 
-    fn heap_in_use() -> u64 {
-        crate::resources::heap_usage().0
+    fn rss() -> u64 {
+        crate::resources::rss_bytes().unwrap()
     }
 
-    /// Chunks a thread freed into its cache count as in use until
-    /// `release_thread_cache` hands them back to the arena. Measured in a
+    /// Freed memory goes back to the OS once collected. Measured in a
     /// child process running only this test, so that no other test's
     /// allocations move the figures.
     #[test]
-    fn releasing_the_cache_returns_its_chunks() {
+    fn collecting_returns_freed_memory() {
         if std::env::var_os("WARREN_HEAP_TEST_CHILD").is_some() {
-            let (cached, released) = std::thread::spawn(|| {
-                // Fill this thread's cache: 7 chunks of each of the 64 sizes.
-                let mut chunks = Vec::with_capacity(TCACHE_BINS * TCACHE_COUNT);
-                for bin in 0..TCACHE_BINS {
-                    for _ in 0..TCACHE_COUNT {
-                        // SAFETY: a plain allocation, freed just below.
-                        chunks.push(unsafe { libc::malloc(24 + 16 * bin) } as usize);
-                    }
-                }
-                let before = heap_in_use();
-                for &p in &chunks {
-                    // SAFETY: allocated above, freed once.
-                    unsafe { libc::free(p as *mut libc::c_void) };
-                }
-                let cached = heap_in_use();
-                assert_eq!(cached, before, "freed chunks went to the thread's cache");
-                release_thread_cache().expect("a thread to free them on").join().unwrap();
-                let released = heap_in_use();
-                drop(chunks);
-                (cached, released)
-            })
-            .join()
-            .unwrap();
-            // 7 chunks of 32, 48, ... 1,040 bytes: 240,128 bytes. Not all
-            // need come back (a few may be refilled from the arena while
-            // the cache is emptied, and the freeing thread allocates too),
-            // but without the release none would.
-            let expected = (0..TCACHE_BINS).map(|bin| TCACHE_COUNT * (32 + 16 * bin)).sum::<usize>() as u64;
-            assert!(
-                cached.saturating_sub(released) >= expected * 9 / 10,
-                "released {} of the {expected} cached bytes",
-                cached.saturating_sub(released)
-            );
+            const MIB: u64 = 1 << 20;
+            let before = rss();
+            // 64 MiB in 1 KiB chunks, allocated and freed on this thread.
+            let chunks: Vec<Box<[u8; 1024]>> = (0..65_536).map(|_| Box::new([1u8; 1024])).collect();
+            let full = rss();
+            assert!(full >= before + 60 * MIB, "allocated: {before} -> {full} bytes resident");
+            drop(chunks);
+            release_thread_cache();
+            trim();
+            let after = rss();
+            assert!(after < before + 16 * MIB, "freed and collected: {full} -> {after} bytes resident");
             return;
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "heap::tests::releasing_the_cache_returns_its_chunks", "--test-threads=1"])
+            .args(["--exact", "heap::tests::collecting_returns_freed_memory", "--test-threads=1"])
             .env("WARREN_HEAP_TEST_CHILD", "1")
             .output()
             .unwrap();

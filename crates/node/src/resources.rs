@@ -135,14 +135,6 @@ pub fn free_disk_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// The allocator's view of the heap (glibc `mallinfo2`): bytes in use by
-/// the program, and bytes it holds free (kept for reuse, not yet trimmed).
-pub fn heap_usage() -> (u64, u64) {
-    // SAFETY: mallinfo2 only reads the allocator's statistics.
-    let m = unsafe { libc::mallinfo2() };
-    (m.uordblks as u64 + m.hblkhd as u64, m.fordblks as u64)
-}
-
 /// The process's resident memory, from /proc/self/statm.
 pub fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

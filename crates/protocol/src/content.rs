@@ -8,6 +8,7 @@ use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::{Bytes, BytesMut};
 
 use crate::error::AmqpError;
+use crate::frame::Payload;
 use crate::FieldTable;
 
 /// A content header as received.
@@ -20,7 +21,7 @@ pub struct ContentHeader {
 }
 
 /// Parses a content header frame's payload.
-pub fn parse_header(payload: &Bytes) -> Result<ContentHeader, AmqpError> {
+pub fn parse_header(payload: &[u8]) -> Result<ContentHeader, AmqpError> {
     if payload.len() < 14 {
         return Err(AmqpError::frame_error("content header frame too short"));
     }
@@ -37,8 +38,7 @@ pub fn parse_header(payload: &Bytes) -> Result<ContentHeader, AmqpError> {
     let raw = &payload[12..];
     let properties_raw = match raw {
         [0, 0] => Bytes::from_static(&[0, 0]),
-        _ if raw.len() < COPY_BELOW => Bytes::copy_from_slice(raw),
-        _ => payload.slice(12..),
+        _ => Bytes::copy_from_slice(raw),
     };
     if scan_properties(&properties_raw).is_none() {
         return Err(AmqpError::frame_error("cannot decode content header properties"));
@@ -71,13 +71,14 @@ pub fn scan_properties(raw: &[u8]) -> Option<PropsView<'_>> {
         std::str::from_utf8(s).ok()
     }
     let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
-    let has = |bit: u16| flags & (1 << bit) != 0;
     let mut at = 2;
     let mut v = PropsView::default();
-    for bit in (2..=15).rev() {
-        if !has(bit) {
-            continue;
-        }
+    // The set flags only, highest (first in the list) first: most messages
+    // carry none or a few of the fourteen.
+    let mut pending = flags & !0b11;
+    while pending != 0 {
+        let bit = 15 - pending.leading_zeros() as u16;
+        pending &= !(1 << bit);
         match bit {
             13 => {
                 // Measured first: the parser recurses once per level.
@@ -130,12 +131,12 @@ pub enum Assembler {
     /// `basic.publish` seen, waiting for its header.
     AwaitingHeader,
     /// Header seen, `received` of `header.body_size` bytes in.
-    AwaitingBody { header: Box<ContentHeader>, first: Option<Bytes>, rest: BytesMut, received: u64 },
+    AwaitingBody { header: ContentHeader, first: Option<Bytes>, rest: BytesMut, received: u64 },
 }
 
 /// Bodies below this are copied out of the read buffer so that a small
 /// message sitting in a queue does not pin a whole read buffer in memory.
-const COPY_BELOW: usize = 4096;
+pub const COPY_BELOW: usize = 4096;
 
 impl Assembler {
     pub fn is_idle(&self) -> bool {
@@ -163,7 +164,7 @@ impl Assembler {
 
     /// Feeds the header. Returns the content when the body is empty.
     /// `max_size` is the largest body accepted (406, as RabbitMQ).
-    pub fn header(&mut self, payload: &Bytes, max_size: u64) -> Result<Option<Content>, AmqpError> {
+    pub fn header(&mut self, payload: &[u8], max_size: u64) -> Result<Option<Content>, AmqpError> {
         match self {
             Assembler::AwaitingHeader => {}
             Assembler::Idle => return Err(Self::expected_method()),
@@ -182,12 +183,12 @@ impl Assembler {
             *self = Assembler::Idle;
             return Ok(Some(Content { header, body: Bytes::new() }));
         }
-        *self = Assembler::AwaitingBody { header: Box::new(header), first: None, rest: BytesMut::new(), received: 0 };
+        *self = Assembler::AwaitingBody { header, first: None, rest: BytesMut::new(), received: 0 };
         Ok(None)
     }
 
     /// Feeds one body frame. Returns the content once it is complete.
-    pub fn body(&mut self, payload: Bytes) -> Result<Option<Content>, AmqpError> {
+    pub fn body(&mut self, payload: Payload<'_>) -> Result<Option<Content>, AmqpError> {
         if !matches!(self, Assembler::AwaitingBody { .. }) {
             return Err(match self {
                 Assembler::Idle => Self::expected_method(),
@@ -204,9 +205,12 @@ impl Assembler {
         }
         if first.is_none() && rest.is_empty() {
             if *received == header.body_size {
-                let body = if payload.len() < COPY_BELOW { Bytes::copy_from_slice(&payload) } else { payload };
+                let body = match payload {
+                    Payload::Shared(b) if b.len() >= COPY_BELOW => b,
+                    small => Bytes::copy_from_slice(&small),
+                };
                 let Assembler::AwaitingBody { header, .. } = std::mem::take(self) else { unreachable!() };
-                return Ok(Some(Content { header: *header, body }));
+                return Ok(Some(Content { header, body }));
             }
             // Reserve what the header announced, up to 1 MiB: a client that
             // announces a huge body and trickles it in must not make us
@@ -219,7 +223,7 @@ impl Assembler {
         rest.extend_from_slice(&payload);
         if *received == header.body_size {
             let Assembler::AwaitingBody { header, rest, .. } = std::mem::take(self) else { unreachable!() };
-            return Ok(Some(Content { header: *header, body: rest.freeze() }));
+            return Ok(Some(Content { header, body: rest.freeze() }));
         }
         Ok(None)
     }
@@ -249,7 +253,7 @@ mod tests {
         assert!(a.header(&fs[0], u64::MAX).unwrap().is_none());
         let mut done = None;
         for f in &fs[1..] {
-            done = a.body(f.clone()).unwrap();
+            done = a.body(Payload::Shared(f.clone())).unwrap();
         }
         assert_eq!(&done.unwrap().body[..], &body[..]);
         assert!(a.is_idle());
@@ -266,7 +270,7 @@ mod tests {
     #[test]
     fn body_without_header_is_unexpected() {
         let mut a = Assembler::default();
-        assert_eq!(a.body(Bytes::from_static(b"x")).unwrap_err().code(), 505);
+        assert_eq!(a.body(Payload::Borrowed(b"x")).unwrap_err().code(), 505);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Frame layer: splitting a byte stream into frames, and writing frames.
 //!
 //! A frame is `type:u8 channel:u16 size:u32 payload[size] 0xCE`. Parsing
-//! never copies a payload: [`Frame::payload`] is a slice of the read buffer.
+//! never copies a payload: [`Frame::payload`] is a slice of the read buffer
+//! (borrowed, or reference-counted for what outlives the read).
 //! Writers append to a `BytesMut` so that a connection can batch many frames
 //! into one socket write.
 
@@ -26,12 +27,33 @@ pub enum FrameKind {
     Heartbeat,
 }
 
-/// One frame as it came off the wire.
+/// One frame as it came off the wire: its payload owned ([`parse_frame`]),
+/// borrowed from the read buffer ([`peek_frame`]) or either ([`Payload`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
+pub struct Frame<P = Bytes> {
     pub kind: FrameKind,
     pub channel: u16,
-    pub payload: Bytes,
+    pub payload: P,
+}
+
+/// A frame's payload as a connection hands it on: a slice of the read
+/// buffer (the common case: small frames are parsed or copied where they
+/// lie, with no reference count to take and drop), or a reference-counted
+/// piece of it that a big body keeps.
+#[derive(Debug)]
+pub enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Shared(Bytes),
+}
+
+impl std::ops::Deref for Payload<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Shared(b) => b,
+        }
+    }
 }
 
 /// Renders bytes the way RabbitMQ's error texts show them (Erlang binary
@@ -52,6 +74,27 @@ pub fn erlang_binary(bytes: &[u8]) -> String {
 /// when more bytes are needed. `frame_max` is the negotiated maximum size of
 /// a whole frame (0 = no limit beyond the protocol's).
 pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
+    let Some((f, _)) = peek_frame(buf, frame_max)? else {
+        if let Some(size) = buf.get(3..7) {
+            let whole = u32::from_be_bytes(size.try_into().expect("4 bytes")) as usize + FRAME_OVERHEAD;
+            buf.reserve(whole.saturating_sub(buf.len()));
+        }
+        return Ok(None);
+    };
+    let (kind, channel, size) = (f.kind, f.channel, f.payload.len());
+    buf.advance(7);
+    let payload = buf.split_to(size).freeze();
+    buf.advance(1);
+    Ok(Some(Frame { kind, channel, payload }))
+}
+
+/// A frame seen in place, and the bytes it spans.
+pub type Peeked<'a> = (Frame<&'a [u8]>, usize);
+
+/// The complete frame at the front of `buf`, its payload borrowed, and the
+/// bytes it spans (to `advance` past once handled); `Ok(None)` when more
+/// bytes are needed. Checks as [`parse_frame`].
+pub fn peek_frame(buf: &[u8], frame_max: u32) -> Result<Option<Peeked<'_>>, AmqpError> {
     if buf.len() < 7 {
         return Ok(None);
     }
@@ -66,7 +109,6 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
         )));
     }
     if buf.len() < size + FRAME_OVERHEAD {
-        buf.reserve(size + FRAME_OVERHEAD - buf.len());
         return Ok(None);
     }
     let octets = || erlang_binary(&buf[7..7 + size]);
@@ -86,10 +128,7 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, 
             return Err(AmqpError::frame_error(format_args!("type {other}, all octets = {}: unknown_frame", octets())))
         }
     };
-    buf.advance(7);
-    let payload = buf.split_to(size).freeze();
-    buf.advance(1);
-    Ok(Some(Frame { kind, channel, payload }))
+    Ok(Some((Frame { kind, channel, payload: &buf[7..7 + size] }, size + FRAME_OVERHEAD)))
 }
 
 /// Writes the 7-byte frame header, reserving the size to be patched by

@@ -10,7 +10,7 @@ use amq_protocol::protocol::{basic, queue, AMQPClass};
 use bytes::BytesMut;
 use proptest::prelude::*;
 use warren_protocol::content::Assembler;
-use warren_protocol::frame::{parse_frame, write_content, write_method, FrameKind};
+use warren_protocol::frame::{parse_frame, write_content, write_method, FrameKind, Payload};
 use warren_protocol::method::{decode_method, parse_publish};
 use warren_protocol::{AmqpError, FieldTable};
 
@@ -40,7 +40,7 @@ fn feed(bytes: &[u8]) {
                         None => decode_method(&f.payload).map(|_| None),
                     },
                     FrameKind::Header => assembler.header(&f.payload, 1 << 20),
-                    FrameKind::Body => assembler.body(f.payload.clone()),
+                    FrameKind::Body => assembler.body(Payload::Borrowed(&f.payload)),
                     FrameKind::Heartbeat => Ok(None),
                 };
                 if let Err(e) = r {

@@ -612,7 +612,7 @@ fn memory_breakdown(shared: &Node) -> Response {
     r.text = format!(
         "queue_bodies_* count a body once per queue holding it (a body routed to several queues is stored once); \
          queue_bodies_on_disk is the paged tail (in the message log, or spilled; spilled_on_disk is the spill files' live bytes); \
-         heap_in_use includes queue bodies and connection buffers. Alarms: {}.",
+         allocator_committed (what the allocator holds from the OS, queue bodies and connection buffers included) may exceed RSS: pages it committed but nothing touched yet are not resident. Alarms: {}.",
         shared.alarms.current.borrow().clone().unwrap_or_else(|| "none".into())
     );
     r

@@ -26,6 +26,12 @@ pub(super) struct Settle {
 
 /// Splits settled deliveries into runs by queue, keeping their order.
 pub(super) fn group_by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Unacked>)> {
+    // Usually they all come from one queue: no regrouping then.
+    if let Some(first) = taken.first() {
+        if taken.iter().all(|u| Arc::ptr_eq(&u.queue, &first.queue)) {
+            return vec![(first.queue.clone(), taken)];
+        }
+    }
     let mut groups: Vec<(Arc<Queue>, Vec<Unacked>)> = Vec::new();
     for u in taken {
         match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
@@ -174,7 +180,8 @@ impl Channel {
     pub(super) fn take_unacked_inner(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
         let unknown = || AmqpError::precondition(format_args!("unknown delivery tag {tag}"));
         if multiple && tag == 0 {
-            let all = self.unacked.drain(..).flatten().collect();
+            let mut all = Vec::with_capacity(self.unacked.len());
+            all.extend(self.unacked.drain(..).flatten());
             self.first_tag = self.next_tag;
             return Ok(all);
         }
@@ -191,7 +198,8 @@ impl Channel {
             return Err(unknown());
         }
         let taken = if multiple {
-            let t: Vec<_> = self.unacked.drain(..=idx).flatten().collect();
+            let mut t = Vec::with_capacity(idx + 1);
+            t.extend(self.unacked.drain(..=idx).flatten());
             self.first_tag = tag + 1;
             t
         } else {

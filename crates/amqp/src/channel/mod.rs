@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use amq_protocol::protocol::{access, basic, channel as chan, confirm, exchange, queue, tx, AMQPClass};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use warren_core::auth::{Access, Resource};
 use warren_core::publish::Publisher;
 use warren_core::queue::AfterCancel;

@@ -62,7 +62,7 @@ impl Channel {
         Ok(())
     }
 
-    pub fn on_header(&mut self, ctx: &mut Ctx<'_>, payload: &Bytes) -> Result<(), AmqpError> {
+    pub fn on_header(&mut self, ctx: &mut Ctx<'_>, payload: &[u8]) -> Result<(), AmqpError> {
         if self.closing {
             return Ok(());
         }
@@ -72,7 +72,11 @@ impl Channel {
         Ok(())
     }
 
-    pub fn on_body(&mut self, ctx: &mut Ctx<'_>, payload: Bytes) -> Result<(), AmqpError> {
+    pub fn on_body(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        payload: warren_protocol::frame::Payload<'_>,
+    ) -> Result<(), AmqpError> {
         if self.closing {
             return Ok(());
         }

@@ -1,7 +1,7 @@
 //! A frame's label for the log line of a panic: which method (class.method
 //! ids) or kind of frame a connection was handling.
 
-use warren_protocol::frame::{Frame, FrameKind};
+use warren_protocol::frame::{Frame, FrameKind, Payload};
 
 /// What a connection was handling, for the log line of a panic.
 #[derive(Clone, Copy)]
@@ -12,7 +12,7 @@ pub(super) struct FrameLabel {
     pub(super) kind: &'static str,
 }
 
-pub(super) fn frame_label(f: &Frame) -> FrameLabel {
+pub(super) fn frame_label(f: &Frame<Payload<'_>>) -> FrameLabel {
     let (method, kind) = match f.kind {
         FrameKind::Method => (warren_protocol::method::method_ids(&f.payload), "method"),
         FrameKind::Header => (None, "content header"),

@@ -26,7 +26,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 use warren_core::{Consumer, Delivery, Outbox, Queue, VHost};
-use warren_protocol::frame::{self, Frame, FrameKind};
+use warren_protocol::content::COPY_BELOW;
+use warren_protocol::frame::{self, Frame, FrameKind, Payload};
 use warren_protocol::method::decode_method;
 use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, PROTOCOL_HEADER};
 
@@ -40,8 +41,8 @@ use warren_node::{ChannelInfo, ConnInfo};
 enum Input<'a> {
     Publish(warren_protocol::method::PublishArgs<'a>),
     Method(AMQPClass),
-    Header(Bytes),
-    Body(Bytes),
+    Header(&'a [u8]),
+    Body(Payload<'a>),
 }
 
 /// Adds `n` to a counter with one writer (no locked instruction).
@@ -566,29 +567,50 @@ impl Conn {
                 // Before tune-ok the spec's minimum applies.
                 warren_protocol::FRAME_MIN_SIZE.max(self.shared.config.frame_max)
             };
-            match frame::parse_frame(rbuf, frame_max) {
-                Ok(Some(f)) => {
-                    frames += 1;
-                    let what = frame_label(&f);
-                    match crate::panics::contain(|| self.on_frame(f)) {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            if self.stage == Stage::Closing {
-                                self.stage = Stage::Done;
-                            } else {
-                                self.close(e);
-                            }
+            // Handled where it lies in the read buffer, then stepped over;
+            // a body big enough to be kept as it is (not copied out) is
+            // taken off the buffer first.
+            let (result, what) = match frame::peek_frame(rbuf, frame_max) {
+                Ok(Some((f, _))) if f.kind == FrameKind::Body && f.payload.len() >= COPY_BELOW => {
+                    match frame::parse_frame(rbuf, frame_max) {
+                        Ok(Some(f)) => {
+                            let f = Frame { kind: f.kind, channel: f.channel, payload: Payload::Shared(f.payload) };
+                            let what = frame_label(&f);
+                            (crate::panics::contain(|| self.on_frame(f)), what)
                         }
-                        Err(panic) => self.on_panic(what, &panic),
+                        _ => unreachable!("peeked whole"),
                     }
                 }
-                Ok(None) => break,
+                Ok(Some((f, n))) => {
+                    let f = Frame { kind: f.kind, channel: f.channel, payload: Payload::Borrowed(f.payload) };
+                    let what = frame_label(&f);
+                    let r = crate::panics::contain(|| self.on_frame(f));
+                    rbuf.advance(n);
+                    (r, what)
+                }
+                Ok(None) => {
+                    // Room for the rest of the frame (parse_frame reserves it).
+                    let _ = frame::parse_frame(rbuf, frame_max);
+                    break;
+                }
                 Err(e) => {
                     // The stream is out of sync: say why, then stop reading.
                     self.close(e);
                     rbuf.clear();
                     break;
                 }
+            };
+            frames += 1;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if self.stage == Stage::Closing {
+                        self.stage = Stage::Done;
+                    } else {
+                        self.close(e);
+                    }
+                }
+                Err(panic) => self.on_panic(what, &panic),
             }
         }
         self.after_turn_guarded();
@@ -669,7 +691,7 @@ impl Conn {
         }
     }
 
-    fn on_frame(&mut self, f: Frame) -> Result<(), AmqpError> {
+    fn on_frame(&mut self, f: Frame<Payload<'_>>) -> Result<(), AmqpError> {
         if f.kind == FrameKind::Heartbeat {
             if f.channel != 0 {
                 return Err(AmqpError::unexpected_frame(format_args!(
@@ -725,8 +747,8 @@ impl Conn {
                 Some(publish) => Input::Publish(publish?),
                 None => Input::Method(decode_method(&f.payload)?),
             },
-            FrameKind::Header => Input::Header(f.payload.clone()),
-            _ => Input::Body(f.payload.clone()),
+            FrameKind::Header => Input::Header(&f.payload),
+            _ => Input::Body(f.payload),
         };
         let Some(ch) = self.channels.get_mut(&f.channel) else {
             let expected = AmqpError::channel_error("expected 'channel.open'");
@@ -770,7 +792,7 @@ impl Conn {
         let result = match input {
             Input::Publish(p) => ch.on_publish(&mut ctx, p),
             Input::Method(m) => ch.on_method(&mut ctx, m),
-            Input::Header(payload) => ch.on_header(&mut ctx, &payload),
+            Input::Header(payload) => ch.on_header(&mut ctx, payload),
             Input::Body(payload) => ch.on_body(&mut ctx, payload),
         };
         match result {
