@@ -21,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: umask sets this process's file-mode creation mask and returns
     // the old one; it touches no memory.
     unsafe { libc::umask(0o077) };
+    warren_node::heap::no_huge_pages();
     let (config, origins, ignored) = settings();
     if config.print_config {
         print_config(&origins);

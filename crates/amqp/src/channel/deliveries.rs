@@ -48,9 +48,19 @@ impl Channel {
         let tag = self.next_tag;
         self.next_tag += 1;
         let msg = &d.entry.message;
-        frame::write_deliver(out, self.id, &d.consumer.tag, tag, d.entry.redelivered, &msg.exchange, &msg.routing_key);
         let props = warren_core::queue::delivery_properties(&d.queue, &d.entry);
-        frame::write_content_out(out, self.id, frame_max, &props, &msg.body);
+        let names = (&*msg.exchange, &*msg.routing_key);
+        frame::write_delivery(
+            out,
+            self.id,
+            frame_max,
+            &d.consumer.tag,
+            tag,
+            d.entry.redelivered,
+            names,
+            &props,
+            &msg.body,
+        );
         drop(props);
         self.info.stats.bump(if d.consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }, 1);
         if d.entry.redelivered {

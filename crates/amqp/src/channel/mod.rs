@@ -41,10 +41,22 @@ pub struct Ctx<'a> {
     pub frame_max: u32,
     pub max_message_size: u64,
     pub to_wake: &'a mut Vec<Arc<Queue>>,
-    /// Message-log position known to be on disk.
-    pub synced: u64,
+    /// Message-log position known to be on disk (read when a confirm
+    /// needs it: a lock).
+    pub synced: Synced<'a>,
     /// Set when a queue just published to asks its publishers to pause.
     pub pressure: &'a mut bool,
+}
+
+/// Where the message log is known to be on disk, as the connection's
+/// confirm gate says; everything, without a log.
+#[derive(Clone, Copy)]
+pub struct Synced<'a>(pub Option<&'a tokio::sync::watch::Receiver<u64>>);
+
+impl Synced<'_> {
+    pub fn get(&self) -> u64 {
+        self.0.map_or(u64::MAX, |r| *r.borrow())
+    }
 }
 
 impl Ctx<'_> {

@@ -120,7 +120,7 @@ impl Channel {
         if self.mode == Mode::Confirm {
             self.publish_seq += 1;
             if accepted {
-                self.confirm(self.publish_seq, pos, ctx.synced);
+                self.confirm(self.publish_seq, pos, ctx.synced.get());
             } else {
                 self.nack(ctx.out, self.publish_seq);
             }
@@ -233,7 +233,7 @@ impl Channel {
                         Err(e) => return Err(e),
                     }
                 }
-                if pos > ctx.synced {
+                if pos > ctx.synced.get() {
                     // commit-ok only once the persistent messages are on disk.
                     self.held.push_back((pos, Held::CommitOk));
                 } else {

@@ -31,7 +31,7 @@ use warren_protocol::frame::{self, Frame, FrameKind, Payload};
 use warren_protocol::method::decode_method;
 use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, PROTOCOL_HEADER};
 
-use crate::channel::{Channel, Ctx, Turn};
+use crate::channel::{Channel, Ctx, Synced, Turn};
 use io::{big_frame_missing, hold_deliveries, write_loop, Writer, MAX_IOV};
 use label::{frame_label, FrameLabel};
 use warren_node::Node;
@@ -739,8 +739,7 @@ impl Conn {
                 f.channel, self.channel_max
             )));
         }
-        let vhost = self.vhost.clone().expect("open connection has a vhost");
-        let synced = self.synced();
+        let vhost = self.vhost.as_ref().expect("open connection has a vhost");
         // basic.publish is parsed by hand: it comes once per message.
         let input = match f.kind {
             FrameKind::Method => match warren_protocol::method::parse_publish(&f.payload) {
@@ -777,7 +776,7 @@ impl Conn {
             matches!(input, Input::Method(AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Get(_))));
         let mut ctx = Ctx {
             broker: &self.shared.broker,
-            vhost: &vhost,
+            vhost,
             user: &self.user,
             impersonator: self.impersonator,
             connection: self.id,
@@ -786,7 +785,7 @@ impl Conn {
             frame_max: self.frame_max,
             max_message_size: self.shared.config.max_message_size,
             to_wake: &mut self.turn.to_wake,
-            synced,
+            synced: Synced(self.shared.broker.log().map(|_| &self.shared.confirms.synced)),
             pressure: &mut self.pressure,
         };
         let result = match input {
