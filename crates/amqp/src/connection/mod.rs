@@ -571,15 +571,14 @@ impl Conn {
             // a body big enough to be kept as it is (not copied out) is
             // taken off the buffer first.
             let (result, what) = match frame::peek_frame(rbuf, frame_max) {
-                Ok(Some((f, _))) if f.kind == FrameKind::Body && f.payload.len() >= COPY_BELOW => {
-                    match frame::parse_frame(rbuf, frame_max) {
-                        Ok(Some(f)) => {
-                            let f = Frame { kind: f.kind, channel: f.channel, payload: Payload::Shared(f.payload) };
-                            let what = frame_label(&f);
-                            (crate::panics::contain(|| self.on_frame(f)), what)
-                        }
-                        _ => unreachable!("peeked whole"),
-                    }
+                Ok(Some((f, n))) if f.kind == FrameKind::Body && f.payload.len() >= COPY_BELOW => {
+                    let (channel, size) = (f.channel, f.payload.len());
+                    let mut whole = rbuf.split_to(n);
+                    whole.advance(7);
+                    whole.truncate(size);
+                    let f = Frame { kind: FrameKind::Body, channel, payload: Payload::Shared(whole.freeze()) };
+                    let what = frame_label(&f);
+                    (crate::panics::contain(|| self.on_frame(f)), what)
                 }
                 Ok(Some((f, n))) => {
                     let f = Frame { kind: f.kind, channel: f.channel, payload: Payload::Borrowed(f.payload) };
