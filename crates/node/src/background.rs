@@ -112,8 +112,9 @@ const TRIM_TICKS_ALARMED: u32 = 5;
 const TRIM_TICKS: u32 = 100;
 
 /// Ticks before each regular trim at which the runtime workers are asked to
-/// release their per-thread allocation caches (`heap::release_thread_cache`),
-/// so that the trim finds those chunks back in the arenas.
+/// give their own heaps' free pages back (`heap::release_thread_cache`):
+/// the trim collects only the calling thread's heap and those of exited
+/// threads.
 const RELEASE_LEAD_TICKS: u32 = 5;
 
 /// How often free disk space is measured (RabbitMQ: at least every 10 s);
