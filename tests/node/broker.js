@@ -46,7 +46,7 @@ async function startBroker() {
       for (const line of lines) {
         log.push(line);
         if (process.env.WARREN_NODE_VERBOSE) console.error('[warren]', line);
-        if (line.includes('listening')) {
+        if (line.includes('AMQP listening')) {
           clearTimeout(timer);
           resolve();
         }

@@ -111,7 +111,7 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False,
 
     def pump():
         for line in proc.stdout:
-            if "listening" in line:
+            if "AMQP listening" in line:
                 ready.set()
             if "panicked" in line and not allow_panic:
                 PANIC_LINES.append(line)
