@@ -544,11 +544,16 @@ async fn shovel(
             }
         }
     }
-    // Done taking: wait until the destination confirmed the rest.
+    // Done taking: wait until the destination confirmed the rest, and the
+    // source has taken every acknowledgement (its close-ok comes after).
     drop(tx);
     tokio::select! {
         _ = stop.changed() => Ok(Ended::Stopped),
-        r = &mut acker => r.map(|()| Ended::Done),
+        r = &mut acker => {
+            r?;
+            inp.close(200, "OK".into()).await.map_err(|e| err("closing the source channel", e))?;
+            Ok(Ended::Done)
+        }
     }
 }
 
