@@ -10,7 +10,8 @@
 #
 # ROUNDS (default 3), DURATION seconds per run (default 10), RABBITMQ=0 to
 # leave RabbitMQ out. Needs etcd (scripts/etcd-env.sh) and, for RabbitMQ,
-# Debian's rabbitmq-server.
+# Debian's rabbitmq-server. WARREN_BIN: a warren binary to measure instead
+# of this tree's release build (an A/B of two builds, one run each).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${ROUNDS:-3}
@@ -20,6 +21,7 @@ load=("$@")
 [ ${#load[@]} -gt 0 ] || load=(--size 1024 --persistent --durable --confirm 1000 --prefetch 1000 --multi-ack 1000)
 cd "$root"
 cargo build --release --quiet -p warren -p warren-perf
+warren=${WARREN_BIN:-$root/target/release/warren}
 work=$(mktemp -d)
 pids=()
 rabbit_nodes=()
@@ -44,7 +46,7 @@ wait_log "$work/etcd.log" "ready to serve client requests"
 declare -A amqp
 for i in 1 2 3; do
     amqp[n$i]=$(port)
-    target/release/warren --amqp-listen "127.0.0.1:${amqp[n$i]}" --http-listen "" --prometheus-listen "" \
+    "$warren" --amqp-listen "127.0.0.1:${amqp[n$i]}" --http-listen "" --prometheus-listen "" \
         --data-dir "$work/w$i" --cluster-etcd "http://127.0.0.1:$ec" --cluster-name bench --node-name "n$i" \
         >"$work/w$i.log" 2>&1 &
     pids+=($!)
@@ -52,7 +54,7 @@ done
 # The leader, once both followers are in its in-sync replica set.
 leader=""
 for _ in $(seq 300); do
-    leader=$(for i in 1 2 3; do target/release/warren ctl --data-dir "$work/w$i" cluster_status 2>/dev/null || true; done |
+    leader=$(for i in 1 2 3; do "$warren" ctl --data-dir "$work/w$i" cluster_status 2>/dev/null || true; done |
         python3 -c '
 import json, sys
 text = sys.stdin.read()
@@ -69,7 +71,7 @@ done
 echo "warren cluster: leader $leader" >&2
 
 single=$(port)
-target/release/warren --amqp-listen "127.0.0.1:$single" --http-listen "" --prometheus-listen "" \
+"$warren" --amqp-listen "127.0.0.1:$single" --http-listen "" --prometheus-listen "" \
     --data-dir "$work/single" >"$work/single.log" 2>&1 &
 pids+=($!)
 wait_log "$work/single.log" "AMQP listening"

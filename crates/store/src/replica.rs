@@ -169,6 +169,7 @@ impl Replica {
                 self.append(&segment_path(segment), offset, bytes)?
             }
             FileOp::Delete { segment } => self.delete(&segment_path(segment))?,
+            FileOp::Written { .. } => {}
         }
         self.flush(&[MESSAGES_DIR])
     }

@@ -117,14 +117,27 @@ impl Hub {
         }
     }
 
-    /// The message log changed a file.
+    /// The message log changed a file, or wrote up to a position it syncs
+    /// next: followers are told to sync it too, so that their syncs overlap
+    /// this node's (what is confirmed still waits for this node's,
+    /// [`Hub::synced`]).
     pub fn file_op(&self, op: FileOp<'_>) {
-        self.push(|| match op {
+        match op {
             FileOp::Append { segment, offset, bytes } => {
-                append_frame(&warren_store::replica::segment_path(segment), offset, bytes)
+                self.push(|| append_frame(&warren_store::replica::segment_path(segment), offset, bytes))
             }
-            FileOp::Delete { segment } => frame(DELETE, |b| put_str(b, &warren_store::replica::segment_path(segment))),
-        });
+            FileOp::Delete { segment } => {
+                self.push(|| frame(DELETE, |b| put_str(b, &warren_store::replica::segment_path(segment))))
+            }
+            FileOp::Written { pos } => {
+                {
+                    let mut st = self.st.lock();
+                    let mark = (pos, st.defs);
+                    Self::push_in(&mut st, mark_frame(SYNC, mark));
+                }
+                self.more.notify_waiters();
+            }
+        }
     }
 
     /// A definitions file was saved: the new content, then a mark that
@@ -162,16 +175,12 @@ impl Hub {
         tokio::time::timeout(limit, rx.wait_for(|d| *d >= want)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// The message log synced up to `pos` here.
+    /// The message log synced up to `pos` here (the followers were sent
+    /// their mark to sync it before, by [`FileOp::Written`]).
     pub fn synced(&self, pos: u64) {
-        {
-            let mut st = self.st.lock();
-            st.local = st.local.max(pos);
-            let mark = (pos, st.defs);
-            Self::push_in(&mut st, mark_frame(SYNC, mark));
-            self.recompute(&st);
-        }
-        self.more.notify_waiters();
+        let mut st = self.st.lock();
+        st.local = st.local.max(pos);
+        self.recompute(&st);
     }
 
     /// Advances what may be confirmed: synced here and on every follower

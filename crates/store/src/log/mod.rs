@@ -222,6 +222,10 @@ pub enum FileOp<'a> {
     Append { segment: u32, offset: u64, bytes: &'a [u8] },
     /// Segment `segment` was deleted.
     Delete { segment: u32 },
+    /// Everything up to log position `pos` is written, and this node syncs
+    /// it next: a replica may sync it at the same time (its acknowledgement
+    /// still counts only with this node's own sync).
+    Written { pos: u64 },
 }
 
 pub type FileOpObserver = Box<dyn Fn(FileOp<'_>) + Send + Sync>;

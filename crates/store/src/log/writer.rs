@@ -24,12 +24,14 @@ pub(super) struct Written {
     chunk: Option<usize>,
 }
 
-/// `ops` gets what was written, in order.
+/// `ops` gets what was written, in order; `written` sees it once every
+/// chunk is written, before the last sync (replicas sync alongside it).
 pub(super) fn write_batch(
     dir: &Path,
     file: &mut Option<(u32, File)>,
     chunks: &[Chunk],
     ops: &mut Vec<Written>,
+    written: impl FnOnce(&[Written]),
 ) -> io::Result<()> {
     let mut undo: Vec<(u32, u64)> = Vec::new();
     let result = (|| {
@@ -46,6 +48,7 @@ pub(super) fn write_batch(
             f.write_all(&c.bytes)?;
             ops.push(Written { segment: c.segment, offset: at, chunk: Some(i) });
         }
+        written(ops);
         if chunks.iter().any(|c| c.durable) {
             if let Some((_, f)) = file.as_ref() {
                 f.sync_data()?;
@@ -85,19 +88,26 @@ pub(super) fn flush_loop(shared: Arc<Shared>) {
         let result = if injected {
             Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device (injected fault)"))
         } else {
-            write_batch(&shared.dir, &mut file, &chunks, &mut ops)
+            // Replication: the followers get the batch, and a mark to sync
+            // it, before this node's own sync, so that the syncs overlap.
+            // (Should that sync fail, the files are cut back and the batch
+            // written again at the same offsets, with the same bytes.)
+            let report = |ops: &[Written]| {
+                if let Some(observe) = shared.file_ops.lock().unwrap().as_ref() {
+                    for w in ops {
+                        let bytes: &[u8] = w.chunk.map_or(&SEGMENT_MAGIC[..], |i| &chunks[i].bytes[..]);
+                        observe(FileOp::Append { segment: w.segment, offset: w.offset, bytes });
+                    }
+                    observe(FileOp::Written { pos });
+                }
+            };
+            write_batch(&shared.dir, &mut file, &chunks, &mut ops, report)
         };
         if result.is_ok() {
             shared.written.fetch_add(size, Ordering::AcqRel);
         }
         match result {
             Ok(()) => {
-                if let Some(observe) = shared.file_ops.lock().unwrap().as_ref() {
-                    for w in ops {
-                        let bytes: &[u8] = w.chunk.map_or(&SEGMENT_MAGIC[..], |i| &chunks[i].bytes[..]);
-                        observe(FileOp::Append { segment: w.segment, offset: w.offset, bytes });
-                    }
-                }
                 if shared.failed.swap(false, Ordering::AcqRel) {
                     info!("message log writes succeed again");
                 }
