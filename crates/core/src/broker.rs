@@ -1,6 +1,6 @@
 //! The broker: its virtual hosts and users.
 
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use warren_protocol::{AMQPValue, FieldTable};
 
 use crate::arguments::int_arg;

@@ -24,8 +24,8 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap as HashMap;
 use warren_protocol::{AMQPValue, AmqpError, FieldTable};
 use warren_store::log::Persisted;
 

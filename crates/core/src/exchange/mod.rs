@@ -4,7 +4,7 @@
 mod headers;
 mod topic;
 
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;

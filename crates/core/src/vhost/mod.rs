@@ -7,7 +7,7 @@ mod routing;
 
 use equivalence::{describe, equivalent, inequivalent, queue_arg, quoted, same_queue_arg, EQUIVALENT_QUEUE_ARGS};
 
-use rustc_hash::FxHashMap as HashMap;
+use foldhash::HashMap;
 use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
