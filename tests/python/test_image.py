@@ -19,6 +19,11 @@ from test_config_file import Launched
 
 TAG = "warren:test"
 
+# The fixture builds the static binary from nothing (its own target
+# directory): on a fresh clone with a busy machine that took over the
+# suite's 300 s default.
+pytestmark = pytest.mark.timeout(1500)
+
 
 @pytest.fixture(autouse=True)
 def warren_only(broker):
