@@ -88,8 +88,10 @@ impl Queue {
             } else {
                 st.unacked += 1;
             }
-            let outbox = consumer.outbox.clone();
-            if let Err(back) = outbox.deliver(Delivery { consumer, queue: self.clone(), entry }) {
+            // The outbox is borrowed from the queue's own handle on the
+            // consumer: no reference count taken per delivery.
+            let sent = st.consumers[idx].outbox.deliver(Delivery { consumer, queue: self.clone(), entry });
+            if let Err(back) = sent {
                 // The connection is gone; it will cancel this consumer.
                 back.consumer.finished(back.entry.message.body.len());
                 if !back.consumer.no_ack {
