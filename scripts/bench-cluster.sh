@@ -12,6 +12,14 @@
 # leave RabbitMQ out. Needs etcd (scripts/etcd-env.sh) and, for RabbitMQ,
 # Debian's rabbitmq-server. WARREN_BIN: a warren binary to measure instead
 # of this tree's release build (an A/B of two builds, one run each).
+# DATA_ROOT: where the nodes' data directories go (default /tmp; /dev/shm
+# takes the disk out of the measurement — nothing is durable there).
+#
+# All the nodes on this machine write to the same disk. Each run's line
+# carries what that disk took meanwhile (/proc/diskstats: MB written a
+# second, and per confirmed message) and the share of CPU time spent
+# waiting for it (iowait, /proc/stat), so that a run limited by the disk
+# shows as such.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${ROUNDS:-3}
@@ -22,7 +30,7 @@ load=("$@")
 cd "$root"
 cargo build --release --quiet -p warren -p warren-perf
 warren=${WARREN_BIN:-$root/target/release/warren}
-work=$(mktemp -d)
+work=$(mktemp -d -p "${DATA_ROOT:-/tmp}")
 pids=()
 rabbit_nodes=()
 cleanup() {
@@ -103,6 +111,13 @@ if [ "$with_rabbit" = 1 ]; then
     echo "rabbitmq cluster: ${rabbit_nodes[*]}" >&2
 fi
 
+# The block device holding the data directories (none for tmpfs).
+dev=$(df --output=source "$work" | tail -1)
+dev=${dev#/dev/}
+disk() { # sectors written on $dev; iowait and total CPU ticks
+    awk -v d="$dev" '$3 == d {print $10}' /proc/diskstats | grep . || echo 0
+    awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $6, t}' /proc/stat
+}
 results=$work/results.jsonl
 for r in $(seq "$rounds"); do
     for target in warren-cluster warren-single rabbitmq-quorum; do
@@ -113,8 +128,18 @@ for r in $(seq "$rounds"); do
             rabbitmq-quorum) addr=$rabbit; extra=(--queue-type quorum) ;;
         esac
         [ -n "$addr" ] || continue
+        before=$(disk)
         line=$(target/release/warren-perf --addr "$addr" --duration "$duration" "${load[@]}" "${extra[@]}")
-        echo "{\"broker\":\"$target\",\"round\":$r,\"result\":$line}" | tee -a "$results"
+        after=$(disk)
+        io=$(python3 -c '
+import json, sys
+(s0, w0, t0), (s1, w1, t1) = ([int(x) for x in a.split()] for a in sys.argv[2:4])
+r = json.loads(sys.argv[1])
+mb = (s1 - s0) * 512 / 1e6
+n = r["confirmed_per_s"] * r["seconds"] or 1
+print(json.dumps({"disk_mb_s": round(mb / r["seconds"], 1), "disk_bytes_per_msg": round(mb * 1e6 / n),
+                  "iowait_pct": round(100 * (w1 - w0) / max(t1 - t0, 1), 1)}))' "$line" "$(echo $before)" "$(echo $after)")
+        echo "{\"broker\":\"$target\",\"round\":$r,\"result\":$line,\"disk\":$io}" | tee -a "$results"
     done
 done
 python3 - "$results" <<'PY'
@@ -127,6 +152,9 @@ for b in ("warren-cluster", "warren-single", "rabbitmq-quorum"):
         continue
     m = {k: statistics.median(x[k] for x in rs) for k in ("published_per_s", "consumed_per_s", "confirmed_per_s")}
     m["p99_us"] = statistics.median(x["latency_us"]["p99"] or 0 for x in rs)
+    ds = [r["disk"] for r in runs if r["broker"] == b]
+    for k in ("disk_mb_s", "disk_bytes_per_msg", "iowait_pct"):
+        m[k] = statistics.median(d[k] for d in ds)
     med[b] = m
     print(f"median {b}: " + ", ".join(f"{k}={v:,.0f}" for k, v in m.items()))
 for b in ("warren-single", "rabbitmq-quorum"):

@@ -74,7 +74,8 @@ pub struct Queue {
     pub(crate) owner: Weak<VHost>,
     state: Mutex<QueueState>,
     /// Set while the queue has consumers and yet more than `FLOW_HIGH`
-    /// ready messages: its publishers are slowed (see `under_pressure`).
+    /// ready messages (a paging queue: more than its hot head holds): its
+    /// publishers are slowed (see `under_pressure`).
     pressure: std::sync::atomic::AtomicBool,
     /// Rates of `message_stats` and of the lengths, sampled by the
     /// management timer (see [`Queue::sample`]).
@@ -85,7 +86,9 @@ pub struct Queue {
 /// pause briefly: a publisher that outruns the consumers would otherwise take
 /// the CPU they need to catch up (measured: with 1 publisher and 1 consumer
 /// on 2 cores the consumer fell to ~0.6–0.8 M msg/s while the publisher ran
-/// at 1.0–1.2 M).
+/// at 1.0–1.2 M). A queue that pages uses its hot head's size instead: with
+/// 16,384, a persistent 1 KiB run kept ~12,000 messages paged out, each
+/// written and read back (docs/benchmarks.md, "The backlog of a durable queue").
 const FLOW_HIGH: usize = 16_384;
 
 fn priority_levels(arguments: &FieldTable) -> usize {
@@ -503,7 +506,13 @@ impl Queue {
         st.push(message, meta);
         self.dispatch(&mut st);
         self.enforce_drop_head(&mut st);
-        let pressure = !st.consumers.is_empty() && st.len() > FLOW_HIGH;
+        // A queue that pages asks as soon as its backlog outgrows the hot
+        // head: past it each message would be written out and read back.
+        let behind = match self.log {
+            Some(_) => st.len() >= HOT_COUNT || st.bytes() >= HOT_BYTES,
+            None => st.len() > FLOW_HIGH,
+        };
+        let pressure = !st.consumers.is_empty() && behind;
         if pressure != self.pressure.load(Ordering::Relaxed) {
             self.pressure.store(pressure, Ordering::Relaxed);
         }
