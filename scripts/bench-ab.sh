@@ -13,6 +13,8 @@
 # ROUNDS times each (default 5, DURATION seconds per run, default 10), each
 # run on a fresh broker with a fresh data directory, and prints every run
 # and, per scenario, both medians and their ratio HEAD/BASE.
+# BASE_BIN / HEAD_BIN: a warren binary already built from that side, used
+# instead of building it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -eq 2 ] || { echo "usage: $0 BASE HEAD   (a commit, or . for the work tree)" >&2; exit 64; }
@@ -23,6 +25,17 @@ trap 'for w in "$out"/wt-*; do [ -d "$w" ] && git -C "$root" worktree remove --f
 
 build() { # label rev -> copies warren and warren-perf to $out/label/
     local label=$1 rev=$2 src=$root
+    local given=${BASE_BIN:-}
+    [ "$label" = head ] && given=${HEAD_BIN:-}
+    if [ -n "$given" ]; then
+        # A binary built before (both get this tree's warren-perf).
+        (cd "$root" && cargo build --release --quiet -p warren-perf)
+        mkdir -p "$out/$label"
+        cp "$given" "$out/$label/warren"
+        cp "$root/target/release/warren-perf" "$out/$label/"
+        echo "$label = $given (given for $rev)"
+        return
+    fi
     if [ "$rev" != . ]; then
         src=$out/wt-$label
         git -C "$root" worktree add --quiet --detach "$src" "$rev"
