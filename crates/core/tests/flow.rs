@@ -1,7 +1,8 @@
 //! Publisher flow control: a queue whose consumers are far behind asks its
 //! publishers to pause; a queue without consumers (filling a backlog) never does.
 //! A durable queue asks as soon as its backlog outgrows what it keeps in
-//! memory (past that, each message would be written out and read back).
+//! memory (past that, each message would be written out and read back); any
+//! queue asks once its ready bodies pass 8 MiB, however few they are.
 
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +42,33 @@ fn a_queue_far_ahead_of_its_consumers_asks_publishers_to_pause() {
     q.purge();
     q.publish(message(20_001));
     assert!(!q.under_pressure(), "caught up");
+}
+
+fn big(len: usize) -> Arc<Message> {
+    let props = AMQPProperties::default();
+    let raw = warren_protocol::content::encode_properties(&props);
+    Arc::new(Message::new("".into(), "q".into(), raw, props, Bytes::from(vec![7u8; len])))
+}
+
+#[test]
+fn a_queue_asks_once_its_ready_bodies_pass_eight_mebibytes() {
+    let q = Arc::new(Queue::new("q", "/", false, None, false, FieldTable::default()));
+    q.add_consumer(consumer()).unwrap();
+    // The consumer holds its 10; 100 bodies of 64 KiB wait: 6.25 MiB.
+    for _ in 0..110 {
+        q.publish(big(64 << 10));
+    }
+    assert_eq!(q.message_count(), 100);
+    assert!(!q.under_pressure(), "6.25 MiB ready: under the limit");
+    for _ in 0..28 {
+        q.publish(big(64 << 10));
+    }
+    assert!(q.under_pressure(), "8.0 MiB ready, only {} messages", q.message_count());
+    while q.message_count() > 100 {
+        q.get(true).unwrap();
+    }
+    q.publish(big(1));
+    assert!(!q.under_pressure(), "back under the limit");
 }
 
 fn consumer() -> Arc<Consumer> {

@@ -74,8 +74,9 @@ pub struct Queue {
     pub(crate) owner: Weak<VHost>,
     state: Mutex<QueueState>,
     /// Set while the queue has consumers and yet more than `FLOW_HIGH`
-    /// ready messages (a paging queue: more than its hot head holds): its
-    /// publishers are slowed (see `under_pressure`).
+    /// ready messages or `FLOW_HIGH_BYTES` of bodies (a paging queue: more
+    /// than its hot head holds): its publishers are slowed (see
+    /// `under_pressure`).
     pressure: std::sync::atomic::AtomicBool,
     /// Rates of `message_stats` and of the lengths, sampled by the
     /// management timer (see [`Queue::sample`]).
@@ -90,6 +91,12 @@ pub struct Queue {
 /// 16,384, a persistent 1 KiB run kept ~12,000 messages paged out, each
 /// written and read back (docs/benchmarks.md, "The backlog of a durable queue").
 const FLOW_HIGH: usize = 16_384;
+/// Ready body bytes held in memory at which a queue with consumers asks its
+/// publishers to pause, whatever the count: 16,384 bodies of 64 KiB are a gigabyte, which
+/// the consumer reaches only after a p99 of half a second and with every
+/// body gone cold in the caches by the time it is sent (docs/benchmarks.md,
+/// "A transient backlog bounded in bytes").
+const FLOW_HIGH_BYTES: u64 = 8 << 20;
 
 fn priority_levels(arguments: &FieldTable) -> usize {
     match int_arg(arguments, "x-max-priority") {
@@ -510,7 +517,7 @@ impl Queue {
         // head: past it each message would be written out and read back.
         let behind = match self.log {
             Some(_) => st.len() >= HOT_COUNT || st.bytes() >= HOT_BYTES,
-            None => st.len() > FLOW_HIGH,
+            None => st.len() > FLOW_HIGH || st.ready_bytes >= FLOW_HIGH_BYTES,
         };
         let pressure = !st.consumers.is_empty() && behind;
         if pressure != self.pressure.load(Ordering::Relaxed) {
