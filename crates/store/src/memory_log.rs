@@ -186,22 +186,29 @@ mod tests {
         }
     }
 
-    struct Disk(MessageLog);
+    /// The log, and its directory: removed once the log is closed.
+    struct Disk(Option<MessageLog>, std::path::PathBuf);
+    impl Drop for Disk {
+        fn drop(&mut self) {
+            drop(self.0.take());
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
     impl Disk {
         fn new(name: &str) -> Disk {
             let dir = std::env::temp_dir().join(format!("warren-conf-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             // Small segments: deletion and compaction happen all the time.
-            Disk(MessageLog::open_with(&dir, 2048).unwrap().0)
+            Disk(Some(MessageLog::open_with(&dir, 2048).unwrap().0), dir)
         }
     }
     impl Harness for Disk {
         fn store(&self) -> &dyn MessageStore {
-            &self.0
+            self.0.as_ref().unwrap()
         }
         fn restart(&mut self) -> Recovered {
-            let (s, r) = self.0.reopen().unwrap();
-            self.0 = s;
+            let (s, r) = self.0.take().unwrap().reopen().unwrap();
+            self.0 = Some(s);
             r
         }
     }
