@@ -152,6 +152,20 @@ def assert_intact(broker, queue):
     c.close()  # unacked: they go back
 
 
+def test_a_handshake_sent_in_one_write_is_answered(broker):
+    """A client that does not wait for connection.start (the protocol
+    header, start-ok, tune-ok and open in one write) is served, as RabbitMQ
+    serves it: what came with the header is not left for a next read."""
+    raw = Raw(broker.host, broker.port)
+    try:
+        raw.send(handshake_bytes())
+        seen = [raw.read_method()[1] for _ in range(3)]
+        assert seen == [(10, 10), (10, 30), (10, 41)], seen
+        raw.open_channel()
+    finally:
+        raw.s.close()
+
+
 def test_fuzz_random_and_mutated_frames(broker, precious):
     seed = int(os.environ.get("WARREN_FUZZ_SEED", random.randrange(1 << 30)))
     iterations = int(os.environ.get("WARREN_FUZZ_ITERATIONS", 300))

@@ -287,6 +287,11 @@ async fn serve_as(
         closing_since: None,
     };
     c.send_start();
+    // Whatever came in with the protocol header (a client that did not wait
+    // for connection.start) is handled now: the next read may never come.
+    if !rbuf.is_empty() {
+        c.on_bytes(&mut rbuf);
+    }
 
     let mut synced_rx = shared.confirms.synced.clone();
     let mut alarm_rx = shared.alarms.current.clone();
