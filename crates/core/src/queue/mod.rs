@@ -92,10 +92,10 @@ pub struct Queue {
 /// written and read back (docs/benchmarks.md, "The backlog of a durable queue").
 const FLOW_HIGH: usize = 16_384;
 /// Ready body bytes held in memory at which a queue with consumers asks its
-/// publishers to pause, whatever the count: 16,384 bodies of 64 KiB are a gigabyte, which
-/// the consumer reaches only after a p99 of half a second and with every
-/// body gone cold in the caches by the time it is sent (docs/benchmarks.md,
-/// "A transient backlog bounded in bytes").
+/// publishers to pause, whatever the count: 16,384 bodies of 64 KiB are a
+/// gigabyte, which the consumer reaches only after a p99 of half a second
+/// and with every body gone cold in the caches by the time it is sent
+/// (docs/benchmarks.md, "A transient backlog bounded in bytes").
 const FLOW_HIGH_BYTES: u64 = 8 << 20;
 
 fn priority_levels(arguments: &FieldTable) -> usize {
