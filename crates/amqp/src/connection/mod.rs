@@ -287,8 +287,7 @@ async fn serve_as(
         closing_since: None,
     };
     c.send_start();
-    // Whatever came in with the protocol header (a client that did not wait
-    // for connection.start) is handled now: the next read may never come.
+    // What came with the protocol header is handled now: no next read may come.
     if !rbuf.is_empty() {
         c.on_bytes(&mut rbuf);
     }
