@@ -14,12 +14,6 @@
 # that is already running (e.g. RabbitMQ, for the differential run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# What the tests leave in the temporary directory (data directories,
-# certificates, browser profiles) goes in one of this run's own, removed
-# when the run ends.
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/warren-test-run-XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-export TMPDIR=$tmp
 
 cargo fmt --all -- --check
 python3 scripts/code-size.py >/dev/null || { python3 scripts/code-size.py; exit 1; }   # the crate split's bars

@@ -5,7 +5,6 @@ RabbitMQ: the differential run). Otherwise one real `warren` binary is
 started for the session on a free port with a temporary data directory.
 WARREN_BIN names the binary (default: target/debug/warren).
 """
-import atexit
 import contextlib
 import os
 import pathlib
@@ -20,11 +19,6 @@ import uuid
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-# Every temporary directory the tests make (data directories, certificates,
-# profiles) goes under one of the session's own, removed when it ends.
-tempfile.tempdir = tempfile.mkdtemp(prefix="warren-tests-")
-atexit.register(shutil.rmtree, tempfile.tempdir, ignore_errors=True)
 
 
 def warren_binary():
