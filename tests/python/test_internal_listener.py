@@ -15,8 +15,9 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import own_warren, wait_for
-from rawamqp import Raw, frame, longstr, method, shortstr
+from conftest import listening, own_warren, wait_for
+from rawamqp import Raw, longstr, method, shortstr
+from test_hostile_clients import rss_kib
 
 HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -25,29 +26,6 @@ HEADER = b"AMQP\x00\x00\x09\x01"
 def warren_only(broker):
     if not broker.is_warren:
         pytest.skip("Warren's own internal listener")
-
-
-def listening(pid):
-    """(address, port) of every TCP socket process `pid` listens on."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                cols = line.split()
-                local, state, inode = cols[1], cols[3], cols[9]
-                if state == "0A" and inode in inodes:
-                    addr, port = local.split(":")
-                    found.append((addr, int(port, 16)))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +145,3 @@ def closes(s, timeout=10):
         if b"\x00\x0a\x00\x32" in got:
             return True
     return False
-
-
-def rss_kib(b):
-    with open(f"/proc/{b.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")

@@ -357,24 +357,8 @@ def test_kill_9_of_either_side_loses_no_confirmed_message(broker, rabbit, name, 
 # --- The internal listener, as a stranger would try it (Warren only) ---------
 
 def listening_ports(pid):
-    """The TCP ports a process listens on (from /proc: no tools needed)."""
-    import os
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                cols = line.split()
-                if cols[3] == "0A" and cols[9] in inodes:
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
+    from conftest import listening
+    return {port for _, port in listening(pid)}
 
 
 def test_only_the_links_can_log_in_to_the_internal_listener(broker, api, name):
