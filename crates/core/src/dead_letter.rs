@@ -86,9 +86,9 @@ pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, exchange: &str,
             t.insert("reason".into(), long_str(reason.as_str()));
             t.insert("queue".into(), long_str(queue));
             t.insert("time".into(), AMQPValue::Timestamp(crate::now_ms() / 1000));
-            t.insert("exchange".into(), long_str(&msg.exchange));
+            t.insert("exchange".into(), long_str(msg.exchange()));
             let mut arr = amq_protocol::types::FieldArray::default();
-            arr.push(long_str(&msg.routing_key));
+            arr.push(long_str(msg.routing_key()));
             t.insert("routing-keys".into(), AMQPValue::FieldArray(arr));
             if let Some(exp) = msg.properties.expiration() {
                 t.insert("original-expiration".into(), long_str(exp.as_str()));
@@ -105,7 +105,7 @@ pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, exchange: &str,
     for (k, v) in [
         ("x-first-death-reason", reason.as_str()),
         ("x-first-death-queue", queue),
-        ("x-first-death-exchange", &*msg.exchange),
+        ("x-first-death-exchange", msg.exchange()),
     ] {
         if !headers.contains_key(k) {
             headers.insert(k.into(), long_str(v));

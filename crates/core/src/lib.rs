@@ -17,6 +17,7 @@ pub mod delayed;
 pub mod exchange;
 pub mod hooks;
 pub mod message;
+pub mod names;
 pub mod policy;
 pub mod publish;
 pub mod queue;

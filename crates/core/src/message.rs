@@ -7,12 +7,13 @@ use bytes::Bytes;
 use warren_protocol::{AmqpError, FieldTable, ShortString};
 use warren_store::log::Persisted;
 
+use crate::names::Names;
+
 #[derive(Debug)]
 pub struct Message {
-    /// Exchange it was published to (as the publisher named it). Shared:
-    /// a publisher's messages usually repeat the same names.
-    pub exchange: Arc<str>,
-    pub routing_key: Arc<str>,
+    /// The exchange it was published to (as the publisher named it) and
+    /// its routing key: see [`Message::exchange`], [`Message::routing_key`].
+    pub names: Names,
     /// Property flags and list exactly as published: consumers get these bytes.
     pub properties_raw: Bytes,
     /// The properties routing and queue features read, parsed. The rest
@@ -97,20 +98,24 @@ impl Message {
         properties: Props,
         body: Bytes,
     ) -> Self {
-        Message { exchange, routing_key, properties_raw, properties, body, persisted: OnceLock::new() }
+        Message::with_names(Names::new(exchange, routing_key), properties_raw, properties, body)
+    }
+
+    pub fn with_names(names: Names, properties_raw: Bytes, properties: Props, body: Bytes) -> Self {
+        Message { names, properties_raw, properties, body, persisted: OnceLock::new() }
     }
 
     /// The same message, not (yet) in the message log: what a stored
     /// delayed message is routed as when due, so that its destination
     /// queues record it afresh.
     pub fn unstored_copy(&self) -> Message {
-        Message::with_props(
-            self.exchange.clone(),
-            self.routing_key.clone(),
-            self.properties_raw.clone(),
-            self.properties.clone(),
-            self.body.clone(),
-        )
+        Message {
+            names: self.names.clone(),
+            properties_raw: self.properties_raw.clone(),
+            properties: self.properties.clone(),
+            body: self.body.clone(),
+            persisted: OnceLock::new(),
+        }
     }
 
     pub fn new(
@@ -120,14 +125,16 @@ impl Message {
         properties: AMQPProperties,
         body: Bytes,
     ) -> Self {
-        Message {
-            exchange,
-            routing_key,
-            properties_raw,
-            properties: properties.into(),
-            body,
-            persisted: OnceLock::new(),
-        }
+        Message::with_props(exchange, routing_key, properties_raw, properties.into(), body)
+    }
+
+    /// The exchange it was published to, as the publisher named it.
+    pub fn exchange(&self) -> &str {
+        self.names.exchange()
+    }
+
+    pub fn routing_key(&self) -> &str {
+        self.names.routing_key()
     }
 
     /// Every property, parsed from the raw bytes (dead-lettering rewrites them).

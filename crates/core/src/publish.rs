@@ -76,18 +76,13 @@ impl Publisher<'_> {
         Ok(x)
     }
 
-    /// Routes a message published to `exchange` and enqueues it on every
+    /// Routes a message published to its exchange and enqueues it on every
     /// queue it reaches. `queues` is scratch space the caller may reuse
     /// (left empty). The message's `user_id` was checked by the caller
     /// (before any rewrite of its properties).
-    pub fn publish(
-        &self,
-        exchange: &str,
-        msg: MessageRef,
-        mandatory: bool,
-        queues: &mut Vec<Arc<Queue>>,
-    ) -> Result<Outcome> {
+    pub fn publish(&self, msg: MessageRef, mandatory: bool, queues: &mut Vec<Arc<Queue>>) -> Result<Outcome> {
         let vhost = self.vhost;
+        let exchange = msg.exchange();
         let named;
         let x = match vhost.default_exchange().filter(|_| exchange.is_empty()) {
             Some(x) => x,
@@ -99,7 +94,7 @@ impl Publisher<'_> {
         if x.kind == ExchangeKind::Topic && self.topic_permissions.any(self.broker, &vhost.name, self.user) {
             self.broker
                 .access()
-                .check_topic(&vhost.name, self.user, &x.name, &msg.routing_key, Access::Write)
+                .check_topic(&vhost.name, self.user, &x.name, msg.routing_key(), Access::Write)
                 .map_err(|e| e.during(60, 40))?;
         }
         msg.check_expiration().map_err(|e| e.during(60, 40))?;

@@ -124,12 +124,12 @@ impl SpillStore {
     /// Writes a message out; returns its location.
     pub fn append(&self, m: &Message, meta: &Meta) -> io::Result<u64> {
         let mut rec =
-            Vec::with_capacity(32 + m.exchange.len() + m.routing_key.len() + m.properties_raw.len() + m.body.len());
+            Vec::with_capacity(32 + m.exchange().len() + m.routing_key().len() + m.properties_raw.len() + m.body.len());
         rec.extend_from_slice(&[0; 4]);
         rec.push(meta.priority);
         rec.extend_from_slice(&meta.expires_at.unwrap_or(u64::MAX).to_be_bytes());
         rec.extend_from_slice(&meta.delivery_count.to_be_bytes());
-        for s in [m.exchange.as_bytes(), m.routing_key.as_bytes()] {
+        for s in [m.exchange().as_bytes(), m.routing_key().as_bytes()] {
             rec.extend_from_slice(&(s.len() as u16).to_be_bytes());
             rec.extend_from_slice(s);
         }
@@ -263,7 +263,7 @@ mod tests {
             let (m, got) = store.take(at).unwrap();
             assert_eq!(&m.body[..4], &i.to_be_bytes());
             assert_eq!(m.body.len(), 4 + (1 << 20));
-            assert_eq!(&*m.routing_key, format!("k{i}"));
+            assert_eq!(m.routing_key(), format!("k{i}"));
             assert_eq!(got, meta(i));
         }
         for &at in &locations[100..] {

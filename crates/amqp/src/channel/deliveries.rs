@@ -49,7 +49,7 @@ impl Channel {
         self.next_tag += 1;
         let msg = &d.entry.message;
         let props = warren_core::queue::delivery_properties(&d.queue, &d.entry);
-        let names = (&*msg.exchange, &*msg.routing_key);
+        let names = (msg.exchange(), msg.routing_key());
         frame::write_delivery(
             out,
             self.id,
@@ -469,8 +469,8 @@ impl Channel {
                             id,
                             tag,
                             entry.redelivered,
-                            &msg.exchange,
-                            &msg.routing_key,
+                            msg.exchange(),
+                            msg.routing_key(),
                             remaining,
                         );
                         let props = warren_core::queue::delivery_properties(&q, &entry);

@@ -4,6 +4,7 @@
 //! order once the message log is synced) and transactions.
 
 use super::*;
+use warren_core::names::Names;
 use warren_core::publish::TopicPermissions;
 
 /// This channel's side of core's publish path (`warren_core::publish`).
@@ -22,20 +23,19 @@ pub(super) fn publisher<'x>(
     }
 }
 
+/// A `basic.publish` whose content is coming. Its exchange and routing
+/// key are the channel's `last_exchange` and `last_routing_key`.
 pub(super) struct Publish {
-    pub(super) exchange: Arc<str>,
-    pub(super) routing_key: Arc<str>,
     pub(super) mandatory: bool,
 }
 
-/// Returns `s` as a shared string, reusing `last` when it is the same
+/// Makes `last` the shared string `s`, reusing it when it is the same
 /// (publishers repeat exchange and routing key: no allocation then).
 #[inline]
-pub(super) fn intern(last: &mut Arc<str>, s: &str) -> Arc<str> {
+pub(super) fn intern(last: &mut Arc<str>, s: &str) {
     if &**last != s {
         *last = Arc::from(s);
     }
-    last.clone()
 }
 
 impl Channel {
@@ -50,14 +50,15 @@ impl Channel {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true").during(60, 40));
         }
-        let exchange = intern(&mut self.last_exchange, p.exchange);
+        intern(&mut self.last_exchange, p.exchange);
+        let exchange = &self.last_exchange;
         let epoch = ctx.broker.access_epoch();
-        if !self.writable.as_ref().is_some_and(|(e, x)| *e == epoch && Arc::ptr_eq(x, &exchange)) {
-            ctx.check(Resource::Exchange, &exchange, Access::Write).map_err(|e| e.during(60, 40))?;
+        if !self.writable.as_ref().is_some_and(|(e, x)| *e == epoch && Arc::ptr_eq(x, exchange)) {
+            ctx.check(Resource::Exchange, exchange, Access::Write).map_err(|e| e.during(60, 40))?;
             self.writable = Some((epoch, exchange.clone()));
         }
-        let routing_key = intern(&mut self.last_routing_key, p.routing_key);
-        self.publish = Some(Publish { exchange, routing_key, mandatory: p.mandatory });
+        intern(&mut self.last_routing_key, p.routing_key);
+        self.publish = Some(Publish { mandatory: p.mandatory });
         self.assembler.start();
         Ok(())
     }
@@ -104,19 +105,22 @@ impl Channel {
                 .unwrap_or_default()
                 .with_reply_to(q.name.as_str().into());
             props_raw = warren_protocol::content::encode_properties(&props);
-            Message::new(p.exchange.clone(), p.routing_key.clone(), props_raw, props, content.body)
+            Message::new(self.last_exchange.clone(), self.last_routing_key.clone(), props_raw, props, content.body)
         } else {
-            Message::with_props(p.exchange.clone(), p.routing_key.clone(), props_raw, kept, content.body)
+            // Short names are copied: no reference count shared with the
+            // consumer's side (see `Names`).
+            let names = Names::of(&self.last_exchange, &self.last_routing_key);
+            Message::with_names(names, props_raw, kept, content.body)
         };
         let msg = Arc::new(msg);
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
             msg.check_expiration().map_err(|e| e.during(60, 40))?;
-            publisher(ctx, &self.topic_permissions, &self.info.stats).exchange(&p.exchange)?;
+            publisher(ctx, &self.topic_permissions, &self.info.stats).exchange(msg.exchange())?;
             self.tx_publishes.push((p, msg));
             return Ok(());
         }
-        let (pos, accepted) = self.route(ctx, &p, msg)?;
+        let (pos, accepted) = self.route(ctx, p.mandatory, msg)?;
         if self.mode == Mode::Confirm {
             self.publish_seq += 1;
             if accepted {
@@ -132,19 +136,19 @@ impl Channel {
     /// publisher if no queue takes it). Returns the message-log position
     /// that must be synced before it may be confirmed (0 if none), and
     /// whether every queue accepted it (a length limit may refuse it: nack).
-    pub(super) fn route(&mut self, ctx: &mut Ctx<'_>, p: &Publish, msg: MessageRef) -> Result<(u64, bool), AmqpError> {
+    pub(super) fn route(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        mandatory: bool,
+        msg: MessageRef,
+    ) -> Result<(u64, bool), AmqpError> {
         let mut queues = std::mem::take(&mut self.routed);
-        let returned = p.mandatory.then(|| msg.clone());
-        let outcome = publisher(ctx, &self.topic_permissions, &self.info.stats).publish(
-            &p.exchange,
-            msg,
-            p.mandatory,
-            &mut queues,
-        );
+        let returned = mandatory.then(|| msg.clone());
+        let outcome = publisher(ctx, &self.topic_permissions, &self.info.stats).publish(msg, mandatory, &mut queues);
         self.routed = queues;
         let outcome = outcome?;
         if let Some(msg) = returned.filter(|_| outcome.unroutable) {
-            frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", &p.exchange, &p.routing_key);
+            frame::write_return(ctx.out, self.id, 312, "NO_ROUTE", msg.exchange(), msg.routing_key());
             frame::write_content_out(ctx.out, self.id, ctx.frame_max, &msg.properties_raw, &msg.body);
         }
         *ctx.pressure |= outcome.pressure;
@@ -223,7 +227,7 @@ impl Channel {
                 }
                 let mut pos = 0;
                 for (p, msg) in std::mem::take(&mut self.tx_publishes) {
-                    pos = pos.max(self.route(ctx, &p, msg)?.0);
+                    pos = pos.max(self.route(ctx, p.mandatory, msg)?.0);
                 }
                 for s in std::mem::take(&mut self.tx_settles) {
                     // A tag settled twice in one transaction is gone by now.

@@ -245,14 +245,14 @@ impl Exchange {
         let b = self.bindings.read();
         match self.kind {
             ExchangeKind::Direct => {
-                if let Some(d) = b.by_key.get(&*message.routing_key) {
+                if let Some(d) = b.by_key.get(message.routing_key()) {
                     out.extend(d.iter().cloned());
                 }
             }
             ExchangeKind::Fanout => out.extend(b.all.iter().map(|x| x.destination.clone())),
             ExchangeKind::Topic => {
                 for x in &b.all {
-                    if topic::matches(&x.routing_key, &message.routing_key) {
+                    if topic::matches(&x.routing_key, message.routing_key()) {
                         out.push(x.destination.clone());
                     }
                 }

@@ -576,8 +576,8 @@ impl VHost {
                 let (persisted, at) = log.publish(
                     &durable,
                     crate::now_ms(),
-                    &msg.exchange,
-                    &msg.routing_key,
+                    msg.exchange(),
+                    msg.routing_key(),
                     &msg.properties_raw,
                     &msg.body,
                 );
@@ -599,7 +599,7 @@ impl VHost {
         let Ok(x) = self.exchange(&dlx) else { return };
         let mut queues = Vec::new();
         for (msg, reason) in dead {
-            let rk = key.clone().unwrap_or_else(|| msg.routing_key.to_string());
+            let rk = key.clone().unwrap_or_else(|| msg.routing_key().to_string());
             let new = crate::dead_letter::dead_lettered(&msg, reason, &from.name, &x.name, &rk);
             self.route(&x, &new, &mut queues);
             queues.retain(|q| !crate::dead_letter::is_cycle(&new, &q.name));
@@ -664,8 +664,14 @@ impl VHost {
         match self.log.as_ref().filter(|_| x.durable && msg.is_persistent()) {
             Some(log) => {
                 let key = crate::delayed::log_key(&self.name, &x.name);
-                let (persisted, pos) =
-                    log.publish(&[key.as_str()], now, &msg.exchange, &msg.routing_key, &msg.properties_raw, &msg.body);
+                let (persisted, pos) = log.publish(
+                    &[key.as_str()],
+                    now,
+                    msg.exchange(),
+                    msg.routing_key(),
+                    &msg.properties_raw,
+                    &msg.body,
+                );
                 if self.delayed.schedule(&x.name, Held::Logged(persisted), due, Some((pos, msg))) {
                     self.hooks.earlier_due();
                 }

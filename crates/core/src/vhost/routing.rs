@@ -25,10 +25,10 @@ impl VHost {
 
     pub(super) fn route_from(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
         if exchange.name.is_empty() {
-            if let Some(q) = self.queues.read().get(&*message.routing_key) {
+            if let Some(q) = self.queues.read().get(message.routing_key()) {
                 out.push(q.clone());
-            } else if message.routing_key.starts_with(REPLY_TO) {
-                if let Some(q) = self.reply_queues.read().get(&*message.routing_key).and_then(Weak::upgrade) {
+            } else if message.routing_key().starts_with(REPLY_TO) {
+                if let Some(q) = self.reply_queues.read().get(message.routing_key()).and_then(Weak::upgrade) {
                     out.push(q);
                 }
             }

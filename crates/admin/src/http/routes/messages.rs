@@ -101,7 +101,7 @@ fn publish_now(
         payload,
     ));
     let mut queues = Vec::new();
-    let outcome = publisher.publish(x_name, msg, true, &mut queues).map_err(refused)?;
+    let outcome = publisher.publish(msg, true, &mut queues).map_err(refused)?;
     if !outcome.accepted {
         return Err(bad_request("rejected Unable to publish message. Check queue limits."));
     }
@@ -243,8 +243,8 @@ pub(super) fn get_messages(shared: &Node, call: &Call, vh: &str, name: &str) -> 
         out.push(json!({
             "payload_bytes": msg.body.len(),
             "redelivered": entry.redelivered,
-            "exchange": &*msg.exchange,
-            "routing_key": &*msg.routing_key,
+            "exchange": msg.exchange(),
+            "routing_key": msg.routing_key(),
             "message_count": remaining,
             "properties": properties_to_json(&props),
             "payload": payload,
