@@ -50,6 +50,21 @@ def text_of(driver, css):
         return None
 
 
+def click(driver, css, timeout=15):
+    """Clicks the element `css` names, finding it again if the page redrew
+    it between the find and the click (tables refresh on a timer)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    def attempt():
+        try:
+            driver.find_element("css selector", css).click()
+            return True
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    assert wait_for(attempt, timeout=timeout), f"could not click {css}"
+
+
 def test_dashboard_login_queue_depth_and_purge(broker, browser, conn, name):
     ch = conn.channel()
     ch.queue_declare(name)
@@ -71,7 +86,7 @@ def test_dashboard_login_queue_depth_and_purge(broker, browser, conn, name):
     for _ in range(3):
         ch.basic_publish("", name, b"x")
     assert wait_for(lambda: text_of(browser, f"{row} td[data-col=messages]") == "3", timeout=15)
-    browser.find_element("css selector", row).click()
+    click(browser, row)
     assert wait_for(lambda: name in (text_of(browser, "#qd-name") or ""), timeout=15)
     browser.find_element("id", "qd-purge").click()
     browser.switch_to.alert.accept()
@@ -115,7 +130,7 @@ def test_dashboard_moves_messages_and_lists_shovels(broker, browser, conn, name)
     browser.find_element("css selector", "a[data-tab=queues]").click()
     row = f"tr[data-queue='{name}-from']"
     assert wait_for(lambda: text_of(browser, f"{row} td[data-col=messages]") == "5", timeout=15)
-    browser.find_element("css selector", row).click()
+    click(browser, row)
     assert wait_for(lambda: f"{name}-from" in (text_of(browser, "#qd-name") or ""), timeout=15)
     browser.find_element("css selector", "#qd-move input[name=dest]").send_keys(f"{name}-to")
     browser.find_element("css selector", "#qd-move button").click()
@@ -134,7 +149,7 @@ def test_dashboard_moves_messages_and_lists_shovels(broker, browser, conn, name)
     assert wait_for(lambda: text_of(browser, f"{shovel} td[data-col=state]") == "running", timeout=15)
     ch.basic_publish("", f"{name}-from", b"more")
     assert wait_for(lambda: text_of(browser, f"{shovel} td[data-col=moved]") == "1", timeout=15)
-    browser.find_element("css selector", f"{shovel} button.danger").click()
+    click(browser, f"{shovel} button.danger")
     browser.switch_to.alert.accept()
     assert wait_for(lambda: text_of(browser, shovel) is None, timeout=15)
     assert requests.get(f"{broker.http}/api/parameters/shovel/%2F/{name}", auth=auth).status_code == 404
