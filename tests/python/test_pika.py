@@ -7,7 +7,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import pump_until, round_trip, wait_for
+from conftest import count, pump_until, round_trip, wait_for
 
 
 def declare(ch, name, **kw):
@@ -357,3 +357,42 @@ def test_qos_prefetch_size_is_not_implemented(broker):
     with pytest.raises(pe.ConnectionClosedByBroker) as e:
         c.channel().basic_qos(prefetch_size=1000, prefetch_count=1)
     assert e.value.args == (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1000)")
+
+
+def test_consumers_come_and_go_on_one_connection_without_losing_messages(conn, name):
+    """Eighty consumers in turn on one connection, each cancelled with
+    deliveries still on their way to it (prefetch 10 of a long queue), and
+    every tenth channel closed with its deliveries unacked: every message
+    is acked exactly once in the end. (Warren reuses a cancelled consumer's
+    slot in the connection once no delivery to it can still arrive.)"""
+    from collections import Counter
+
+    total = 1000
+    ch = conn.channel()
+    declare(ch, name)
+    publish_n(ch, name, total)
+    acked = Counter()
+    for round_no in range(80):
+        ch.basic_qos(prefetch_count=10)
+        got = []
+        tag = ch.basic_consume(name, lambda c, m, p, b: got.append((m.delivery_tag, b)))
+        assert pump_until(conn, lambda: got), f"round {round_no}: no delivery"
+        ch.basic_cancel(tag)
+        if round_no % 10 == 9:
+            # Closed with its deliveries unacked: they go back to the queue.
+            ch.close()
+            ch = conn.channel()
+            continue
+        for delivery_tag, body in got:
+            ch.basic_ack(delivery_tag)
+            acked[body] += 1
+    got = []
+    ch.basic_qos(prefetch_count=100)
+    ch.basic_consume(name, lambda c, m, p, b: (c.basic_ack(m.delivery_tag), got.append(b)))
+    assert pump_until(conn, lambda: sum(acked.values()) + len(got) >= total)
+    acked.update(got)
+    assert sum(acked.values()) == total
+    assert set(acked) == {f"m{i}".encode() for i in range(total)}
+    assert max(acked.values()) == 1
+    round_trip(conn, ch, name)
+    assert count(ch, name) == 0

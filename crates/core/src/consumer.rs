@@ -7,7 +7,6 @@ use std::sync::Arc;
 use warren_store::Entry;
 
 use crate::message::MessageRef;
-use crate::queue::Queue;
 
 /// How many deliveries a consumer may have in its connection's outbound
 /// path (handed over, not yet written to the socket) before the queue
@@ -24,10 +23,13 @@ pub const NO_ACK_WINDOW: u32 = 4096;
 pub const NO_ACK_BYTES: u64 = 16 << 20;
 pub const DELIVERY_OVERHEAD: u64 = 256;
 
-/// One message on its way to a consumer.
+/// One message on its way to a consumer. It names the consumer by its
+/// slot in the connection (`Consumer::slot`) rather than carrying counted
+/// handles on the consumer and the queue: a count taken on the queue's
+/// thread and dropped on the connection's moved two cache lines between
+/// cores per message (about 4 % of the transient path's samples).
 pub struct Delivery {
-    pub consumer: Arc<Consumer>,
-    pub queue: Arc<Queue>,
+    pub slot: u32,
     pub entry: Entry<MessageRef>,
 }
 
@@ -76,6 +78,11 @@ pub struct Consumer {
     /// consumer alone (`x-consumer-timeout`, Warren's; off when None).
     pub timeout_ms: Option<u64>,
     pub outbox: Arc<dyn Outbox>,
+    /// Where its connection keeps it and its queue. The connection keeps
+    /// the slot until the consumer is cancelled and holds no credit: every
+    /// delivery takes credit before it is sent, so none can still be on its
+    /// way when the slot is reused.
+    pub slot: u32,
 }
 
 fn try_take(counter: &AtomicU32, limit: u32) -> bool {

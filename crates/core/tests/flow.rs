@@ -86,6 +86,7 @@ fn consumer() -> Arc<Consumer> {
         channel_credit: Default::default(),
         cancelled: Default::default(),
         outbox: Arc::new(Slow::default()),
+        slot: 0,
     })
 }
 

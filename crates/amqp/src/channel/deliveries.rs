@@ -6,10 +6,10 @@ use super::*;
 
 /// A delivery awaiting its ack.
 pub(super) struct Unacked {
-    pub(super) queue: Arc<Queue>,
+    /// Its queue and consumer (none for `basic.get`: no consumer credit to
+    /// give back).
+    pub(super) to: Arc<Handle>,
     pub(super) entry: Entry<MessageRef>,
-    /// None for `basic.get`: no consumer credit to give back.
-    pub(super) consumer: Option<Arc<Consumer>>,
     /// When its consumer's timeout starts counting (ms: its delivery, or a
     /// later celery ETA, `consumer_timeout.rs`); 0 without a timeout.
     pub(super) at_ms: u64,
@@ -28,15 +28,15 @@ pub(super) struct Settle {
 pub(super) fn group_by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Unacked>)> {
     // Usually they all come from one queue: no regrouping then.
     if let Some(first) = taken.first() {
-        if taken.iter().all(|u| Arc::ptr_eq(&u.queue, &first.queue)) {
-            return vec![(first.queue.clone(), taken)];
+        if taken.iter().all(|u| Arc::ptr_eq(&u.to.queue, &first.to.queue)) {
+            return vec![(first.to.queue.clone(), taken)];
         }
     }
     let mut groups: Vec<(Arc<Queue>, Vec<Unacked>)> = Vec::new();
     for u in taken {
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.to.queue)) {
             Some((_, g)) => g.push(u),
-            None => groups.push((u.queue.clone(), vec![u])),
+            None => groups.push((u.to.queue.clone(), vec![u])),
         }
     }
     groups
@@ -44,40 +44,39 @@ pub(super) fn group_by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Unacke
 
 impl Channel {
     /// Writes one delivery from a queue to the client.
-    pub fn deliver(&mut self, out: &mut frame::Out, frame_max: u32, d: Delivery, turn: &mut Turn) {
+    pub fn deliver(
+        &mut self,
+        out: &mut frame::Out,
+        frame_max: u32,
+        (to, consumer): (&Arc<Handle>, &Arc<Consumer>),
+        entry: Entry<MessageRef>,
+        turn: &mut Turn,
+    ) {
+        let queue = &to.queue;
         let tag = self.next_tag;
         self.next_tag += 1;
-        let msg = &d.entry.message;
-        let props = warren_core::queue::delivery_properties(&d.queue, &d.entry);
+        let msg = &entry.message;
+        let props = warren_core::queue::delivery_properties(queue, &entry);
         let names = (msg.exchange(), msg.routing_key());
-        frame::write_delivery(
-            out,
-            self.id,
-            frame_max,
-            &d.consumer.tag,
-            tag,
-            d.entry.redelivered,
-            names,
-            &props,
-            &msg.body,
-        );
+        frame::write_delivery(out, self.id, frame_max, &consumer.tag, tag, entry.redelivered, names, &props, &msg.body);
         drop(props);
-        self.info.stats.bump(if d.consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }, 1);
-        if d.entry.redelivered {
+        self.info.stats.bump(if consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }, 1);
+        if entry.redelivered {
             self.info.stats.bump(stats::REDELIVER, 1);
         }
-        if d.consumer.no_ack {
-            d.consumer.finished(msg.body.len());
-            turn.to_wake.push(d.queue);
+        if consumer.no_ack {
+            consumer.finished(msg.body.len());
+            turn.to_wake.push(queue.clone());
             self.push_unacked(tag, None);
         } else {
-            turn.written(&d.consumer, &d.queue, d.consumer.window_cost(msg.body.len()));
+            turn.written(consumer, queue, consumer.window_cost(msg.body.len()));
             // Its timeout counts from now, or from a celery ETA it carries.
-            let at_ms = match d.consumer.timeout_ms {
+            let at_ms = match consumer.timeout_ms {
                 Some(_) => warren_core::consumer_timeout::clock_start(msg, warren_core::now_ms()),
                 None => 0,
             };
-            self.push_unacked(tag, Some(Unacked { queue: d.queue, entry: d.entry, consumer: Some(d.consumer), at_ms }));
+            let u = Unacked { to: to.clone(), entry, at_ms };
+            self.push_unacked(tag, Some(u));
         }
     }
 
@@ -143,15 +142,16 @@ impl Channel {
         }
         let mut expired: Vec<Arc<Consumer>> = Vec::new();
         for u in self.unacked.iter().flatten() {
-            let Some(c) = &u.consumer else { continue };
+            let Some(c) = &u.to.consumer else { continue };
             let Some(t) = c.timeout_ms else { continue };
             if u.at_ms > 0 && now_ms.saturating_sub(u.at_ms) > t && !expired.iter().any(|e| Arc::ptr_eq(e, c)) {
                 expired.push(c.clone());
             }
         }
         for c in expired {
-            let queue = self.unacked.iter().flatten().find(|u| u.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c)));
-            let queue = queue.map(|u| u.queue.name.clone()).unwrap_or_default();
+            let queue =
+                self.unacked.iter().flatten().find(|u| u.to.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c)));
+            let queue = queue.map(|u| u.to.queue.name.clone()).unwrap_or_default();
             tracing::warn!(channel = self.id, consumer = %c.tag, %queue, timeout_ms = c.timeout_ms, "consumer timed out: cancelled, its deliveries requeued");
             if self.consumers.get(&*c.tag).is_some_and(|(x, _)| Arc::ptr_eq(x, &c)) {
                 if let Some((consumer, q)) = self.consumers.remove(&*c.tag) {
@@ -162,7 +162,7 @@ impl Channel {
             }
             let mut taken = Vec::new();
             for (i, slot) in self.unacked.iter_mut().enumerate() {
-                if slot.as_ref().is_some_and(|u| u.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c))) {
+                if slot.as_ref().is_some_and(|u| u.to.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c))) {
                     taken.extend(slot.take());
                     self.timed_out.push(self.first_tag + i as u64);
                 }
@@ -231,14 +231,14 @@ impl Channel {
                     let n = group.len();
                     // Credit goes back once per run of one consumer's
                     // deliveries, not once per message (two atomics each).
-                    let mut run: Option<(Arc<Consumer>, u32)> = None;
+                    let mut run: Option<(Arc<Handle>, u32)> = None;
                     for u in group {
-                        if let Some(c) = u.consumer {
+                        if u.to.consumer.is_some() {
                             match &mut run {
-                                Some((rc, k)) if Arc::ptr_eq(rc, &c) => *k += 1,
+                                Some((rh, k)) if Arc::ptr_eq(rh, &u.to) => *k += 1,
                                 _ => {
-                                    if let Some((rc, k)) = run.replace((c, 1)) {
-                                        rc.release(k);
+                                    if let Some((rh, k)) = run.replace((u.to, 1)) {
+                                        rh.consumer.iter().for_each(|c| c.release(k));
                                     }
                                 }
                             }
@@ -249,8 +249,8 @@ impl Channel {
                             q.discard(&u.entry.message);
                         }
                     }
-                    if let Some((rc, k)) = run {
-                        rc.release(k);
+                    if let Some((rh, k)) = run {
+                        rh.consumer.iter().for_each(|c| c.release(k));
                     }
                     q.settled(n, s.requeue.is_none());
                     ctx.to_wake.push(q);
@@ -295,27 +295,31 @@ impl Channel {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new_consumer(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &mut Ctx<'_>,
+        queue: &Arc<Queue>,
         tag: &str,
         no_ack: bool,
         exclusive: bool,
         priority: i64,
         timeout_ms: Option<u64>,
     ) -> Arc<Consumer> {
-        Arc::new(Consumer {
-            timeout_ms,
-            tag: tag.into(),
-            connection: ctx.connection,
-            channel: self.id,
-            no_ack,
-            exclusive,
-            priority,
-            prefetch: self.consumer_prefetch.into(),
-            unacked: Default::default(),
-            inflight_bytes: Default::default(),
-            channel_credit: self.credit.clone(),
-            cancelled: Default::default(),
-            outbox: ctx.outbox.clone(),
+        ctx.slots.add(queue, |slot| {
+            Arc::new(Consumer {
+                timeout_ms,
+                tag: tag.into(),
+                connection: ctx.connection,
+                channel: self.id,
+                no_ack,
+                exclusive,
+                priority,
+                prefetch: self.consumer_prefetch.into(),
+                unacked: Default::default(),
+                inflight_bytes: Default::default(),
+                channel_credit: self.credit.clone(),
+                cancelled: Default::default(),
+                outbox: ctx.outbox.clone(),
+                slot,
+            })
         })
     }
 
@@ -330,7 +334,7 @@ impl Channel {
             let entries: Vec<_> = group
                 .into_iter()
                 .map(|u| {
-                    if let Some(c) = &u.consumer {
+                    if let Some(c) = &u.to.consumer {
                         c.release(1);
                     }
                     u.entry
@@ -378,7 +382,7 @@ impl Channel {
                     c.consumer_tag.as_str().to_owned()
                 };
                 let q = ctx.vhost.new_reply_queue(ctx.connection);
-                let consumer = self.new_consumer(ctx, &tag, true, false, 0, None);
+                let consumer = self.new_consumer(ctx, &q, &tag, true, false, 0, None);
                 if !c.nowait {
                     reply(
                         ctx.out,
@@ -386,7 +390,7 @@ impl Channel {
                         AMQPClass::Basic(M::ConsumeOk(basic::ConsumeOk { consumer_tag: tag.as_str().into() })),
                     );
                 }
-                q.add_consumer(consumer.clone())?;
+                q.add_consumer(consumer.clone()).inspect_err(|_| consumer.cancelled.store(true, Ordering::Release))?;
                 self.consumers.insert(tag.clone(), (consumer, q.clone()));
                 self.reply = Some((q, tag));
                 Ok(())
@@ -419,7 +423,7 @@ impl Channel {
                     },
                 }
                 .filter(|_| !c.no_ack);
-                let consumer = self.new_consumer(ctx, &tag, c.no_ack, c.exclusive, priority, timeout_ms);
+                let consumer = self.new_consumer(ctx, &q, &tag, c.no_ack, c.exclusive, priority, timeout_ms);
                 // consume-ok must precede the first delivery: deliveries go
                 // through the connection's event queue, handled after this.
                 let mark = ctx.out.len();
@@ -433,6 +437,8 @@ impl Channel {
                 if let Err(e) = q.add_consumer(consumer.clone()) {
                     // Only the consume-ok: the rest of the turn's output stays.
                     ctx.out.truncate(mark);
+                    // Its slot is freed at the next sweep.
+                    consumer.cancelled.store(true, Ordering::Release);
                     return Err(e);
                 }
                 self.consumers.insert(tag, (consumer, q));
@@ -476,7 +482,8 @@ impl Channel {
                         let props = warren_core::queue::delivery_properties(&q, &entry);
                         frame::write_content_out(ctx.out, id, ctx.frame_max, &props, &msg.body);
                         drop(props);
-                        let u = (!g.no_ack).then_some(Unacked { queue: q, entry, consumer: None, at_ms: 0 });
+                        let to = Arc::new(Handle { queue: q, consumer: None });
+                        let u = (!g.no_ack).then_some(Unacked { to, entry, at_ms: 0 });
                         self.push_unacked(tag, u);
                     }
                 }

@@ -3,9 +3,11 @@
 
 mod deliveries;
 mod publishing;
+mod slots;
 
 use deliveries::{Settle, Unacked};
 use publishing::Publish;
+pub use slots::{Handle, Slots};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -19,7 +21,7 @@ use warren_core::queue::AfterCancel;
 use warren_core::stats::{self, Counters};
 use warren_core::vhost::REPLY_TO;
 use warren_core::{
-    generated_name, Broker, ChannelCredit, Consumer, Delivery, ExchangeKind, Message, MessageRef, Outbox, Queue, VHost,
+    generated_name, Broker, ChannelCredit, Consumer, ExchangeKind, Message, MessageRef, Outbox, Queue, VHost,
 };
 use warren_node::ChannelInfo;
 use warren_protocol::content::{Assembler, Content};
@@ -38,6 +40,8 @@ pub struct Ctx<'a> {
     pub connection: u64,
     pub out: &'a mut frame::Out,
     pub outbox: &'a Arc<dyn Outbox>,
+    /// The connection's consumers, by the slot deliveries name.
+    pub slots: &'a mut Slots,
     pub frame_max: u32,
     pub max_message_size: u64,
     pub to_wake: &'a mut Vec<Arc<Queue>>,

@@ -10,6 +10,7 @@
 //! events is flushed as one chunk.
 
 mod channel0;
+mod events;
 mod io;
 mod label;
 
@@ -25,13 +26,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
-use warren_core::{Consumer, Delivery, Outbox, Queue, VHost};
+use warren_core::{Outbox, Queue, VHost};
 use warren_protocol::content::COPY_BELOW;
 use warren_protocol::frame::{self, Frame, FrameKind, Payload};
 use warren_protocol::method::decode_method;
 use warren_protocol::{AMQPValue, AmqpError, ErrorKind, FieldTable, LongString, PROTOCOL_HEADER};
 
-use crate::channel::{Channel, Ctx, Synced, Turn};
+use crate::channel::{Channel, Ctx, Slots, Synced, Turn};
+use events::{ConnOutbox, Event};
 use io::{big_frame_missing, hold_deliveries, write_loop, Writer, MAX_IOV};
 use label::{frame_label, FrameLabel};
 use warren_node::Node;
@@ -48,30 +50,6 @@ enum Input<'a> {
 /// Adds `n` to a counter with one writer (no locked instruction).
 fn bump(a: &AtomicU64, n: usize) {
     a.store(a.load(Ordering::Relaxed) + n as u64, Ordering::Relaxed);
-}
-
-/// What queues send to a connection.
-pub enum Event {
-    Deliver(Delivery),
-    Cancelled(Arc<Consumer>),
-}
-
-/// The [`Outbox`] queues use to reach this connection.
-pub struct ConnOutbox {
-    tx: mpsc::UnboundedSender<Event>,
-}
-
-impl Outbox for ConnOutbox {
-    fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
-        self.tx.send(Event::Deliver(delivery)).map_err(|e| match e.0 {
-            Event::Deliver(d) => d,
-            Event::Cancelled(_) => unreachable!("sent a delivery"),
-        })
-    }
-
-    fn cancelled(&self, consumer: &Arc<Consumer>) {
-        let _ = self.tx.send(Event::Cancelled(consumer.clone()));
-    }
 }
 
 /// Outbound bytes queued for the writer above which the connection stops
@@ -150,6 +128,8 @@ pub struct Conn {
     /// Bytes produced since the last flush.
     out: frame::Out,
     outbox: Arc<dyn Outbox>,
+    /// Its consumers, by the slot deliveries name.
+    slots: Slots,
     /// Whether the client wants server-sent basic.cancel.
     cancel_notify: bool,
     /// Whether the client understands connection.blocked.
@@ -276,6 +256,7 @@ async fn serve_as(
         channels: Default::default(),
         out: frame::Out::with_capacity(OUT_SMALL),
         outbox: Arc::new(ConnOutbox { tx: event_tx }),
+        slots: Slots::default(),
         cancel_notify: false,
         blocked_notify: false,
         published: false,
@@ -469,6 +450,7 @@ async fn serve_as(
                     info.buffers.store(held, Ordering::Relaxed);
                 }
                 c.check_still_allowed();
+                c.slots.sweep();
                 if let Some(vhost) = c.vhost.clone() {
                     let now_ms = warren_core::now_ms();
                     for ch in c.channels.values_mut() {
@@ -645,23 +627,6 @@ impl Conn {
         }
     }
 
-    /// Queue events, then the turn's leftover work, panics contained.
-    fn on_events(&mut self, first: Event, events: &mut mpsc::UnboundedReceiver<Event>) {
-        let r = crate::panics::contain(|| {
-            self.on_event(first);
-            for _ in 0..EVENT_BATCH {
-                match events.try_recv() {
-                    Ok(ev) => self.on_event(ev),
-                    Err(_) => break,
-                }
-            }
-        });
-        if let Err(panic) = r {
-            self.on_panic(FrameLabel { channel: 0, method: None, kind: "a delivery" }, &panic);
-        }
-        self.after_turn_guarded();
-    }
-
     /// Work left over from a turn: deliver again where credit was freed and
     /// flush pending publisher confirms.
     /// Message-log position up to which messages may be confirmed: on disk
@@ -785,6 +750,7 @@ impl Conn {
             connection: self.id,
             out: &mut self.out,
             outbox: &self.outbox,
+            slots: &mut self.slots,
             frame_max: self.frame_max,
             max_message_size: self.shared.config.max_message_size,
             to_wake: &mut self.turn.to_wake,
@@ -811,27 +777,6 @@ impl Conn {
             Err(e) => {
                 ch.fail(&mut ctx, e);
                 Ok(())
-            }
-        }
-    }
-
-    fn on_event(&mut self, ev: Event) {
-        match ev {
-            Event::Deliver(d) => match self.channels.get_mut(&d.consumer.channel) {
-                Some(ch) if ch.owns(&d.consumer) => {
-                    self.delivered_logged |= d.entry.message.persisted.get().is_some();
-                    ch.deliver(&mut self.out, self.frame_max, d, &mut self.turn);
-                }
-                _ => {
-                    let acked = !d.consumer.no_ack;
-                    d.consumer.finished(d.entry.message.body.len());
-                    d.queue.undeliver(d.entry, acked);
-                }
-            },
-            Event::Cancelled(consumer) => {
-                if let Some(ch) = self.channels.get_mut(&consumer.channel) {
-                    ch.server_cancel(&mut self.out, &consumer, self.cancel_notify);
-                }
             }
         }
     }
@@ -867,14 +812,7 @@ impl Conn {
     /// deliveries go back to their queues, exclusive queues are deleted.
     fn cleanup(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
         self.close_all_channels();
-        events.close();
-        while let Ok(ev) = events.try_recv() {
-            if let Event::Deliver(d) = ev {
-                let acked = !d.consumer.no_ack;
-                d.consumer.finished(d.entry.message.body.len());
-                d.queue.undeliver(d.entry, acked);
-            }
-        }
+        self.drain_events(events);
         if let Some(vhost) = &self.vhost {
             vhost.connection_closed(self.id);
         }

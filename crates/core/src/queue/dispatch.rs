@@ -71,14 +71,14 @@ impl Queue {
                 continue;
             }
             let Some(idx) = Self::pick(st, self.single_active, self.fair) else { break };
-            let consumer = st.consumers[idx].clone();
             let Some(mut entry) = st.pop() else {
                 // Only paged-out messages that could not be read back were left.
-                consumer.release(1);
+                st.consumers[idx].release(1);
                 break;
             };
             entry.delivery_count += 1;
             self.log_delivery(&entry);
+            let consumer = &st.consumers[idx];
             st.stats[if consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }] += 1;
             st.stats[stats::REDELIVER] += entry.redelivered as u64;
             consumer.sent(entry.message.body.len());
@@ -88,19 +88,19 @@ impl Queue {
             } else {
                 st.unacked += 1;
             }
-            // The outbox is borrowed from the queue's own handle on the
-            // consumer: no reference count taken per delivery.
-            let sent = st.consumers[idx].outbox.deliver(Delivery { consumer, queue: self.clone(), entry });
+            // No reference count taken per delivery: the delivery names the
+            // consumer's slot in its connection.
+            let sent = consumer.outbox.deliver(Delivery { slot: consumer.slot, entry });
             if let Err(back) = sent {
                 // The connection is gone; it will cancel this consumer.
-                back.consumer.finished(back.entry.message.body.len());
-                if !back.consumer.no_ack {
+                let consumer = st.consumers.remove(idx);
+                consumer.finished(back.entry.message.body.len());
+                if !consumer.no_ack {
                     st.unacked -= 1;
                 }
                 let mut entry = back.entry;
                 entry.delivery_count -= 1;
                 st.requeue(entry);
-                st.consumers.retain(|c| !Arc::ptr_eq(c, &back.consumer));
                 st.next_consumer = 0;
             }
         }
