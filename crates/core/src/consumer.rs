@@ -39,6 +39,8 @@ pub trait Outbox: Send + Sync {
     /// Hands a delivery to the connection. Gives it back if the connection
     /// is gone, so the queue can keep the message.
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery>;
+    /// Hands over several deliveries to one consumer, in order, at once.
+    fn deliver_all(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<Delivery>>;
     /// The queue cancelled the consumer (it was deleted): the connection
     /// sends `basic.cancel` if the client asked for such notifications.
     fn cancelled(&self, consumer: &Arc<Consumer>);

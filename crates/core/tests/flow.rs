@@ -20,6 +20,10 @@ impl Outbox for Slow {
         self.0.lock().unwrap().push(delivery);
         Ok(())
     }
+    fn deliver_all(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<Delivery>> {
+        self.0.lock().unwrap().extend(deliveries);
+        Ok(())
+    }
     fn cancelled(&self, _consumer: &Arc<Consumer>) {}
 }
 

@@ -66,7 +66,9 @@ impl Channel {
         }
         if consumer.no_ack {
             consumer.finished(msg.body.len());
-            turn.to_wake.push(queue.clone());
+            if !turn.to_wake.last().is_some_and(|q| Arc::ptr_eq(q, queue)) {
+                turn.to_wake.push(queue.clone());
+            }
             self.push_unacked(tag, None);
         } else {
             turn.written(consumer, queue, consumer.window_cost(msg.body.len()));

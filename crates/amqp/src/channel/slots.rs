@@ -83,6 +83,9 @@ mod tests {
         fn deliver(&self, d: Delivery) -> Result<(), Delivery> {
             Err(d)
         }
+        fn deliver_all(&self, all: Vec<Delivery>) -> Result<(), Vec<Delivery>> {
+            Err(all)
+        }
         fn cancelled(&self, _: &Arc<Consumer>) {}
     }
 

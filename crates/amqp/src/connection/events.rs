@@ -5,13 +5,16 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tracing::error;
-use warren_core::{Consumer, Delivery, Outbox};
+use warren_core::{Consumer, Delivery, MessageRef, Outbox};
+use warren_store::Entry;
 
 use super::{Conn, FrameLabel, EVENT_BATCH};
 
 /// What queues send to a connection.
 pub enum Event {
     Deliver(Delivery),
+    /// Deliveries to one consumer, in order.
+    DeliverAll(Vec<Delivery>),
     Cancelled(Arc<Consumer>),
 }
 
@@ -24,7 +27,14 @@ impl Outbox for ConnOutbox {
     fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
         self.tx.send(Event::Deliver(delivery)).map_err(|e| match e.0 {
             Event::Deliver(d) => d,
-            Event::Cancelled(_) => unreachable!("sent a delivery"),
+            _ => unreachable!("sent a delivery"),
+        })
+    }
+
+    fn deliver_all(&self, deliveries: Vec<Delivery>) -> Result<(), Vec<Delivery>> {
+        self.tx.send(Event::DeliverAll(deliveries)).map_err(|e| match e.0 {
+            Event::DeliverAll(all) => all,
+            _ => unreachable!("sent deliveries"),
         })
     }
 
@@ -34,13 +44,14 @@ impl Outbox for ConnOutbox {
 }
 
 impl Conn {
-    /// Queue events, then the turn's leftover work, panics contained.
+    /// Queue events (up to `EVENT_BATCH` deliveries), then the turn's
+    /// leftover work, panics contained.
     pub(super) fn on_events(&mut self, first: Event, events: &mut mpsc::UnboundedReceiver<Event>) {
         let r = crate::panics::contain(|| {
-            self.on_event(first);
-            for _ in 0..EVENT_BATCH {
+            let mut n = self.on_event(first);
+            while n < EVENT_BATCH {
                 match events.try_recv() {
-                    Ok(ev) => self.on_event(ev),
+                    Ok(ev) => n += self.on_event(ev),
                     Err(_) => break,
                 }
             }
@@ -51,28 +62,46 @@ impl Conn {
         self.after_turn_guarded();
     }
 
-    fn on_event(&mut self, ev: Event) {
+    /// Handles one event; returns how many deliveries it had (at least 1).
+    fn on_event(&mut self, ev: Event) -> usize {
         match ev {
             Event::Deliver(d) => {
-                let Some((to, consumer)) = self.slots.get(d.slot) else {
-                    // Cannot happen: a slot outlives the deliveries to it.
-                    error!(slot = d.slot, "a delivery for an unknown consumer slot");
-                    return;
-                };
-                match self.channels.get_mut(&consumer.channel) {
-                    Some(ch) if ch.owns(consumer) => {
-                        self.delivered_logged |= d.entry.message.persisted.get().is_some();
-                        ch.deliver(&mut self.out, self.frame_max, (to, consumer), d.entry, &mut self.turn);
-                    }
-                    _ => {
-                        consumer.finished(d.entry.message.body.len());
-                        to.queue.undeliver(d.entry, !consumer.no_ack);
-                    }
-                }
+                self.on_deliveries(d.slot, std::iter::once(d.entry));
+                1
+            }
+            Event::DeliverAll(all) => {
+                let (Some(first), n) = (all.first(), all.len()) else { return 1 };
+                self.on_deliveries(first.slot, all.into_iter().map(|d| d.entry));
+                n
             }
             Event::Cancelled(consumer) => {
                 if let Some(ch) = self.channels.get_mut(&consumer.channel) {
                     ch.server_cancel(&mut self.out, &consumer, self.cancel_notify);
+                }
+                1
+            }
+        }
+    }
+
+    /// Deliveries to the consumer in `slot`: written out, or back to their
+    /// queue if the consumer is gone from its channel.
+    fn on_deliveries(&mut self, slot: u32, entries: impl Iterator<Item = Entry<MessageRef>>) {
+        let Some((to, consumer)) = self.slots.get(slot) else {
+            // Cannot happen: a slot outlives the deliveries to it.
+            error!(slot, "deliveries for an unknown consumer slot");
+            return;
+        };
+        match self.channels.get_mut(&consumer.channel) {
+            Some(ch) if ch.owns(consumer) => {
+                for entry in entries {
+                    self.delivered_logged |= entry.message.persisted.get().is_some();
+                    ch.deliver(&mut self.out, self.frame_max, (to, consumer), entry, &mut self.turn);
+                }
+            }
+            _ => {
+                for entry in entries {
+                    consumer.finished(entry.message.body.len());
+                    to.queue.undeliver(entry, !consumer.no_ack);
                 }
             }
         }
@@ -83,7 +112,12 @@ impl Conn {
     pub(super) fn drain_events(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
         events.close();
         while let Ok(ev) = events.try_recv() {
-            if let Event::Deliver(d) = ev {
+            let all = match ev {
+                Event::Deliver(d) => vec![d],
+                Event::DeliverAll(all) => all,
+                Event::Cancelled(_) => continue,
+            };
+            for d in all {
                 if let Some((to, consumer)) = self.slots.get(d.slot) {
                     consumer.finished(d.entry.message.body.len());
                     to.queue.undeliver(d.entry, !consumer.no_ack);
