@@ -854,14 +854,15 @@ mod tests {
         d
     }
 
+    /// Polls until the log is synced to `pos`. The deadline is generous:
+    /// an fsync on a loaded CI machine took more than the second this
+    /// allowed before.
     fn wait_synced(log: &MessageLog, pos: u64) {
-        for _ in 0..1000 {
-            if log.synced() >= pos {
-                return;
-            }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while log.synced() < pos {
+            assert!(std::time::Instant::now() < deadline, "never synced to {pos}");
             thread::sleep(std::time::Duration::from_millis(1));
         }
-        panic!("never synced to {pos}");
     }
 
     fn bodies(log: &MessageLog, rec: &Recovered, q: &str) -> Vec<Vec<u8>> {
