@@ -92,6 +92,28 @@ fn try_take(counter: &AtomicU32, limit: u32) -> bool {
 }
 
 impl Consumer {
+    /// A consumer tagged `tag` in `slot` of its connection (`outbox`),
+    /// acking, without prefetch, priority, timeout or channel-wide credit;
+    /// callers set the rest with struct update syntax.
+    pub fn new(tag: Arc<str>, outbox: Arc<dyn Outbox>, slot: u32) -> Consumer {
+        Consumer {
+            tag,
+            connection: 0,
+            channel: 0,
+            no_ack: false,
+            exclusive: false,
+            priority: 0,
+            prefetch: AtomicU32::new(0),
+            unacked: AtomicU32::new(0),
+            inflight_bytes: Default::default(),
+            channel_credit: Default::default(),
+            cancelled: AtomicBool::new(false),
+            timeout_ms: None,
+            outbox,
+            slot,
+        }
+    }
+
     /// Takes one unit of credit for a delivery, if both the consumer's and
     /// the channel's prefetch allow it.
     pub fn try_acquire(&self) -> bool {

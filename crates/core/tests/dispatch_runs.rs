@@ -45,22 +45,7 @@ fn message(i: u32) -> Arc<Message> {
 }
 
 fn consumer(prefetch: u32, outbox: Arc<Conn>) -> Arc<Consumer> {
-    Arc::new(Consumer {
-        connection: 0,
-        tag: "c".into(),
-        channel: 1,
-        no_ack: false,
-        exclusive: false,
-        priority: 0,
-        prefetch: prefetch.into(),
-        timeout_ms: None,
-        unacked: Default::default(),
-        inflight_bytes: Default::default(),
-        channel_credit: Default::default(),
-        cancelled: Default::default(),
-        outbox,
-        slot: 0,
-    })
+    Arc::new(Consumer { channel: 1, prefetch: prefetch.into(), ..Consumer::new("c".into(), outbox, 0) })
 }
 
 fn queue_with(n: u32) -> Arc<Queue> {

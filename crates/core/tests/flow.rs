@@ -76,22 +76,7 @@ fn a_queue_asks_once_its_ready_bodies_pass_eight_mebibytes() {
 }
 
 fn consumer() -> Arc<Consumer> {
-    Arc::new(Consumer {
-        connection: 0,
-        tag: "c".into(),
-        channel: 1,
-        no_ack: false,
-        exclusive: false,
-        priority: 0,
-        prefetch: 10.into(),
-        timeout_ms: None,
-        unacked: Default::default(),
-        inflight_bytes: Default::default(),
-        channel_credit: Default::default(),
-        cancelled: Default::default(),
-        outbox: Arc::new(Slow::default()),
-        slot: 0,
-    })
+    Arc::new(Consumer { channel: 1, prefetch: 10.into(), ..Consumer::new("c".into(), Arc::new(Slow::default()), 0) })
 }
 
 #[test]

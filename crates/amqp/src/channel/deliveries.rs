@@ -308,19 +308,14 @@ impl Channel {
         ctx.slots.add(queue, |slot| {
             Arc::new(Consumer {
                 timeout_ms,
-                tag: tag.into(),
                 connection: ctx.connection,
                 channel: self.id,
                 no_ack,
                 exclusive,
                 priority,
                 prefetch: self.consumer_prefetch.into(),
-                unacked: Default::default(),
-                inflight_bytes: Default::default(),
                 channel_credit: self.credit.clone(),
-                cancelled: Default::default(),
-                outbox: ctx.outbox.clone(),
-                slot,
+                ..Consumer::new(tag.into(), ctx.outbox.clone(), slot)
             })
         })
     }

@@ -91,20 +91,9 @@ mod tests {
 
     fn consumer(slot: u32) -> Arc<Consumer> {
         Arc::new(Consumer {
-            tag: format!("c{slot}").into(),
             connection: 1,
             channel: 1,
-            no_ack: false,
-            exclusive: false,
-            priority: 0,
-            prefetch: 0.into(),
-            unacked: Default::default(),
-            inflight_bytes: Default::default(),
-            channel_credit: Default::default(),
-            cancelled: Default::default(),
-            timeout_ms: None,
-            outbox: Arc::new(Nowhere),
-            slot,
+            ..Consumer::new(format!("c{slot}").into(), Arc::new(Nowhere), slot)
         })
     }
 
