@@ -396,3 +396,23 @@ def test_consumers_come_and_go_on_one_connection_without_losing_messages(conn, n
     assert max(acked.values()) == 1
     round_trip(conn, ch, name)
     assert count(ch, name) == 0
+
+
+def test_a_publisher_repeating_its_routing_key_follows_its_queue_through_delete_and_redeclare(conn, name):
+    # A channel that publishes to one queue name over and over must see the
+    # queue go and a new one of that name come (Warren caches the route).
+    pub = conn.channel()
+    pub.confirm_delivery()
+    adm = conn.channel()
+    declare(adm, name, auto_delete=False)
+    for _ in range(3):
+        pub.basic_publish("", name, b"old")
+    assert declare(adm, name, passive=True).message_count == 3
+    assert adm.queue_delete(name).method.message_count == 3
+    with pytest.raises(pe.UnroutableError):
+        pub.basic_publish("", name, b"lost", mandatory=True)
+    declare(adm, name, auto_delete=False)
+    pub.basic_publish("", name, b"new", mandatory=True)
+    pub.basic_publish("", name, b"newer", mandatory=True)
+    assert get_all(adm, name) == [("new", False), ("newer", False)]
+    adm.queue_delete(name)

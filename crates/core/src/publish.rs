@@ -36,6 +36,66 @@ pub struct Publisher<'a> {
     pub topic_permissions: &'a TopicPermissions,
     /// The publishing channel's counters (it is their only writer).
     pub stats: &'a Counters,
+    /// A long-lived publisher's (a channel's) own state; without it,
+    /// every publish adds to the exchange's shared counters itself and
+    /// looks its queues up.
+    pub local: Option<&'a PublisherLocal>,
+}
+
+/// What a channel keeps between its publishes.
+#[derive(Default)]
+pub struct PublisherLocal {
+    pub tally: ExchangeTally,
+    pub route: crate::vhost::RouteCache,
+}
+
+/// A publisher's `publish_in` / `publish_out` counts for the exchange it
+/// published to last, added to that exchange's shared counters when it
+/// publishes to another, on [`ExchangeTally::flush`] (a channel's tick,
+/// every 500 ms) and when dropped. The shared counters take a locked
+/// add from every publisher: per message, that was 4 % of the broker's
+/// samples on the transient path (the add waits for the core's pending
+/// stores). The management API's figures lag by at most a tick.
+#[derive(Default)]
+pub struct ExchangeTally(std::cell::RefCell<Option<(Arc<Exchange>, u64, u64)>>);
+
+impl ExchangeTally {
+    /// One message published to `x`, routed to some queue or not.
+    pub fn count(&self, x: &Arc<Exchange>, routed: bool) {
+        let mut t = self.0.borrow_mut();
+        match &mut *t {
+            Some((last, n_in, n_out)) if Arc::ptr_eq(last, x) => {
+                *n_in += 1;
+                *n_out += routed as u64;
+            }
+            _ => {
+                Self::add_to(t.replace((x.clone(), 1, routed as u64)));
+            }
+        }
+    }
+
+    /// Adds what is tallied to the exchange's shared counters.
+    pub fn flush(&self) {
+        if let Some((x, n_in, n_out)) = self.0.borrow_mut().as_mut() {
+            Self::add_to(Some((x.clone(), std::mem::take(n_in), std::mem::take(n_out))));
+        }
+    }
+
+    fn add_to(t: Option<(Arc<Exchange>, u64, u64)>) {
+        if let Some((x, n_in, n_out)) = t {
+            for (i, n) in [(stats::PUBLISH_IN, n_in), (stats::PUBLISH_OUT, n_out)] {
+                if n > 0 {
+                    x.stats.add(i, n);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ExchangeTally {
+    fn drop(&mut self) {
+        Self::add_to(self.0.get_mut().take());
+    }
 }
 
 /// What became of a published message.
@@ -88,7 +148,7 @@ impl Publisher<'_> {
             Some(x) => x,
             None => {
                 named = self.exchange(exchange)?;
-                &*named
+                &named
             }
         };
         if x.kind == ExchangeKind::Topic && self.topic_permissions.any(self.broker, &vhost.name, self.user) {
@@ -108,7 +168,20 @@ impl Publisher<'_> {
             }
         }
         queues.clear();
-        let fresh = vhost.route(x, &msg, queues);
+        let fresh = match self.local {
+            Some(local) => {
+                // The default exchange has no deduplication: always fresh.
+                let fresh = if exchange.is_empty() {
+                    vhost.route_default(&local.route, &msg, queues);
+                    true
+                } else {
+                    vhost.route_uncounted(x, &msg, queues)
+                };
+                local.tally.count(x, !queues.is_empty());
+                fresh
+            }
+            None => vhost.route(x, &msg, queues),
+        };
         let unroutable = queues.is_empty() && fresh;
         if unroutable {
             self.stats.bump(if mandatory { stats::RETURN_UNROUTABLE } else { stats::DROP_UNROUTABLE }, 1);

@@ -132,6 +132,9 @@ pub struct Channel {
     writable: Option<(u64, Arc<str>)>,
     /// Whether topic permissions apply to this user here, at an access epoch.
     topic_permissions: warren_core::publish::TopicPermissions,
+    /// Its exchange counts (added to the exchanges on the tick) and its
+    /// last default-exchange route.
+    publishing: warren_core::publish::PublisherLocal,
     /// Replies waiting for the message log to sync past their position,
     /// in the order they must be sent.
     held: VecDeque<(u64, Held)>,
@@ -201,6 +204,7 @@ impl Channel {
             last_routing_key: Arc::from(""),
             writable: None,
             topic_permissions: Default::default(),
+            publishing: Default::default(),
             held: VecDeque::new(),
             reply: None,
         }

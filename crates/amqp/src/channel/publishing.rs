@@ -5,13 +5,14 @@
 
 use super::*;
 use warren_core::names::Names;
-use warren_core::publish::TopicPermissions;
+use warren_core::publish::{PublisherLocal, TopicPermissions};
 
 /// This channel's side of core's publish path (`warren_core::publish`).
 pub(super) fn publisher<'x>(
     ctx: &'x Ctx<'_>,
     topic_permissions: &'x TopicPermissions,
     stats: &'x Counters,
+    local: &'x PublisherLocal,
 ) -> Publisher<'x> {
     Publisher {
         broker: ctx.broker,
@@ -20,6 +21,7 @@ pub(super) fn publisher<'x>(
         impersonator: ctx.impersonator,
         topic_permissions,
         stats,
+        local: Some(local),
     }
 }
 
@@ -116,7 +118,7 @@ impl Channel {
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
             msg.check_expiration().map_err(|e| e.during(60, 40))?;
-            publisher(ctx, &self.topic_permissions, &self.info.stats).exchange(msg.exchange())?;
+            publisher(ctx, &self.topic_permissions, &self.info.stats, &self.publishing).exchange(msg.exchange())?;
             self.tx_publishes.push((p, msg));
             return Ok(());
         }
@@ -144,7 +146,11 @@ impl Channel {
     ) -> Result<(u64, bool), AmqpError> {
         let mut queues = std::mem::take(&mut self.routed);
         let returned = mandatory.then(|| msg.clone());
-        let outcome = publisher(ctx, &self.topic_permissions, &self.info.stats).publish(msg, mandatory, &mut queues);
+        let outcome = publisher(ctx, &self.topic_permissions, &self.info.stats, &self.publishing).publish(
+            msg,
+            mandatory,
+            &mut queues,
+        );
         self.routed = queues;
         let outcome = outcome?;
         if let Some(msg) = returned.filter(|_| outcome.unroutable) {
@@ -153,6 +159,11 @@ impl Channel {
         }
         *ctx.pressure |= outcome.pressure;
         Ok((outcome.pos, outcome.accepted))
+    }
+
+    /// Adds this channel's tallied exchange counts to the exchanges.
+    pub fn flush_exchange_stats(&self) {
+        self.publishing.tally.flush();
     }
 
     /// Sends what the log's progress allows: held replies up to `synced`,

@@ -455,6 +455,7 @@ async fn serve_as(
                     let now_ms = warren_core::now_ms();
                     for ch in c.channels.values_mut() {
                         ch.expire_consumers(&mut c.out, &vhost, c.cancel_notify, now_ms);
+                        ch.flush_exchange_stats();
                     }
                 }
                 let killed = c.registered.as_ref().and_then(|i| i.kill_reason.lock().take());

@@ -4,6 +4,7 @@
 mod durable;
 mod equivalence;
 mod routing;
+pub use routing::RouteCache;
 
 use equivalence::{describe, equivalent, inequivalent, queue_arg, quoted, same_queue_arg, EQUIVALENT_QUEUE_ARGS};
 
@@ -40,6 +41,10 @@ pub struct VHost {
     pub name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Moves on (under `queues`' write lock) whenever a queue is added or
+    /// removed: a publisher's cached default-exchange route
+    /// ([`RouteCache`]) holds while it has not.
+    queues_gen: std::sync::atomic::AtomicU64,
     /// Message log given to durable queues (None: memory only).
     log: Option<Arc<dyn MessageStore>>,
     /// Where durable definitions are saved (None: not saved).
@@ -93,6 +98,7 @@ impl VHost {
             default_exchange,
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::default()),
+            queues_gen: Default::default(),
             log: None,
             definitions: None,
             save_lock: parking_lot::Mutex::new(()),
@@ -234,8 +240,8 @@ impl VHost {
 
     /// The default exchange, borrowed (the publish path routes through it
     /// without touching its reference count).
-    pub fn default_exchange(&self) -> Option<&Exchange> {
-        self.default_exchange.as_deref()
+    pub fn default_exchange(&self) -> Option<&Arc<Exchange>> {
+        self.default_exchange.as_ref()
     }
 
     pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
@@ -419,6 +425,7 @@ impl VHost {
         crate::arguments::validate_queue_args(&arguments, name, &self.name)?;
         let q = Arc::new(self.new_queue(name, durable, exclusive.then_some(connection), auto_delete, arguments));
         queues.insert(name.to_owned(), q.clone());
+        self.queues_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
         self.hooks.queues_created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(queues);
         self.persist(durable && !exclusive);
@@ -446,6 +453,7 @@ impl VHost {
             match queues.get(&q.name) {
                 Some(existing) if Arc::ptr_eq(existing, q) => {
                     queues.remove(&q.name);
+                    self.queues_gen.fetch_add(1, std::sync::atomic::Ordering::Release);
                     self.hooks.queues_deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 _ => return 0,

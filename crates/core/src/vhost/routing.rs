@@ -4,7 +4,48 @@
 
 use super::*;
 
+/// A publisher's last route through the default exchange (its routing
+/// key and the queue of that name), good while the vhost's set of queues
+/// has not changed since (`queues_gen`): a publisher that repeats its
+/// routing key skips the lookup and the read lock on the queue map (two
+/// locked instructions and a hash a message). Direct reply-to names are
+/// never cached. Used on one thread (a channel's).
+#[derive(Default)]
+pub struct RouteCache(std::cell::RefCell<Option<CachedRoute>>);
+
+/// The vhost's `queues_gen` when looked up, the routing key, its queue.
+type CachedRoute = (u64, Box<str>, Arc<Queue>);
+
 impl VHost {
+    /// Routes through the default exchange (to the queue named by the
+    /// routing key, or a direct reply-to pseudo-queue) with `cache`'s help.
+    pub fn route_default(&self, cache: &RouteCache, message: &Message, out: &mut Vec<Arc<Queue>>) {
+        let key = message.routing_key();
+        // Read before the lookup: a change after it makes the next
+        // publish look again.
+        let gen = self.queues_gen.load(std::sync::atomic::Ordering::Acquire);
+        if let Some((g, k, q)) = &*cache.0.borrow() {
+            if *g == gen && **k == *key {
+                out.push(q.clone());
+                return;
+            }
+        }
+        let found = self.queues.read().get(key).cloned();
+        match found {
+            Some(q) => {
+                *cache.0.borrow_mut() = Some((gen, key.into(), q.clone()));
+                out.push(q);
+            }
+            None => {
+                if key.starts_with(REPLY_TO) {
+                    if let Some(q) = self.reply_queues.read().get(key).and_then(Weak::upgrade) {
+                        out.push(q);
+                    }
+                }
+            }
+        }
+    }
+
     /// The queues a message published to `exchange` reaches: its bindings,
     /// exchange-to-exchange bindings followed once each, and the alternate
     /// exchange when nothing else matched. Each queue appears once.
@@ -12,14 +53,21 @@ impl VHost {
     /// returns false for such a duplicate (it is not "unroutable").
     pub fn route(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) -> bool {
         exchange.stats.add(stats::PUBLISH_IN, 1);
-        if exchange.is_duplicate(message) {
-            return false;
-        }
         let before = out.len();
-        self.route_from(exchange, message, out);
+        let fresh = self.route_uncounted(exchange, message, out);
         if out.len() > before {
             exchange.stats.add(stats::PUBLISH_OUT, 1);
         }
+        fresh
+    }
+
+    /// [`VHost::route`] without counting into the exchange's shared
+    /// counters: the caller tallies them (`publish::ExchangeTally`).
+    pub fn route_uncounted(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) -> bool {
+        if exchange.is_duplicate(message) {
+            return false;
+        }
+        self.route_from(exchange, message, out);
         true
     }
 

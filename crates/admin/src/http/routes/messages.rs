@@ -90,6 +90,7 @@ fn publish_now(
         impersonator: call.user.tags.iter().any(|t| t == "impersonator"),
         topic_permissions: &Default::default(),
         stats: counters,
+        local: None,
     };
     publisher.check_user_id(props.user_id().as_ref().map(|u| u.as_str())).map_err(refused)?;
     let raw = warren_protocol::content::encode_properties(&props);
