@@ -238,3 +238,38 @@ pub fn get(queue: &Arc<Queue>, no_ack: bool, stats: &Counters) -> Option<(Entry<
     }
     got
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warren_protocol::FieldTable;
+
+    fn exchange(name: &str) -> Arc<Exchange> {
+        Arc::new(Exchange::new(name, ExchangeKind::Direct, false, false, false, FieldTable::default()))
+    }
+
+    fn counts(x: &Exchange) -> (u64, u64) {
+        let c = x.stats.snapshot();
+        (c[stats::PUBLISH_IN], c[stats::PUBLISH_OUT])
+    }
+
+    #[test]
+    fn a_tally_reaches_its_exchanges_on_a_change_a_flush_and_a_drop() {
+        let (a, b) = (exchange("a"), exchange("b"));
+        let tally = ExchangeTally::default();
+        tally.count(&a, true);
+        tally.count(&a, false);
+        tally.count(&a, true);
+        assert_eq!(counts(&a), (0, 0), "tallied, not yet added");
+        tally.count(&b, false);
+        assert_eq!(counts(&a), (3, 2), "added when the publisher moved on");
+        tally.flush();
+        assert_eq!(counts(&b), (1, 0));
+        tally.flush();
+        assert_eq!(counts(&b), (1, 0), "a flush adds only what came since");
+        tally.count(&b, true);
+        drop(tally);
+        assert_eq!(counts(&b), (2, 1), "added when dropped");
+        assert_eq!(counts(&a), (3, 2));
+    }
+}

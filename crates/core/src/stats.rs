@@ -4,7 +4,8 @@
 //! the owner allows: a queue counts under the lock it already holds (plain
 //! integers in its state); a channel, the only writer of its counters, does
 //! a relaxed load and store (no locked instruction, see [`Counters::bump`]);
-//! an exchange, shared by publishers, one relaxed `fetch_add`. Rates are
+//! an exchange, shared by publishers, a relaxed `fetch_add` of what each
+//! channel tallied since its last tick (`publish::ExchangeTally`). Rates are
 //! never computed per message: a timer samples every object's counters
 //! ([`Rates::sample`], every [`SAMPLE_INTERVAL_MS`]) and the rate is the
 //! change over the last interval, as RabbitMQ's `collect_statistics_interval`
