@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tracing::error;
-use warren_core::{Consumer, Delivery, MessageRef, Outbox};
+use warren_core::{Consumer, Delivery, MessageRef, Outbox, Queue};
 use warren_store::Entry;
 
 use super::{Conn, FrameLabel, EVENT_BATCH};
@@ -98,12 +98,7 @@ impl Conn {
                     ch.deliver(&mut self.out, self.frame_max, (to, consumer), entry, &mut self.turn);
                 }
             }
-            _ => {
-                for entry in entries {
-                    consumer.finished(entry.message.body.len());
-                    to.queue.undeliver(entry, !consumer.no_ack);
-                }
-            }
+            _ => give_back(&to.queue, consumer, entries),
         }
     }
 
@@ -112,17 +107,30 @@ impl Conn {
     pub(super) fn drain_events(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
         events.close();
         while let Ok(ev) = events.try_recv() {
-            let all = match ev {
-                Event::Deliver(d) => vec![d],
-                Event::DeliverAll(all) => all,
-                Event::Cancelled(_) => continue,
-            };
-            for d in all {
-                if let Some((to, consumer)) = self.slots.get(d.slot) {
-                    consumer.finished(d.entry.message.body.len());
-                    to.queue.undeliver(d.entry, !consumer.no_ack);
+            match ev {
+                Event::Deliver(d) => self.give_back_to(d.slot, std::iter::once(d.entry)),
+                Event::DeliverAll(all) => {
+                    if let Some(slot) = all.first().map(|d| d.slot) {
+                        self.give_back_to(slot, all.into_iter().map(|d| d.entry));
+                    }
                 }
+                Event::Cancelled(_) => {}
             }
         }
+    }
+
+    fn give_back_to(&self, slot: u32, entries: impl Iterator<Item = Entry<MessageRef>>) {
+        if let Some((to, consumer)) = self.slots.get(slot) {
+            give_back(&to.queue, consumer, entries);
+        }
+    }
+}
+
+/// Deliveries that will not be written out: their credit comes back and
+/// they return to their queue.
+fn give_back(queue: &Arc<Queue>, consumer: &Consumer, entries: impl Iterator<Item = Entry<MessageRef>>) {
+    for entry in entries {
+        consumer.finished(entry.message.body.len());
+        queue.undeliver(entry, !consumer.no_ack);
     }
 }

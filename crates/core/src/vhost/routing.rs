@@ -36,14 +36,16 @@ impl VHost {
                 *cache.0.borrow_mut() = Some((gen, key.into(), q.clone()));
                 out.push(q);
             }
-            None => {
-                if key.starts_with(REPLY_TO) {
-                    if let Some(q) = self.reply_queues.read().get(key).and_then(Weak::upgrade) {
-                        out.push(q);
-                    }
-                }
-            }
+            None => out.extend(self.reply_queue(key)),
         }
+    }
+
+    /// The direct reply-to pseudo-queue a routing key names, if any.
+    fn reply_queue(&self, key: &str) -> Option<Arc<Queue>> {
+        if !key.starts_with(REPLY_TO) {
+            return None;
+        }
+        self.reply_queues.read().get(key).and_then(Weak::upgrade)
     }
 
     /// The queues a message published to `exchange` reaches: its bindings,
@@ -73,13 +75,8 @@ impl VHost {
 
     pub(super) fn route_from(&self, exchange: &Exchange, message: &Message, out: &mut Vec<Arc<Queue>>) {
         if exchange.name.is_empty() {
-            if let Some(q) = self.queues.read().get(message.routing_key()) {
-                out.push(q.clone());
-            } else if message.routing_key().starts_with(REPLY_TO) {
-                if let Some(q) = self.reply_queues.read().get(message.routing_key()).and_then(Weak::upgrade) {
-                    out.push(q);
-                }
-            }
+            let found = self.queues.read().get(message.routing_key()).cloned();
+            out.extend(found.or_else(|| self.reply_queue(message.routing_key())));
             return;
         }
         let mut dests = Vec::new();
