@@ -168,6 +168,16 @@ impl Publisher<'_> {
             }
         }
         queues.clear();
+        if let Some(local) = self.local.filter(|_| exchange.is_empty()) {
+            if let Some(q) = vhost.cached_default(&local.route, msg.routing_key()) {
+                // A publisher repeating its routing key: no reference
+                // count taken on the queue.
+                local.tally.count(x, true);
+                let pressure = q.under_pressure();
+                let (pos, accepted) = vhost.enqueue_one(msg, &q);
+                return Ok(Outcome { pos, accepted, unroutable: false, pressure, delayed: false });
+            }
+        }
         let fresh = match self.local {
             Some(local) => {
                 // The default exchange has no deduplication: always fresh.

@@ -576,28 +576,38 @@ impl VHost {
     /// the log position to sync before confirming (0 if none) and whether
     /// every queue took it (false: a length limit refused it).
     pub fn enqueue(&self, msg: MessageRef, queues: &mut Vec<Arc<Queue>>) -> (u64, bool) {
-        let mut pos = 0;
-        if msg.is_persistent() {
-            if let Some(log) = queues.iter().find_map(|q| q.log.as_ref()) {
-                let durable: Vec<&str> =
-                    queues.iter().filter(|q| q.log.is_some()).map(|q| q.log_key.as_str()).collect();
-                let (persisted, at) = log.publish(
-                    &durable,
-                    crate::now_ms(),
-                    msg.exchange(),
-                    msg.routing_key(),
-                    &msg.properties_raw,
-                    &msg.body,
-                );
-                let _ = msg.persisted.set(persisted);
-                pos = at;
-            }
-        }
+        let pos = self.log_publish(&msg, queues.iter().map(|q| &**q));
         let mut accepted = true;
+        // The last queue takes the caller's reference: one count less.
+        let last = queues.pop();
         for q in queues.drain(..) {
             accepted &= q.publish(msg.clone());
         }
+        if let Some(q) = last {
+            accepted &= q.publish(msg);
+        }
         (pos, accepted)
+    }
+
+    /// [`VHost::enqueue`] for a message routed to one queue.
+    pub fn enqueue_one(&self, msg: MessageRef, queue: &Arc<Queue>) -> (u64, bool) {
+        let pos = self.log_publish(&msg, std::iter::once(&**queue));
+        (pos, queue.publish(msg))
+    }
+
+    /// Writes a persistent message to the message log once for all the
+    /// durable queues among `queues`; returns the position to sync (0: not
+    /// logged).
+    fn log_publish<'q>(&self, msg: &Message, queues: impl Iterator<Item = &'q Queue> + Clone) -> u64 {
+        if !msg.is_persistent() {
+            return 0;
+        }
+        let Some(log) = queues.clone().find_map(|q| q.log.as_ref()) else { return 0 };
+        let durable: Vec<&str> = queues.filter(|q| q.log.is_some()).map(|q| q.log_key.as_str()).collect();
+        let (persisted, at) =
+            log.publish(&durable, crate::now_ms(), msg.exchange(), msg.routing_key(), &msg.properties_raw, &msg.body);
+        let _ = msg.persisted.set(persisted);
+        at
     }
 
     /// Republishes messages that died in `from` to its dead-letter exchange.

@@ -17,19 +17,27 @@ pub struct RouteCache(std::cell::RefCell<Option<CachedRoute>>);
 type CachedRoute = (u64, Box<str>, Arc<Queue>);
 
 impl VHost {
+    /// The queue `cache` holds for `key`, if the vhost's queues have not
+    /// changed since it was looked up. Borrowed: the caller enqueues into
+    /// it without taking a reference count (two locked instructions a
+    /// message).
+    pub fn cached_default<'c>(&self, cache: &'c RouteCache, key: &str) -> Option<std::cell::Ref<'c, Arc<Queue>>> {
+        let gen = self.queues_gen.load(std::sync::atomic::Ordering::Acquire);
+        std::cell::Ref::filter_map(cache.0.borrow(), |c| match c {
+            Some((g, k, q)) if *g == gen && **k == *key => Some(q),
+            _ => None,
+        })
+        .ok()
+    }
+
     /// Routes through the default exchange (to the queue named by the
-    /// routing key, or a direct reply-to pseudo-queue) with `cache`'s help.
+    /// routing key, or a direct reply-to pseudo-queue), remembering a
+    /// queue found in `cache` (see [`VHost::cached_default`]).
     pub fn route_default(&self, cache: &RouteCache, message: &Message, out: &mut Vec<Arc<Queue>>) {
         let key = message.routing_key();
         // Read before the lookup: a change after it makes the next
         // publish look again.
         let gen = self.queues_gen.load(std::sync::atomic::Ordering::Acquire);
-        if let Some((g, k, q)) = &*cache.0.borrow() {
-            if *g == gen && **k == *key {
-                out.push(q.clone());
-                return;
-            }
-        }
         let found = self.queues.read().get(key).cloned();
         match found {
             Some(q) => {
