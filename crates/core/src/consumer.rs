@@ -87,8 +87,19 @@ pub struct Consumer {
     pub slot: u32,
 }
 
-fn try_take(counter: &AtomicU32, limit: u32) -> bool {
-    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (limit == 0 || n < limit).then_some(n + 1)).is_ok()
+/// Takes up to `max` units of `counter` below `limit` (0 = no limit) in
+/// one step; returns how many.
+fn take_up_to(counter: &AtomicU32, limit: u32, max: u32) -> u32 {
+    let mut got = 0;
+    let taken = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        got = if limit == 0 { max } else { limit.saturating_sub(n).min(max) };
+        (got > 0).then(|| n + got)
+    });
+    if taken.is_ok() {
+        got
+    } else {
+        0
+    }
 }
 
 impl Consumer {
@@ -117,26 +128,41 @@ impl Consumer {
     /// Takes one unit of credit for a delivery, if both the consumer's and
     /// the channel's prefetch allow it.
     pub fn try_acquire(&self) -> bool {
-        if self.no_ack {
-            return self.inflight_bytes.load(Ordering::Acquire) < NO_ACK_BYTES
-                && try_take(&self.unacked, NO_ACK_WINDOW);
-        }
-        if self.inflight_bytes.load(Ordering::Acquire) >= NO_ACK_BYTES
-            || !try_take(&self.unacked, self.prefetch.load(Ordering::Relaxed))
-        {
-            return false;
-        }
-        let limit = self.channel_credit.limit.load(Ordering::Acquire);
-        if !try_take(&self.channel_credit.unacked, limit) {
-            self.unacked.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
+        self.try_acquire_many(1) == 1
     }
 
-    /// A delivery of `body_len` bytes was handed to the connection.
-    pub fn sent(&self, body_len: usize) {
-        self.inflight_bytes.fetch_add(self.window_cost(body_len), Ordering::AcqRel);
+    /// Takes credit for up to `max` deliveries at once (as many as both
+    /// the consumer's and the channel's prefetch allow), if the outbound
+    /// window is open; returns how many. The caller gives back what it
+    /// does not use ([`Consumer::release`]).
+    pub fn try_acquire_many(&self, max: u32) -> u32 {
+        if self.inflight_bytes.load(Ordering::Acquire) >= NO_ACK_BYTES {
+            return 0;
+        }
+        if self.no_ack {
+            return take_up_to(&self.unacked, NO_ACK_WINDOW, max);
+        }
+        let got = take_up_to(&self.unacked, self.prefetch.load(Ordering::Relaxed), max);
+        if got == 0 {
+            return 0;
+        }
+        let limit = self.channel_credit.limit.load(Ordering::Acquire);
+        let shared = take_up_to(&self.channel_credit.unacked, limit, got);
+        if shared < got {
+            self.unacked.fetch_sub(got - shared, Ordering::AcqRel);
+        }
+        shared
+    }
+
+    /// Deliveries `cost` in all (see [`Consumer::window_cost`]) were handed
+    /// to the connection. Called once per run, before the hand-over.
+    pub fn sent(&self, cost: u64) {
+        self.inflight_bytes.fetch_add(cost, Ordering::AcqRel);
+    }
+
+    /// Bytes handed to the connection and not yet written out.
+    pub fn inflight(&self) -> u64 {
+        self.inflight_bytes.load(Ordering::Acquire)
     }
 
     /// What one delivery of `body_len` bytes counts in the outbound window.

@@ -86,9 +86,58 @@ fn a_gone_connection_gives_every_delivery_of_the_run_back_in_order() {
     assert_eq!(q.message_count(), 25, "all ten went back");
     assert_eq!(q.consumer_count(), 0, "the consumer was dropped");
     assert_eq!(c.unacked.load(std::sync::atomic::Ordering::Acquire), 0, "its credit came back");
+    assert_eq!(c.inflight(), 0, "and its window");
     // The next consumer gets them in the original order.
     let conn = Arc::new(Conn::default());
     q.add_consumer(consumer(100, conn.clone())).unwrap();
     assert_eq!(*conn.handoffs.lock().unwrap(), vec![names(0..25)]);
     assert_eq!(q.message_count(), 0);
+}
+
+fn unacked(c: &Consumer) -> u32 {
+    c.unacked.load(std::sync::atomic::Ordering::Acquire)
+}
+
+#[test]
+fn credit_taken_for_a_run_at_once_never_exceeds_either_prefetch_and_comes_back_unused() {
+    // The channel's prefetch (4) is below the consumer's (10).
+    let q = queue_with(25);
+    let conn = Arc::new(Conn::default());
+    let c = consumer(10, conn.clone());
+    c.channel_credit.limit.store(4, std::sync::atomic::Ordering::Release);
+    q.add_consumer(c.clone()).unwrap();
+    assert_eq!(*conn.handoffs.lock().unwrap(), vec![names(0..4)]);
+    assert_eq!((unacked(&c), c.channel_credit.unacked.load(std::sync::atomic::Ordering::Acquire)), (4, 4));
+    // Each delivery counts its body and the per-delivery overhead.
+    assert_eq!(c.inflight(), 4 * (2 + warren_core::consumer::DELIVERY_OVERHEAD));
+
+    // Without a prefetch, fewer ready messages than credit: exactly those
+    // are counted.
+    let q = queue_with(3);
+    let conn = Arc::new(Conn::default());
+    let c = consumer(0, conn.clone());
+    q.add_consumer(c.clone()).unwrap();
+    assert_eq!(*conn.handoffs.lock().unwrap(), vec![names(0..3)]);
+    assert_eq!(unacked(&c), 3);
+    q.publish(message(3));
+    assert_eq!(unacked(&c), 4);
+}
+
+#[test]
+fn a_run_stops_where_the_outbound_window_fills() {
+    // 1 MiB bodies to a no-ack consumer: its window holds 16 MiB.
+    let q = Arc::new(Queue::new("q", "/", false, None, false, FieldTable::default()));
+    let props = AMQPProperties::default();
+    let raw = warren_protocol::content::encode_properties(&props);
+    for _ in 0..40 {
+        let body = Bytes::from(vec![b'x'; 1 << 20]);
+        q.publish(Arc::new(Message::new("".into(), "q".into(), raw.clone(), props.clone(), body)));
+    }
+    let conn = Arc::new(Conn::default());
+    let c = Arc::new(Consumer { channel: 1, no_ack: true, ..Consumer::new("c".into(), conn.clone(), 0) });
+    q.add_consumer(c.clone()).unwrap();
+    let sizes: Vec<usize> = conn.handoffs.lock().unwrap().iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![16], "one run, up to the window");
+    assert_eq!((unacked(&c), c.inflight()), (16, 16 << 20), "credit taken ahead and unused came back");
+    assert_eq!(q.message_count(), 24);
 }

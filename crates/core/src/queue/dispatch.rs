@@ -3,6 +3,10 @@
 //! ready messages while consumers have credit.
 
 use super::*;
+use crate::consumer::NO_ACK_BYTES;
+
+/// At most this many deliveries' credit taken ahead at once.
+const RUN_AHEAD: usize = 1024;
 
 impl Queue {
     /// Picks the consumer for the next delivery and takes its credit:
@@ -66,21 +70,47 @@ impl Queue {
 
     /// Delivers ready messages to consumers with credit. The deliveries
     /// picked for one consumer in a row reach its connection in one
-    /// hand-off (after an ack of 100 frees credit, 100 of them).
+    /// hand-off (after an ack of 100 frees credit, 100 of them). The
+    /// queue's only consumer (or its single active one) takes credit for a
+    /// run at once, and a run's bytes enter its window at once: a few
+    /// locked instructions a run, not three a message.
     pub(super) fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
         let mut run = Run::None;
         let mut run_of = 0;
+        // Credit taken ahead for `run_of`, and the window cost of the run
+        // not yet added to its `inflight_bytes` (both settled before the
+        // next pick and before a hand-over).
+        let mut ahead = 0u32;
+        let mut cost = 0u64;
+        // What the window of `run_of` had room for when it took `ahead`.
+        let mut room = 0u64;
         while st.len() > 0 && !st.consumers.is_empty() {
             if self.drop_expired(st) > 0 {
                 continue;
             }
-            let Some(mut idx) = Self::pick(st, self.single_active, self.fair) else { break };
-            if idx != run_of && self.hand_over(st, run_of, std::mem::take(&mut run)) && run_of < idx {
-                idx -= 1;
-            }
+            let idx = if ahead > 0 && cost < room {
+                ahead -= 1;
+                run_of
+            } else {
+                Self::settle_run(st, run_of, &mut ahead, &mut cost);
+                let Some(mut idx) = Self::pick(st, self.single_active, self.fair) else { break };
+                if idx != run_of && self.hand_over(st, run_of, std::mem::take(&mut run)) && run_of < idx {
+                    idx -= 1;
+                }
+                if self.single_active || st.consumers.len() == 1 {
+                    let more = (st.len() - 1).min(RUN_AHEAD) as u32;
+                    if more > 0 {
+                        let c = &st.consumers[idx];
+                        room = NO_ACK_BYTES.saturating_sub(c.inflight());
+                        ahead = c.try_acquire_many(more);
+                    }
+                }
+                idx
+            };
             let Some(mut entry) = st.pop() else {
                 // Only paged-out messages that could not be read back were left.
                 st.consumers[idx].release(1);
+                run_of = idx;
                 break;
             };
             entry.delivery_count += 1;
@@ -88,7 +118,7 @@ impl Queue {
             let consumer = &st.consumers[idx];
             st.stats[if consumer.no_ack { stats::DELIVER_NO_ACK } else { stats::DELIVER }] += 1;
             st.stats[stats::REDELIVER] += entry.redelivered as u64;
-            consumer.sent(entry.message.body.len());
+            cost += consumer.window_cost(entry.message.body.len());
             if consumer.no_ack {
                 // No ack will come: it leaves the queue now.
                 self.discard(&entry.message);
@@ -100,7 +130,20 @@ impl Queue {
             run.push(Delivery { slot: consumer.slot, entry });
             run_of = idx;
         }
+        Self::settle_run(st, run_of, &mut ahead, &mut cost);
         self.hand_over(st, run_of, run);
+    }
+
+    /// Gives back the credit consumer `i` took ahead and did not use, and
+    /// adds the run's cost to its window.
+    fn settle_run(st: &QueueState, i: usize, ahead: &mut u32, cost: &mut u64) {
+        let Some(c) = st.consumers.get(i) else { return };
+        if *ahead > 0 {
+            c.release(std::mem::take(ahead));
+        }
+        if *cost > 0 {
+            c.sent(std::mem::take(cost));
+        }
     }
 
     /// Hands a run of deliveries to consumer `i`'s connection. If the
