@@ -126,6 +126,20 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False,
     return proc, port, data
 
 
+def stop_warren(proc, *dirs):
+    """Stops a Warren that start_warren started (its last log lines read)
+    and removes `dirs`: its data directory and any made for it."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    proc.pump.join(10)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def own_warren(extra=(), env=None, allow_panic=False, data=None):
     """A Warren of the test's own (flags, environment, data directory), as a
@@ -134,13 +148,7 @@ def own_warren(extra=(), env=None, allow_panic=False, data=None):
     try:
         yield Broker("127.0.0.1", port, proc, data, proc.http)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        proc.pump.join(10)
-        shutil.rmtree(data, ignore_errors=True)
+        stop_warren(proc, data)
 
 
 @pytest.fixture(scope="session")
@@ -152,13 +160,7 @@ def broker():
         return
     proc, port, data = start_warren()
     yield Broker("127.0.0.1", port, proc, data, proc.http)
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    proc.pump.join(10)  # its last lines are in PANIC_LINES before the session ends
-    shutil.rmtree(data, ignore_errors=True)
+    stop_warren(proc, data)  # its last lines are in PANIC_LINES before the session ends
 
 
 @pytest.fixture(autouse=True)

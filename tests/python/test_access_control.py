@@ -15,7 +15,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from conftest import start_warren, wait_for
+from conftest import start_warren, stop_warren, wait_for
 
 
 @pytest.fixture
@@ -307,7 +307,7 @@ def test_guest_may_connect_only_from_loopback(broker):
     port = broker.port
     if broker.is_warren:
         # The session's Warren listens on loopback only: start one on all addresses.
-        proc, port, _data = start_warren("0.0.0.0")
+        proc, port, data = start_warren("0.0.0.0")
     try:
         params = pika.ConnectionParameters(host=ip, port=port)
         with pytest.raises(pe.ProbableAuthenticationError) as e:
@@ -317,8 +317,7 @@ def test_guest_may_connect_only_from_loopback(broker):
         pika.BlockingConnection(pika.ConnectionParameters(host="127.0.0.1", port=port)).close()
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+            stop_warren(proc, data)
 
 
 def test_ctl_lists_like_rabbitmqctl(broker, user, vhost):

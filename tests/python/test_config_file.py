@@ -27,6 +27,8 @@ class Launched:
     """A warren process with the given arguments; its output collected."""
 
     def __init__(self, args, env=None, data=None, binary=None):
+        # A data directory made here is removed by stop().
+        self.made = data is None
         self.data = data or tempfile.mkdtemp(prefix="warren-conf-")
         self.out = tempfile.NamedTemporaryFile(prefix="warren-out-", delete=False)
         self.proc = subprocess.Popen([binary or warren_binary(), *args], stdout=self.out, stderr=subprocess.STDOUT,
@@ -51,6 +53,8 @@ class Launched:
                 self.proc.wait()
         PANIC_LINES.extend(line for line in self.output().splitlines(True) if "panicked" in line)
         os.unlink(self.out.name)
+        if self.made:
+            shutil.rmtree(self.data, ignore_errors=True)
 
 
 def write(tmp_path, name, text):

@@ -17,7 +17,7 @@ import pika
 import pytest
 import trustme
 
-from conftest import free_port, start_warren, warren_binary
+from conftest import free_port, start_warren, stop_warren, warren_binary
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,7 @@ def tls_broker(broker, ca, request):
         pytest.skip("starts its own Warren with TLS")
     proc, port, data, ca_file = start_tls_warren(ca, *getattr(request, "param", ()))
     yield port, data, ca_file
-    proc.terminate()
-    proc.wait(10)
+    stop_warren(proc, data, os.path.dirname(ca_file))
 
 
 def client_context(ca, client_cert=None):

@@ -133,8 +133,8 @@ mod tests {
 
     #[test]
     fn save_and_load() {
-        let dir = std::env::temp_dir().join(format!("warren-defs-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = tempfile::Builder::new().prefix("warren-defs-").tempdir().unwrap();
+        let dir = scratch.path().join("definitions");
         let d = Definitions {
             version: FORMAT_VERSION,
             vhost: "/".into(),

@@ -9,10 +9,9 @@ use bytes::Bytes;
 use warren_core::{Broker, Message, Queue, VHost};
 use warren_protocol::FieldTable;
 
-fn dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("warren-paging-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A scratch directory, removed when the returned guard is dropped.
+fn dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("warren-paging-{name}-")).tempdir().unwrap()
 }
 
 fn message(body: String, persistent: bool) -> Arc<Message> {
@@ -57,7 +56,8 @@ fn drain(q: &Queue) -> Vec<String> {
 
 #[test]
 fn backlog_is_paged_out_and_read_back_in_order() {
-    let d = dir("order");
+    let scratch = dir("order");
+    let d = scratch.path();
     let broker = Broker::open(&d).unwrap();
     let vhost = broker.vhost("/").unwrap();
     let q = declare(&vhost);
@@ -81,7 +81,8 @@ fn backlog_is_paged_out_and_read_back_in_order() {
 
 #[test]
 fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
-    let d = dir("restart");
+    let scratch = dir("restart");
+    let d = scratch.path();
     {
         let broker = Broker::open(&d).unwrap();
         let vhost = broker.vhost("/").unwrap();
@@ -116,7 +117,8 @@ fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
 
 #[test]
 fn paged_messages_expire_and_count_against_length_limits() {
-    let d = dir("ttl");
+    let scratch = dir("ttl");
+    let d = scratch.path();
     let broker = Broker::open(&d).unwrap();
     let vhost = broker.vhost("/").unwrap();
     let mut args = FieldTable::default();
@@ -144,7 +146,8 @@ fn paged_messages_expire_and_count_against_length_limits() {
 
 #[test]
 fn priority_queues_page_out_per_level_and_serve_highest_first() {
-    let d = dir("priority");
+    let scratch = dir("priority");
+    let d = scratch.path();
     let broker = Broker::open(&d).unwrap();
     let vhost = broker.vhost("/").unwrap();
     let mut args = FieldTable::default();
@@ -172,7 +175,8 @@ fn priority_queues_page_out_per_level_and_serve_highest_first() {
 
 #[test]
 fn deleting_a_paged_queue_needs_no_reads_and_nothing_comes_back() {
-    let d = dir("delete");
+    let scratch = dir("delete");
+    let d = scratch.path();
     {
         let broker = Broker::open(&d).unwrap();
         let vhost = broker.vhost("/").unwrap();

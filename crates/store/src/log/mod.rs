@@ -848,10 +848,9 @@ mod tests {
     use super::*;
     use crate::MessageStore;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("warren-log-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+    /// A scratch directory, removed when the returned guard is dropped.
+    fn tmp(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new().prefix(&format!("warren-log-{name}-")).tempdir().unwrap()
     }
 
     /// Polls until the log is synced to `pos`. The deadline is generous:
@@ -872,11 +871,12 @@ mod tests {
 
     #[test]
     fn a_replica_applying_the_file_ops_recovers_the_same_log() {
-        let (dir, replica) = (tmp("primary"), tmp("replica"));
+        let (primary, replica_dir) = (tmp("primary"), tmp("replica"));
+        let (dir, replica) = (primary.path(), replica_dir.path());
         fs::create_dir_all(&replica).unwrap();
         // Small segments: deletions and compactions happen along the way.
         let (log, _) = MessageLog::open_with(&dir, 4096).unwrap();
-        let to = std::sync::Mutex::new(crate::replica::Replica::new(replica.clone()));
+        let to = std::sync::Mutex::new(crate::replica::Replica::new(replica.to_path_buf()));
         let replica = replica.join(crate::replica::MESSAGES_DIR);
         let deleted = Arc::new(AtomicU64::new(0));
         let seen = deleted.clone();
@@ -926,11 +926,15 @@ mod tests {
         }
         assert_eq!(ra.queues["q1"].len(), kept.len());
         assert_eq!((ra.dropped_records, rb.dropped_records), (0, 0));
+        // Their threads are done before the directories go.
+        a.close_and_join();
+        b.close_and_join();
     }
 
     #[test]
     fn recovers_unacked_messages_in_order_with_delivery_counts() {
-        let dir = tmp("recover");
+        let scratch = tmp("recover");
+        let dir = scratch.path();
         let (log, rec) = MessageLog::open(&dir).unwrap();
         assert!(rec.queues.is_empty());
         let (a, _) = log.publish(&["q1", "q2"], 0, "ex", "rk", &[0, 0], b"one");
@@ -952,7 +956,8 @@ mod tests {
 
     #[test]
     fn fanout_body_is_written_once() {
-        let dir = tmp("fanout");
+        let scratch = tmp("fanout");
+        let dir = scratch.path();
         let (log, _) = MessageLog::open(&dir).unwrap();
         let queues: Vec<String> = (0..8).map(|i| format!("q{i}")).collect();
         let refs: Vec<&str> = queues.iter().map(|s| s.as_str()).collect();
@@ -968,7 +973,8 @@ mod tests {
 
     #[test]
     fn torn_tail_is_truncated_and_the_rest_kept() {
-        let dir = tmp("torn");
+        let scratch = tmp("torn");
+        let dir = scratch.path();
         let (log, _) = MessageLog::open(&dir).unwrap();
         log.publish(&["q"], 0, "", "q", &[0, 0], b"kept");
         let (_, pos) = log.publish(&["q"], 0, "", "q", &[0, 0], b"torn");
@@ -990,7 +996,8 @@ mod tests {
 
     #[test]
     fn flipped_byte_drops_one_record_and_keeps_the_others() {
-        let dir = tmp("flip");
+        let scratch = tmp("flip");
+        let dir = scratch.path();
         let (log, _) = MessageLog::open(&dir).unwrap();
         log.publish(&["q"], 0, "", "q", &[0, 0], b"first-message");
         log.publish(&["q"], 0, "", "q", &[0, 0], b"second-message");
@@ -1009,7 +1016,8 @@ mod tests {
 
     #[test]
     fn garbage_segment_does_not_stop_startup() {
-        let dir = tmp("garbage");
+        let scratch = tmp("garbage");
+        let dir = scratch.path();
         fs::create_dir_all(&dir).unwrap();
         fs::write(segment_path(&dir, 1), b"not a segment at all").unwrap();
         let (log, rec) = MessageLog::open(&dir).unwrap();
@@ -1027,7 +1035,8 @@ mod tests {
 
     #[test]
     fn a_long_unacked_message_keeps_only_its_own_segment() {
-        let dir = tmp("compact");
+        let scratch = tmp("compact");
+        let dir = scratch.path();
         let (log, _) = MessageLog::open_with(&dir, 16 << 10).unwrap();
         let (stuck, _) = log.publish(&["slow"], 0, "", "slow", &[0, 0], b"stuck");
         // FIFO traffic: each message acked a little after it was published,
@@ -1070,7 +1079,8 @@ mod tests {
 
     #[test]
     fn fully_acked_segments_are_deleted() {
-        let dir = tmp("gc");
+        let scratch = tmp("gc");
+        let dir = scratch.path();
         let (log, _) = MessageLog::open(&dir).unwrap();
         let body = vec![1u8; 1 << 20];
         let mut ids = vec![];
