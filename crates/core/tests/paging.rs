@@ -57,7 +57,7 @@ fn drain(q: &Queue) -> Vec<String> {
 #[test]
 fn backlog_is_paged_out_and_read_back_in_order() {
     let scratch = dir("order");
-    let d = scratch.path();
+    let d = scratch.path().to_path_buf();
     let broker = Broker::open(&d).unwrap();
     let vhost = broker.vhost("/").unwrap();
     let q = declare(&vhost);
@@ -82,7 +82,7 @@ fn backlog_is_paged_out_and_read_back_in_order() {
 #[test]
 fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
     let scratch = dir("restart");
-    let d = scratch.path();
+    let d = scratch.path().to_path_buf();
     {
         let broker = Broker::open(&d).unwrap();
         let vhost = broker.vhost("/").unwrap();
@@ -118,7 +118,7 @@ fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
 #[test]
 fn paged_messages_expire_and_count_against_length_limits() {
     let scratch = dir("ttl");
-    let d = scratch.path();
+    let d = scratch.path().to_path_buf();
     let broker = Broker::open(&d).unwrap();
     let vhost = broker.vhost("/").unwrap();
     let mut args = FieldTable::default();
@@ -147,7 +147,7 @@ fn paged_messages_expire_and_count_against_length_limits() {
 #[test]
 fn priority_queues_page_out_per_level_and_serve_highest_first() {
     let scratch = dir("priority");
-    let d = scratch.path();
+    let d = scratch.path().to_path_buf();
     let broker = Broker::open(&d).unwrap();
     let vhost = broker.vhost("/").unwrap();
     let mut args = FieldTable::default();
@@ -176,7 +176,7 @@ fn priority_queues_page_out_per_level_and_serve_highest_first() {
 #[test]
 fn deleting_a_paged_queue_needs_no_reads_and_nothing_comes_back() {
     let scratch = dir("delete");
-    let d = scratch.path();
+    let d = scratch.path().to_path_buf();
     {
         let broker = Broker::open(&d).unwrap();
         let vhost = broker.vhost("/").unwrap();

@@ -872,11 +872,11 @@ mod tests {
     #[test]
     fn a_replica_applying_the_file_ops_recovers_the_same_log() {
         let (primary, replica_dir) = (tmp("primary"), tmp("replica"));
-        let (dir, replica) = (primary.path(), replica_dir.path());
+        let (dir, replica) = (primary.path().to_path_buf(), replica_dir.path().to_path_buf());
         fs::create_dir_all(&replica).unwrap();
         // Small segments: deletions and compactions happen along the way.
         let (log, _) = MessageLog::open_with(&dir, 4096).unwrap();
-        let to = std::sync::Mutex::new(crate::replica::Replica::new(replica.to_path_buf()));
+        let to = std::sync::Mutex::new(crate::replica::Replica::new(replica.clone()));
         let replica = replica.join(crate::replica::MESSAGES_DIR);
         let deleted = Arc::new(AtomicU64::new(0));
         let seen = deleted.clone();
@@ -934,7 +934,7 @@ mod tests {
     #[test]
     fn recovers_unacked_messages_in_order_with_delivery_counts() {
         let scratch = tmp("recover");
-        let dir = scratch.path();
+        let dir = scratch.path().to_path_buf();
         let (log, rec) = MessageLog::open(&dir).unwrap();
         assert!(rec.queues.is_empty());
         let (a, _) = log.publish(&["q1", "q2"], 0, "ex", "rk", &[0, 0], b"one");
@@ -957,7 +957,7 @@ mod tests {
     #[test]
     fn fanout_body_is_written_once() {
         let scratch = tmp("fanout");
-        let dir = scratch.path();
+        let dir = scratch.path().to_path_buf();
         let (log, _) = MessageLog::open(&dir).unwrap();
         let queues: Vec<String> = (0..8).map(|i| format!("q{i}")).collect();
         let refs: Vec<&str> = queues.iter().map(|s| s.as_str()).collect();
@@ -974,7 +974,7 @@ mod tests {
     #[test]
     fn torn_tail_is_truncated_and_the_rest_kept() {
         let scratch = tmp("torn");
-        let dir = scratch.path();
+        let dir = scratch.path().to_path_buf();
         let (log, _) = MessageLog::open(&dir).unwrap();
         log.publish(&["q"], 0, "", "q", &[0, 0], b"kept");
         let (_, pos) = log.publish(&["q"], 0, "", "q", &[0, 0], b"torn");
@@ -997,7 +997,7 @@ mod tests {
     #[test]
     fn flipped_byte_drops_one_record_and_keeps_the_others() {
         let scratch = tmp("flip");
-        let dir = scratch.path();
+        let dir = scratch.path().to_path_buf();
         let (log, _) = MessageLog::open(&dir).unwrap();
         log.publish(&["q"], 0, "", "q", &[0, 0], b"first-message");
         log.publish(&["q"], 0, "", "q", &[0, 0], b"second-message");
@@ -1017,7 +1017,7 @@ mod tests {
     #[test]
     fn garbage_segment_does_not_stop_startup() {
         let scratch = tmp("garbage");
-        let dir = scratch.path();
+        let dir = scratch.path().to_path_buf();
         fs::create_dir_all(&dir).unwrap();
         fs::write(segment_path(&dir, 1), b"not a segment at all").unwrap();
         let (log, rec) = MessageLog::open(&dir).unwrap();
@@ -1036,7 +1036,7 @@ mod tests {
     #[test]
     fn a_long_unacked_message_keeps_only_its_own_segment() {
         let scratch = tmp("compact");
-        let dir = scratch.path();
+        let dir = scratch.path().to_path_buf();
         let (log, _) = MessageLog::open_with(&dir, 16 << 10).unwrap();
         let (stuck, _) = log.publish(&["slow"], 0, "", "slow", &[0, 0], b"stuck");
         // FIFO traffic: each message acked a little after it was published,
@@ -1080,7 +1080,7 @@ mod tests {
     #[test]
     fn fully_acked_segments_are_deleted() {
         let scratch = tmp("gc");
-        let dir = scratch.path();
+        let dir = scratch.path().to_path_buf();
         let (log, _) = MessageLog::open(&dir).unwrap();
         let body = vec![1u8; 1 << 20];
         let mut ids = vec![];
