@@ -94,38 +94,54 @@ mod tests {
 /// `basic.publish` arguments, parsed by hand: it arrives once per message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishArgs<'a> {
-    /// Borrowed from the frame: the channel interns them (no allocation
-    /// when a publisher repeats its exchange and routing key).
-    pub exchange: &'a str,
-    pub routing_key: &'a str,
+    /// Borrowed from the frame, not yet checked to be UTF-8: the channel
+    /// compares them with the names it used last (valid already) and
+    /// checks only new ones ([`PublishArgs::names`]).
+    pub exchange: &'a [u8],
+    pub routing_key: &'a [u8],
     pub mandatory: bool,
     pub immediate: bool,
+    /// The method payload, for the error text.
+    payload: &'a [u8],
+}
+
+impl<'a> PublishArgs<'a> {
+    /// The exchange and routing key as text; malformed UTF-8 is the frame
+    /// error RabbitMQ's parser gives.
+    pub fn names(&self) -> Result<(&'a str, &'a str), AmqpError> {
+        match (std::str::from_utf8(self.exchange), std::str::from_utf8(self.routing_key)) {
+            (Ok(e), Ok(k)) => Ok((e, k)),
+            _ => Err(publish_error(self.payload)),
+        }
+    }
+}
+
+fn publish_error(payload: &[u8]) -> AmqpError {
+    AmqpError::frame_error(format_args!("cannot decode {}", crate::frame::erlang_binary(&payload[4..]))).during(60, 40)
 }
 
 /// Parses a method payload if it is `basic.publish`; `None` for any other
-/// method (decode those with [`decode_method`]).
+/// method (decode those with [`decode_method`]). The names' UTF-8 is
+/// checked by [`PublishArgs::names`].
 pub fn parse_publish(payload: &[u8]) -> Option<Result<PublishArgs<'_>, AmqpError>> {
     if payload.len() < 4 || payload[..4] != [0, 60, 0, 40] {
         return None;
     }
-    let bad = || {
-        AmqpError::frame_error(format_args!("cannot decode {}", crate::frame::erlang_binary(&payload[4..])))
-            .during(60, 40)
-    };
+    let bad = || publish_error(payload);
     let mut p = &payload[6..payload.len().max(6)];
     if payload.len() < 6 {
         return Some(Err(bad()));
     }
-    fn short<'a>(p: &mut &'a [u8]) -> Option<&'a str> {
+    fn short<'a>(p: &mut &'a [u8]) -> Option<&'a [u8]> {
         let (&len, rest) = p.split_first()?;
-        let s = std::str::from_utf8(rest.get(..len as usize)?).ok()?;
+        let s = rest.get(..len as usize)?;
         *p = &rest[len as usize..];
         Some(s)
     }
     let Some(exchange) = short(&mut p) else { return Some(Err(bad())) };
     let Some(routing_key) = short(&mut p) else { return Some(Err(bad())) };
     let Some(&bits) = p.first() else { return Some(Err(bad())) };
-    Some(Ok(PublishArgs { exchange, routing_key, mandatory: bits & 1 != 0, immediate: bits & 2 != 0 }))
+    Some(Ok(PublishArgs { exchange, routing_key, mandatory: bits & 1 != 0, immediate: bits & 2 != 0, payload }))
 }
 
 #[cfg(test)]
@@ -147,8 +163,13 @@ mod publish_tests {
         write_method(&mut b, 1, &m);
         let f = parse_frame(&mut b, 0).unwrap().unwrap();
         let p = parse_publish(&f.payload).unwrap().unwrap();
-        assert_eq!(p, PublishArgs { exchange: "ex", routing_key: "a.b", mandatory: true, immediate: false });
+        assert_eq!((p.names().unwrap(), p.mandatory, p.immediate), (("ex", "a.b"), true, false));
         assert!(parse_publish(&[0, 60, 0, 40, 0, 0, 5, b'a']).unwrap().is_err());
+        // Malformed UTF-8 in a name: RabbitMQ's frame error, with the payload.
+        let p = parse_publish(&[0, 60, 0, 40, 0, 0, 1, 0xff, 0, 0]).unwrap().unwrap();
+        let e = p.names().unwrap_err();
+        assert_eq!((e.code(), e.class_id, e.method_id), (501, 60, 40));
+        assert_eq!(e.text, "FRAME_ERROR - cannot decode <<0,0,1,255,0,0>>");
         assert!(parse_publish(&[0, 60, 0, 41]).is_none());
     }
 }

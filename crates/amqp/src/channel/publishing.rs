@@ -43,6 +43,13 @@ pub(super) fn intern(last: &mut Arc<str>, s: &str) {
 impl Channel {
     /// `basic.publish`: its content follows.
     pub fn on_publish(&mut self, ctx: &mut Ctx<'_>, p: PublishArgs<'_>) -> Result<(), AmqpError> {
+        // The names this channel used last are valid UTF-8: only new ones
+        // are checked (malformed ones are a frame error, closing or not).
+        if p.exchange != self.last_exchange.as_bytes() || p.routing_key != self.last_routing_key.as_bytes() {
+            let (exchange, routing_key) = p.names()?;
+            intern(&mut self.last_exchange, exchange);
+            intern(&mut self.last_routing_key, routing_key);
+        }
         if self.closing {
             return Ok(());
         }
@@ -52,14 +59,12 @@ impl Channel {
         if p.immediate {
             return Err(AmqpError::not_implemented("immediate=true").during(60, 40));
         }
-        intern(&mut self.last_exchange, p.exchange);
         let exchange = &self.last_exchange;
         let epoch = ctx.broker.access_epoch();
         if !self.writable.as_ref().is_some_and(|(e, x)| *e == epoch && Arc::ptr_eq(x, exchange)) {
             ctx.check(Resource::Exchange, exchange, Access::Write).map_err(|e| e.during(60, 40))?;
             self.writable = Some((epoch, exchange.clone()));
         }
-        intern(&mut self.last_routing_key, p.routing_key);
         self.publish = Some(Publish { mandatory: p.mandatory });
         self.assembler.start();
         Ok(())

@@ -736,7 +736,9 @@ impl Conn {
                 }
                 Input::Method(AMQPClass::Channel(chan::AMQPMethod::CloseOk(_))) => Ok(()),
                 Input::Method(m) => Err(expected.during(m.get_amqp_class_id(), m.get_amqp_method_id())),
-                Input::Publish(_) => Err(expected.during(60, 40)),
+                // Malformed names first: the frame error comes before
+                // the channel is looked up, as in RabbitMQ.
+                Input::Publish(p) => Err(p.names().err().unwrap_or(expected.during(60, 40))),
                 Input::Header(_) | Input::Body(_) => Err(expected),
             };
         };
