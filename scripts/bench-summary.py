@@ -42,6 +42,15 @@ def main():
     env = {k: v for k, v in os.environ.items() if k != "RABBITMQ_ADDR"}  # a private node each time
     env.setdefault("ROUNDS", "3")
     env.setdefault("DURATION", "10")
+    # Built once, and the commit read now: the binaries measured are the
+    # ones of the commit named, whatever is edited while this runs.
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "warren", "-p", "warren-perf"], check=True,
+                   cwd=ROOT)
+    env["BENCH_NO_BUILD"] = "1"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
     for title, key, args in SCENARIOS:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             subprocess.run([str(ROOT / "scripts" / "bench.sh"), *args], check=True, cwd=ROOT,
@@ -54,10 +63,6 @@ def main():
                     f"{w['cpu_us_per_msg']:.2f} | {r.get('cpu_us_per_msg', 0):.2f} | "
                     f"`scripts/bench.sh {' '.join(args)}` |")
         print(rows[-1], file=sys.stderr)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
     table = "\n".join([
         START,
         f"Written by `scripts/bench-summary.py` on {datetime.date.today()} at {commit}"

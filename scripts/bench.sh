@@ -7,6 +7,7 @@
 #   scripts/bench.sh [warren-perf args...]      e.g. --size 16 --prefetch 1000 --multi-ack 1000
 #
 # ROUNDS (default 5), DURATION seconds per run (default 10).
+# BENCH_NO_BUILD=1: use target/release as it is (no cargo build).
 # RABBITMQ_ADDR: unset = a private RabbitMQ node started (and stopped) by
 # this script (Debian's rabbitmq-server, default configuration, no
 # plugins); host:port = that running RabbitMQ; empty = Warren only.
@@ -15,7 +16,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${ROUNDS:-5}
 duration=${DURATION:-10}
 cd "$root"
-cargo build --release --quiet -p warren -p warren-perf
+# BENCH_NO_BUILD=1: the caller built target/release (bench-summary.py
+# builds once, so an edit made while it runs changes nothing measured).
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --quiet -p warren -p warren-perf
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 data=$(mktemp -d)
