@@ -93,7 +93,7 @@ fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
             assert_eq!(&q.get(true).unwrap().0.message.body[..], format!("m{i}").as_bytes());
         }
         wait_synced(&broker, pos);
-        broker.log().unwrap().close();
+        broker.log().unwrap().close_and_join();
     }
     let broker = Broker::open(&d).unwrap();
     let q = broker.vhost("/").unwrap().queue("q").unwrap();
@@ -109,7 +109,7 @@ fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
     assert_eq!(q.purge(), 9000);
     let (_, end) = broker.log().unwrap().publish(&["other"], 0, "", "", &[0, 0], b"flush");
     wait_synced(&broker, end);
-    broker.log().unwrap().close();
+    broker.log().unwrap().close_and_join();
     drop(broker);
     let broker = Broker::open(&d).unwrap();
     assert_eq!(broker.vhost("/").unwrap().queue("q").unwrap().message_count(), 0);
@@ -187,11 +187,13 @@ fn deleting_a_paged_queue_needs_no_reads_and_nothing_comes_back() {
         assert_eq!(vhost.delete_queue(1, "q", false, false).unwrap(), 10_000);
         let (_, end) = broker.log().unwrap().publish(&["other"], 0, "", "", &[0, 0], b"flush");
         wait_synced(&broker, end);
-        broker.log().unwrap().close();
+        broker.log().unwrap().close_and_join();
     }
     let broker = Broker::open(&d).unwrap();
     let vhost = broker.vhost("/").unwrap();
     assert!(vhost.queue("q").is_err(), "the queue stays deleted");
     // Declared again, it starts empty: the old messages do not come back.
     assert_eq!(declare(&vhost).message_count(), 0);
+    // Its flusher is done with the files before the directory goes.
+    broker.log().unwrap().close_and_join();
 }

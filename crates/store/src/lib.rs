@@ -56,6 +56,11 @@ pub trait MessageStore: Send + Sync {
     fn on_sync(&self, f: Box<dyn Fn(u64) + Send>);
     /// Makes everything recorded so far durable and stops.
     fn close(&self);
+    /// [`MessageStore::close`], then waits until the store's own threads
+    /// are done with its files (so they may be removed).
+    fn close_and_join(&self) {
+        self.close();
+    }
     /// Whether the last write or sync failed (disk full, I/O error): the
     /// broker raises its disk alarm while this holds.
     fn is_failed(&self) -> bool;

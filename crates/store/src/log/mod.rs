@@ -573,17 +573,8 @@ impl MessageLog {
 
     /// Closes this log and opens it again, as a restart would.
     pub fn reopen(&self) -> io::Result<(MessageLog, Recovered)> {
-        self.close_and_join();
+        crate::MessageStore::close_and_join(self);
         MessageLog::open_with(&self.shared.dir, self.shared.segment_target)
-    }
-
-    /// Closes the log and waits until its flusher is done with the files
-    /// (its last garbage collection, and the file ops it reports, included).
-    pub fn close_and_join(&self) {
-        crate::MessageStore::close(self);
-        if let Some(h) = self.flusher.lock().unwrap().take() {
-            let _ = h.join();
-        }
     }
 
     /// Deletes segments nothing needs any more. A segment with no live
@@ -694,6 +685,15 @@ impl MessageLog {
 }
 
 impl crate::MessageStore for MessageLog {
+    /// Closes the log and waits until its flusher is done with the files
+    /// (its last garbage collection, and the file ops it reports, included).
+    fn close_and_join(&self) {
+        crate::MessageStore::close(self);
+        if let Some(h) = self.flusher.lock().unwrap().take() {
+            let _ = h.join();
+        }
+    }
+
     /// Records a persistent message enqueued in `queues` at `published_at`
     /// (ms since the Unix epoch). Returns where it lives and the position
     /// that must be synced before it is confirmed.
