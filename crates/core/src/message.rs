@@ -1,9 +1,10 @@
 //! A published message, shared by every queue it was routed to.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::Bytes;
+use once_cell::race::OnceBox;
 use warren_protocol::{AmqpError, FieldTable, ShortString};
 use warren_store::log::Persisted;
 
@@ -23,21 +24,37 @@ pub struct Message {
     /// Reference-counted: routing to N queues never copies it.
     pub body: Bytes,
     /// Set when the message log holds it (persistent, in a durable queue).
-    pub persisted: OnceLock<Persisted>,
+    /// Boxed: one word in every message, an allocation only in those.
+    pub persisted: OnceBox<Persisted>,
 }
 
 pub type MessageRef = Arc<Message>;
 
-/// The parsed properties a queued message keeps.
+/// The parsed properties a queued message keeps. The two that most
+/// messages lack are boxed together: 16 bytes here, not 40.
 #[derive(Debug, Default, Clone)]
 pub struct Props {
     priority: Option<u8>,
     delivery_mode: Option<u8>,
+    rare: Option<Box<Rare>>,
+}
+
+#[derive(Debug, Clone)]
+struct Rare {
     expiration: Option<ShortString>,
-    headers: Option<Box<FieldTable>>,
+    headers: Option<FieldTable>,
 }
 
 impl Props {
+    fn new(
+        priority: Option<u8>,
+        delivery_mode: Option<u8>,
+        expiration: Option<ShortString>,
+        headers: Option<FieldTable>,
+    ) -> Props {
+        let rare = (expiration.is_some() || headers.is_some()).then(|| Box::new(Rare { expiration, headers }));
+        Props { priority, delivery_mode, rare }
+    }
     pub fn priority(&self) -> Option<u8> {
         self.priority
     }
@@ -45,32 +62,22 @@ impl Props {
         self.delivery_mode
     }
     pub fn expiration(&self) -> Option<&ShortString> {
-        self.expiration.as_ref()
+        self.rare.as_ref()?.expiration.as_ref()
     }
     pub fn headers(&self) -> Option<&FieldTable> {
-        self.headers.as_deref()
+        self.rare.as_ref()?.headers.as_ref()
     }
 }
 
 impl From<warren_protocol::content::PropsView<'_>> for Props {
     fn from(v: warren_protocol::content::PropsView<'_>) -> Self {
-        Props {
-            priority: v.priority,
-            delivery_mode: v.delivery_mode,
-            expiration: v.expiration.map(ShortString::from),
-            headers: v.headers.map(Box::new),
-        }
+        Props::new(v.priority, v.delivery_mode, v.expiration.map(ShortString::from), v.headers)
     }
 }
 
 impl From<AMQPProperties> for Props {
     fn from(p: AMQPProperties) -> Self {
-        Props {
-            priority: *p.priority(),
-            delivery_mode: *p.delivery_mode(),
-            expiration: p.expiration().clone(),
-            headers: p.headers().clone().map(Box::new),
-        }
+        Props::new(*p.priority(), *p.delivery_mode(), p.expiration().clone(), p.headers().clone())
     }
 }
 
@@ -86,7 +93,7 @@ impl Message {
             props,
             stored.body.clone(),
         );
-        let _ = m.persisted.set(persisted);
+        let _ = m.persisted.set(Box::new(persisted));
         m
     }
 
@@ -102,7 +109,7 @@ impl Message {
     }
 
     pub fn with_names(names: Names, properties_raw: Bytes, properties: Props, body: Bytes) -> Self {
-        Message { names, properties_raw, properties, body, persisted: OnceLock::new() }
+        Message { names, properties_raw, properties, body, persisted: OnceBox::new() }
     }
 
     /// The same message, not (yet) in the message log: what a stored
@@ -114,7 +121,7 @@ impl Message {
             properties_raw: self.properties_raw.clone(),
             properties: self.properties.clone(),
             body: self.body.clone(),
-            persisted: OnceLock::new(),
+            persisted: OnceBox::new(),
         }
     }
 
@@ -172,5 +179,35 @@ impl Message {
             }
             Err(_) => Err(invalid(format_args!("no_integer"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With an `Arc`'s two counts, 128 bytes: mimalloc's 128-byte size
+    /// class, two cache lines to write where it is published and to read
+    /// where it is delivered (168 bytes took the 192-byte class, up to four
+    /// lines, and 64 MiB more for a backlog of a million).
+    #[test]
+    fn a_message_and_its_counts_fit_two_cache_lines() {
+        assert!(std::mem::size_of::<Message>() <= 112, "{}", std::mem::size_of::<Message>());
+    }
+
+    #[test]
+    fn rare_properties_read_back() {
+        let none = Props::new(Some(3), Some(2), None, None);
+        assert!(none.rare.is_none());
+        assert_eq!(
+            (none.priority(), none.delivery_mode(), none.expiration(), none.headers()),
+            (Some(3), Some(2), None, None)
+        );
+        let mut t = FieldTable::default();
+        t.insert("k".into(), amq_protocol::types::AMQPValue::Boolean(true));
+        let both = Props::new(None, None, Some("60000".into()), Some(t.clone()));
+        assert_eq!((both.expiration().map(|e| e.as_str()), both.headers()), (Some("60000"), Some(&t)));
+        let one = Props::new(None, None, None, Some(t.clone()));
+        assert_eq!((one.expiration(), one.headers()), (None, Some(&t)));
     }
 }

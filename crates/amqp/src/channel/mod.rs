@@ -127,6 +127,8 @@ pub struct Channel {
     /// The last exchange and routing key published with (see `intern`).
     last_exchange: Arc<str>,
     last_routing_key: Arc<str>,
+    /// The two as a message carries them.
+    last_names: warren_core::names::Names,
     /// The exchange last found writable, and the access epoch of that check
     /// (saves a lock and a regex match per message).
     writable: Option<(u64, Arc<str>)>,
@@ -202,6 +204,7 @@ impl Channel {
             routed: Vec::new(),
             last_exchange: Arc::from(""),
             last_routing_key: Arc::from(""),
+            last_names: warren_core::names::Names::of("", ""),
             writable: None,
             topic_permissions: Default::default(),
             publishing: Default::default(),

@@ -49,6 +49,7 @@ impl Channel {
             let (exchange, routing_key) = p.names()?;
             intern(&mut self.last_exchange, exchange);
             intern(&mut self.last_routing_key, routing_key);
+            self.last_names = Names::of(exchange, routing_key);
         }
         if self.closing {
             return Ok(());
@@ -114,10 +115,9 @@ impl Channel {
             props_raw = warren_protocol::content::encode_properties(&props);
             Message::new(self.last_exchange.clone(), self.last_routing_key.clone(), props_raw, props, content.body)
         } else {
-            // Short names are copied: no reference count shared with the
-            // consumer's side (see `Names`).
-            let names = Names::of(&self.last_exchange, &self.last_routing_key);
-            Message::with_names(names, props_raw, kept, content.body)
+            // Short names are copied, long ones made once for a run of
+            // messages (see `Names`).
+            Message::with_names(self.last_names.clone(), props_raw, kept, content.body)
         };
         let msg = Arc::new(msg);
         if self.mode == Mode::Tx {

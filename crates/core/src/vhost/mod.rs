@@ -606,7 +606,7 @@ impl VHost {
         let durable: Vec<&str> = queues.filter(|q| q.log.is_some()).map(|q| q.log_key.as_str()).collect();
         let (persisted, at) =
             log.publish(&durable, crate::now_ms(), msg.exchange(), msg.routing_key(), &msg.properties_raw, &msg.body);
-        let _ = msg.persisted.set(persisted);
+        let _ = msg.persisted.set(Box::new(persisted));
         at
     }
 
