@@ -20,9 +20,7 @@ use warren_core::publish::Publisher;
 use warren_core::queue::AfterCancel;
 use warren_core::stats::{self, Counters};
 use warren_core::vhost::REPLY_TO;
-use warren_core::{
-    generated_name, Broker, ChannelCredit, Consumer, ExchangeKind, Message, MessageRef, Outbox, Queue, VHost,
-};
+use warren_core::{generated_name, Broker, ChannelCredit, Consumer, ExchangeKind, MessageRef, Outbox, Queue, VHost};
 use warren_node::ChannelInfo;
 use warren_protocol::content::{Assembler, Content};
 use warren_protocol::frame;
@@ -129,6 +127,8 @@ pub struct Channel {
     last_routing_key: Arc<str>,
     /// The two as a message carries them.
     last_names: warren_core::names::Names,
+    /// Where the next published message goes (see `Spare`).
+    spare: Option<warren_core::message::Spare>,
     /// The exchange last found writable, and the access epoch of that check
     /// (saves a lock and a regex match per message).
     writable: Option<(u64, Arc<str>)>,
@@ -205,6 +205,7 @@ impl Channel {
             last_exchange: Arc::from(""),
             last_routing_key: Arc::from(""),
             last_names: warren_core::names::Names::of("", ""),
+            spare: None,
             writable: None,
             topic_permissions: Default::default(),
             publishing: Default::default(),

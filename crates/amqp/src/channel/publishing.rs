@@ -4,6 +4,7 @@
 //! order once the message log is synced) and transactions.
 
 use super::*;
+use warren_core::message::Spare;
 use warren_core::names::Names;
 use warren_core::publish::{PublisherLocal, TopicPermissions};
 
@@ -102,8 +103,8 @@ impl Channel {
             .ok_or_else(|| AmqpError::frame_error("cannot decode content header properties"))?;
         warren_core::publish::check_user_id(view.user_id, ctx.user, ctx.impersonator)?;
         let direct_reply = view.reply_to == Some(REPLY_TO);
-        let kept: warren_core::message::Props = view.into();
-        let msg = if direct_reply {
+        let mut kept: warren_core::message::Props = view.into();
+        if direct_reply {
             // Direct reply-to: name this channel's reply queue instead.
             let Some((q, _)) = &self.reply else {
                 return Err(AmqpError::precondition("fast reply consumer does not exist").during(60, 40));
@@ -113,13 +114,12 @@ impl Channel {
                 .unwrap_or_default()
                 .with_reply_to(q.name.as_str().into());
             props_raw = warren_protocol::content::encode_properties(&props);
-            Message::new(self.last_exchange.clone(), self.last_routing_key.clone(), props_raw, props, content.body)
-        } else {
-            // Short names are copied, long ones made once for a run of
-            // messages (see `Names`).
-            Message::with_names(self.last_names.clone(), props_raw, kept, content.body)
-        };
-        let msg = Arc::new(msg);
+            kept = props.into();
+        }
+        // Short names are copied, long ones made once for a run of
+        // messages (see `Names`).
+        let spare = self.spare.take().unwrap_or_default();
+        let msg = spare.fill(self.last_names.clone(), props_raw, kept, content.body);
         if self.mode == Mode::Tx {
             // Checked now, as RabbitMQ does; routed on commit.
             msg.check_expiration().map_err(|e| e.during(60, 40))?;
@@ -128,6 +128,7 @@ impl Channel {
             return Ok(());
         }
         let (pos, accepted) = self.route(ctx, p.mandatory, msg)?;
+        self.spare = Some(Spare::new());
         if self.mode == Mode::Confirm {
             self.publish_seq += 1;
             if accepted {
