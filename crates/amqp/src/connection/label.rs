@@ -30,3 +30,28 @@ impl std::fmt::Display for FrameLabel {
         }
     }
 }
+
+/// The frame a connection is handling, should it panic.
+#[derive(Clone, Copy)]
+pub(super) struct Current {
+    pub(super) kind: FrameKind,
+    pub(super) channel: u16,
+    /// Its whole length while it is at the front of the read buffer; 0 if
+    /// it was taken off first (a big body).
+    pub(super) in_buffer: usize,
+}
+
+impl Default for Current {
+    fn default() -> Self {
+        Current { kind: FrameKind::Heartbeat, channel: 0, in_buffer: 0 }
+    }
+}
+
+impl Current {
+    /// Its label, reading a method's ids from `rbuf` (a frame's payload
+    /// follows its 7-byte header).
+    pub(super) fn label(&self, rbuf: &[u8]) -> FrameLabel {
+        let payload = rbuf.get(7..self.in_buffer.saturating_sub(1)).unwrap_or_default();
+        frame_label(&Frame { kind: self.kind, channel: self.channel, payload: Payload::Borrowed(payload) })
+    }
+}
