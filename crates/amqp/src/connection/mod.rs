@@ -603,6 +603,9 @@ impl Conn {
             *current = Current { kind: f.kind, channel: f.channel, in_buffer: n };
             let result = self.on_frame(f);
             rbuf.advance(n);
+            // Stepped over: a panic before the next frame (in `close`)
+            // must not step over that one.
+            current.in_buffer = 0;
             *frames += 1;
             if let Err(e) = result {
                 if self.stage == Stage::Closing {
