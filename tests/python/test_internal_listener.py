@@ -69,7 +69,9 @@ def test_it_listens_on_loopback_only(warren):
 def test_a_users_password_does_not_open_it(warren):
     e = refused(warren.internal_port, "guest", "guest")
     assert isinstance(e, pe.ProbableAuthenticationError) or "403" in repr(e), repr(e)
-    assert any("internal listener: not one of this broker's links" in line for line in warren.proc.log)
+    # The log is read by another thread: the line may come just after the refusal.
+    why = "internal listener: not one of this broker's links"
+    assert wait_for(lambda: any(why in line for line in warren.proc.log), timeout=5)
     assert serves(warren)
 
 
