@@ -6,9 +6,9 @@ use super::*;
 
 /// A delivery awaiting its ack.
 pub(super) struct Unacked {
-    /// Its queue and consumer (none for `basic.get`: no consumer credit to
-    /// give back).
-    pub(super) to: Arc<Handle>,
+    /// The slot of its queue and consumer (`Slots`; a `basic.get`'s own
+    /// slot has no consumer: no credit to give back).
+    pub(super) slot: u32,
     pub(super) entry: Entry<MessageRef>,
     /// When its consumer's timeout starts counting (ms: its delivery, or a
     /// later celery ETA, `consumer_timeout.rs`); 0 without a timeout.
@@ -25,18 +25,24 @@ pub(super) struct Settle {
 }
 
 /// Splits settled deliveries into runs by queue, keeping their order.
-pub(super) fn group_by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<Unacked>)> {
-    // Usually they all come from one queue: no regrouping then.
+pub(super) fn group_by_queue(taken: Vec<Unacked>, slots: &Slots) -> Vec<(Arc<Queue>, Vec<Unacked>)> {
+    let queue = |u: &Unacked| slots.handle(u.slot).map(|h| &h.queue);
+    // Usually they all come from one slot, or one queue: no regrouping then.
     if let Some(first) = taken.first() {
-        if taken.iter().all(|u| Arc::ptr_eq(&u.to.queue, &first.to.queue)) {
-            return vec![(first.to.queue.clone(), taken)];
+        let Some(q) = queue(first) else {
+            debug_assert!(false, "an unacked delivery names an empty slot");
+            return Vec::new();
+        };
+        if taken.iter().all(|u| u.slot == first.slot || queue(u).is_some_and(|x| Arc::ptr_eq(x, q))) {
+            return vec![(q.clone(), taken)];
         }
     }
     let mut groups: Vec<(Arc<Queue>, Vec<Unacked>)> = Vec::new();
     for u in taken {
-        match groups.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.to.queue)) {
+        let Some(q) = queue(&u) else { continue };
+        match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, q)) {
             Some((_, g)) => g.push(u),
-            None => groups.push((u.to.queue.clone(), vec![u])),
+            None => groups.push((q.clone(), vec![u])),
         }
     }
     groups
@@ -48,7 +54,7 @@ impl Channel {
         &mut self,
         out: &mut frame::Out,
         frame_max: u32,
-        (to, consumer): (&Arc<Handle>, &Arc<Consumer>),
+        (slot, to, consumer): (u32, &Handle, &Arc<Consumer>),
         entry: Entry<MessageRef>,
         turn: &mut Turn,
     ) {
@@ -77,7 +83,8 @@ impl Channel {
                 Some(_) => warren_core::consumer_timeout::clock_start(msg, warren_core::now_ms()),
                 None => 0,
             };
-            let u = Unacked { to: to.clone(), entry, at_ms };
+            to.hold();
+            let u = Unacked { slot, entry, at_ms };
             self.push_unacked(tag, Some(u));
         }
     }
@@ -138,22 +145,26 @@ impl Channel {
     /// the client takes it, its unacked deliveries requeued, the channel
     /// and its other consumers untouched (RabbitMQ closes the whole
     /// channel with 406 instead).
-    pub fn expire_consumers(&mut self, out: &mut BytesMut, vhost: &Arc<VHost>, notify: bool, now_ms: u64) {
+    pub fn expire_consumers(
+        &mut self,
+        out: &mut BytesMut,
+        (vhost, slots): (&Arc<VHost>, &mut Slots),
+        notify: bool,
+        now_ms: u64,
+    ) {
         if self.closing || !self.consumers.values().any(|(c, _)| c.timeout_ms.is_some()) {
             return;
         }
-        let mut expired: Vec<Arc<Consumer>> = Vec::new();
+        let mut expired: Vec<(u32, Arc<Consumer>)> = Vec::new();
         for u in self.unacked.iter().flatten() {
-            let Some(c) = &u.to.consumer else { continue };
+            let Some((_, c)) = slots.get(u.slot) else { continue };
             let Some(t) = c.timeout_ms else { continue };
-            if u.at_ms > 0 && now_ms.saturating_sub(u.at_ms) > t && !expired.iter().any(|e| Arc::ptr_eq(e, c)) {
-                expired.push(c.clone());
+            if u.at_ms > 0 && now_ms.saturating_sub(u.at_ms) > t && !expired.iter().any(|(s, _)| *s == u.slot) {
+                expired.push((u.slot, c.clone()));
             }
         }
-        for c in expired {
-            let queue =
-                self.unacked.iter().flatten().find(|u| u.to.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c)));
-            let queue = queue.map(|u| u.to.queue.name.clone()).unwrap_or_default();
+        for (slot, c) in expired {
+            let queue = slots.handle(slot).map(|h| h.queue.name.clone()).unwrap_or_default();
             tracing::warn!(channel = self.id, consumer = %c.tag, %queue, timeout_ms = c.timeout_ms, "consumer timed out: cancelled, its deliveries requeued");
             if self.consumers.get(&*c.tag).is_some_and(|(x, _)| Arc::ptr_eq(x, &c)) {
                 if let Some((consumer, q)) = self.consumers.remove(&*c.tag) {
@@ -163,16 +174,16 @@ impl Channel {
                 }
             }
             let mut taken = Vec::new();
-            for (i, slot) in self.unacked.iter_mut().enumerate() {
-                if slot.as_ref().is_some_and(|u| u.to.consumer.as_ref().is_some_and(|x| Arc::ptr_eq(x, &c))) {
-                    taken.extend(slot.take());
+            for (i, u) in self.unacked.iter_mut().enumerate() {
+                if u.as_ref().is_some_and(|u| u.slot == slot) {
+                    taken.extend(u.take());
                     self.timed_out.push(self.first_tag + i as u64);
                 }
             }
             self.trim_settled();
             self.outstanding = self.outstanding.saturating_sub(taken.len() as u64);
             ChannelInfo::store(&self.info.unacked, self.outstanding);
-            Self::requeue(taken);
+            Self::requeue(taken, slots);
             if notify {
                 self.write_cancel(out, &c.tag);
             }
@@ -227,21 +238,19 @@ impl Channel {
             self.info.stats.bump(stats::ACK, taken.len() as u64);
         }
         match s.requeue {
-            Some(true) => Self::requeue_as(taken, true),
+            Some(true) => Self::requeue_as(taken, true, ctx.slots),
             _ => {
-                for (q, group) in group_by_queue(taken) {
+                for (q, group) in group_by_queue(taken, ctx.slots) {
                     let n = group.len();
-                    // Credit goes back once per run of one consumer's
+                    // Credit goes back once per run of one slot's
                     // deliveries, not once per message (two atomics each).
-                    let mut run: Option<(Arc<Handle>, u32)> = None;
+                    let mut run: Option<(u32, u32)> = None;
                     for u in group {
-                        if u.to.consumer.is_some() {
-                            match &mut run {
-                                Some((rh, k)) if Arc::ptr_eq(rh, &u.to) => *k += 1,
-                                _ => {
-                                    if let Some((rh, k)) = run.replace((u.to, 1)) {
-                                        rh.consumer.iter().for_each(|c| c.release(k));
-                                    }
+                        match &mut run {
+                            Some((slot, k)) if *slot == u.slot => *k += 1,
+                            _ => {
+                                if let Some((slot, k)) = run.replace((u.slot, 1)) {
+                                    ctx.slots.release(slot, k);
                                 }
                             }
                         }
@@ -251,8 +260,8 @@ impl Channel {
                             q.discard(&u.entry.message);
                         }
                     }
-                    if let Some((rh, k)) = run {
-                        rh.consumer.iter().for_each(|c| c.release(k));
+                    if let Some((slot, k)) = run {
+                        ctx.slots.release(slot, k);
                     }
                     q.settled(n, s.requeue.is_none());
                     ctx.to_wake.push(q);
@@ -282,7 +291,7 @@ impl Channel {
         self.settle(ctx, s)
     }
 
-    pub(super) fn recover(&mut self, requeue: bool) -> Result<(), AmqpError> {
+    pub(super) fn recover(&mut self, requeue: bool, slots: &mut Slots) -> Result<(), AmqpError> {
         if !requeue {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
@@ -290,7 +299,7 @@ impl Channel {
         self.first_tag = self.next_tag;
         self.outstanding = 0;
         ChannelInfo::store(&self.info.unacked, 0);
-        Self::requeue(all);
+        Self::requeue(all, slots);
         Ok(())
     }
 
@@ -320,20 +329,18 @@ impl Channel {
         })
     }
 
-    pub(super) fn requeue(taken: Vec<Unacked>) {
-        Self::requeue_as(taken, false);
+    pub(super) fn requeue(taken: Vec<Unacked>, slots: &mut Slots) {
+        Self::requeue_as(taken, false, slots);
     }
 
     /// Gives deliveries back to their queues: `rejected` (nack/reject with
     /// requeue) lets a queue with a requeue back-off hold them for a while.
-    pub(super) fn requeue_as(taken: Vec<Unacked>, rejected: bool) {
-        for (q, group) in group_by_queue(taken) {
+    pub(super) fn requeue_as(taken: Vec<Unacked>, rejected: bool, slots: &mut Slots) {
+        for (q, group) in group_by_queue(taken, slots) {
             let entries: Vec<_> = group
                 .into_iter()
                 .map(|u| {
-                    if let Some(c) = &u.to.consumer {
-                        c.release(1);
-                    }
+                    slots.release(u.slot, 1);
                     u.entry
                 })
                 .collect();
@@ -479,8 +486,7 @@ impl Channel {
                         let props = warren_core::queue::delivery_properties(&q, &entry);
                         frame::write_content_out(ctx.out, id, ctx.frame_max, &props, &msg.body);
                         drop(props);
-                        let to = Arc::new(Handle { queue: q, consumer: None });
-                        let u = (!g.no_ack).then_some(Unacked { to, entry, at_ms: 0 });
+                        let u = (!g.no_ack).then(|| Unacked { slot: ctx.slots.add_get(q), entry, at_ms: 0 });
                         self.push_unacked(tag, u);
                     }
                 }
@@ -495,11 +501,11 @@ impl Channel {
             M::Nack(n) => self
                 .settle_or_buffer(ctx, Settle { tag: n.delivery_tag, multiple: n.multiple, requeue: Some(n.requeue) }),
             M::Recover(r) => {
-                self.recover(r.requeue)?;
+                self.recover(r.requeue, ctx.slots)?;
                 reply(ctx.out, id, AMQPClass::Basic(M::RecoverOk(basic::RecoverOk {})));
                 Ok(())
             }
-            M::RecoverAsync(r) => self.recover(r.requeue),
+            M::RecoverAsync(r) => self.recover(r.requeue, ctx.slots),
             _ => Err(AmqpError::command_invalid("unexpected basic method")),
         }
     }

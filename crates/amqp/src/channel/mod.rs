@@ -240,11 +240,11 @@ impl Channel {
         );
         self.closing = true;
         self.assembler = Assembler::Idle;
-        self.release_all(ctx.vhost);
+        self.release_all(ctx.vhost, ctx.slots);
     }
 
     /// Cancels every consumer and requeues every unacked delivery, in order.
-    pub fn release_all(&mut self, vhost: &Arc<VHost>) {
+    pub fn release_all(&mut self, vhost: &Arc<VHost>, slots: &mut Slots) {
         if let Some((q, _)) = self.reply.take() {
             vhost.drop_reply_queue(&q);
         }
@@ -257,7 +257,7 @@ impl Channel {
         self.first_tag = self.next_tag;
         self.outstanding = 0;
         ChannelInfo::store(&self.info.unacked, 0);
-        Self::requeue(all);
+        Self::requeue(all, slots);
         self.tx_publishes.clear();
         self.tx_settles.clear();
     }
@@ -320,7 +320,7 @@ impl Channel {
             AMQPClass::Channel(m) => match m {
                 chan::AMQPMethod::Open(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
                 chan::AMQPMethod::Close(_) => {
-                    self.release_all(ctx.vhost);
+                    self.release_all(ctx.vhost, ctx.slots);
                     reply(ctx.out, id, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})));
                     self.closed = true;
                     Ok(())

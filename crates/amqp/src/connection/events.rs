@@ -95,7 +95,7 @@ impl Conn {
             Some(ch) if ch.owns(consumer) => {
                 for entry in entries {
                     self.delivered_logged |= entry.message.persisted.get().is_some();
-                    ch.deliver(&mut self.out, self.frame_max, (to, consumer), entry, &mut self.turn);
+                    ch.deliver(&mut self.out, self.frame_max, (slot, to, consumer), entry, &mut self.turn);
                 }
             }
             _ => give_back(&to.queue, consumer, entries),

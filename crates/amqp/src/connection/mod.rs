@@ -454,7 +454,7 @@ async fn serve_as(
                 if let Some(vhost) = c.vhost.clone() {
                     let now_ms = warren_core::now_ms();
                     for ch in c.channels.values_mut() {
-                        ch.expire_consumers(&mut c.out, &vhost, c.cancel_notify, now_ms);
+                        ch.expire_consumers(&mut c.out, (&vhost, &mut c.slots), c.cancel_notify, now_ms);
                         ch.flush_exchange_stats();
                     }
                 }
@@ -818,7 +818,7 @@ impl Conn {
     fn close_all_channels(&mut self) {
         if let Some(vhost) = self.vhost.clone() {
             for (_, mut ch) in std::mem::take(&mut self.channels) {
-                ch.release_all(&vhost);
+                ch.release_all(&vhost, &mut self.slots);
                 self.channel_gone(&ch.info);
             }
         }
