@@ -49,13 +49,7 @@ impl Slots {
             self.sweep();
             self.sweep_at = 2 * (self.slots.len() - self.free.len());
         }
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let slot = self.empty_slot();
         let consumer = make(slot);
         debug_assert_eq!(consumer.slot, slot);
         self.slots[slot as usize] =
@@ -66,17 +60,17 @@ impl Slots {
     /// A slot for one unacked `basic.get` delivery from `queue`: freed when
     /// it is settled.
     pub fn add_get(&mut self, queue: Arc<Queue>) -> u32 {
-        let h = Some(Handle { queue, consumer: None, held: Cell::new(1) });
-        match self.free.pop() {
-            Some(s) => {
-                self.slots[s as usize] = h;
-                s
-            }
-            None => {
-                self.slots.push(h);
-                (self.slots.len() - 1) as u32
-            }
-        }
+        let slot = self.empty_slot();
+        self.slots[slot as usize] = Some(Handle { queue, consumer: None, held: Cell::new(1) });
+        slot
+    }
+
+    /// A free slot, or a new one at the end of the table.
+    fn empty_slot(&mut self) -> u32 {
+        self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            (self.slots.len() - 1) as u32
+        })
     }
 
     /// The consumer in `slot`, with its handle.
