@@ -389,7 +389,10 @@ async fn serve_as(
         // to complete in place. (A body frame is a slice of this buffer
         // until the message is gone: a move is a copy of up to frame_max.)
         let missing = big_frame_missing(&rbuf);
-        big_frames |= missing.is_some();
+        // Not before connection.open: a stranger's one big frame does not
+        // buy it the big reads (and their buffers) a publisher of big
+        // bodies gets.
+        big_frames |= missing.is_some() && c.stage == Stage::Open;
         let (limit, needed) = match missing {
             Some(m) => (m, m),
             None if big_frames => (READ_BIG_FRAMES, READ_BIG_FRAMES + c.frame_room()),
