@@ -87,6 +87,52 @@ struct Args {
     /// Declare the queues with this `x-queue-type` (e.g. quorum; implies durable).
     #[arg(long)]
     queue_type: Option<String>,
+    /// Publish with the properties a celery task message carries: content
+    /// type and encoding, correlation id, reply-to and an 18-entry headers
+    /// table (about 330 bytes of properties).
+    #[arg(long)]
+    headers: bool,
+}
+
+/// A celery 5 task message's properties (protocol 2), as kombu sends them.
+fn celery_properties(persistent: bool) -> bytes::Bytes {
+    use amq_protocol::types::{AMQPValue, FieldArray};
+    let id = "9f1c2a4e-6b7d-4c1e-8a3f-2d5e7b9c0a1f";
+    let s = |v: &str| AMQPValue::LongString(v.into());
+    let mut h = FieldTable::default();
+    for (k, v) in [
+        ("lang", s("py")),
+        ("task", s("tasks.add")),
+        ("id", s(id)),
+        ("shadow", AMQPValue::Void),
+        ("eta", AMQPValue::Void),
+        ("expires", AMQPValue::Void),
+        ("group", AMQPValue::Void),
+        ("group_index", AMQPValue::Void),
+        ("retries", AMQPValue::LongLongInt(0)),
+        ("timelimit", AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::Void, AMQPValue::Void]))),
+        ("root_id", s(id)),
+        ("parent_id", AMQPValue::Void),
+        ("argsrepr", s("(2, 2)")),
+        ("kwargsrepr", s("{}")),
+        ("origin", s("gen4242@worker-host")),
+        ("ignore_result", AMQPValue::Boolean(false)),
+        ("replaced_task_nesting", AMQPValue::LongLongInt(0)),
+        ("stamped_headers", AMQPValue::Void),
+    ] {
+        h.insert(k.into(), v);
+    }
+    let mut p = basic::AMQPProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into())
+        .with_headers(h)
+        .with_priority(0)
+        .with_correlation_id(id.into())
+        .with_reply_to("5e2f7c1a-3b4d-3e6f-9a8b-1c2d3e4f5a6b".into());
+    if persistent {
+        p = p.with_delivery_mode(2);
+    }
+    warren_protocol::content::encode_properties(&p)
 }
 
 #[derive(Default)]
@@ -279,7 +325,12 @@ async fn publisher(
         })),
     );
     // Properties: only delivery_mode (flag bit 12) when persistent.
-    let props: &[u8] = if args.persistent { &[0x10, 0x00, 2] } else { &[0, 0] };
+    let celery = args.headers.then(|| celery_properties(args.persistent));
+    let props: &[u8] = match &celery {
+        Some(p) => p,
+        None if args.persistent => &[0x10, 0x00, 2],
+        None => &[0, 0],
+    };
     let mut body = vec![0u8; args.size.max(8)];
     let batch = if rate > 0 { 1 } else { 64 };
     let mut buf = BytesMut::with_capacity(1 << 20);
@@ -528,6 +579,7 @@ async fn main() -> anyhow::Result<()> {
         "prefetch": args.prefetch,
         "multi_ack": args.multi_ack,
         "persistent": args.persistent,
+        "headers": args.headers,
         "confirm": args.confirm,
         "fanout": args.fanout,
         "queues": args.queues,

@@ -18,6 +18,9 @@ pub struct ContentHeader {
     /// Property flags and list exactly as the publisher encoded them
     /// (checked to decode; read them with [`scan_properties`]).
     pub properties_raw: Bytes,
+    /// The `headers` table, decoded by the check: read the rest with
+    /// [`scan_past_headers`], which does not decode it again.
+    pub headers: Option<FieldTable>,
 }
 
 /// Parses a content header frame's payload.
@@ -40,10 +43,11 @@ pub fn parse_header(payload: &[u8]) -> Result<ContentHeader, AmqpError> {
         [0, 0] => Bytes::from_static(&[0, 0]),
         _ => Bytes::copy_from_slice(raw),
     };
-    if scan_properties(&properties_raw).is_none() {
+    let Some(view) = scan_properties(&properties_raw) else {
         return Err(AmqpError::frame_error("cannot decode content header properties"));
-    }
-    Ok(ContentHeader { body_size, properties_raw })
+    };
+    let headers = view.headers;
+    Ok(ContentHeader { body_size, properties_raw, headers })
 }
 
 /// The basic properties the broker acts on, read straight from the raw
@@ -64,6 +68,19 @@ pub struct PropsView<'a> {
 /// the spec's order). None if it does not decode — exactly when
 /// `amq_protocol`'s full parser fails (checked by a property test).
 pub fn scan_properties(raw: &[u8]) -> Option<PropsView<'_>> {
+    scan::<true>(raw)
+}
+
+/// As [`scan_properties`], but steps over the `headers` table by its
+/// length, leaving `headers` None: for a list [`parse_header`] has
+/// checked, whose table it kept (a celery message's table is most of its
+/// properties).
+pub fn scan_past_headers(raw: &[u8]) -> Option<PropsView<'_>> {
+    scan::<false>(raw)
+}
+
+#[inline(always)]
+fn scan<const TABLE: bool>(raw: &[u8]) -> Option<PropsView<'_>> {
     fn short_str<'a>(raw: &'a [u8], at: &mut usize) -> Option<&'a str> {
         let n = *raw.get(*at)? as usize;
         let s = raw.get(*at + 1..*at + 1 + n)?;
@@ -80,6 +97,10 @@ pub fn scan_properties(raw: &[u8]) -> Option<PropsView<'_>> {
         let bit = 15 - pending.leading_zeros() as u16;
         pending &= !(1 << bit);
         match bit {
+            13 if !TABLE => {
+                let n = u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
+                at = at.checked_add(4 + n).filter(|&end| end <= raw.len())?;
+            }
             13 => {
                 // Measured first: the parser recurses once per level.
                 if crate::table::scan(&raw[at..]) == crate::table::Scan::TooDeep {
@@ -300,6 +321,22 @@ mod encode_tests {
         let raw = encode_properties(&p);
         assert_eq!(amq_protocol::protocol::basic::parse_properties(&raw[..]).unwrap().1, p);
         assert_eq!(scan_properties(&raw).unwrap().priority, Some(4));
+    }
+
+    #[test]
+    fn a_header_keeps_its_table_and_the_rest_reads_past_it() {
+        let mut t = FieldTable::default();
+        t.insert("task".into(), amq_protocol::types::AMQPValue::LongString("tasks.add".into()));
+        let p = AMQPProperties::default().with_headers(t.clone()).with_priority(3).with_reply_to("r".into());
+        let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+        payload.extend_from_slice(&encode_properties(&p));
+        let h = parse_header(&payload).unwrap();
+        assert_eq!(h.headers.as_ref(), Some(&t));
+        let rest = scan_past_headers(&h.properties_raw).unwrap();
+        assert_eq!((rest.headers, rest.priority, rest.reply_to), (None, Some(3), Some("r")));
+        // A table length past the end does not read past it.
+        let cut = &h.properties_raw[..h.properties_raw.len() - 4];
+        assert!(scan_past_headers(cut).is_none());
     }
 }
 
