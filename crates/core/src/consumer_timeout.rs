@@ -17,7 +17,7 @@ use crate::message::Message;
 /// When the timeout starts for `message` delivered at `now` (ms since the
 /// epoch): its celery ETA if that is later, else `now`.
 pub fn clock_start(message: &Message, now: u64) -> u64 {
-    let eta = match message.properties.headers().and_then(|h| h.inner().get("eta")) {
+    let eta = match message.header("eta") {
         Some(AMQPValue::LongString(s)) => parse_iso8601_ms(&String::from_utf8_lossy(s.as_bytes())),
         Some(AMQPValue::ShortString(s)) => parse_iso8601_ms(s.as_str()),
         _ => None,

@@ -124,8 +124,7 @@ pub fn dead_lettered(msg: &Message, reason: Reason, queue: &str, exchange: &str,
 /// updated) to `target` is a cycle if `target` appears in its `x-death`
 /// history with no `rejected` death before it.
 pub fn is_cycle(msg: &Message, target: &str) -> bool {
-    let Some(headers) = msg.properties.headers() else { return false };
-    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else { return false };
+    let Some(AMQPValue::FieldArray(deaths)) = msg.header("x-death") else { return false };
     for d in deaths.as_slice() {
         let AMQPValue::FieldTable(t) = d else { continue };
         if t.inner().get("reason").and_then(text).as_deref() == Some("rejected") {

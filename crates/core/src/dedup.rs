@@ -111,15 +111,14 @@ impl Dedup {
     /// Whether `message` repeats a value still remembered; if not, its
     /// value (if it has one) is remembered from now on.
     pub fn is_duplicate(&mut self, message: &Message, now: u64) -> bool {
-        let Some(headers) = message.properties.headers() else { return false };
-        let Some(value) = headers.inner().get(self.header.as_str()) else { return false };
-        let key = key_of(value);
+        let Some(value) = message.header(self.header.as_str()) else { return false };
+        let key = key_of(&value);
         if let Some((until, _)) = self.seen.get(&key) {
             if *until > now {
                 return true;
             }
         }
-        let ttl = headers.inner().get("x-cache-ttl").and_then(crate::arguments::as_int).filter(|t| *t > 0);
+        let ttl = message.header("x-cache-ttl").as_ref().and_then(crate::arguments::as_int).filter(|t| *t > 0);
         let until = match ttl.map(|t| t as u64).or(self.ttl) {
             Some(t) => now.saturating_add(t),
             None => u64::MAX,
@@ -170,7 +169,8 @@ mod tests {
             h.insert(ShortString::from("x-cache-ttl"), AMQPValue::LongLongInt(t));
         }
         let props = AMQPProperties::default().with_headers(h);
-        Message::new("x".into(), "rk".into(), bytes::Bytes::new(), props, bytes::Bytes::new())
+        let raw = warren_protocol::content::encode_properties(&props);
+        Message::new("x".into(), "rk".into(), raw, props, bytes::Bytes::new())
     }
 
     fn cache(size: Option<i64>, ttl: Option<i64>) -> Dedup {

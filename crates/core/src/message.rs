@@ -5,7 +5,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::Bytes;
 use once_cell::race::OnceBox;
-use warren_protocol::{AmqpError, FieldTable, ShortString};
+use warren_protocol::{AMQPValue, AmqpError, FieldTable, ShortString};
 use warren_store::log::Persisted;
 
 use crate::names::Names;
@@ -106,30 +106,22 @@ static PREFETCHW: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
     ecx & (1 << 8) != 0
 });
 
-/// The parsed properties a queued message keeps. The two that most
-/// messages lack are boxed together: 16 bytes here, not 40.
+/// The parsed properties a queued message keeps: 16 bytes (the
+/// expiration most messages lack is boxed). The `headers` table stays
+/// encoded in `properties_raw` ([`Message::header`], [`Message::headers`]):
+/// decoding a celery message's 18 entries cost more than everything else
+/// the broker does with it, and kept the table's ~40 allocations alive for
+/// as long as the message was queued.
 #[derive(Debug, Default, Clone)]
 pub struct Props {
     priority: Option<u8>,
     delivery_mode: Option<u8>,
-    rare: Option<Box<Rare>>,
-}
-
-#[derive(Debug, Clone)]
-struct Rare {
-    expiration: Option<ShortString>,
-    headers: Option<FieldTable>,
+    expiration: Option<Box<ShortString>>,
 }
 
 impl Props {
-    fn new(
-        priority: Option<u8>,
-        delivery_mode: Option<u8>,
-        expiration: Option<ShortString>,
-        headers: Option<FieldTable>,
-    ) -> Props {
-        let rare = (expiration.is_some() || headers.is_some()).then(|| Box::new(Rare { expiration, headers }));
-        Props { priority, delivery_mode, rare }
+    fn new(priority: Option<u8>, delivery_mode: Option<u8>, expiration: Option<ShortString>) -> Props {
+        Props { priority, delivery_mode, expiration: expiration.map(Box::new) }
     }
     pub fn priority(&self) -> Option<u8> {
         self.priority
@@ -138,22 +130,19 @@ impl Props {
         self.delivery_mode
     }
     pub fn expiration(&self) -> Option<&ShortString> {
-        self.rare.as_ref()?.expiration.as_ref()
-    }
-    pub fn headers(&self) -> Option<&FieldTable> {
-        self.rare.as_ref()?.headers.as_ref()
+        self.expiration.as_deref()
     }
 }
 
 impl From<warren_protocol::content::PropsView<'_>> for Props {
     fn from(v: warren_protocol::content::PropsView<'_>) -> Self {
-        Props::new(v.priority, v.delivery_mode, v.expiration.map(ShortString::from), v.headers)
+        Props::new(v.priority, v.delivery_mode, v.expiration.map(ShortString::from))
     }
 }
 
 impl From<AMQPProperties> for Props {
     fn from(p: AMQPProperties) -> Self {
-        Props::new(*p.priority(), *p.delivery_mode(), p.expiration().clone(), p.headers().clone())
+        Props::new(*p.priority(), *p.delivery_mode(), p.expiration().clone())
     }
 }
 
@@ -220,6 +209,25 @@ impl Message {
         self.names.routing_key()
     }
 
+    /// The value named `key` in the `headers` property, decoded alone.
+    pub fn header(&self, key: &str) -> Option<AMQPValue> {
+        warren_protocol::table::get(self.headers_raw()?, key)
+    }
+
+    /// The whole `headers` property, decoded.
+    pub fn headers(&self) -> Option<FieldTable> {
+        let raw = self.headers_raw()?;
+        // Checked before the parser, which recurses once per level.
+        matches!(warren_protocol::table::scan(raw), warren_protocol::table::Scan::Fits(_))
+            .then(|| amq_protocol::types::parsing::parse_field_table(raw).ok().map(|(_, t)| t))?
+    }
+
+    /// The encoded `headers` table, its length first (the list was checked
+    /// when it was published).
+    fn headers_raw(&self) -> Option<&[u8]> {
+        warren_protocol::content::scan_past_headers(&self.properties_raw)?.headers
+    }
+
     /// Every property, parsed from the raw bytes (dead-lettering rewrites them).
     pub fn full_properties(&self) -> AMQPProperties {
         amq_protocol::protocol::basic::parse_properties(&self.properties_raw[..]).map(|(_, p)| p).unwrap_or_default()
@@ -274,7 +282,7 @@ mod tests {
     #[test]
     fn a_spare_is_filled_with_the_parts_given() {
         let body = Bytes::from(vec![7u8; 100]);
-        let props = Props::new(Some(1), Some(2), Some("5".into()), None);
+        let props = Props::new(Some(1), Some(2), Some("5".into()));
         let m = Spare::new().fill(Names::of("x", "k"), Bytes::from_static(&[0, 0]), props, body.clone());
         assert_eq!((m.exchange(), m.routing_key(), &m.body[..]), ("x", "k", &body[..]));
         assert_eq!(
@@ -294,18 +302,32 @@ mod tests {
     }
 
     #[test]
-    fn rare_properties_read_back() {
-        let none = Props::new(Some(3), Some(2), None, None);
-        assert!(none.rare.is_none());
-        assert_eq!(
-            (none.priority(), none.delivery_mode(), none.expiration(), none.headers()),
-            (Some(3), Some(2), None, None)
-        );
+    fn properties_read_back() {
+        let none = Props::new(Some(3), Some(2), None);
+        assert_eq!((none.priority(), none.delivery_mode(), none.expiration()), (Some(3), Some(2), None));
+        let exp = Props::new(None, None, Some("60000".into()));
+        assert_eq!(exp.expiration().map(|e| e.as_str()), Some("60000"));
+        assert_eq!(std::mem::size_of::<Props>(), 16);
+    }
+
+    #[test]
+    fn headers_read_from_the_encoded_table() {
         let mut t = FieldTable::default();
-        t.insert("k".into(), amq_protocol::types::AMQPValue::Boolean(true));
-        let both = Props::new(None, None, Some("60000".into()), Some(t.clone()));
-        assert_eq!((both.expiration().map(|e| e.as_str()), both.headers()), (Some("60000"), Some(&t)));
-        let one = Props::new(None, None, None, Some(t.clone()));
-        assert_eq!((one.expiration(), one.headers()), (None, Some(&t)));
+        t.insert("k".into(), AMQPValue::Boolean(true));
+        t.insert("x-delay".into(), AMQPValue::LongInt(5));
+        let p = AMQPProperties::default().with_content_type("a/b".into()).with_headers(t.clone()).with_priority(1);
+        let raw = warren_protocol::content::encode_properties(&p);
+        let m = Message::new("x".into(), "k".into(), raw, p, Bytes::new());
+        assert_eq!((m.headers(), m.header("x-delay"), m.header("y")), (Some(t), Some(AMQPValue::LongInt(5)), None));
+        assert_eq!(m.properties.priority(), Some(1));
+        let bare = AMQPProperties::default();
+        let m = Message::new(
+            "x".into(),
+            "k".into(),
+            warren_protocol::content::encode_properties(&bare),
+            bare,
+            Bytes::new(),
+        );
+        assert_eq!((m.headers(), m.header("k")), (None, None));
     }
 }

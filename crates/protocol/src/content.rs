@@ -9,18 +9,14 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::AmqpError;
 use crate::frame::Payload;
-use crate::FieldTable;
 
 /// A content header as received.
 #[derive(Debug, Clone)]
 pub struct ContentHeader {
     pub body_size: u64,
     /// Property flags and list exactly as the publisher encoded them
-    /// (checked to decode; read them with [`scan_properties`]).
+    /// (checked to decode; read them again with [`scan_past_headers`]).
     pub properties_raw: Bytes,
-    /// The `headers` table, decoded by the check: read the rest with
-    /// [`scan_past_headers`], which does not decode it again.
-    pub headers: Option<FieldTable>,
 }
 
 /// Parses a content header frame's payload.
@@ -43,22 +39,25 @@ pub fn parse_header(payload: &[u8]) -> Result<ContentHeader, AmqpError> {
         [0, 0] => Bytes::from_static(&[0, 0]),
         _ => Bytes::copy_from_slice(raw),
     };
-    let Some(view) = scan_properties(&properties_raw) else {
+    if scan_properties(&properties_raw).is_none() {
         return Err(AmqpError::frame_error("cannot decode content header properties"));
-    };
-    let headers = view.headers;
-    Ok(ContentHeader { body_size, properties_raw, headers })
+    }
+    Ok(ContentHeader { body_size, properties_raw })
 }
 
 /// The basic properties the broker acts on, read straight from the raw
 /// property list (borrowing its strings). A full `AMQPProperties` parse
 /// costs a ~340-byte struct and a copy of every field per message; the
-/// per-message path needs only these.
+/// per-message path needs only these. The `headers` table stays encoded
+/// (decoding a celery message's 18 entries cost more than everything
+/// else the broker does with it): read it with [`crate::table::get`], or
+/// decode it where a whole table is needed.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct PropsView<'a> {
     pub delivery_mode: Option<u8>,
     pub priority: Option<u8>,
-    pub headers: Option<FieldTable>,
+    /// The encoded table, its length first.
+    pub headers: Option<&'a [u8]>,
     pub reply_to: Option<&'a str>,
     pub expiration: Option<&'a str>,
     pub user_id: Option<&'a str>,
@@ -71,10 +70,9 @@ pub fn scan_properties(raw: &[u8]) -> Option<PropsView<'_>> {
     scan::<true>(raw)
 }
 
-/// As [`scan_properties`], but steps over the `headers` table by its
-/// length, leaving `headers` None: for a list [`parse_header`] has
-/// checked, whose table it kept (a celery message's table is most of its
-/// properties).
+/// As [`scan_properties`], but takes the `headers` table's length on
+/// trust instead of walking the table: for a list [`parse_header`] has
+/// checked (a celery message's table is most of its properties).
 pub fn scan_past_headers(raw: &[u8]) -> Option<PropsView<'_>> {
     scan::<false>(raw)
 }
@@ -85,6 +83,11 @@ fn scan<const TABLE: bool>(raw: &[u8]) -> Option<PropsView<'_>> {
         let n = *raw.get(*at)? as usize;
         let s = raw.get(*at + 1..*at + 1 + n)?;
         *at += 1 + n;
+        if s.is_ascii() {
+            // SAFETY: ASCII is UTF-8. (Checked inline: these strings are
+            // short, and `from_utf8` is a call with set-up of its own.)
+            return Some(unsafe { std::str::from_utf8_unchecked(s) });
+        }
         std::str::from_utf8(s).ok()
     }
     let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
@@ -97,18 +100,20 @@ fn scan<const TABLE: bool>(raw: &[u8]) -> Option<PropsView<'_>> {
         let bit = 15 - pending.leading_zeros() as u16;
         pending &= !(1 << bit);
         match bit {
-            13 if !TABLE => {
-                let n = u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize;
-                at = at.checked_add(4 + n).filter(|&end| end <= raw.len())?;
-            }
             13 => {
-                // Measured first: the parser recurses once per level.
-                if crate::table::scan(&raw[at..]) == crate::table::Scan::TooDeep {
-                    return None;
-                }
-                let (rest, table) = amq_protocol::types::parsing::parse_field_table(&raw[at..]).ok()?;
-                at = raw.len() - rest.len();
-                v.headers = Some(table);
+                let n = if TABLE {
+                    // Walked without recursion, and refused beyond
+                    // `MAX_DEPTH` (the parser recurses once per level).
+                    match crate::table::scan(&raw[at..]) {
+                        crate::table::Scan::Fits(n) => n,
+                        _ => return None,
+                    }
+                } else {
+                    4 + u32::from_be_bytes(raw.get(at..at + 4)?.try_into().ok()?) as usize
+                };
+                let end = at.checked_add(n).filter(|&end| end <= raw.len())?;
+                v.headers = Some(&raw[at..end]);
+                at = end;
             }
             12 | 11 => {
                 let b = *raw.get(at)?;
@@ -324,16 +329,22 @@ mod encode_tests {
     }
 
     #[test]
-    fn a_header_keeps_its_table_and_the_rest_reads_past_it() {
-        let mut t = FieldTable::default();
-        t.insert("task".into(), amq_protocol::types::AMQPValue::LongString("tasks.add".into()));
+    fn a_checked_list_reads_the_same_past_its_table() {
+        use amq_protocol::types::AMQPValue;
+        let mut t = crate::FieldTable::default();
+        t.insert("task".into(), AMQPValue::LongString("tasks.add".into()));
+        t.insert("retries".into(), AMQPValue::LongLongInt(2));
         let p = AMQPProperties::default().with_headers(t.clone()).with_priority(3).with_reply_to("r".into());
         let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
         payload.extend_from_slice(&encode_properties(&p));
         let h = parse_header(&payload).unwrap();
-        assert_eq!(h.headers.as_ref(), Some(&t));
-        let rest = scan_past_headers(&h.properties_raw).unwrap();
-        assert_eq!((rest.headers, rest.priority, rest.reply_to), (None, Some(3), Some("r")));
+        let (all, rest) = (scan_properties(&h.properties_raw).unwrap(), scan_past_headers(&h.properties_raw).unwrap());
+        assert_eq!(all, rest);
+        assert_eq!((rest.priority, rest.reply_to), (Some(3), Some("r")));
+        let table = rest.headers.unwrap();
+        assert_eq!(amq_protocol::types::parsing::parse_field_table(table).unwrap().1, t);
+        assert_eq!(crate::table::get(table, "retries"), Some(AMQPValue::LongLongInt(2)));
+        assert_eq!(crate::table::get(table, "eta"), None);
         // A table length past the end does not read past it.
         let cut = &h.properties_raw[..h.properties_raw.len() - 4];
         assert!(scan_past_headers(cut).is_none());

@@ -15,6 +15,7 @@ use crate::error::AmqpError;
 /// The deepest nesting of tables and arrays accepted, counting the outer
 /// table as 1.
 pub const MAX_DEPTH: usize = 64;
+const _: () = assert!(MAX_DEPTH <= 64, "one bit of `tables` a level");
 
 /// What the scan found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,34 +31,41 @@ pub enum Scan {
 
 /// Measures the field table (length-prefixed) at the start of `bytes`.
 pub fn scan(bytes: &[u8]) -> Scan {
-    // Each open table or array: where it ends, and whether it is a table
-    // (whose entries have a name before their value).
-    let mut open: Vec<(usize, bool)> = Vec::new();
+    // Each open table or array: where it ends, and (bit i of `tables`)
+    // whether it is a table, whose entries have a name before their value.
+    // On the stack: every message's `headers` property is scanned.
+    let mut ends = [0usize; MAX_DEPTH];
+    let mut tables: u64 = 1;
     let Some(len) = read_u32(bytes, 0) else { return Scan::Malformed };
     let mut at = 4;
-    open.push((at + len, true));
+    ends[0] = at + len;
+    let mut depth = 1;
     loop {
-        let Some(&(end, is_table)) = open.last() else { return Scan::Fits(at) };
+        if depth == 0 {
+            return Scan::Fits(at);
+        }
+        let (end, is_table) = (ends[depth - 1], tables & (1 << (depth - 1)) != 0);
         if at == end {
-            open.pop();
+            depth -= 1;
             continue;
         }
         if at > end || end > bytes.len() {
             return Scan::Malformed;
         }
         if is_table {
+            // A name is a short string: UTF-8, as the parser requires.
             let Some(&n) = bytes.get(at) else { return Scan::Malformed };
+            let Some(name) = bytes.get(at + 1..at + 1 + n as usize) else { return Scan::Malformed };
+            // (Names are short: the ASCII test is a few instructions
+            // inline, `from_utf8` a call with set-up of its own.)
+            if !name.is_ascii() && std::str::from_utf8(name).is_err() {
+                return Scan::Malformed;
+            }
             at += 1 + n as usize;
         }
         let Some(&kind) = bytes.get(at) else { return Scan::Malformed };
         at += 1;
         let fixed = match kind {
-            b't' | b'b' | b'B' => 1,
-            b's' | b'U' | b'u' => 2,
-            b'I' | b'i' | b'f' => 4,
-            b'L' | b'l' | b'd' | b'T' => 8,
-            b'D' => 5,
-            b'V' => 0,
             b'S' | b'x' => {
                 let Some(n) = read_u32(bytes, at) else { return Scan::Malformed };
                 4 + n
@@ -65,16 +73,59 @@ pub fn scan(bytes: &[u8]) -> Scan {
             b'F' | b'A' => {
                 let Some(n) = read_u32(bytes, at) else { return Scan::Malformed };
                 at += 4;
-                if open.len() >= MAX_DEPTH {
+                if depth >= MAX_DEPTH {
                     return Scan::TooDeep;
                 }
-                open.push((at + n, kind == b'F'));
+                ends[depth] = at + n;
+                tables = (tables & !(1 << depth)) | (u64::from(kind == b'F') << depth);
+                depth += 1;
                 continue;
             }
-            _ => return Scan::Malformed,
+            _ => match width(kind) {
+                Some(w) => w,
+                None => return Scan::Malformed,
+            },
         };
         at += fixed;
     }
+}
+
+/// The value named `key` in the outermost level of a field table
+/// (length-prefixed) that [`scan`] found to fit; only that value is
+/// decoded. None if there is no such entry (or the table is malformed).
+pub fn get(bytes: &[u8], key: &str) -> Option<crate::AMQPValue> {
+    let end = read_u32(bytes, 0)?.checked_add(4)?;
+    let bytes = bytes.get(..end)?;
+    let mut at = 4;
+    // A name given twice means its last value, as in a decoded table.
+    let mut found = None;
+    while at < end {
+        let n = *bytes.get(at)? as usize;
+        let name = bytes.get(at + 1..at + 1 + n)?;
+        at += 1 + n;
+        if name == key.as_bytes() {
+            found = Some(at);
+        }
+        let kind = *bytes.get(at)?;
+        at += 1 + match kind {
+            b'S' | b'x' | b'F' | b'A' => 4 + read_u32(bytes, at + 1)?,
+            _ => width(kind)?,
+        };
+    }
+    amq_protocol::types::parsing::parse_value(bytes.get(found?..)?).ok().map(|(_, v)| v)
+}
+
+/// The size of a value of a fixed-size kind (after its kind octet).
+fn width(kind: u8) -> Option<usize> {
+    Some(match kind {
+        b't' | b'b' | b'B' => 1,
+        b's' | b'U' | b'u' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'L' | b'l' | b'd' | b'T' => 8,
+        b'D' => 5,
+        b'V' => 0,
+        _ => return None,
+    })
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {

@@ -99,9 +99,8 @@ impl Channel {
     pub(super) fn published(&mut self, ctx: &mut Ctx<'_>, content: Content) -> Result<(), AmqpError> {
         let p = self.publish.take().expect("content follows a basic.publish");
         let mut props_raw = content.header.properties_raw;
-        let mut view = warren_protocol::content::scan_past_headers(&props_raw)
+        let view = warren_protocol::content::scan_past_headers(&props_raw)
             .ok_or_else(|| AmqpError::frame_error("cannot decode content header properties"))?;
-        view.headers = content.header.headers;
         warren_core::publish::check_user_id(view.user_id, ctx.user, ctx.impersonator)?;
         let direct_reply = view.reply_to == Some(REPLY_TO);
         let mut kept: warren_core::message::Props = view.into();

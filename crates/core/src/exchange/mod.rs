@@ -258,10 +258,9 @@ impl Exchange {
                 }
             }
             ExchangeKind::Headers => {
-                let empty = FieldTable::default();
-                let headers = message.properties.headers().unwrap_or(&empty);
+                let headers = message.headers().unwrap_or_default();
                 for x in &b.all {
-                    if headers::matches(&x.arguments, headers) {
+                    if headers::matches(&x.arguments, &headers) {
                         out.push(x.destination.clone());
                     }
                 }
