@@ -19,6 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCENARIOS = [
     ("transient 16 B, 1 → 1 → 1, prefetch 1000, acks every 100", "consumed_per_s",
      ["--size", "16", "--prefetch", "1000", "--multi-ack", "100"]),
+    ("transient 16 B with a celery task's properties (`--headers`)", "consumed_per_s",
+     ["--size", "16", "--prefetch", "1000", "--multi-ack", "100", "--headers"]),
     ("transient 1 KiB", "consumed_per_s", ["--size", "1024", "--prefetch", "1000", "--multi-ack", "100"]),
     ("transient 64 KiB", "consumed_per_s", ["--size", "65536", "--prefetch", "1000", "--multi-ack", "100"]),
     ("persistent 1 KiB, confirms 1000 (Warren fsyncs)", "confirmed_per_s",
