@@ -323,4 +323,23 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_name_given_twice_reads_as_its_last_value_as_when_decoded() {
+        // "k" = true, "n" = 7, "k" = false, written by hand: a table
+        // encoder cannot repeat a name.
+        let mut raw = vec![0, 0, 0, 0];
+        raw.extend_from_slice(&[1, b'k', b't', 1, 1, b'n', b'I', 0, 0, 0, 7, 1, b'k', b't', 0]);
+        let n = (raw.len() - 4) as u32;
+        raw[..4].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(scan(&raw), Scan::Fits(raw.len()));
+        let decoded = amq_protocol::types::parsing::parse_field_table(&raw[..]).unwrap().1;
+        assert_eq!(decoded.inner().get("k"), Some(&AMQPValue::Boolean(false)));
+        assert_eq!(get(&raw, "k"), Some(AMQPValue::Boolean(false)));
+        assert_eq!(get(&raw, "n"), Some(AMQPValue::LongInt(7)));
+        // A name that is not UTF-8 is refused, as the parser refuses it.
+        raw[5] = 0xff;
+        assert_eq!(scan(&raw), Scan::Malformed);
+        assert!(amq_protocol::types::parsing::parse_field_table(&raw[..]).is_err());
+    }
 }
