@@ -495,19 +495,38 @@ impl MessageLog {
         at
     }
 
-    /// Appends one record; returns (segment, logical end position). For a
-    /// publish record, the message id is assigned here, under the same lock
-    /// as the append, so that ids follow log order (recovery relies on it).
+    /// Appends one record; returns (segment, offset, logical end position).
+    /// For a publish record, the message id (its first 8 octets) is
+    /// assigned here, under the same lock as the append, so that ids
+    /// follow log order (recovery relies on it).
     fn append(&self, kind: u8, payload: &mut [u8], durable: bool, live: u64, target: Option<u32>) -> (u32, u32, u64) {
+        let (seg, offset, pos, id) =
+            self.append_with(kind, payload.len(), durable, live, target, |b| b.extend_from_slice(payload));
+        if let Some(id) = id {
+            payload[..8].copy_from_slice(&id.to_be_bytes());
+        }
+        (seg, offset, pos)
+    }
+
+    /// Appends one record of `len` octets that `fill` writes straight into
+    /// the chunk (no copy of it is made first); also returns a publish
+    /// record's message id.
+    fn append_with(
+        &self,
+        kind: u8,
+        len: usize,
+        durable: bool,
+        live: u64,
+        target: Option<u32>,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> (u32, u32, u64, Option<u64>) {
         let mut st = self.shared.state.lock().unwrap();
         let mut id = None;
         if kind == T_PUBLISH {
-            let next = st.next_msg_id;
+            id = Some(st.next_msg_id);
             st.next_msg_id += 1;
-            payload[..8].copy_from_slice(&next.to_be_bytes());
-            id = Some(next);
         }
-        let size = (HEADER + 1 + payload.len()) as u64;
+        let size = (HEADER + 1 + len) as u64;
         if st.segment_size > 0 && st.segment_size + size > self.shared.segment_target {
             st.segment += 1;
             st.segment_size = 0;
@@ -545,19 +564,25 @@ impl MessageLog {
         }
         let chunk = st.chunks.last_mut().expect("pushed above");
         chunk.durable |= durable;
-        let mut h = crc32fast::Hasher::new();
-        h.update(&[kind]);
-        h.update(payload);
-        chunk.bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        chunk.bytes.extend_from_slice(&h.finalize().to_be_bytes());
+        // Length and CRC are written once the record is in place.
+        let start = chunk.bytes.len();
+        chunk.bytes.reserve(HEADER + 1 + len);
+        chunk.bytes.extend_from_slice(&[0; HEADER]);
         chunk.bytes.push(kind);
-        chunk.bytes.extend_from_slice(payload);
+        fill(&mut chunk.bytes);
+        debug_assert_eq!(chunk.bytes.len() - start, HEADER + 1 + len, "a record as long as announced");
+        if let Some(id) = id {
+            chunk.bytes[start + HEADER + 1..start + HEADER + 9].copy_from_slice(&id.to_be_bytes());
+        }
+        let crc = crc32fast::hash(&chunk.bytes[start + HEADER..]);
+        chunk.bytes[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        chunk.bytes[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
         let pos = st.appended;
         drop(st);
         if wake {
             self.shared.wake.notify_one();
         }
-        (seg, offset, pos)
+        (seg, offset, pos, id)
     }
 
     /// The open file of a segment, for reading records back.
@@ -706,20 +731,33 @@ impl crate::MessageStore for MessageLog {
         properties: &[u8],
         body: &[u8],
     ) -> (Persisted, u64) {
-        let mut p =
-            Vec::with_capacity(32 + properties.len() + body.len() + queues.iter().map(|q| q.len() + 2).sum::<usize>());
-        p.extend_from_slice(&0u64.to_be_bytes()); // msg_id, set by `append`
-        p.extend_from_slice(&published_at.to_be_bytes());
-        p.extend_from_slice(&(queues.len() as u16).to_be_bytes());
-        for q in queues {
-            put_str16(&mut p, q);
-        }
-        put_str16(&mut p, exchange);
-        put_str16(&mut p, routing_key);
-        put_bytes32(&mut p, properties);
-        put_bytes32(&mut p, body);
-        let (segment, offset, pos) = self.append(T_PUBLISH, &mut p, true, queues.len() as u64, None);
-        let msg_id = u64::from_be_bytes(p[..8].try_into().expect("8 bytes"));
+        // Written straight into the log's chunk: a persistent message is
+        // copied once here, not into a record first and then again.
+        let len = 8
+            + 8
+            + 2
+            + queues.iter().map(|q| 2 + q.len()).sum::<usize>()
+            + 2
+            + exchange.len()
+            + 2
+            + routing_key.len()
+            + 4
+            + properties.len()
+            + 4
+            + body.len();
+        let (segment, offset, pos, id) = self.append_with(T_PUBLISH, len, true, queues.len() as u64, None, |p| {
+            p.extend_from_slice(&0u64.to_be_bytes()); // msg_id, set by `append_with`
+            p.extend_from_slice(&published_at.to_be_bytes());
+            p.extend_from_slice(&(queues.len() as u16).to_be_bytes());
+            for q in queues {
+                put_str16(p, q);
+            }
+            put_str16(p, exchange);
+            put_str16(p, routing_key);
+            put_bytes32(p, properties);
+            put_bytes32(p, body);
+        });
+        let msg_id = id.expect("a publish record has an id");
         (Persisted { msg_id, segment, offset, end: pos }, pos)
     }
 
