@@ -13,6 +13,7 @@ and only its own acks make room, so dispatch order cannot matter).
 """
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import statistics
@@ -73,6 +74,7 @@ def run(fair, r):
         w.wait()
     broker.terminate()
     broker.wait()
+    shutil.rmtree(data, ignore_errors=True)
     return elapsed, slow_runs
 
 

@@ -9,6 +9,7 @@ GET /api/queues (median of 5 each), with the broker's peak RSS meanwhile.
 """
 import os
 import pathlib
+import shutil
 import socket
 import statistics
 import subprocess
@@ -97,6 +98,7 @@ def main():
     finally:
         proc.terminate()
         proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
     addr = os.environ.get("RABBITMQ_ADDR", "127.0.0.1:5672")
     if addr:
         http = os.environ.get("RABBITMQ_HTTP", "http://127.0.0.1:15672")
