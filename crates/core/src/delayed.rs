@@ -54,16 +54,10 @@ pub fn resolve_kind(kind: &str, arguments: &FieldTable) -> Result<(ExchangeKind,
 
 /// The message's delay in ms (`x-delay` header), if positive.
 pub fn delay_of(message: &Message) -> Option<u64> {
-    let ms = match message.header("x-delay")? {
-        AMQPValue::ShortShortInt(i) => i as i64,
-        AMQPValue::ShortShortUInt(i) => i as i64,
-        AMQPValue::ShortInt(i) => i as i64,
-        AMQPValue::ShortUInt(i) => i as i64,
-        AMQPValue::LongInt(i) => i as i64,
-        AMQPValue::LongUInt(i) => i as i64,
-        AMQPValue::LongLongInt(i) => i,
+    let v = message.header("x-delay")?;
+    let ms = match &v {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).trim().parse().ok()?,
-        _ => return None,
+        v => crate::arguments::as_int(v)?,
     };
     (ms > 0).then_some(ms as u64)
 }
