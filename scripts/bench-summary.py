@@ -23,6 +23,11 @@ SCENARIOS = [
      ["--size", "16", "--prefetch", "1000", "--multi-ack", "100", "--headers"]),
     ("transient 1 KiB", "consumed_per_s", ["--size", "1024", "--prefetch", "1000", "--multi-ack", "100"]),
     ("transient 64 KiB", "consumed_per_s", ["--size", "65536", "--prefetch", "1000", "--multi-ack", "100"]),
+    # The same load with each broker on one core and the load generator on
+    # the other (bench.sh's PIN_*): at 64 KiB the unpinned run is the two
+    # cores' limit, shared by broker and load generator.
+    ("transient 64 KiB, broker on CPU 0, load generator on CPU 1", "consumed_per_s",
+     ["--size", "65536", "--prefetch", "1000", "--multi-ack", "100"], {"PIN_BROKER": "0", "PIN_LOAD": "1"}),
     ("persistent 1 KiB, confirms 1000 (Warren fsyncs)", "confirmed_per_s",
      ["--size", "1024", "--persistent", "--durable", "--confirm", "1000", "--prefetch", "1000", "--multi-ack", "100",
       "--queue", "pbench"]),
@@ -53,17 +58,18 @@ def main():
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
-    for title, key, args in SCENARIOS:
+    for title, key, args, *extra in SCENARIOS:
+        extra = extra[0] if extra else {}
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             subprocess.run([str(ROOT / "scripts" / "bench.sh"), *args], check=True, cwd=ROOT,
-                           env={**env, "BENCH_SUMMARY_OUT": out.name}, stdout=sys.stderr)
+                           env={**env, **extra, "BENCH_SUMMARY_OUT": out.name}, stdout=sys.stderr)
             med = json.load(open(out.name))
         w, r = med["warren"], med.get("rabbitmq", {})
         ratio = (w[key] / r[key]) if r.get(key) else float("nan")
         fmt = (lambda v: f"{v:,.0f}") if key == "p99_us" else (lambda v: f"{v / 1000:,.1f} k/s")
         rows.append(f"| {title} | {fmt(r.get(key, 0))} | {fmt(w[key])} | {ratio:.2f} × | "
                     f"{w['cpu_us_per_msg']:.2f} | {r.get('cpu_us_per_msg', 0):.2f} | "
-                    f"`scripts/bench.sh {' '.join(args)}` |")
+                    f"`{''.join(f'{k}={v} ' for k, v in extra.items())}scripts/bench.sh {' '.join(args)}` |")
         print(rows[-1], file=sys.stderr)
     table = "\n".join([
         START,

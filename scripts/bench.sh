@@ -11,6 +11,12 @@
 # RABBITMQ_ADDR: unset = a private RabbitMQ node started (and stopped) by
 # this script (Debian's rabbitmq-server, default configuration, no
 # plugins); host:port = that running RabbitMQ; empty = Warren only.
+# PIN_BROKER=CPUS PIN_LOAD=CPUS (taskset lists, e.g. 0 and 1): every thread
+# of each broker on PIN_BROKER, the load generator on PIN_LOAD. A diagnosis
+# of what each broker does with the same core(s), the load generator's CPU
+# kept off them. Each broker is started pinned, so it sizes its threads
+# (Warren's workers, Erlang's schedulers) to what it sees. Unset (the
+# default) = no pinning.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${ROUNDS:-5}
@@ -22,6 +28,9 @@ cd "$root"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 data=$(mktemp -d)
+broker=() load=()
+[ -z "${PIN_BROKER:-}" ] || broker=(taskset -c "$PIN_BROKER")
+[ -z "${PIN_LOAD:-}" ] || load=(taskset -c "$PIN_LOAD")
 rabbit_node=
 cleanup() {
     kill "$pid" 2>/dev/null || true
@@ -29,7 +38,7 @@ cleanup() {
     [ -n "$rabbit_node" ] && rabbitmqctl -q -n "$rabbit_node" stop >/dev/null 2>&1 || true
     rm -rf "$data"
 }
-target/release/warren --amqp-listen "127.0.0.1:$port" --http-listen "${WARREN_BENCH_HTTP:-}" --prometheus-listen "" --data-dir "$data/warren" >"$data/warren.log" 2>&1 &
+"${broker[@]}" target/release/warren --amqp-listen "127.0.0.1:$port" --http-listen "${WARREN_BENCH_HTTP:-}" --prometheus-listen "" --data-dir "$data/warren" >"$data/warren.log" 2>&1 &
 pid=$!
 trap cleanup EXIT
 for _ in $(seq 100); do grep -q listening "$data/warren.log" && break; sleep 0.1; done
@@ -50,7 +59,7 @@ if [ -z "${RABBITMQ_ADDR+set}" ]; then
     RABBITMQ_NODENAME=$rabbit_node RABBITMQ_NODE_PORT=$rport RABBITMQ_DIST_PORT=$(free_port) \
         RABBITMQ_MNESIA_BASE=$data/rabbit/mnesia RABBITMQ_LOG_BASE=$data/rabbit/log \
         RABBITMQ_PID_FILE=$data/rabbit/pid RABBITMQ_ENABLED_PLUGINS_FILE=$data/rabbit/enabled_plugins \
-        rabbitmq-server -detached >/dev/null 2>&1
+        "${broker[@]}" rabbitmq-server -detached >/dev/null 2>&1
     rabbitmqctl -q -n "$rabbit_node" wait "$data/rabbit/pid" --timeout 120 >/dev/null
     rabbit=127.0.0.1:$rport
     rabbit_pid=$(cat "$data/rabbit/pid")
@@ -70,7 +79,7 @@ for r in $(seq "$rounds"); do
         [ -n "$addr" ] || continue
         if [ "$target" = warren ]; then bpid=$pid; else bpid=$rabbit_pid; fi
         before=$( [ -n "$bpid" ] && cpu_s "$bpid" || echo 0)
-        line=$(target/release/warren-perf --addr "$addr" --duration "$duration" "$@")
+        line=$("${load[@]}" target/release/warren-perf --addr "$addr" --duration "$duration" "$@")
         after=$( [ -n "$bpid" ] && cpu_s "$bpid" || echo 0)
         echo "{\"broker\":\"$target\",\"round\":$r,\"broker_cpu_s\":$(awk -v a="$after" -v b="$before" 'BEGIN{print a - b}'),\"duration_s\":$duration,\"result\":$line}" | tee -a "$results"
     done
