@@ -111,3 +111,93 @@ def test_a_slow_reader_gets_big_bodies_intact(broker, name):
     finally:
         pub.close()
         con.close()
+
+
+def test_consumers_with_another_frame_max_get_big_bodies_intact(broker, name):
+    """A body that came in several big frames is kept in them; a consumer
+    whose frame_max differs from the publisher's gets frames that take
+    pieces of two of them."""
+    sizes = [131065, 300_001, 1 << 20, 5, 262_128]
+    pub = pika.BlockingConnection(broker.params())
+    try:
+        ch = pub.channel()
+        ch.queue_declare(name, auto_delete=False)
+        for frame_max in (4096, 50_000, 131072):
+            sent = [body(i + frame_max, s) for i, s in enumerate(sizes)]
+            for b in sent:
+                ch.basic_publish("", name, b)
+            c = pika.BlockingConnection(broker.params(frame_max=frame_max))
+            try:
+                cch = c.channel()
+                # Half by basic.get, half by basic.deliver.
+                for i, b in enumerate(sent[:2]):
+                    m, _p, got = cch.basic_get(name, auto_ack=True)
+                    assert m is not None and got == b, f"frame_max {frame_max}, get {i}"
+                got = []
+                cch.basic_consume(name, lambda c, m, p, b: got.append(b), auto_ack=True)
+                assert pump_until(c, lambda: len(got) == len(sent) - 2, timeout=30), len(got)
+                assert got == sent[2:], f"frame_max {frame_max}: {[len(b) for b in got]}"
+            finally:
+                c.close()
+        ch.queue_delete(name)
+    finally:
+        pub.close()
+
+
+def test_big_bodies_dead_lettered_arrive_intact(conn, name):
+    ch = conn.channel()
+    ch.queue_declare(f"{name}-dead", auto_delete=True)
+    ch.queue_declare(name, auto_delete=True, arguments={"x-dead-letter-exchange": "",
+                                                         "x-dead-letter-routing-key": f"{name}-dead"})
+    sent = [body(i, s) for i, s in enumerate([300_001, 1 << 20, 17])]
+    for b in sent:
+        ch.basic_publish("", name, b)
+    for _ in sent:
+        m, _p, _b = ch.basic_get(name)
+        ch.basic_reject(m.delivery_tag, requeue=False)
+    for i, b in enumerate(sent):
+        m, p, got = ch.basic_get(f"{name}-dead", auto_ack=True)
+        assert m is not None and got == b, i
+        assert p.headers["x-death"][0]["reason"] == "rejected"
+
+
+def test_persistent_big_bodies_survive_kill_9(name):
+    """Written to the message log from the frames they came in, read back
+    after kill -9 and a restart; the management API's get shows them too."""
+    import base64
+    import signal
+
+    import requests
+
+    from conftest import start_warren, stop_warren, wait_for
+
+    sizes = [300_001, 1 << 20, 131065, 5]
+    sent = [body(i, s) for i, s in enumerate(sizes)]
+    proc, port, data = start_warren()
+    try:
+        c = pika.BlockingConnection(pika.ConnectionParameters(port=port))
+        ch = c.channel()
+        ch.queue_declare(name, durable=True)
+        ch.confirm_delivery()
+        for b in sent:
+            ch.basic_publish("", name, b, pika.BasicProperties(delivery_mode=2))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc.pump.join(10)
+    proc, port, _ = start_warren(data=data)
+    try:
+        api = proc.http + f"/api/queues/%2F/{name}"
+        assert wait_for(lambda: requests.get(api, auth=("guest", "guest"), timeout=10).json().get("messages") == 4)
+        r = requests.post(api + "/get", auth=("guest", "guest"), timeout=30,
+                          json={"count": 2, "ackmode": "ack_requeue_true", "encoding": "base64"}).json()
+        assert [base64.b64decode(m["payload"]) for m in r] == sent[:2]
+        assert [m["payload_bytes"] for m in r] == sizes[:2]
+        c = pika.BlockingConnection(pika.ConnectionParameters(port=port))
+        ch = c.channel()
+        for i, b in enumerate(sent):
+            m, _p, got = ch.basic_get(name, auto_ack=True)
+            assert m is not None and got == b, i
+        c.close()
+    finally:
+        stop_warren(proc, data)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::Bytes;
 use once_cell::race::OnceBox;
-use warren_protocol::{AMQPValue, AmqpError, FieldTable, ShortString};
+use warren_protocol::{AMQPValue, AmqpError, Body, FieldTable, ShortString};
 use warren_store::log::Persisted;
 
 use crate::names::Names;
@@ -21,8 +21,9 @@ pub struct Message {
     /// stay in `properties_raw` (see [`Message::full_properties`]): a full
     /// `AMQPProperties` costs ~340 bytes per queued message.
     pub properties: Props,
-    /// Reference-counted: routing to N queues never copies it.
-    pub body: Bytes,
+    /// Reference-counted: routing to N queues never copies it. A big body
+    /// stays in the frames it arrived in ([`Body`]).
+    pub body: Body,
     /// Set when the message log holds it (persistent, in a durable queue).
     /// Boxed: one word in every message, an allocation only in those.
     pub persisted: OnceBox<Persisted>,
@@ -55,7 +56,7 @@ impl Spare {
     /// written into it once: building a `Message` and then moving it in
     /// copied it through the stack, and loads of what had just been
     /// stored in narrower pieces stalled the core (store forwarding).
-    pub fn fill(self, names: Names, properties_raw: Bytes, properties: Props, body: Bytes) -> MessageRef {
+    pub fn fill(self, names: Names, properties_raw: Bytes, properties: Props, body: Body) -> MessageRef {
         // `MaybeUninit<Message>` is laid out as a `Message`.
         let at = Arc::as_ptr(&self.0).cast_mut().cast::<Message>();
         // SAFETY: the spare's `Arc` is never cloned (the field is private
@@ -156,7 +157,7 @@ impl Message {
             stored.routing_key.as_str().into(),
             raw.clone(),
             props,
-            stored.body.clone(),
+            stored.body.clone().into(),
         );
         let _ = m.persisted.set(Box::new(persisted));
         m
@@ -168,12 +169,12 @@ impl Message {
         routing_key: Arc<str>,
         properties_raw: Bytes,
         properties: Props,
-        body: Bytes,
+        body: Body,
     ) -> Self {
         Message::with_names(Names::new(exchange, routing_key), properties_raw, properties, body)
     }
 
-    pub fn with_names(names: Names, properties_raw: Bytes, properties: Props, body: Bytes) -> Self {
+    pub fn with_names(names: Names, properties_raw: Bytes, properties: Props, body: Body) -> Self {
         Message { names, properties_raw, properties, body, persisted: OnceBox::new() }
     }
 
@@ -195,9 +196,9 @@ impl Message {
         routing_key: Arc<str>,
         properties_raw: Bytes,
         properties: AMQPProperties,
-        body: Bytes,
+        body: impl Into<Body>,
     ) -> Self {
-        Message::with_props(exchange, routing_key, properties_raw, properties.into(), body)
+        Message::with_props(exchange, routing_key, properties_raw, properties.into(), body.into())
     }
 
     /// The exchange it was published to, as the publisher named it.
@@ -283,8 +284,8 @@ mod tests {
     fn a_spare_is_filled_with_the_parts_given() {
         let body = Bytes::from(vec![7u8; 100]);
         let props = Props::new(Some(1), Some(2), Some("5".into()));
-        let m = Spare::new().fill(Names::of("x", "k"), Bytes::from_static(&[0, 0]), props, body.clone());
-        assert_eq!((m.exchange(), m.routing_key(), &m.body[..]), ("x", "k", &body[..]));
+        let m = Spare::new().fill(Names::of("x", "k"), Bytes::from_static(&[0, 0]), props, body.clone().into());
+        assert_eq!((m.exchange(), m.routing_key(), &m.body.contiguous()[..]), ("x", "k", &body[..]));
         assert_eq!(
             (&m.properties_raw[..], m.properties.priority(), m.expiration_ms()),
             (&[0u8, 0][..], Some(1), Some(5))

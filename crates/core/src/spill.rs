@@ -135,7 +135,9 @@ impl SpillStore {
         }
         rec.extend_from_slice(&(m.properties_raw.len() as u32).to_be_bytes());
         rec.extend_from_slice(&m.properties_raw);
-        rec.extend_from_slice(&m.body);
+        for part in m.body.parts() {
+            rec.extend_from_slice(part);
+        }
         let len = (rec.len() - 4) as u32;
         rec[..4].copy_from_slice(&len.to_be_bytes());
 
@@ -231,7 +233,7 @@ fn decode(rec: Bytes) -> Option<(MessageRef, Meta)> {
     let properties = take(props_len)?;
     let body = rec.slice(at..);
     let props = warren_protocol::content::scan_properties(&properties).map(Props::from).unwrap_or_default();
-    let m = Message::with_props(exchange.into(), routing_key.into(), properties, props, body);
+    let m = Message::with_props(exchange.into(), routing_key.into(), properties, props, body.into());
     let meta = Meta { priority, expires_at: (expires_at != u64::MAX).then_some(expires_at), delivery_count };
     Some((Arc::new(m), meta))
 }
@@ -242,7 +244,13 @@ mod tests {
 
     fn msg(i: u32, size: usize) -> Message {
         let body = Bytes::from([i.to_be_bytes().to_vec(), vec![7; size]].concat());
-        Message::with_props("x".into(), format!("k{i}").into(), Bytes::from_static(&[0, 0]), Props::default(), body)
+        Message::with_props(
+            "x".into(),
+            format!("k{i}").into(),
+            Bytes::from_static(&[0, 0]),
+            Props::default(),
+            body.into(),
+        )
     }
 
     #[test]
@@ -261,7 +269,7 @@ mod tests {
         for (i, &at) in locations.iter().enumerate().take(100) {
             let i = i as u32;
             let (m, got) = store.take(at).unwrap();
-            assert_eq!(&m.body[..4], &i.to_be_bytes());
+            assert_eq!(&m.body.contiguous()[..4], &i.to_be_bytes());
             assert_eq!(m.body.len(), 4 + (1 << 20));
             assert_eq!(m.routing_key(), format!("k{i}"));
             assert_eq!(got, meta(i));

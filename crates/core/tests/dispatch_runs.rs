@@ -17,7 +17,7 @@ struct Conn {
 }
 
 fn bodies(all: &[Delivery]) -> Vec<String> {
-    all.iter().map(|d| String::from_utf8(d.entry.message.body.to_vec()).unwrap()).collect()
+    all.iter().map(|d| String::from_utf8(d.entry.message.body.contiguous().to_vec()).unwrap()).collect()
 }
 
 impl Outbox for Conn {

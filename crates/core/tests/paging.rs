@@ -48,7 +48,7 @@ fn wait_synced(broker: &Broker, pos: u64) {
 fn drain(q: &Queue) -> Vec<String> {
     let mut out = Vec::new();
     while let Some((e, remaining)) = q.get(true) {
-        out.push(String::from_utf8(e.message.body.to_vec()).unwrap());
+        out.push(String::from_utf8(e.message.body.contiguous().to_vec()).unwrap());
         assert_eq!(remaining as usize + out.len(), out.len() + q.message_count() as usize);
     }
     out
@@ -90,7 +90,7 @@ fn paged_backlog_survives_a_restart_and_purge_leaves_nothing() {
         let pos = fill(&vhost, &q, "m", 12_000);
         // Take a few (acked with no_ack): they must not come back.
         for i in 0..10 {
-            assert_eq!(&q.get(true).unwrap().0.message.body[..], format!("m{i}").as_bytes());
+            assert_eq!(&q.get(true).unwrap().0.message.body.contiguous()[..], format!("m{i}").as_bytes());
         }
         wait_synced(&broker, pos);
         broker.log().unwrap().close_and_join();

@@ -1,14 +1,17 @@
 //! Content assembly: `basic.publish` + content header + body frames → one
 //! message.
 //!
-//! A single body frame is kept as the slice of the read buffer it arrived in
-//! (no copy); several are gathered into one buffer sized from the header.
+//! A body frame of 4 KiB or more is kept as the slice of the read buffer it
+//! arrived in (no copy). A body of several frames of 16 KiB or more stays
+//! in those slices ([`Body`]); one of smaller frames is gathered into one
+//! buffer.
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::{Bytes, BytesMut};
 
+use crate::body::Body;
 use crate::error::AmqpError;
-use crate::frame::Payload;
+use crate::frame::{Payload, SHARE_BODY_FROM};
 
 /// A content header as received.
 #[derive(Debug, Clone)]
@@ -146,7 +149,7 @@ fn scan<const TABLE: bool>(raw: &[u8]) -> Option<PropsView<'_>> {
 #[derive(Debug, Clone)]
 pub struct Content {
     pub header: ContentHeader,
-    pub body: Bytes,
+    pub body: Body,
 }
 
 /// Where a channel is in receiving one message's content.
@@ -157,7 +160,14 @@ pub enum Assembler {
     /// `basic.publish` seen, waiting for its header.
     AwaitingHeader,
     /// Header seen, `received` of `header.body_size` bytes in.
-    AwaitingBody { header: ContentHeader, first: Option<Bytes>, rest: BytesMut, received: u64 },
+    AwaitingBody {
+        header: ContentHeader,
+        /// The big frames' payloads so far, as they lie in the read buffer.
+        parts: Vec<Bytes>,
+        /// Or the body so far, gathered (once a small frame came).
+        rest: BytesMut,
+        received: u64,
+    },
 }
 
 /// Bodies below this are copied out of the read buffer so that a small
@@ -207,9 +217,9 @@ impl Assembler {
         }
         if header.body_size == 0 {
             *self = Assembler::Idle;
-            return Ok(Some(Content { header, body: Bytes::new() }));
+            return Ok(Some(Content { header, body: Body::new() }));
         }
-        *self = Assembler::AwaitingBody { header, first: None, rest: BytesMut::new(), received: 0 };
+        *self = Assembler::AwaitingBody { header, parts: Vec::new(), rest: BytesMut::new(), received: 0 };
         Ok(None)
     }
 
@@ -221,7 +231,7 @@ impl Assembler {
                 _ => self.expected(),
             });
         }
-        let Assembler::AwaitingBody { header, first, rest, received } = self else { unreachable!() };
+        let Assembler::AwaitingBody { header, parts, rest, received } = self else { unreachable!() };
         *received += payload.len() as u64;
         if *received > header.body_size {
             return Err(AmqpError::frame_error(format_args!(
@@ -229,27 +239,52 @@ impl Assembler {
                 received, header.body_size
             )));
         }
-        if first.is_none() && rest.is_empty() {
-            if *received == header.body_size {
+        if payload.is_empty() {
+            // (The body is complete only once a byte makes it so.)
+            return Ok(None);
+        }
+        let last = *received == header.body_size;
+        if rest.is_empty() {
+            if parts.is_empty() && last {
+                // One frame: a big one kept where it lies, a small one copied.
                 let body = match payload {
                     Payload::Shared(b) if b.len() >= COPY_BELOW => b,
                     small => Bytes::copy_from_slice(&small),
                 };
                 let Assembler::AwaitingBody { header, .. } = std::mem::take(self) else { unreachable!() };
-                return Ok(Some(Content { header, body }));
+                return Ok(Some(Content { header, body: body.into() }));
             }
-            // Reserve what the header announced, up to 1 MiB: a client that
-            // announces a huge body and trickles it in must not make us
-            // allocate it all up front (per channel, per connection).
+            // Several frames: kept as they came while each is big (the
+            // last may be any size), so the body is never gathered.
+            let keep = match &payload {
+                Payload::Shared(b) => last || b.len() >= SHARE_BODY_FROM,
+                Payload::Borrowed(_) => last && !parts.is_empty(),
+            };
+            if keep {
+                parts.push(match payload {
+                    Payload::Shared(b) => b,
+                    Payload::Borrowed(small) => Bytes::copy_from_slice(small),
+                });
+                if !last {
+                    return Ok(None);
+                }
+                let Assembler::AwaitingBody { header, parts, .. } = std::mem::take(self) else { unreachable!() };
+                return Ok(Some(Content { header, body: Body::from_parts(parts) }));
+            }
+            // Small frames (a client with a small frame_max): gathered into
+            // one buffer from here on. Reserve what the header announced,
+            // up to 1 MiB: a client that announces a huge body and trickles
+            // it in must not make us allocate it all up front (per
+            // channel, per connection).
             rest.reserve((header.body_size as usize).min(1 << 20));
-        }
-        if let Some(f) = first.take() {
-            rest.extend_from_slice(&f);
+            for p in parts.drain(..) {
+                rest.extend_from_slice(&p);
+            }
         }
         rest.extend_from_slice(&payload);
-        if *received == header.body_size {
+        if last {
             let Assembler::AwaitingBody { header, rest, .. } = std::mem::take(self) else { unreachable!() };
-            return Ok(Some(Content { header, body: rest.freeze() }));
+            return Ok(Some(Content { header, body: rest.freeze().into() }));
         }
         Ok(None)
     }
@@ -281,8 +316,45 @@ mod tests {
         for f in &fs[1..] {
             done = a.body(Payload::Shared(f.clone())).unwrap();
         }
-        assert_eq!(&done.unwrap().body[..], &body[..]);
+        let done = done.unwrap().body;
+        // Frames under 16 KiB: gathered into one buffer.
+        assert_eq!((done.single().is_some(), &done.contiguous()[..]), (true, &body[..]));
         assert!(a.is_idle());
+    }
+
+    /// Feeds `body` in frames of `frame_max`, each as `shared` says.
+    fn assemble(body: &[u8], frame_max: u32, shared: impl Fn(usize) -> bool) -> Body {
+        let fs = frames(body, frame_max);
+        let mut a = Assembler::default();
+        a.start();
+        assert!(a.header(&fs[0], u64::MAX).unwrap().is_none());
+        let mut done = None;
+        for (i, f) in fs[1..].iter().enumerate() {
+            assert!(done.is_none());
+            let p = if shared(i) { Payload::Shared(f.clone()) } else { Payload::Borrowed(f) };
+            done = a.body(p).unwrap();
+        }
+        assert!(a.is_idle());
+        done.unwrap().body
+    }
+
+    #[test]
+    fn a_body_of_big_frames_stays_in_them() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let b = assemble(&body, 131_072, |_| true);
+        assert_eq!((b.parts().len(), b.len()), (3, body.len()));
+        assert!(b == body[..]);
+        // The last frame may be small, and borrowed: copied, still a part.
+        let b = assemble(&body[..131_064 + 10], 131_072, |i| i == 0);
+        assert_eq!((b.parts().len(), &b.contiguous()[..]), (2, &body[..131_074]));
+        // A small frame before the last: everything gathered from there.
+        let b = assemble(&body, 131_072, |i| i != 1);
+        assert_eq!((b.parts().len(), &b.contiguous()[..]), (1, &body[..]));
+        let b = assemble(&body, 131_072, |i| i != 0);
+        assert_eq!((b.parts().len(), &b.contiguous()[..]), (1, &body[..]));
+        // One big frame: itself.
+        let b = assemble(&body[..100_000], 131_072, |_| true);
+        assert_eq!((b.parts().len(), &b.contiguous()[..]), (1, &body[..100_000]));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::body::Body;
 use crate::error::AmqpError;
 use crate::AMQPClass;
 
@@ -410,11 +411,12 @@ impl std::ops::DerefMut for Out {
 
 /// Content header and body frames into a connection's output: as
 /// [`write_content`], but a body of [`SHARE_BODY_FROM`] bytes or more is
-/// referenced, not copied.
+/// referenced, not copied (a frame may take pieces of two of a body's
+/// parts).
 #[inline]
-pub fn write_content_out(out: &mut Out, channel: u16, frame_max: u32, properties: &[u8], body: &Bytes) {
+pub fn write_content_out(out: &mut Out, channel: u16, frame_max: u32, properties: &[u8], body: &Body) {
     if body.len() < SHARE_BODY_FROM {
-        return write_content(&mut out.buf, channel, frame_max, properties, body);
+        return write_content(&mut out.buf, channel, frame_max, properties, &body.contiguous());
     }
     write_header(&mut out.buf, channel, body.len(), properties);
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
@@ -424,7 +426,10 @@ pub fn write_content_out(out: &mut Out, channel: u16, frame_max: u32, properties
         out.buf.put_u8(FRAME_BODY);
         out.buf.put_u16(channel);
         out.buf.put_u32((end - at) as u32);
-        out.push_shared(body.slice(at..end));
+        match body.single() {
+            Some(one) => out.push_shared(one.slice(at..end)),
+            None => body.for_each_piece(at, end - at, |piece| out.push_shared(piece)),
+        }
         out.buf.put_u8(FRAME_END);
         at = end;
     }
@@ -463,13 +468,16 @@ pub fn write_delivery(
     redelivered: bool,
     (exchange, routing_key): (&str, &str),
     properties: &[u8],
-    body: &Bytes,
+    body: &Body,
 ) {
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
-    if body.len() >= SHARE_BODY_FROM || body.len() > chunk {
-        write_deliver(out, channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key);
-        return write_content_out(out, channel, frame_max, properties, body);
-    }
+    let body = match body.single() {
+        Some(one) if one.len() < SHARE_BODY_FROM && one.len() <= chunk => one,
+        _ => {
+            write_deliver(out, channel, consumer_tag, delivery_tag, redelivered, exchange, routing_key);
+            return write_content_out(out, channel, frame_max, properties, body);
+        }
+    };
     let name = |s: &str| 1 + s.len().min(crate::error::SHORT_MAX);
     let method = 4 + name(consumer_tag) + 8 + 1 + name(exchange) + name(routing_key);
     let header = 12 + properties.len();
@@ -518,7 +526,7 @@ mod tests {
     fn delivery_in_one_go_matches_the_frame_writers() {
         let long = "k".repeat(300);
         for (body, frame_max) in [(vec![7u8; 16], 4096), (vec![], 4096), (vec![1u8; 5000], 4096), (vec![2u8; 100], 0)] {
-            let body = Bytes::from(body);
+            let body = Body::from(body);
             let props: &[u8] = &[0x10, 0, 2];
             let mut a = Out::default();
             write_delivery(&mut a, 3, frame_max, "ctag", 42, true, ("ex", &long), props, &body);
@@ -636,11 +644,21 @@ mod tests {
 
     #[test]
     fn shared_bodies_write_the_same_bytes_as_copied_ones() {
-        for (size, frame_max) in [(0, 4096), (100, 4096), (SHARE_BODY_FROM, 4096), (70_000, 131_072), (70_000, 4096)] {
-            let body = Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>());
+        let cases =
+            [(0, 4096), (100, 4096), (SHARE_BODY_FROM, 4096), (70_000, 131_072), (70_000, 4096), (300_000, 131_072)];
+        for ((size, frame_max), split) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+            let whole = Bytes::from((0..size).map(|i| i as u8).collect::<Vec<u8>>());
+            // In parts: cut at a third and at two thirds (a frame then
+            // takes pieces of two parts), or at frame boundaries.
+            let cuts = if size == 300_000 { [131_064, 262_128] } else { [size / 3, 2 * size / 3] };
+            let body = if split {
+                Body::from_parts(vec![whole.slice(..cuts[0]), whole.slice(cuts[0]..cuts[1]), whole.slice(cuts[1]..)])
+            } else {
+                Body::from(whole.clone())
+            };
             let mut copied = BytesMut::new();
             write_deliver(&mut copied, 3, "ctag", 9, false, "ex", "rk");
-            write_content(&mut copied, 3, frame_max, &[0, 0], &body);
+            write_content(&mut copied, 3, frame_max, &[0, 0], &whole);
             write_heartbeat(&mut copied);
             let mut out = Out::with_capacity(16);
             write_deliver(&mut out, 3, "ctag", 9, false, "ex", "rk");
@@ -669,7 +687,7 @@ mod tests {
 
     #[test]
     fn truncate_drops_what_came_after_the_mark() {
-        let body = Bytes::from(vec![5u8; SHARE_BODY_FROM * 2]);
+        let body = Body::from(vec![5u8; SHARE_BODY_FROM * 2]);
         for before in [0usize, 1] {
             let mut out = Out::default();
             if before == 1 {

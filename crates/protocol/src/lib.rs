@@ -12,6 +12,7 @@
 //! message properties are kept as the raw bytes the publisher sent, so they
 //! reach consumers byte for byte.
 
+pub mod body;
 pub mod content;
 pub mod error;
 pub mod frame;
@@ -20,6 +21,7 @@ pub mod table;
 
 pub use amq_protocol::protocol::{self as spec, AMQPClass};
 pub use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+pub use body::Body;
 pub use error::{fit_short, short_string, AmqpError, ErrorKind};
 
 /// The protocol header a 0-9-1 client opens with, and the one the server

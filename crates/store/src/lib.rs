@@ -21,7 +21,19 @@ use std::collections::VecDeque;
 /// conformance suite (`memory_log::tests`).
 pub trait MessageStore: Send + Sync {
     /// Records a message enqueued in `queues`; returns where it lives and the
-    /// position that must be synced before it is confirmed.
+    /// position that must be synced before it is confirmed. The body is
+    /// given in parts (the frames a big one arrived in), written in order.
+    fn publish_parts(
+        &self,
+        queues: &[&str],
+        published_at: u64,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+        body: &[bytes::Bytes],
+    ) -> (log::Persisted, u64);
+    /// [`MessageStore::publish_parts`] with the body in one slice (copied
+    /// once more: for tests and tools).
     fn publish(
         &self,
         queues: &[&str],
@@ -30,7 +42,16 @@ pub trait MessageStore: Send + Sync {
         routing_key: &str,
         properties: &[u8],
         body: &[u8],
-    ) -> (log::Persisted, u64);
+    ) -> (log::Persisted, u64) {
+        self.publish_parts(
+            queues,
+            published_at,
+            exchange,
+            routing_key,
+            properties,
+            &[bytes::Bytes::copy_from_slice(body)],
+        )
+    }
     /// The message left `queue` for good.
     fn ack(&self, queue: &str, m: log::Persisted);
     /// The message was delivered from `queue` for the `count`-th time.

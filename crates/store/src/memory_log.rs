@@ -96,14 +96,14 @@ impl MemoryMessageStore {
 }
 
 impl MessageStore for MemoryMessageStore {
-    fn publish(
+    fn publish_parts(
         &self,
         queues: &[&str],
         published_at: u64,
         exchange: &str,
         routing_key: &str,
         properties: &[u8],
-        body: &[u8],
+        body: &[Bytes],
     ) -> (Persisted, u64) {
         let mut records = self.records.lock().unwrap();
         let msg_id = self.next_msg_id.fetch_add(1, Ordering::SeqCst);
@@ -111,7 +111,7 @@ impl MessageStore for MemoryMessageStore {
             exchange: exchange.to_owned(),
             routing_key: routing_key.to_owned(),
             properties: Bytes::copy_from_slice(properties),
-            body: Bytes::copy_from_slice(body),
+            body: Bytes::from(body.concat()),
         });
         self.messages.lock().unwrap().insert(msg_id, (published_at, message.clone()));
         records.push(Record::Publish {

@@ -604,8 +604,14 @@ impl VHost {
         }
         let Some(log) = queues.clone().find_map(|q| q.log.as_ref()) else { return 0 };
         let durable: Vec<&str> = queues.filter(|q| q.log.is_some()).map(|q| q.log_key.as_str()).collect();
-        let (persisted, at) =
-            log.publish(&durable, crate::now_ms(), msg.exchange(), msg.routing_key(), &msg.properties_raw, &msg.body);
+        let (persisted, at) = log.publish_parts(
+            &durable,
+            crate::now_ms(),
+            msg.exchange(),
+            msg.routing_key(),
+            &msg.properties_raw,
+            msg.body.parts(),
+        );
         let _ = msg.persisted.set(Box::new(persisted));
         at
     }
@@ -682,13 +688,13 @@ impl VHost {
         match self.log.as_ref().filter(|_| x.durable && msg.is_persistent()) {
             Some(log) => {
                 let key = crate::delayed::log_key(&self.name, &x.name);
-                let (persisted, pos) = log.publish(
+                let (persisted, pos) = log.publish_parts(
                     &[key.as_str()],
                     now,
                     msg.exchange(),
                     msg.routing_key(),
                     &msg.properties_raw,
-                    &msg.body,
+                    msg.body.parts(),
                 );
                 if self.delayed.schedule(&x.name, Held::Logged(persisted), due, Some((pos, msg))) {
                     self.hooks.earlier_due();

@@ -722,15 +722,16 @@ impl crate::MessageStore for MessageLog {
     /// Records a persistent message enqueued in `queues` at `published_at`
     /// (ms since the Unix epoch). Returns where it lives and the position
     /// that must be synced before it is confirmed.
-    fn publish(
+    fn publish_parts(
         &self,
         queues: &[&str],
         published_at: u64,
         exchange: &str,
         routing_key: &str,
         properties: &[u8],
-        body: &[u8],
+        body: &[Bytes],
     ) -> (Persisted, u64) {
+        let body_len: usize = body.iter().map(Bytes::len).sum();
         // Written straight into the log's chunk: a persistent message is
         // copied once here, not into a record first and then again.
         let len = 8
@@ -744,7 +745,7 @@ impl crate::MessageStore for MessageLog {
             + 4
             + properties.len()
             + 4
-            + body.len();
+            + body_len;
         let (segment, offset, pos, id) = self.append_with(T_PUBLISH, len, true, queues.len() as u64, None, |p| {
             p.extend_from_slice(&0u64.to_be_bytes()); // msg_id, set by `append_with`
             p.extend_from_slice(&published_at.to_be_bytes());
@@ -755,7 +756,10 @@ impl crate::MessageStore for MessageLog {
             put_str16(p, exchange);
             put_str16(p, routing_key);
             put_bytes32(p, properties);
-            put_bytes32(p, body);
+            p.extend_from_slice(&(body_len as u32).to_be_bytes());
+            for part in body {
+                p.extend_from_slice(part);
+            }
         });
         let msg_id = id.expect("a publish record has an id");
         (Persisted { msg_id, segment, offset, end: pos }, pos)

@@ -228,7 +228,8 @@ pub(super) fn get_messages(shared: &Node, call: &Call, vh: &str, name: &str) -> 
     for _ in 0..count {
         let Some((entry, remaining)) = warren_core::publish::get(&q, no_ack, &counters) else { break };
         let msg = &entry.message;
-        let mut body_bytes: &[u8] = &msg.body;
+        let whole = msg.body.contiguous();
+        let mut body_bytes: &[u8] = &whole;
         if let Some(t) = truncate {
             body_bytes = &body_bytes[..body_bytes.len().min(t as usize)];
         }

@@ -107,7 +107,7 @@ pub(super) fn aliveness(shared: &Node, call: &Call, vh: &str) -> Result {
     let mut queues = vec![q.clone()];
     v.enqueue(msg, &mut queues);
     match q.get(true) {
-        Some((e, _)) if &e.message.body[..] == b"test_message" => Ok(ok(&json!({"status": "ok"}))),
+        Some((e, _)) if e.message.body == b"test_message"[..] => Ok(ok(&json!({"status": "ok"}))),
         _ => Ok(json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "failed", "reason": "the test message did not come back"}),
