@@ -160,14 +160,18 @@ pub enum Assembler {
     /// `basic.publish` seen, waiting for its header.
     AwaitingHeader,
     /// Header seen, `received` of `header.body_size` bytes in.
-    AwaitingBody {
-        header: ContentHeader,
-        /// The big frames' payloads so far, as they lie in the read buffer.
-        parts: Vec<Bytes>,
-        /// Or the body so far, gathered (once a small frame came).
-        rest: BytesMut,
-        received: u64,
-    },
+    AwaitingBody { header: ContentHeader, sofar: Option<Box<Sofar>>, received: u64 },
+}
+
+/// What a channel holds of a body of several frames (boxed in the
+/// assembler: most bodies come in one frame, and an assembler with less to
+/// drop is cheaper to move between states).
+#[derive(Debug)]
+pub enum Sofar {
+    /// The big frames' payloads, as they lie in the read buffer.
+    Parts(Vec<Bytes>),
+    /// The body so far in one buffer (once a small frame came).
+    Gathered(BytesMut),
 }
 
 /// Bodies below this are copied out of the read buffer so that a small
@@ -219,7 +223,7 @@ impl Assembler {
             *self = Assembler::Idle;
             return Ok(Some(Content { header, body: Body::new() }));
         }
-        *self = Assembler::AwaitingBody { header, parts: Vec::new(), rest: BytesMut::new(), received: 0 };
+        *self = Assembler::AwaitingBody { header, sofar: None, received: 0 };
         Ok(None)
     }
 
@@ -231,7 +235,7 @@ impl Assembler {
                 _ => self.expected(),
             });
         }
-        let Assembler::AwaitingBody { header, parts, rest, received } = self else { unreachable!() };
+        let Assembler::AwaitingBody { header, sofar, received } = self else { unreachable!() };
         *received += payload.len() as u64;
         if *received > header.body_size {
             return Err(AmqpError::frame_error(format_args!(
@@ -244,8 +248,8 @@ impl Assembler {
             return Ok(None);
         }
         let last = *received == header.body_size;
-        if rest.is_empty() {
-            if parts.is_empty() && last {
+        let parts = match sofar.as_deref_mut() {
+            None if last => {
                 // One frame: a big one kept where it lies, a small one copied.
                 let body = match payload {
                     Payload::Shared(b) if b.len() >= COPY_BELOW => b,
@@ -254,39 +258,53 @@ impl Assembler {
                 let Assembler::AwaitingBody { header, .. } = std::mem::take(self) else { unreachable!() };
                 return Ok(Some(Content { header, body: body.into() }));
             }
-            // Several frames: kept as they came while each is big (the
-            // last may be any size), so the body is never gathered.
-            let keep = match &payload {
-                Payload::Shared(b) => last || b.len() >= SHARE_BODY_FROM,
-                Payload::Borrowed(_) => last && !parts.is_empty(),
-            };
-            if keep {
-                parts.push(match payload {
-                    Payload::Shared(b) => b,
-                    Payload::Borrowed(small) => Bytes::copy_from_slice(small),
-                });
-                if !last {
-                    return Ok(None);
-                }
-                let Assembler::AwaitingBody { header, parts, .. } = std::mem::take(self) else { unreachable!() };
-                return Ok(Some(Content { header, body: Body::from_parts(parts) }));
+            None => &[][..],
+            Some(Sofar::Parts(parts)) => &parts[..],
+            Some(Sofar::Gathered(rest)) => {
+                rest.extend_from_slice(&payload);
+                return Ok(if last { self.finish() } else { None });
             }
+        };
+        // Several frames: kept as they came while each is big (the last
+        // may be any size), so the body is never gathered.
+        let keep = match &payload {
+            Payload::Shared(b) => last || b.len() >= SHARE_BODY_FROM,
+            Payload::Borrowed(_) => last && !parts.is_empty(),
+        };
+        if keep {
+            let part = match payload {
+                Payload::Shared(b) => b,
+                Payload::Borrowed(small) => Bytes::copy_from_slice(small),
+            };
+            match sofar.as_deref_mut() {
+                Some(Sofar::Parts(parts)) => parts.push(part),
+                _ => *sofar = Some(Box::new(Sofar::Parts(vec![part]))),
+            }
+        } else {
             // Small frames (a client with a small frame_max): gathered into
             // one buffer from here on. Reserve what the header announced,
             // up to 1 MiB: a client that announces a huge body and trickles
             // it in must not make us allocate it all up front (per
             // channel, per connection).
-            rest.reserve((header.body_size as usize).min(1 << 20));
-            for p in parts.drain(..) {
-                rest.extend_from_slice(&p);
+            let mut rest = BytesMut::with_capacity((header.body_size as usize).min(1 << 20));
+            for p in parts {
+                rest.extend_from_slice(p);
             }
+            rest.extend_from_slice(&payload);
+            *sofar = Some(Box::new(Sofar::Gathered(rest)));
         }
-        rest.extend_from_slice(&payload);
-        if last {
-            let Assembler::AwaitingBody { header, rest, .. } = std::mem::take(self) else { unreachable!() };
-            return Ok(Some(Content { header, body: rest.freeze().into() }));
-        }
-        Ok(None)
+        Ok(if last { self.finish() } else { None })
+    }
+
+    /// The content gathered so far, and the assembler idle again.
+    fn finish(&mut self) -> Option<Content> {
+        let Assembler::AwaitingBody { header, sofar, .. } = std::mem::take(self) else { unreachable!() };
+        let body = match sofar.map(|b| *b) {
+            None => Body::new(),
+            Some(Sofar::Parts(parts)) => Body::from_parts(parts),
+            Some(Sofar::Gathered(rest)) => rest.freeze().into(),
+        };
+        Some(Content { header, body })
     }
 }
 
