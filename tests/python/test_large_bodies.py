@@ -193,6 +193,9 @@ def test_persistent_big_bodies_survive_kill_9(name):
                           json={"count": 2, "ackmode": "ack_requeue_true", "encoding": "base64"}).json()
         assert [base64.b64decode(m["payload"]) for m in r] == sent[:2]
         assert [m["payload_bytes"] for m in r] == sizes[:2]
+        r = requests.post(api + "/get", auth=("guest", "guest"), timeout=30,
+                          json={"count": 2, "ackmode": "ack_requeue_true", "encoding": "base64", "truncate": 200_000})
+        assert [base64.b64decode(m["payload"]) for m in r.json()] == [b[:200_000] for b in sent[:2]]
         c = pika.BlockingConnection(pika.ConnectionParameters(port=port))
         ch = c.channel()
         for i, b in enumerate(sent):

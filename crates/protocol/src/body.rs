@@ -89,11 +89,16 @@ impl Body {
         }
     }
 
-    /// The bytes in one buffer (a copy only for a body in parts).
-    pub fn to_bytes(&self) -> Bytes {
+    /// The first `n` bytes in one piece (only they are copied, for a body
+    /// in parts). Panics if the body is shorter.
+    pub fn head(&self, n: usize) -> Cow<'_, [u8]> {
         match &self.0 {
-            Repr::One(b) => b.clone(),
-            Repr::Many { .. } => Bytes::from(self.contiguous().into_owned()),
+            Repr::One(b) => Cow::Borrowed(&b[..n]),
+            Repr::Many { .. } => {
+                let mut v = Vec::with_capacity(n);
+                self.for_each_piece(0, n, |p| v.extend_from_slice(&p));
+                Cow::Owned(v)
+            }
         }
     }
 
@@ -178,7 +183,7 @@ mod tests {
         let (b, whole) = parts_of(&[5, 0, 3, 9]);
         assert_eq!((b.len(), b.parts().len(), b.single().is_none()), (17, 3, true));
         assert_eq!(&b.contiguous()[..], &whole[..]);
-        assert_eq!(&b.to_bytes()[..], &whole[..]);
+        assert_eq!((&b.head(6)[..], &b.head(0)[..]), (&whole[..6], &[][..]));
         assert!(b == whole[..]);
         let (one, whole) = parts_of(&[0, 4, 0]);
         assert_eq!((one.single().map(|b| b.len()), &one.contiguous()[..]), (Some(4), &whole[..]));

@@ -421,6 +421,9 @@ pub fn write_content_out(out: &mut Out, channel: u16, frame_max: u32, properties
     write_header(&mut out.buf, channel, body.len(), properties);
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
     let mut at = 0;
+    // A body in parts is walked once: what is left of the current part.
+    let mut parts = body.parts().iter();
+    let mut part = Bytes::new();
     while at < body.len() {
         let end = (at + chunk).min(body.len());
         out.buf.put_u8(FRAME_BODY);
@@ -428,7 +431,17 @@ pub fn write_content_out(out: &mut Out, channel: u16, frame_max: u32, properties
         out.buf.put_u32((end - at) as u32);
         match body.single() {
             Some(one) => out.push_shared(one.slice(at..end)),
-            None => body.for_each_piece(at, end - at, |piece| out.push_shared(piece)),
+            None => {
+                let mut need = end - at;
+                while need > 0 {
+                    if part.is_empty() {
+                        part = parts.next().expect("the parts make up the body").clone();
+                    }
+                    let piece = part.split_to(need.min(part.len()));
+                    need -= piece.len();
+                    out.push_shared(piece);
+                }
+            }
         }
         out.buf.put_u8(FRAME_END);
         at = end;

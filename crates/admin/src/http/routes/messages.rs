@@ -228,11 +228,9 @@ pub(super) fn get_messages(shared: &Node, call: &Call, vh: &str, name: &str) -> 
     for _ in 0..count {
         let Some((entry, remaining)) = warren_core::publish::get(&q, no_ack, &counters) else { break };
         let msg = &entry.message;
-        let whole = msg.body.contiguous();
-        let mut body_bytes: &[u8] = &whole;
-        if let Some(t) = truncate {
-            body_bytes = &body_bytes[..body_bytes.len().min(t as usize)];
-        }
+        let shown = truncate.map_or(msg.body.len(), |t| msg.body.len().min(t as usize));
+        let head = msg.body.head(shown);
+        let body_bytes: &[u8] = &head;
         let (payload, payload_encoding) = match (encoding, std::str::from_utf8(body_bytes)) {
             ("auto", Ok(s)) => (s.to_owned(), "string"),
             _ => {
