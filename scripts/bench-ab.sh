@@ -5,8 +5,8 @@
 #   scripts/bench-ab.sh BASE .           "." is the work tree as it is
 #
 # Builds Warren and warren-perf in release mode at both (each commit in a
-# throwaway worktree, all sharing the project's target/ so only Warren's own
-# crates rebuild),
+# throwaway worktree, built in target/bench-ab, which is kept so that only
+# what changed rebuilds; the work tree "." in target/ as usual),
 # then alternates runs of the two scenarios every change to the per-message
 # path is checked with — transient 16 B 1 -> 1 -> 1 (prefetch 1000, acks
 # every 100) and persistent 1 KiB with confirms (window 1000, fsync) —
@@ -36,13 +36,19 @@ build() { # label rev -> copies warren and warren-perf to $out/label/
         echo "$label = $given (given for $rev)"
         return
     fi
+    # A commit is built in target/bench-ab (kept between runs, so only
+    # what changed rebuilds): building it in target/ left that commit's
+    # binaries in target/release, where the other scripts take the work
+    # tree's. The work tree builds in target/ as usual.
+    local target=$root/target
     if [ "$rev" != . ]; then
         src=$out/wt-$label
+        target=$root/target/bench-ab
         git -C "$root" worktree add --quiet --detach "$src" "$rev"
     fi
-    (cd "$src" && CARGO_TARGET_DIR=$root/target cargo build --release --quiet -p warren -p warren-perf)
+    (cd "$src" && CARGO_TARGET_DIR=$target cargo build --release --quiet -p warren -p warren-perf)
     mkdir -p "$out/$label"
-    cp "$root/target/release/warren" "$root/target/release/warren-perf" "$out/$label/"
+    cp "$target/release/warren" "$target/release/warren-perf" "$out/$label/"
     echo "built $label = $rev ($(cd "$src" && git rev-parse --short HEAD)$([ "$rev" = . ] && echo ' + work tree'))"
 }
 build base "$1"
