@@ -267,3 +267,73 @@ proptest! {
         table_agrees(&raw);
     }
 }
+
+/// A body of `len` bytes that depend on `seed` and their position.
+fn patterned(seed: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) >> 3) as u8).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// However a body is cut into frames, and whichever frames arrive as
+    /// slices of the read buffer, it assembles to the bytes sent; kept in
+    /// parts exactly when every frame but the last was a big shared one;
+    /// and framed again for any frame_max, it reads back the same.
+    #[test]
+    fn bodies_in_any_frames_assemble_and_frame_exactly(
+        seed in any::<u64>(),
+        len in 1usize..80_000,
+        cuts in proptest::collection::vec((1usize..40_000, any::<bool>()), 1..8),
+        frame_max in 4096u32..140_000,
+    ) {
+        use bytes::Bytes;
+        use warren_protocol::frame::{Out, write_content_out};
+        let body = Bytes::from(patterned(seed, len));
+        // Header: class 60, weight 0, the size, no properties.
+        let mut header = vec![0, 60, 0, 0];
+        header.extend_from_slice(&(len as u64).to_be_bytes());
+        header.extend_from_slice(&[0, 0]);
+        let mut a = Assembler::default();
+        a.start();
+        prop_assert!(a.header(&header, u64::MAX).unwrap().is_none());
+        let (mut at, mut frames, mut all_big_shared) = (0, 0, true);
+        let mut cuts = cuts.into_iter().cycle();
+        let content = loop {
+            let (size, shared) = cuts.next().unwrap();
+            let end = (at + size).min(len);
+            let last = end == len;
+            let piece = body.slice(at..end);
+            if !last && (!shared || piece.len() < warren_protocol::frame::SHARE_BODY_FROM) {
+                all_big_shared = false;
+            }
+            let payload = if shared { Payload::Shared(piece.clone()) } else { Payload::Borrowed(&piece) };
+            let done = a.body(payload).unwrap();
+            frames += 1;
+            at = end;
+            if last {
+                break done.expect("complete at the last byte");
+            }
+            prop_assert!(done.is_none());
+        };
+        prop_assert!(a.is_idle());
+        let got = content.body;
+        prop_assert_eq!(got.len(), len);
+        prop_assert!(got == body[..]);
+        let expect_parts = if frames > 1 && all_big_shared { frames } else { 1 };
+        prop_assert_eq!(got.parts().len(), expect_parts);
+        // Framed for a consumer, then parsed back.
+        let mut out = Out::default();
+        write_content_out(&mut out, 1, frame_max, &[0, 0], &got);
+        let mut wire = BytesMut::new();
+        out.take_chunks(|c| wire.extend_from_slice(&c));
+        let mut back = Vec::new();
+        while let Some(f) = parse_frame(&mut wire, frame_max).unwrap() {
+            if f.kind == FrameKind::Body {
+                back.extend_from_slice(&f.payload);
+            }
+        }
+        prop_assert!(wire.is_empty());
+        prop_assert!(back == body[..]);
+    }
+}
