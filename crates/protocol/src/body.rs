@@ -104,7 +104,7 @@ impl Body {
 
     /// Calls `each` with the pieces (by reference) that make up
     /// `at..at + n` of the body, in order. Panics if that is out of range.
-    pub fn for_each_piece(&self, at: usize, n: usize, mut each: impl FnMut(Bytes)) {
+    fn for_each_piece(&self, at: usize, n: usize, mut each: impl FnMut(Bytes)) {
         let end = at.checked_add(n).filter(|&end| end <= self.len()).expect("a range within the body");
         if n == 0 {
             return;
@@ -138,12 +138,6 @@ impl From<Bytes> for Body {
 impl From<Vec<u8>> for Body {
     fn from(v: Vec<u8>) -> Body {
         Body(Repr::One(v.into()))
-    }
-}
-
-impl From<&'static [u8]> for Body {
-    fn from(s: &'static [u8]) -> Body {
-        Body(Repr::One(Bytes::from_static(s)))
     }
 }
 
