@@ -88,10 +88,25 @@ _panics_reported = 0
 
 def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False, data=None):
     """Starts Warren (on a new data directory unless given one); `proc.log`
-    collects its log lines as they come."""
+    collects its log lines as they come.
+
+    A port `free_port` picked is free when picked, not when the broker binds
+    it: in between the kernel may hand it to anyone who binds port 0 (a
+    cluster node's replication listener does). A broker that exits because
+    one of its ports was taken is started again on new ones."""
+    data = data or tempfile.mkdtemp(prefix="warren-pytest-")
+    for attempt in range(5):
+        proc, port = _start_warren_once(listen_host, extra, env, allow_panic, data)
+        if proc is not None:
+            return proc, port, data
+    raise RuntimeError("warren did not start: its ports were taken five times")
+
+
+def _start_warren_once(listen_host, extra, env, allow_panic, data):
+    """(proc, port) once it listens; (None, None) if it exited because a
+    port was taken; raises otherwise."""
     binary = warren_binary()
     port = free_port()
-    data = data or tempfile.mkdtemp(prefix="warren-pytest-")
     http_port = free_port()
     http = [] if "--http-listen" in extra else ["--http-listen", f"127.0.0.1:{http_port}"]
     prometheus_port = free_port()
@@ -120,10 +135,17 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False,
 
     proc.pump = threading.Thread(target=pump, daemon=True)
     proc.pump.start()
-    if not ready.wait(20):
-        proc.kill()
-        raise RuntimeError("warren did not start")
-    return proc, port, data
+    deadline = time.monotonic() + 20
+    while not ready.wait(0.05):
+        if proc.poll() is not None:
+            proc.pump.join(10)
+            if any("Address already in use" in line for line in proc.log):
+                return None, None
+            raise RuntimeError(f"warren exited ({proc.returncode}) before it listened")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("warren did not start")
+    return proc, port
 
 
 def stop_warren(proc, *dirs):

@@ -439,9 +439,15 @@ def test_a_paused_leader_confirms_nothing_after_its_lease_and_rejoins(cluster):
     finally:
         old.proc.send_signal(signal.SIGCONT)
     p.finish()
-    # Nothing confirmed by the old leader once it was paused (its lease
-    # lapsed meanwhile), and it closed its clients.
-    assert len(p.confirmed) == paused_at
+    # Nothing published to the old leader after the pause is confirmed (its
+    # lease lapsed meanwhile), and it closed its clients. The publisher
+    # waits for each confirm before the next publish, so at most one
+    # message was in flight at the pause; its confirm may come late if the
+    # leader had it on the followers but had not yet written the ack when
+    # it stopped (a truthful confirm: check_kept below finds it kept). A
+    # confirm for anything published after the pause would be a second
+    # one.
+    assert paused_at <= len(p.confirmed) <= paused_at + 1
     assert p.error is not None
     # It rejoins as a follower and catches up.
     assert wait_for(lambda: in_sync(cluster), timeout=30, interval=0.2)
