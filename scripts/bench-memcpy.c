@@ -1,10 +1,12 @@
-/* What one 64 KiB copy costs on this machine, from cache and from memory.
+/* What one 64 KiB copy costs on this machine, by how much memory the
+ * copies walk: from cache, and from memory.
  *
  *   cc -O2 -o /tmp/bench-memcpy scripts/bench-memcpy.c && taskset -c 0 /tmp/bench-memcpy
  *
- * "hot" copies the same 64 KiB again and again (both ends stay in cache);
- * "cold" walks 64 MiB source and destination sets, as a broker does when
- * a prefetch window of 1,000 × 64 KiB bodies is in flight. */
+ * Each line copies 64 KiB blocks between a source and a destination set of
+ * the size given (both ends walk their set): "64 KiB" is the same block
+ * again and again (both ends stay in cache); 64 MiB is what a broker walks
+ * when a prefetch window of 1,000 × 64 KiB bodies is in flight. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,21 +19,23 @@ static double now(void) {
 }
 
 int main(void) {
-    const size_t size = 64 * 1024, slots = 1024;
+    const size_t size = 64 * 1024, most = 1024;
+    const size_t sets[] = {1, 4, 16, 32, 64, 128, 256, 512, 1024};
     const int copies = 20000;
-    char *src = malloc(size * slots), *dst = malloc(size * slots);
+    char *src = malloc(size * most), *dst = malloc(size * most);
     if (!src || !dst) return 1;
-    memset(src, 1, size * slots);
-    memset(dst, 2, size * slots);
-    for (int cold = 0; cold < 2; cold++) {
+    memset(src, 1, size * most);
+    memset(dst, 2, size * most);
+    for (size_t k = 0; k < sizeof sets / sizeof sets[0]; k++) {
+        size_t slots = sets[k];
         double t = now();
         for (int i = 0; i < copies; i++) {
-            size_t to = cold ? (size_t)(i % slots) * size : 0;
-            size_t from = cold ? (size_t)((i * 7 + 3) % slots) * size : size;
+            size_t to = (size_t)(i % slots) * size;
+            size_t from = (size_t)((i * 7 + 3) % slots) * size;
             memcpy(dst + to, src + from, size);
         }
         double s = now() - t;
-        printf("%s: %.2f us a 64 KiB copy (%.1f GB/s)\n", cold ? "cold, 64 MiB sets" : "hot", s / copies * 1e6,
+        printf("sets of %6zu KiB: %6.2f us a 64 KiB copy (%.1f GB/s)\n", slots * size / 1024, s / copies * 1e6,
                (double)size * copies / s / 1e9);
     }
     return dst[5] == 1 ? 0 : 2; /* the copies happened */
