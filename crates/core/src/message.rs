@@ -215,12 +215,17 @@ impl Message {
         warren_protocol::table::get(self.headers_raw()?, key)
     }
 
-    /// The whole `headers` property, decoded.
+    /// The whole `headers` property, decoded (names that are not UTF-8
+    /// made UTF-8: see [`warren_protocol::table::lossy`]).
     pub fn headers(&self) -> Option<FieldTable> {
+        use amq_protocol::types::parsing::parse_field_table;
         let raw = self.headers_raw()?;
         // Checked before the parser, which recurses once per level.
-        matches!(warren_protocol::table::scan(raw), warren_protocol::table::Scan::Fits(_))
-            .then(|| amq_protocol::types::parsing::parse_field_table(raw).ok().map(|(_, t)| t))?
+        let warren_protocol::table::Scan::Fits(_) = warren_protocol::table::scan(raw) else { return None };
+        match parse_field_table(raw) {
+            Ok((_, t)) => Some(t),
+            Err(_) => parse_field_table(&warren_protocol::table::lossy(raw)?[..]).ok().map(|(_, t)| t),
+        }
     }
 
     /// The encoded `headers` table, its length first (the list was checked
@@ -229,9 +234,11 @@ impl Message {
         warren_protocol::content::scan_past_headers(&self.properties_raw)?.headers
     }
 
-    /// Every property, parsed from the raw bytes (dead-lettering rewrites them).
+    /// Every property, parsed from the raw bytes (dead-lettering rewrites
+    /// them); short strings and `headers` names that are not UTF-8 come out
+    /// made UTF-8 ([`warren_protocol::content::decode_properties`]).
     pub fn full_properties(&self) -> AMQPProperties {
-        amq_protocol::protocol::basic::parse_properties(&self.properties_raw[..]).map(|(_, p)| p).unwrap_or_default()
+        warren_protocol::content::decode_properties(&self.properties_raw).unwrap_or_default()
     }
 
     pub fn is_persistent(&self) -> bool {

@@ -6,6 +6,8 @@
 //! in those slices ([`Body`]); one of smaller frames is gathered into one
 //! buffer.
 
+use std::borrow::Cow;
+
 use amq_protocol::protocol::basic::AMQPProperties;
 use bytes::{Bytes, BytesMut};
 
@@ -61,14 +63,23 @@ pub struct PropsView<'a> {
     pub priority: Option<u8>,
     /// The encoded table, its length first.
     pub headers: Option<&'a [u8]>,
+    /// These three are [`NOT_UTF8`] when the publisher's octets are not
+    /// UTF-8 (no such value means anything to the broker: it is not the
+    /// direct reply-to queue, not a user, not a number).
     pub reply_to: Option<&'a str>,
     pub expiration: Option<&'a str>,
     pub user_id: Option<&'a str>,
 }
 
+/// What [`PropsView`] reads for a short string that is not UTF-8.
+pub const NOT_UTF8: &str = "\u{FFFD}";
+
 /// Reads a basic property list (flags, then the fields they announce, in
-/// the spec's order). None if it does not decode — exactly when
-/// `amq_protocol`'s full parser fails (checked by a property test).
+/// the spec's order). None if it does not decode. Short strings (and the
+/// `headers` table's names) may hold any octets, as RabbitMQ takes them;
+/// otherwise it accepts exactly what `amq_protocol`'s full parser accepts
+/// (checked by a property test). Decode a list whole with
+/// [`decode_properties`].
 pub fn scan_properties(raw: &[u8]) -> Option<PropsView<'_>> {
     scan::<true>(raw)
 }
@@ -82,16 +93,13 @@ pub fn scan_past_headers(raw: &[u8]) -> Option<PropsView<'_>> {
 
 #[inline(always)]
 fn scan<const TABLE: bool>(raw: &[u8]) -> Option<PropsView<'_>> {
-    fn short_str<'a>(raw: &'a [u8], at: &mut usize) -> Option<&'a str> {
-        let n = *raw.get(*at)? as usize;
-        let s = raw.get(*at + 1..*at + 1 + n)?;
-        *at += 1 + n;
+    fn short_str(s: &[u8]) -> &str {
         if s.is_ascii() {
             // SAFETY: ASCII is UTF-8. (Checked inline: these strings are
             // short, and `from_utf8` is a call with set-up of its own.)
-            return Some(unsafe { std::str::from_utf8_unchecked(s) });
+            return unsafe { std::str::from_utf8_unchecked(s) };
         }
-        std::str::from_utf8(s).ok()
+        std::str::from_utf8(s).unwrap_or(NOT_UTF8)
     }
     let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
     let mut at = 2;
@@ -132,17 +140,89 @@ fn scan<const TABLE: bool>(raw: &[u8]) -> Option<PropsView<'_>> {
                 at += 8;
             }
             _ => {
-                let s = short_str(raw, &mut at)?;
+                let n = *raw.get(at)? as usize;
+                let s = raw.get(at + 1..at + 1 + n)?;
+                at += 1 + n;
                 match bit {
-                    9 => v.reply_to = Some(s),
-                    8 => v.expiration = Some(s),
-                    4 => v.user_id = Some(s),
+                    9 => v.reply_to = Some(short_str(s)),
+                    8 => v.expiration = Some(short_str(s)),
+                    4 => v.user_id = Some(short_str(s)),
                     _ => {}
                 }
             }
         }
     }
     Some(v)
+}
+
+/// Every property, decoded: as the publisher sent them, or, if a short
+/// string or a `headers` name is not UTF-8 (which the decoder refuses),
+/// with those made UTF-8 (see [`utf8_properties`]). None if the list does
+/// not decode at all.
+pub fn decode_properties(raw: &[u8]) -> Option<AMQPProperties> {
+    use amq_protocol::protocol::basic::parse_properties;
+    match parse_properties(raw) {
+        Ok((_, p)) => Some(p),
+        Err(_) => parse_properties(&utf8_properties(raw)?[..]).ok().map(|(_, p)| p),
+    }
+}
+
+/// The property list with every short string and `headers` name made
+/// UTF-8 (each invalid sequence becomes U+FFFD, cut to 255 octets on a
+/// character boundary): borrowed if all of them already are. For a peer
+/// whose decoder refuses anything else (the broker's own links, which read
+/// with lapin). None if the list does not decode.
+pub fn utf8_properties(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut utf8 = true;
+    let end = each_field(raw, |bit, field| {
+        utf8 &= match bit {
+            13 => matches!(crate::table::lossy(field), Some(Cow::Borrowed(_))),
+            12 | 11 | 6 => true,
+            _ => std::str::from_utf8(&field[1..]).is_ok(),
+        }
+    })?;
+    if utf8 {
+        return Some(Cow::Borrowed(&raw[..end]));
+    }
+    let mut out = Vec::with_capacity(end + 16);
+    out.extend_from_slice(&raw[..2]);
+    each_field(raw, |bit, field| match bit {
+        13 => out.extend_from_slice(&crate::table::lossy(field).expect("scanned")),
+        12 | 11 | 6 => out.extend_from_slice(field),
+        _ => {
+            let s = String::from_utf8_lossy(&field[1..]);
+            let s = crate::error::prefix_within(&s, crate::error::SHORT_MAX);
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+    })?;
+    Some(Cow::Owned(out))
+}
+
+/// Calls `each(flag bit, the field's octets)` for every field of a
+/// property list that [`scan_properties`] accepts, in order; returns where
+/// the list ends. None if it does not decode.
+fn each_field<'a>(raw: &'a [u8], mut each: impl FnMut(u16, &'a [u8])) -> Option<usize> {
+    scan_properties(raw)?;
+    let flags = u16::from_be_bytes([raw[0], raw[1]]);
+    let mut at = 2;
+    let mut pending = flags & !0b11;
+    while pending != 0 {
+        let bit = 15 - pending.leading_zeros() as u16;
+        pending &= !(1 << bit);
+        let n = match bit {
+            13 => match crate::table::scan(&raw[at..]) {
+                crate::table::Scan::Fits(n) => n,
+                _ => return None,
+            },
+            12 | 11 => 1,
+            6 => 8,
+            _ => 1 + raw[at] as usize,
+        };
+        each(bit, &raw[at..at + n]);
+        at += n;
+    }
+    Some(at)
 }
 
 /// A complete message content.
@@ -438,6 +518,61 @@ mod encode_tests {
         // A table length past the end does not read past it.
         let cut = &h.properties_raw[..h.properties_raw.len() - 4];
         assert!(scan_past_headers(cut).is_none());
+    }
+
+    /// Flags, then a `headers` table of one entry named `name` (a long
+    /// string "v"), then `content_type`, `reply_to`, `expiration` and
+    /// `user_id`.
+    fn list(name: &[u8], ct: &[u8], reply: &[u8], exp: &[u8], user: &[u8]) -> Vec<u8> {
+        let flags: u16 = 1 << 15 | 1 << 13 | 1 << 9 | 1 << 8 | 1 << 4;
+        let mut raw = flags.to_be_bytes().to_vec();
+        raw.extend_from_slice(&[ct.len() as u8]);
+        raw.extend_from_slice(ct);
+        let entry = [&[name.len() as u8][..], name, b"S", &[0, 0, 0, 1], b"v"].concat();
+        raw.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+        raw.extend_from_slice(&entry);
+        for s in [reply, exp, user] {
+            raw.push(s.len() as u8);
+            raw.extend_from_slice(s);
+        }
+        raw
+    }
+
+    #[test]
+    fn strings_and_names_that_are_not_utf8_are_taken_and_decoded_made_utf8() {
+        let raw = list(b"\xff\xfe", b"text/\xff", b"\xffq", b"\xff", b"\xffguest");
+        let header = [&[0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5][..], &raw].concat();
+        let h = parse_header(&header).unwrap();
+        assert_eq!(&h.properties_raw[..], &raw[..]);
+        assert!(amq_protocol::protocol::basic::parse_properties(&raw[..]).is_err());
+        let v = scan_properties(&raw).unwrap();
+        assert_eq!((v.reply_to, v.expiration, v.user_id), (Some(NOT_UTF8), Some(NOT_UTF8), Some(NOT_UTF8)));
+        let p = decode_properties(&raw).unwrap();
+        assert_eq!(p.content_type().as_ref().unwrap().as_str(), "text/\u{FFFD}");
+        assert_eq!(p.reply_to().as_ref().unwrap().as_str(), "\u{FFFD}q");
+        let headers = p.headers().as_ref().unwrap();
+        assert_eq!(headers.inner().keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["\u{FFFD}\u{FFFD}"]);
+        assert!(matches!(utf8_properties(&raw), Some(Cow::Owned(_))));
+        // All UTF-8: taken as it is.
+        let fine = list("é".as_bytes(), b"text/plain", b"q", b"60000", b"guest");
+        assert!(matches!(utf8_properties(&fine), Some(Cow::Borrowed(b)) if b == &fine[..]));
+        assert_eq!(
+            decode_properties(&fine),
+            amq_protocol::protocol::basic::parse_properties(&fine[..]).ok().map(|x| x.1)
+        );
+        // Malformed is still malformed.
+        assert!(utf8_properties(&raw[..raw.len() - 1]).is_none());
+        assert!(decode_properties(&raw[..raw.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn a_string_made_utf8_stays_a_short_string() {
+        // 255 invalid octets would be 765 octets of U+FFFD: cut to 85.
+        let raw = list(&[0xff; 255], &[0xff; 255], b"q", b"1", b"u");
+        let p = decode_properties(&raw).unwrap();
+        assert_eq!(p.content_type().as_ref().unwrap().as_str(), "\u{FFFD}".repeat(85));
+        let name = p.headers().as_ref().unwrap().inner().keys().next().unwrap().as_str().to_owned();
+        assert_eq!(name, "\u{FFFD}".repeat(85));
     }
 }
 

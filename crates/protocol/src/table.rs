@@ -26,6 +26,8 @@ pub enum Scan {
     TooDeep,
     /// Not a well-formed table: the real parser rejects it too, having
     /// recursed no deeper than the scan had got (both read in one order).
+    /// (The parser also refuses names that are not UTF-8, which the scan
+    /// accepts, as RabbitMQ does: see [`lossy`].)
     Malformed,
 }
 
@@ -53,14 +55,9 @@ pub fn scan(bytes: &[u8]) -> Scan {
             return Scan::Malformed;
         }
         if is_table {
-            // A name is a short string: UTF-8, as the parser requires.
+            // A name is a short string, of any octets (RabbitMQ takes names
+            // that are not UTF-8 and passes them on unchanged).
             let Some(&n) = bytes.get(at) else { return Scan::Malformed };
-            let Some(name) = bytes.get(at + 1..at + 1 + n as usize) else { return Scan::Malformed };
-            // (Names are short: the ASCII test is a few instructions
-            // inline, `from_utf8` a call with set-up of its own.)
-            if !name.is_ascii() && std::str::from_utf8(name).is_err() {
-                return Scan::Malformed;
-            }
             at += 1 + n as usize;
         }
         let Some(&kind) = bytes.get(at) else { return Scan::Malformed };
@@ -113,6 +110,102 @@ pub fn get(bytes: &[u8], key: &str) -> Option<crate::AMQPValue> {
         };
     }
     amq_protocol::types::parsing::parse_value(bytes.get(found?..)?).ok().map(|(_, v)| v)
+}
+
+/// The field table (length-prefixed) at the start of `bytes`, which
+/// [`scan`] found to fit, with every name that is not UTF-8 made UTF-8
+/// (each invalid sequence becomes U+FFFD, cut to 255 octets on a character
+/// boundary), at any depth; borrowed if every name already is. For the
+/// parser, which refuses such names: the broker passes a message's
+/// properties on as they came, and decodes them whole only where it
+/// changes them (dead-lettering, direct reply-to), shows them (the
+/// management API) or matches on the whole table (headers exchanges).
+/// None if the table does not fit.
+pub fn lossy(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    let Scan::Fits(n) = scan(bytes) else { return None };
+    let bytes = &bytes[..n];
+    if names_are_utf8(bytes, 0) {
+        return Some(std::borrow::Cow::Borrowed(bytes));
+    }
+    let mut out = Vec::with_capacity(n + 16);
+    rewrite(bytes, 0, true, &mut out);
+    Some(std::borrow::Cow::Owned(out))
+}
+
+/// Whether every name in the table or array at `at` (its length first) is
+/// UTF-8, nested ones too. Only for bytes that [`scan`] found to fit (it
+/// bounds the depth of this recursion).
+fn names_are_utf8(bytes: &[u8], at: usize) -> bool {
+    each_entry(bytes, at, true, |name, kind, value_at| {
+        name.is_none_or(|n| std::str::from_utf8(n).is_ok())
+            && match kind {
+                b'F' => names_are_utf8(bytes, value_at),
+                b'A' => array_names_are_utf8(bytes, value_at),
+                _ => true,
+            }
+    })
+}
+
+fn array_names_are_utf8(bytes: &[u8], at: usize) -> bool {
+    each_entry(bytes, at, false, |_, kind, value_at| match kind {
+        b'F' => names_are_utf8(bytes, value_at),
+        b'A' => array_names_are_utf8(bytes, value_at),
+        _ => true,
+    })
+}
+
+/// Writes the table (`is_table`) or array at `at` into `out`, names made
+/// UTF-8, its length prefix recomputed.
+fn rewrite(bytes: &[u8], at: usize, is_table: bool, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    each_entry(bytes, at, is_table, |name, kind, value_at| {
+        if let Some(name) = name {
+            let name = String::from_utf8_lossy(name);
+            let name = crate::error::prefix_within(&name, crate::error::SHORT_MAX);
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+        }
+        out.push(kind);
+        match kind {
+            b'F' | b'A' => rewrite(bytes, value_at, kind == b'F', out),
+            _ => out.extend_from_slice(&bytes[value_at..value_at + value_len(bytes, kind, value_at)]),
+        }
+        true
+    });
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Calls `each(name, kind, where the value starts)` for the entries of the
+/// table (`is_table`: names first) or array at `at`, its length first,
+/// while `each` returns true; returns whether it always did. Only for
+/// bytes that [`scan`] found to fit.
+fn each_entry(bytes: &[u8], at: usize, is_table: bool, mut each: impl FnMut(Option<&[u8]>, u8, usize) -> bool) -> bool {
+    let end = at + 4 + read_u32(bytes, at).expect("scanned");
+    let mut at = at + 4;
+    while at < end {
+        let name = is_table.then(|| {
+            let n = bytes[at] as usize;
+            at += 1 + n;
+            &bytes[at - n..at]
+        });
+        let kind = bytes[at];
+        if !each(name, kind, at + 1) {
+            return false;
+        }
+        at += 1 + value_len(bytes, kind, at + 1);
+    }
+    true
+}
+
+/// The length of a value of `kind` at `at` (after its kind octet), in a
+/// table [`scan`] found to fit.
+fn value_len(bytes: &[u8], kind: u8, at: usize) -> usize {
+    match kind {
+        b'S' | b'x' | b'F' | b'A' => 4 + read_u32(bytes, at).expect("scanned"),
+        _ => width(kind).expect("scanned"),
+    }
 }
 
 /// The size of a value of a fixed-size kind (after its kind octet).
@@ -194,6 +287,50 @@ mod tests {
 
     fn encode(t: &FieldTable) -> Vec<u8> {
         cookie_factory::gen_simple(amq_protocol::types::generation::gen_field_table(t), Vec::new()).unwrap()
+    }
+
+    /// A table of `entries` (name, kind, value octets), its length first.
+    fn raw_table(entries: &[(&[u8], u8, Vec<u8>)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, kind, value) in entries {
+            body.push(name.len() as u8);
+            body.extend_from_slice(name);
+            body.push(*kind);
+            body.extend_from_slice(value);
+        }
+        [(body.len() as u32).to_be_bytes().to_vec(), body].concat()
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_made_utf8_at_any_depth() {
+        let inner = raw_table(&[(b"\xc3\x28", b'I', vec![0, 0, 0, 7])]);
+        let array = [(inner.len() as u32 + 1).to_be_bytes().to_vec(), vec![b'F'], inner.clone()].concat();
+        let raw = raw_table(&[
+            (b"\xff", b'S', vec![0, 0, 0, 1, b'v']),
+            (b"ok", b'F', inner),
+            (b"list", b'A', array),
+            (b"n", b'b', vec![5]),
+        ]);
+        assert_eq!(scan(&raw), Scan::Fits(raw.len()));
+        assert!(amq_protocol::types::parsing::parse_field_table(&raw[..]).is_err());
+        // Read by name, the bytes are compared: the other entries are found.
+        assert_eq!(get(&raw, "n"), Some(AMQPValue::ShortShortInt(5)));
+        let made = lossy(&raw).unwrap();
+        assert!(matches!(made, std::borrow::Cow::Owned(_)));
+        let t = amq_protocol::types::parsing::parse_field_table(&made[..]).unwrap().1;
+        let mut inner = FieldTable::default();
+        inner.insert("\u{FFFD}(".into(), AMQPValue::LongInt(7));
+        let mut want = FieldTable::default();
+        want.insert("\u{FFFD}".into(), AMQPValue::LongString("v".into()));
+        want.insert("ok".into(), AMQPValue::FieldTable(inner.clone()));
+        want.insert("list".into(), AMQPValue::FieldArray(vec![AMQPValue::FieldTable(inner)].into()));
+        want.insert("n".into(), AMQPValue::ShortShortInt(5));
+        assert_eq!(t, want);
+        // UTF-8 throughout: borrowed, as it is (without what follows it).
+        let fine = encode(&want);
+        let with_more = [fine.clone(), vec![1, 2, 3]].concat();
+        assert!(matches!(lossy(&with_more), Some(std::borrow::Cow::Borrowed(b)) if b == &fine[..]));
+        assert_eq!(lossy(&raw[..raw.len() - 1]), None);
     }
 
     /// Raw bytes of `depth` tables, each holding the next under key "a".
@@ -337,9 +474,11 @@ mod tests {
         assert_eq!(decoded.inner().get("k"), Some(&AMQPValue::Boolean(false)));
         assert_eq!(get(&raw, "k"), Some(AMQPValue::Boolean(false)));
         assert_eq!(get(&raw, "n"), Some(AMQPValue::LongInt(7)));
-        // A name that is not UTF-8 is refused, as the parser refuses it.
+        // A name that is not UTF-8 is taken (as RabbitMQ takes it), though
+        // the parser refuses it; `get` still finds the others.
         raw[5] = 0xff;
-        assert_eq!(scan(&raw), Scan::Malformed);
+        assert_eq!(scan(&raw), Scan::Fits(raw.len()));
         assert!(amq_protocol::types::parsing::parse_field_table(&raw[..]).is_err());
+        assert_eq!(get(&raw, "n"), Some(AMQPValue::LongInt(7)));
     }
 }

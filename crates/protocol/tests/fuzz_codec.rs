@@ -131,25 +131,44 @@ fn the_valid_stream_is_valid() {
     assert_eq!(kinds, [FrameKind::Method, FrameKind::Method, FrameKind::Header, FrameKind::Body]);
 }
 
-/// The fast property scanner must accept exactly what the full parser
-/// accepts, and read the same values.
+/// The fast property scanner must accept what the full parser accepts,
+/// and besides only lists with short strings or `headers` names that are
+/// not UTF-8 (which RabbitMQ takes and the parser refuses): made UTF-8,
+/// those parse. Both read the same values.
 fn scan_agrees(raw: &[u8]) {
     use amq_protocol::protocol::basic::parse_properties;
+    use std::borrow::Cow;
     let full = parse_properties(raw);
     let fast = warren_protocol::content::scan_properties(raw);
-    assert_eq!(full.is_ok(), fast.is_some(), "disagree on {raw:?}");
-    if let (Ok((_, p)), Some(v)) = (full, fast) {
-        assert_eq!(v.delivery_mode, *p.delivery_mode());
-        assert_eq!(v.priority, *p.priority());
-        let table = v.headers.map(|t| amq_protocol::types::parsing::parse_field_table(t).expect("checked").1);
-        assert_eq!(table.as_ref(), p.headers().as_ref());
-        assert_eq!(v.reply_to, p.reply_to().as_ref().map(|s| s.as_str()));
-        assert_eq!(v.expiration, p.expiration().as_ref().map(|s| s.as_str()));
-        assert_eq!(v.user_id, p.user_id().as_ref().map(|s| s.as_str()));
-        // A checked list reads the same when its table is stepped over.
-        let past = warren_protocol::content::scan_past_headers(raw).expect("a checked list");
-        assert_eq!(past, v);
+    let utf8 = warren_protocol::content::utf8_properties(raw);
+    assert_eq!(fast.is_some(), utf8.is_some(), "disagree on {raw:?}");
+    assert_eq!(fast.is_some(), warren_protocol::content::decode_properties(raw).is_some(), "decode {raw:?}");
+    if full.is_ok() {
+        assert!(fast.is_some(), "the parser takes {raw:?}");
     }
+    let (Some(v), Some(made)) = (fast, utf8) else { return };
+    let (_, p) = parse_properties(&made[..]).expect("made UTF-8, it parses");
+    // Nothing to make UTF-8: the parser took it as it came.
+    assert_eq!(matches!(made, Cow::Borrowed(_)), full.is_ok(), "{raw:?}");
+    assert_eq!(v.delivery_mode, *p.delivery_mode());
+    assert_eq!(v.priority, *p.priority());
+    let table = v.headers.map(|t| {
+        let t = warren_protocol::table::lossy(t).expect("scanned");
+        amq_protocol::types::parsing::parse_field_table(&t[..]).expect("made UTF-8").1
+    });
+    assert_eq!(table.as_ref(), p.headers().as_ref());
+    // A value that is not UTF-8 reads as NOT_UTF8; the parser reads it
+    // with U+FFFD in place of what is not.
+    let same = |fast: Option<&str>, full: Option<&amq_protocol::types::ShortString>| match (fast, full) {
+        (Some(warren_protocol::content::NOT_UTF8), Some(s)) => s.as_str().contains('\u{FFFD}'),
+        (a, b) => a == b.map(|s| s.as_str()),
+    };
+    assert!(same(v.reply_to, p.reply_to().as_ref()));
+    assert!(same(v.expiration, p.expiration().as_ref()));
+    assert!(same(v.user_id, p.user_id().as_ref()));
+    // A checked list reads the same when its table is stepped over.
+    let past = warren_protocol::content::scan_past_headers(raw).expect("a checked list");
+    assert_eq!(past, v);
 }
 
 fn short() -> impl Strategy<Value = Option<String>> {
@@ -200,20 +219,31 @@ proptest! {
     }
 }
 
-/// A table's scan accepts exactly what the parser accepts, and `get` reads
-/// each name's value as the decoded table holds it.
+/// A table's scan accepts what the parser accepts, and besides only
+/// tables with names that are not UTF-8: made UTF-8 (`lossy`), those
+/// parse. `get` reads each name's value as the decoded table holds it.
 fn table_agrees(raw: &[u8]) {
-    use warren_protocol::table::{get, scan, Scan};
+    use std::borrow::Cow;
+    use warren_protocol::table::{get, lossy, scan, Scan};
     let full = amq_protocol::types::parsing::parse_field_table(raw);
     let fast = scan(raw);
-    assert_eq!(full.is_ok(), matches!(fast, Scan::Fits(_)), "disagree on {raw:?}");
-    if let (Ok((rest, t)), Scan::Fits(n)) = (full, fast) {
+    let made = lossy(raw);
+    assert_eq!(matches!(fast, Scan::Fits(_)), made.is_some(), "{raw:?}");
+    if full.is_ok() {
+        assert!(matches!(fast, Scan::Fits(_)), "the parser takes {raw:?}");
+    }
+    let (Scan::Fits(n), Some(made)) = (fast, made) else { return };
+    // Nothing to make UTF-8: the parser took it as it came.
+    assert_eq!(matches!(made, Cow::Borrowed(_)), full.is_ok(), "{raw:?}");
+    let (rest, t) = amq_protocol::types::parsing::parse_field_table(&made[..]).expect("made UTF-8, it parses");
+    assert!(rest.is_empty());
+    if let Ok((rest, _)) = full {
         assert_eq!(n, raw.len() - rest.len());
         for (k, v) in t.inner() {
             assert_eq!(get(raw, k.as_str()).as_ref(), Some(v), "{k:?} in {raw:?}");
         }
-        assert_eq!(get(raw, "not-there"), None);
     }
+    assert_eq!(get(raw, "not-there"), None);
 }
 
 fn value() -> impl Strategy<Value = warren_protocol::AMQPValue> {

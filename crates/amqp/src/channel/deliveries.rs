@@ -62,7 +62,10 @@ impl Channel {
         let tag = self.next_tag;
         self.next_tag += 1;
         let msg = &entry.message;
-        let props = warren_core::queue::delivery_properties(queue, &entry);
+        let mut props = warren_core::queue::delivery_properties(queue, &entry);
+        if self.for_link {
+            props = for_link(props);
+        }
         let names = (msg.exchange(), msg.routing_key());
         frame::write_delivery(out, self.id, frame_max, &consumer.tag, tag, entry.redelivered, names, &props, &msg.body);
         drop(props);
@@ -483,7 +486,10 @@ impl Channel {
                             msg.routing_key(),
                             remaining,
                         );
-                        let props = warren_core::queue::delivery_properties(&q, &entry);
+                        let mut props = warren_core::queue::delivery_properties(&q, &entry);
+                        if self.for_link {
+                            props = for_link(props);
+                        }
                         frame::write_content_out(ctx.out, id, ctx.frame_max, &props, &msg.body);
                         drop(props);
                         let u = (!g.no_ack).then(|| Unacked { slot: ctx.slots.add_get(q), entry, at_ms: 0 });
@@ -508,5 +514,14 @@ impl Channel {
             M::RecoverAsync(r) => self.recover(r.requeue, ctx.slots),
             _ => Err(AmqpError::command_invalid("unexpected basic method")),
         }
+    }
+}
+
+/// A delivery's properties as a link can read them: made UTF-8 if they
+/// are not (see [`Channel::for_link`]).
+fn for_link(props: std::borrow::Cow<'_, [u8]>) -> std::borrow::Cow<'_, [u8]> {
+    match warren_protocol::content::utf8_properties(&props) {
+        Some(std::borrow::Cow::Owned(made)) => std::borrow::Cow::Owned(made),
+        _ => props,
     }
 }

@@ -86,6 +86,11 @@ enum Mode {
 
 pub struct Channel {
     id: u16,
+    /// On a connection of one of the broker's own links (shovels,
+    /// federation), which read with lapin: it refuses properties that are
+    /// not UTF-8, so they are sent to it made UTF-8
+    /// ([`warren_protocol::content::utf8_properties`]).
+    for_link: bool,
     /// Its statistics and settings, shared with the management API.
     pub info: Arc<ChannelInfo>,
     /// Deliveries awaiting their ack (`info.unacked`).
@@ -178,9 +183,11 @@ fn reply(out: &mut BytesMut, channel: u16, m: AMQPClass) {
 }
 
 impl Channel {
-    pub fn new(id: u16) -> Self {
+    /// `for_link`: on a connection of one of the broker's own links.
+    pub fn new(id: u16, for_link: bool) -> Self {
         Channel {
             id,
+            for_link,
             info: Arc::new(ChannelInfo::new(id)),
             outstanding: 0,
             timed_out: Vec::new(),

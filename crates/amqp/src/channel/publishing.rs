@@ -109,8 +109,7 @@ impl Channel {
             let Some((q, _)) = &self.reply else {
                 return Err(AmqpError::precondition("fast reply consumer does not exist").during(60, 40));
             };
-            let props = amq_protocol::protocol::basic::parse_properties(&props_raw[..])
-                .map(|(_, p)| p)
+            let props = warren_protocol::content::decode_properties(&props_raw)
                 .unwrap_or_default()
                 .with_reply_to(q.name.as_str().into());
             props_raw = warren_protocol::content::encode_properties(&props);

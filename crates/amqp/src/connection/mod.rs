@@ -745,7 +745,7 @@ impl Conn {
             return match input {
                 Input::Method(AMQPClass::Channel(chan::AMQPMethod::Open(_))) => {
                     self.check_user_channel_limit()?;
-                    let ch = Box::new(Channel::new(f.channel));
+                    let ch = Box::new(Channel::new(f.channel, self.internal));
                     if let Some(info) = &self.registered {
                         info.channel_list.lock().push(ch.info.clone());
                     }

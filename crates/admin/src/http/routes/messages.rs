@@ -239,7 +239,7 @@ pub(super) fn get_messages(shared: &Node, call: &Call, vh: &str, name: &str) -> 
             }
         };
         let props = warren_core::queue::delivery_properties(&q, &entry);
-        let props = amq_protocol::protocol::basic::parse_properties(&props[..]).map(|(_, p)| p).unwrap_or_default();
+        let props = warren_protocol::content::decode_properties(&props).unwrap_or_default();
         out.push(json!({
             "payload_bytes": msg.body.len(),
             "redelivered": entry.redelivered,
