@@ -88,6 +88,77 @@ def test_metric_names_and_values_move_with_traffic(broker, conn, name):
     ch.queue_delete(name)
 
 
+DEAD_LETTERED = {
+    "confirmed": [("rabbit_quorum_queue", "at_least_once")],
+    "delivery_limit": [("rabbit_quorum_queue", s) for s in ("at_least_once", "at_most_once", "disabled")],
+    "expired": [("rabbit_classic_queue", "at_most_once"), ("rabbit_classic_queue", "disabled")]
+    + [("rabbit_quorum_queue", s) for s in ("at_least_once", "at_most_once", "disabled")],
+    "maxlen": [(t, s) for t in ("rabbit_classic_queue", "rabbit_quorum_queue") for s in ("at_most_once", "disabled")],
+    "rejected": [("rabbit_classic_queue", "at_most_once"), ("rabbit_classic_queue", "disabled")]
+    + [("rabbit_quorum_queue", s) for s in ("at_least_once", "at_most_once", "disabled")],
+}
+
+
+def dead(samples, what, queue_type, strategy):
+    return value(samples, f"rabbitmq_global_messages_dead_lettered_{what}_total",
+                 queue_type=queue_type, dead_letter_strategy=strategy)
+
+
+def test_dead_lettered_and_received_confirm_counters(broker, conn, name):
+    """RabbitMQ 3.10's global counters of messages that left a queue
+    rejected, expired, over its length or its delivery limit (by queue type,
+    and `at_most_once` with a dead-letter exchange or `disabled` without),
+    and of messages published in confirm mode."""
+    before = scrape(broker)
+    for what, rows in DEAD_LETTERED.items():
+        for queue_type, strategy in rows:
+            assert dead(before, what, queue_type, strategy) is not None, (what, queue_type, strategy)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    with_dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{name}-dlq"}
+    ch.queue_declare(f"{name}-dlq")
+    ch.queue_declare(f"{name}-plain")
+    ch.queue_declare(f"{name}-dlx", arguments=with_dlx)
+    ch.queue_declare(f"{name}-ttl", arguments={"x-message-ttl": 1})
+    ch.queue_declare(f"{name}-max", arguments={"x-max-length": 1, **with_dlx})
+    ch.queue_declare(f"{name}-qq", durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 0})
+    for q in (f"{name}-plain", f"{name}-dlx"):
+        ch.basic_publish("", q, b"r")
+        m, _, _ = ch.basic_get(q)
+        ch.basic_reject(m.delivery_tag, requeue=False)
+        ch.basic_publish("", q, b"n")
+        m, _, _ = ch.basic_get(q)
+        ch.basic_nack(m.delivery_tag, requeue=False)
+    ch.basic_publish("", f"{name}-ttl", b"t")
+    ch.basic_publish("", f"{name}-max", b"1")
+    ch.basic_publish("", f"{name}-max", b"2")
+    # A quorum queue's delivery limit: requeued once, then over it.
+    ch.basic_publish("", f"{name}-qq", b"q")
+    m, _, _ = ch.basic_get(f"{name}-qq")
+    ch.basic_nack(m.delivery_tag, requeue=True)
+    published = 8
+
+    def delta(s, what, queue_type, strategy):
+        return dead(s, what, queue_type, strategy) - dead(before, what, queue_type, strategy)
+
+    def counted():
+        ch.basic_get(f"{name}-ttl")  # expiry is noticed when the queue is read
+        ch.basic_get(f"{name}-qq")
+        s = scrape(broker)
+        received = value(s, "rabbitmq_global_messages_received_confirm_total", protocol="amqp091") - value(
+            before, "rabbitmq_global_messages_received_confirm_total", protocol="amqp091")
+        return (received >= published
+                and delta(s, "rejected", "rabbit_classic_queue", "disabled") >= 2
+                and delta(s, "rejected", "rabbit_classic_queue", "at_most_once") >= 2
+                and delta(s, "expired", "rabbit_classic_queue", "disabled") >= 1
+                and delta(s, "maxlen", "rabbit_classic_queue", "at_most_once") >= 1
+                and delta(s, "delivery_limit", "rabbit_quorum_queue", "disabled") >= 1)
+    assert wait_for(counted, timeout=30, interval=0.5)
+    assert ch.queue_declare(f"{name}-dlq", passive=True).method.message_count == 3  # 2 rejected, 1 pushed out
+    for q in ("dlq", "plain", "dlx", "ttl", "max", "qq"):
+        ch.queue_delete(f"{name}-{q}")
+
+
 def test_scraped_by_a_real_prometheus(broker, conn, name, tmp_path):
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed: run scripts/observability-env.sh (scripts/test.sh does)"

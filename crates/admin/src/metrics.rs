@@ -346,6 +346,7 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
     let conns: Vec<_> = shared.registry.connections.lock().values().cloned().collect();
     let mut channel_totals = [0u64; stats::N];
     let (mut channels, mut unacked, mut channel_consumers, mut publishers) = (0i64, 0u64, 0i64, 0i64);
+    let mut received_confirm = shared.registry.totals.received_confirm.load(Ordering::Relaxed);
     for c in &conns {
         let list = c.channel_list.lock();
         channels += list.len() as i64;
@@ -354,6 +355,7 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
             publishers += (counts[stats::PUBLISH] > 0) as i64;
             stats::add(&mut channel_totals, &counts);
             unacked += ch.unacked.load(Ordering::Relaxed);
+            received_confirm += ch.received_confirm.load(Ordering::Relaxed);
             channel_consumers += ch.consumers.load(Ordering::Relaxed) as i64;
         }
     }
@@ -522,6 +524,11 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
         "Total number of messages confirmed to publishers",
         g[stats::CONFIRM],
     )?;
+    s.global(
+        "rabbitmq_global_messages_received_confirm_total",
+        "Total number of messages received from publishers expecting confirmations",
+        received_confirm,
+    )?;
     s.global_q(
         "rabbitmq_global_messages_delivered_total",
         "Total number of messages delivered to consumers",
@@ -562,6 +569,7 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
         "Total number of messages acknowledged by consumers",
         g[stats::ACK],
     )?;
+    dead_lettered(&s, &shared.broker.hooks)?;
     let gauge_amqp = |name: &str, help: &str, v: i64| -> prometheus::Result<()> {
         let g = IntGaugeVec::new(Opts::new(name, help), &["protocol"])?;
         g.with_label_values(&["amqp091"]).set(v);
@@ -600,5 +608,86 @@ fn collect(shared: &Node, registry: &Registry, per_object: bool) -> prometheus::
     )?;
     s.gauge("rabbitmq_alarms_file_descriptor_limit", "is 1 if file descriptor limit alarm is in effect", 0)?;
     s.gauge("rabbitmq_erlang_uptime_seconds", "Node uptime", shared.started.elapsed().as_secs() as i64)?;
+    Ok(())
+}
+
+/// `rabbitmq_global_messages_dead_lettered_*_total`, with the rows
+/// RabbitMQ 3.10 exports (zeros too) by queue type and dead-letter
+/// strategy: `at_most_once` for a queue with a dead-letter exchange,
+/// `disabled` for one without (the message was dropped). Warren has no
+/// `at_least_once` strategy: those rows stay 0. Its classic queues take
+/// `x-delivery-limit` too; that row is shown once it counts.
+fn dead_lettered(s: &Scrape, hooks: &warren_core::hooks::Hooks) -> prometheus::Result<()> {
+    use warren_core::dead_letter::Reason;
+    const CLASSIC: &str = "rabbit_classic_queue";
+    const QUORUM: &str = "rabbit_quorum_queue";
+    /// (queue type, dead-letter strategy) rows.
+    type Rows = &'static [(&'static str, &'static str)];
+    let series: [(&str, &str, Option<Reason>, Rows); 5] = [
+        (
+            "confirmed",
+            "Total number of messages dead-lettered and confirmed by target queues",
+            None,
+            &[(QUORUM, "at_least_once")],
+        ),
+        (
+            "delivery_limit",
+            "Total number of messages dead-lettered due to delivery-limit exceeded",
+            Some(Reason::DeliveryLimit),
+            &[(QUORUM, "at_least_once"), (QUORUM, "at_most_once"), (QUORUM, "disabled")],
+        ),
+        (
+            "expired",
+            "Total number of messages dead-lettered due to message TTL exceeded",
+            Some(Reason::Expired),
+            &[
+                (CLASSIC, "at_most_once"),
+                (CLASSIC, "disabled"),
+                (QUORUM, "at_least_once"),
+                (QUORUM, "at_most_once"),
+                (QUORUM, "disabled"),
+            ],
+        ),
+        (
+            "maxlen",
+            "Total number of messages dead-lettered due to overflow drop-head or reject-publish-dlx",
+            Some(Reason::MaxLen),
+            &[(CLASSIC, "at_most_once"), (CLASSIC, "disabled"), (QUORUM, "at_most_once"), (QUORUM, "disabled")],
+        ),
+        (
+            "rejected",
+            "Total number of messages dead-lettered due to basic.reject or basic.nack",
+            Some(Reason::Rejected),
+            &[
+                (CLASSIC, "at_most_once"),
+                (CLASSIC, "disabled"),
+                (QUORUM, "at_least_once"),
+                (QUORUM, "at_most_once"),
+                (QUORUM, "disabled"),
+            ],
+        ),
+    ];
+    for (what, help, reason, rows) in series {
+        let name = format!("rabbitmq_global_messages_dead_lettered_{what}_total");
+        let c = IntCounterVec::new(Opts::new(name, help), &["queue_type", "dead_letter_strategy"])?;
+        let count = |queue_type: &str, strategy: &str| match (reason, strategy) {
+            (Some(r), "at_most_once" | "disabled") => {
+                hooks.dead_lettered(r, queue_type == QUORUM, strategy != "disabled")
+            }
+            _ => 0,
+        };
+        for (queue_type, strategy) in rows {
+            c.with_label_values(&[queue_type, strategy]).inc_by(count(queue_type, strategy));
+        }
+        if reason == Some(Reason::DeliveryLimit) {
+            for strategy in ["at_most_once", "disabled"] {
+                let n = count(CLASSIC, strategy);
+                if n > 0 {
+                    c.with_label_values(&[CLASSIC, strategy]).inc_by(n);
+                }
+            }
+        }
+        s.add(c)?;
+    }
     Ok(())
 }

@@ -27,6 +27,11 @@ pub struct Hooks {
     pub queues_declared: AtomicU64,
     pub queues_created: AtomicU64,
     pub queues_deleted: AtomicU64,
+    /// Messages that left a queue rejected, expired, over a length limit
+    /// or over their delivery limit, by reason, queue type and whether the
+    /// queue had a dead-letter exchange (else they were dropped), for
+    /// `rabbitmq_global_messages_dead_lettered_*_total` ([`Hooks::dead_lettered`]).
+    dead_lettered: [AtomicU64; 16],
 }
 
 impl Hooks {
@@ -47,9 +52,31 @@ impl Hooks {
         }
     }
 
+    /// One message left a queue for `reason` (see `dead_lettered`).
+    pub(crate) fn count_dead(&self, reason: crate::dead_letter::Reason, quorum: bool, has_dlx: bool) {
+        self.dead_lettered[dead_index(reason, quorum, has_dlx)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages that left a queue of that type (quorum or classic) for
+    /// `reason`, dead-lettered (`has_dlx`) or dropped, since the start.
+    pub fn dead_lettered(&self, reason: crate::dead_letter::Reason, quorum: bool, has_dlx: bool) -> u64 {
+        self.dead_lettered[dead_index(reason, quorum, has_dlx)].load(Ordering::Relaxed)
+    }
+
     /// (declared, created, deleted) queues since the start.
     pub fn queue_totals(&self) -> (u64, u64, u64) {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         (l(&self.queues_declared), l(&self.queues_created), l(&self.queues_deleted))
     }
+}
+
+fn dead_index(reason: crate::dead_letter::Reason, quorum: bool, has_dlx: bool) -> usize {
+    use crate::dead_letter::Reason;
+    let r = match reason {
+        Reason::Rejected => 0,
+        Reason::Expired => 1,
+        Reason::MaxLen => 2,
+        Reason::DeliveryLimit => 3,
+    };
+    r * 4 + usize::from(quorum) * 2 + usize::from(has_dlx)
 }

@@ -166,9 +166,11 @@ impl Channel {
         Ok((outcome.pos, outcome.accepted))
     }
 
-    /// Adds this channel's tallied exchange counts to the exchanges.
+    /// Adds this channel's tallied exchange counts to the exchanges, and
+    /// shows how many messages it received in confirm mode.
     pub fn flush_exchange_stats(&self) {
         self.publishing.tally.flush();
+        self.info.received_confirm.store(self.publish_seq, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends what the log's progress allows: held replies up to `synced`,

@@ -792,6 +792,7 @@ impl Conn {
             Ok(()) => {
                 if ch.is_closed() {
                     if let Some(ch) = self.channels.remove(&f.channel) {
+                        ch.flush_exchange_stats();
                         self.channel_gone(&ch.info);
                     }
                     self.count_channels();
@@ -815,7 +816,9 @@ impl Conn {
     /// A channel closed: it leaves the management API's list, and its
     /// statistics go to its vhost's totals.
     fn channel_gone(&self, info: &Arc<ChannelInfo>) {
-        self.shared.registry.totals.channels_closed.fetch_add(1, Ordering::Relaxed);
+        let totals = &self.shared.registry.totals;
+        totals.channels_closed.fetch_add(1, Ordering::Relaxed);
+        totals.received_confirm.fetch_add(info.received_confirm.load(Ordering::Relaxed), Ordering::Relaxed);
         if let Some(vhost) = &self.vhost {
             vhost.retired.add_all(&info.stats.snapshot());
         }
@@ -828,6 +831,7 @@ impl Conn {
         if let Some(vhost) = self.vhost.clone() {
             for (_, mut ch) in std::mem::take(&mut self.channels) {
                 ch.release_all(&vhost, &mut self.slots);
+                ch.flush_exchange_stats();
                 self.channel_gone(&ch.info);
             }
         }

@@ -490,6 +490,7 @@ impl Queue {
             if full {
                 self.discard(&message);
                 if overflow == Overflow::RejectPublishDlx {
+                    self.count_dead(&st, Reason::MaxLen);
                     st.dead.push((message, Reason::MaxLen));
                 }
                 return false;
@@ -545,9 +546,18 @@ impl Queue {
     fn remove(&self, st: &mut QueueState, message: MessageRef, reason: Option<Reason>) {
         self.discard(&message);
         if let Some(reason) = reason {
+            self.count_dead(st, reason);
             if st.settings.dead_letter.is_some() {
                 st.dead.push((message, reason));
             }
+        }
+    }
+
+    /// Counts a message that left for `reason`, dead-lettered or dropped
+    /// (the broker's totals, for its metrics).
+    fn count_dead(&self, st: &QueueState, reason: Reason) {
+        if let Some(vhost) = self.owner.upgrade() {
+            vhost.hooks.count_dead(reason, self.quorum, st.settings.dead_letter.is_some());
         }
     }
 
