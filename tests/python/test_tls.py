@@ -42,8 +42,13 @@ def start_tls_warren(ca, *extra):
     ]
     # "CA" in the extra flags stands for the CA file's path.
     args += [paths["ca.pem"] if a == "CA" else a for a in extra]
-    proc, _port, data = start_warren(extra=args)
+    proc, port, data = start_warren(extra=args)
+    proc.plain_port = port
     return proc, tls_port, data, paths["ca.pem"]
+
+
+class TlsBroker(tuple):
+    """(TLS port, data directory, CA file); `.plain` is its plain AMQP port."""
 
 
 @pytest.fixture
@@ -51,7 +56,9 @@ def tls_broker(broker, ca, request):
     if not broker.is_warren:
         pytest.skip("starts its own Warren with TLS")
     proc, port, data, ca_file = start_tls_warren(ca, *getattr(request, "param", ()))
-    yield port, data, ca_file
+    t = TlsBroker((port, data, ca_file))
+    t.plain = proc.plain_port
+    yield t
     stop_warren(proc, data, os.path.dirname(ca_file))
 
 
@@ -142,3 +149,102 @@ def test_client_certificate_optional_without_verify_peer(tls_broker, ca):
     port, _, _ = tls_broker
     pika_tls(port, client_context(ca)).close()
     pika_tls(port, client_context(ca, ca.issue_cert("client@example.test"))).close()
+
+
+def mechanisms_offered(port, ctx=None):
+    """The mechanisms connection.start offers, over TLS with `ctx` or plain."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="localhost") if ctx else raw
+    with s:
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        data = b""
+        while len(data) < 7 or len(data) < 8 + int.from_bytes(data[3:7], "big"):
+            chunk = s.recv(65536)
+            assert chunk, "closed before connection.start"
+            data += chunk
+    # class, method, versions, server properties (a table), then mechanisms.
+    at = 7 + 4 + 2
+    at += 4 + int.from_bytes(data[at:at + 4], "big")
+    n = int.from_bytes(data[at:at + 4], "big")
+    return data[at + 4:at + 4 + n].decode().split()
+
+
+def pika_external(port, ctx):
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=port, credentials=pika.credentials.ExternalCredentials(), connection_attempts=1,
+        ssl_options=pika.SSLOptions(ctx, server_hostname="localhost")))
+
+
+def ctl(data, *args):
+    r = subprocess.run([warren_binary(), "ctl", "--data-dir", data, *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def subject_rfc4514(cert):
+    """The certificate's subject as OpenSSL writes it in RFC 2253 form."""
+    with tempfile.NamedTemporaryFile(suffix=".pem") as f:
+        f.write(cert.cert_chain_pems[0].bytes())
+        f.flush()
+        out = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", f.name],
+                             capture_output=True, text=True, check=True).stdout
+    return out.strip().removeprefix("subject=").strip()
+
+
+@pytest.mark.parametrize("tls_broker", [("--tls-ca", "CA", "--auth-mechanisms", "PLAIN,EXTERNAL",
+                                         "--ssl-cert-login-from", "common_name")], indirect=True)
+def test_external_logs_in_as_the_certificates_common_name(tls_broker, ca, broker):
+    port, data, _ = tls_broker
+    alice = ca.issue_cert("alice@example.test", common_name="alice")
+    # Offered only to a client whose certificate was verified.
+    assert mechanisms_offered(port, client_context(ca, alice)) == ["PLAIN", "EXTERNAL"]
+    assert mechanisms_offered(port, client_context(ca)) == ["PLAIN"]
+    assert mechanisms_offered(tls_broker.plain) == ["PLAIN"]
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika_external(port, client_context(ca, alice))  # no user 'alice' yet
+    ctl(data, "add_user", "alice", "not-used-by-external")
+    ctl(data, "set_permissions", "-p", "/", "alice", ".*", ".*", ".*")
+    c = pika_external(port, client_context(ca, alice))
+    ch = c.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("", q, b"by certificate")
+    assert ch.basic_get(q, auto_ack=True)[2] == b"by certificate"
+    c.close()
+    # Without a certificate, EXTERNAL is refused; PLAIN still works.
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika_external(port, client_context(ca))
+    pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=port, credentials=pika.PlainCredentials("alice", "not-used-by-external"),
+        ssl_options=pika.SSLOptions(client_context(ca), server_hostname="localhost"))).close()
+    # A certificate from another CA does not get through the handshake.
+    with pytest.raises(Exception):
+        pika_external(port, client_context(ca, trustme.CA().issue_cert("x@example.test", common_name="alice")))
+
+
+@pytest.mark.parametrize("tls_broker", [("--tls-ca", "CA", "--tls-verify-peer", "--auth-mechanisms", "EXTERNAL")],
+                         indirect=True)
+def test_external_by_distinguished_name_and_nothing_else(tls_broker, ca):
+    port, data, _ = tls_broker
+    bob = ca.issue_cert("bob@example.test", common_name="bob")
+    dn = subject_rfc4514(bob)
+    assert dn.startswith("CN=bob,") and "O=" in dn
+    assert mechanisms_offered(port, client_context(ca, bob)) == ["EXTERNAL"]
+    ctl(data, "add_user", "bob", "pw")
+    ctl(data, "set_permissions", "-p", "/", "bob", ".*", ".*", ".*")
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika_external(port, client_context(ca, bob))  # the user is the whole DN, not its CN
+    ctl(data, "add_user", dn, "pw")
+    ctl(data, "set_permissions", "-p", "/", dn, ".*", ".*", ".*")
+    pika_external(port, client_context(ca, bob)).close()
+    # PLAIN is not offered: a password login is refused even for a real user.
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(pika.ConnectionParameters(
+            host="127.0.0.1", port=port, credentials=pika.PlainCredentials("bob", "pw"), connection_attempts=1,
+            ssl_options=pika.SSLOptions(client_context(ca, bob), server_hostname="localhost"))).close()
+
+
+def test_external_is_not_offered_by_default(tls_broker, ca, broker):
+    port, _, _ = tls_broker
+    assert mechanisms_offered(port, client_context(ca)) == ["PLAIN", "AMQPLAIN"]
+    assert mechanisms_offered(broker.port) == ["PLAIN", "AMQPLAIN"]
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika_external(port, client_context(ca))

@@ -58,6 +58,8 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<ConfFile, (usiz
     let mut loopback: Option<(Vec<String>, String, usize)> = None;
     let mut ssl_verify_peer = false;
     let mut fail_if_no_peer_cert = None;
+    // auth_mechanisms.N = NAME, in the order of N.
+    let mut mechanisms: Vec<(u32, String, String, usize)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let l = raw.trim();
@@ -114,6 +116,11 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<ConfFile, (usiz
                     users.push((*user).to_owned());
                 }
             }
+            ["auth_mechanisms", n] => {
+                let n = n.parse::<u32>().map_err(|_| (line, format!("{key}: the index must be a number")))?;
+                mechanisms.push((n, value.to_owned(), key.to_owned(), line));
+            }
+            ["ssl_cert_login_from"] => set("ssl-cert-login-from", value.to_owned()),
             ["vm_memory_high_watermark", "relative"] => set("memory-high-watermark", number("a relative watermark")?),
             ["vm_memory_high_watermark", "absolute"] => set("memory-high-watermark", value.to_owned()),
             ["vm_memory_high_watermark_paging_ratio"] => set("memory-paging-ratio", number("a paging ratio")?),
@@ -160,6 +167,11 @@ pub fn parse(text: &str, known: &dyn Fn(&str) -> bool) -> Result<ConfFile, (usiz
             let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
             out.settings.push(Setting { flag: flag.into(), value: format!("{host}:{port}"), key, line });
         }
+    }
+    mechanisms.sort_by_key(|m| m.0);
+    if let Some((_, _, key, line)) = mechanisms.first().cloned() {
+        let value = mechanisms.iter().map(|m| m.1.as_str()).collect::<Vec<_>>().join(",");
+        out.settings.push(Setting { flag: "auth-mechanisms".into(), value, key, line });
     }
     if let Some((users, key, line)) = loopback {
         out.settings.push(Setting { flag: "loopback-users".into(), value: users.join(","), key, line });
@@ -233,6 +245,9 @@ mod tests {
              ssl_options.verify = verify_peer\n\
              ssl_options.fail_if_no_peer_cert = true\n\
              log.console.level = warning\n\
+             auth_mechanisms.2 = EXTERNAL\n\
+             auth_mechanisms.1 = PLAIN\n\
+             ssl_cert_login_from = common_name\n\
              warren.data_dir = /var/lib/warren\n",
         );
         let want: Vec<(String, String)> = [
@@ -242,8 +257,10 @@ mod tests {
             ("disk-free-limit", "mem_relative:1.5"),
             ("max-connections", "0"),
             ("log-level", "warn"),
+            ("ssl-cert-login-from", "common_name"),
             ("data-dir", "/var/lib/warren"),
             ("http-listen", "[::1]:15673"),
+            ("auth-mechanisms", "PLAIN,EXTERNAL"),
             ("loopback-users", "admin"),
             ("tls-verify-peer", "true"),
         ]

@@ -69,6 +69,21 @@ pub struct Config {
     #[arg(long, env = "WARREN_TLS_VERIFY_PEER", default_value_t = false)]
     pub tls_verify_peer: bool,
 
+    /// SASL mechanisms offered to clients, comma-separated, as RabbitMQ's
+    /// auth_mechanisms: PLAIN, AMQPLAIN, EXTERNAL. EXTERNAL logs in as the
+    /// user its verified TLS client certificate names (see
+    /// --ssl-cert-login-from) and is offered only to such clients.
+    #[arg(long, env = "WARREN_AUTH_MECHANISMS", default_value = "PLAIN,AMQPLAIN", value_parser = auth_mechanisms)]
+    pub auth_mechanisms: String,
+
+    /// What EXTERNAL takes as the user name from a client certificate's
+    /// subject, as RabbitMQ's ssl_cert_login_from: distinguished_name (the
+    /// whole subject, RFC 4514, e.g. "CN=alice,O=Example,C=SE") or
+    /// common_name (its CN).
+    #[arg(long, env = "WARREN_SSL_CERT_LOGIN_FROM", default_value = "distinguished_name",
+          value_parser = ["distinguished_name", "common_name"])]
+    pub ssl_cert_login_from: String,
+
     /// Directory for the broker's data. Defaults to $XDG_DATA_HOME/warren,
     /// else ~/.local/share/warren, else ./warren-data.
     #[arg(long, env = "WARREN_DATA_DIR")]
@@ -289,6 +304,11 @@ impl Config {
         self.memory_high_watermark.bytes()
     }
 
+    /// The SASL mechanisms to offer (`--auth-mechanisms`).
+    pub fn auth_mechanisms(&self) -> impl Iterator<Item = &str> {
+        self.auth_mechanisms.split(',')
+    }
+
     pub fn loopback_users(&self) -> impl Iterator<Item = &str> {
         self.loopback_users.split(',').map(str::trim).filter(|u| !u.is_empty())
     }
@@ -326,4 +346,16 @@ pub fn default_data_dir() -> PathBuf {
         return PathBuf::from(h).join(".local/share/warren");
     }
     PathBuf::from("warren-data")
+}
+
+/// Checks `--auth-mechanisms`: known mechanisms, at least one.
+fn auth_mechanisms(v: &str) -> Result<String, String> {
+    let names: Vec<&str> = v.split(',').map(str::trim).filter(|m| !m.is_empty()).collect();
+    if names.is_empty() {
+        return Err("no mechanism given".into());
+    }
+    match names.iter().find(|m| !matches!(**m, "PLAIN" | "AMQPLAIN" | "EXTERNAL")) {
+        Some(m) => Err(format!("unknown mechanism '{m}' (PLAIN, AMQPLAIN, EXTERNAL)")),
+        None => Ok(names.join(",")),
+    }
 }

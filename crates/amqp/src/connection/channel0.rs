@@ -36,6 +36,14 @@ fn server_properties() -> FieldTable {
     p
 }
 
+/// Whether a peer connects from this machine (`loopback_users`).
+fn is_loopback(peer: std::net::SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
 /// Extracts (user, password) from a start-ok response.
 fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
     match mechanism {
@@ -72,10 +80,19 @@ impl Conn {
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(),
-            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            mechanisms: LongString::from(self.offered().collect::<Vec<_>>().join(" ")),
             locales: LongString::from("en_US"),
         }));
         frame::write_method(&mut self.out, 0, &start);
+    }
+
+    /// The SASL mechanisms this connection is offered: `--auth-mechanisms`,
+    /// EXTERNAL only to a client with a verified certificate that names a
+    /// user. The broker's own links always log in with PLAIN.
+    fn offered(&self) -> impl Iterator<Item = &str> {
+        let configured = (!self.internal).then(|| self.shared.config.auth_mechanisms()).into_iter().flatten();
+        let links = self.internal.then_some(["PLAIN", "AMQPLAIN"]).into_iter().flatten();
+        configured.filter(|m| *m != "EXTERNAL" || self.cert_login.is_some()).chain(links)
     }
 
     fn send_tune(&mut self) -> Result<(), AmqpError> {
@@ -129,6 +146,26 @@ impl Conn {
                         Ok(())
                     }
                 };
+                if !self.offered().any(|m| m == mechanism) {
+                    return refuse(self, &format!("mechanism '{mechanism}' not offered"));
+                }
+                if mechanism == "EXTERNAL" {
+                    // The certificate was verified in the TLS handshake; its
+                    // user must exist (no password: the certificate is it).
+                    let Some(user) = self.cert_login.clone() else {
+                        return refuse(self, "no client certificate");
+                    };
+                    let tags = self.shared.broker.access().users.get(&user).map(|u| u.tags.clone());
+                    let Some(tags) = tags else {
+                        return refuse(self, &format!("user '{user}' (from the client certificate) does not exist"));
+                    };
+                    if !is_loopback(self.peer) && self.shared.config.loopback_users().any(|u| u == user) {
+                        return refuse(self, &format!("user '{user}' can only connect via localhost"));
+                    }
+                    self.impersonator = tags.iter().any(|t| t == "impersonator");
+                    self.user = user;
+                    return self.send_tune();
+                }
                 let Some((user, pass)) = creds else {
                     return refuse(self, "unreadable credentials");
                 };
@@ -144,13 +181,7 @@ impl Conn {
                 let Some(found) = self.shared.broker.authenticate(&user, &pass) else {
                     return refuse(self, &format!("user '{user}': invalid credentials"));
                 };
-                let loopback = match self.peer.ip() {
-                    std::net::IpAddr::V4(ip) => ip.is_loopback(),
-                    std::net::IpAddr::V6(ip) => {
-                        ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-                    }
-                };
-                if !loopback && self.shared.config.loopback_users().any(|u| u == user) {
+                if !is_loopback(self.peer) && self.shared.config.loopback_users().any(|u| u == user) {
                     return refuse(self, &format!("user '{user}' can only connect via localhost"));
                 }
                 self.impersonator = found.tags.iter().any(|t| t == "impersonator");

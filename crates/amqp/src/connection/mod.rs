@@ -117,6 +117,9 @@ pub struct Conn {
     access_epoch: u64,
     /// Whether it came in over TLS.
     tls: bool,
+    /// The user its verified TLS client certificate names, when EXTERNAL
+    /// is among `--auth-mechanisms` (then EXTERNAL is offered to it).
+    cert_login: Option<String>,
     /// This connection's line in `list_connections`, once open.
     registered: Option<Arc<ConnInfo>>,
     /// From connection.start-ok, kept for `registered`.
@@ -186,6 +189,16 @@ async fn serve_as(
 ) {
     let tls = matches!(stream, Stream::Tls(_));
     info!(%peer, tls, "accepting AMQP connection");
+    // Only a certificate the TLS handshake verified is there to read.
+    let cert_login = match &stream {
+        Stream::Tls(s) if !internal && shared.config.auth_mechanisms().any(|m| m == "EXTERNAL") => s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|der| crate::tls::login_name(der, &shared.config.ssl_cert_login_from)),
+        _ => None,
+    };
     let (mut rd, writer): (Box<dyn AsyncRead + Unpin + Send>, Writer) = match stream {
         Stream::Tcp(s) => {
             let (r, w) = s.into_split();
@@ -253,6 +266,7 @@ async fn serve_as(
         vhost: None,
         access_epoch: 0,
         tls,
+        cert_login,
         registered: None,
         client_properties: Box::from(""),
         mechanism: "",
