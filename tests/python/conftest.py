@@ -94,12 +94,18 @@ def start_warren(listen_host="127.0.0.1", extra=(), env=None, allow_panic=False,
     it: in between the kernel may hand it to anyone who binds port 0 (a
     cluster node's replication listener does). A broker that exits because
     one of its ports was taken is started again on new ones."""
+    made = data is None
     data = data or tempfile.mkdtemp(prefix="warren-pytest-")
-    for attempt in range(5):
-        proc, port = _start_warren_once(listen_host, extra, env, allow_panic, data)
-        if proc is not None:
-            return proc, port, data
-    raise RuntimeError("warren did not start: its ports were taken five times")
+    try:
+        for attempt in range(5):
+            proc, port = _start_warren_once(listen_host, extra, env, allow_panic, data)
+            if proc is not None:
+                return proc, port, data
+        raise RuntimeError("warren did not start: its ports were taken five times")
+    except BaseException:
+        if made:  # nobody else will remove it
+            shutil.rmtree(data, ignore_errors=True)
+        raise
 
 
 def _start_warren_once(listen_host, extra, env, allow_panic, data):

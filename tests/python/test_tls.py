@@ -7,6 +7,7 @@ broker would need that broker's TLS set up to match, so with
 WARREN_TEST_ADDR they are skipped.
 """
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -42,7 +43,11 @@ def start_tls_warren(ca, *extra):
     ]
     # "CA" in the extra flags stands for the CA file's path.
     args += [paths["ca.pem"] if a == "CA" else a for a in extra]
-    proc, port, data = start_warren(extra=args)
+    try:
+        proc, port, data = start_warren(extra=args)
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
     proc.plain_port = port
     return proc, tls_port, data, paths["ca.pem"]
 
