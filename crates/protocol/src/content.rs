@@ -200,26 +200,26 @@ pub fn utf8_properties(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
 }
 
 /// Calls `each(flag bit, the field's octets)` for every field of a
-/// property list that [`scan_properties`] accepts, in order; returns where
-/// the list ends. None if it does not decode.
+/// property list, in order, as [`scan_properties`] reads it; returns where
+/// the list ends. None if it does not decode (after calling `each` for
+/// the fields before the fault).
 fn each_field<'a>(raw: &'a [u8], mut each: impl FnMut(u16, &'a [u8])) -> Option<usize> {
-    scan_properties(raw)?;
-    let flags = u16::from_be_bytes([raw[0], raw[1]]);
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
     let mut at = 2;
     let mut pending = flags & !0b11;
     while pending != 0 {
         let bit = 15 - pending.leading_zeros() as u16;
         pending &= !(1 << bit);
         let n = match bit {
-            13 => match crate::table::scan(&raw[at..]) {
+            13 => match crate::table::scan(raw.get(at..)?) {
                 crate::table::Scan::Fits(n) => n,
                 _ => return None,
             },
             12 | 11 => 1,
             6 => 8,
-            _ => 1 + raw[at] as usize,
+            _ => 1 + *raw.get(at)? as usize,
         };
-        each(bit, &raw[at..at + n]);
+        each(bit, raw.get(at..at + n)?);
         at += n;
     }
     Some(at)

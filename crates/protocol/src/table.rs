@@ -104,10 +104,7 @@ pub fn get(bytes: &[u8], key: &str) -> Option<crate::AMQPValue> {
             found = Some(at);
         }
         let kind = *bytes.get(at)?;
-        at += 1 + match kind {
-            b'S' | b'x' | b'F' | b'A' => 4 + read_u32(bytes, at + 1)?,
-            _ => width(kind)?,
-        };
+        at += 1 + value_len(bytes, kind, at + 1)?;
     }
     amq_protocol::types::parsing::parse_value(bytes.get(found?..)?).ok().map(|(_, v)| v)
 }
@@ -124,7 +121,7 @@ pub fn get(bytes: &[u8], key: &str) -> Option<crate::AMQPValue> {
 pub fn lossy(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     let Scan::Fits(n) = scan(bytes) else { return None };
     let bytes = &bytes[..n];
-    if names_are_utf8(bytes, 0) {
+    if names_are_utf8(bytes, 0, true) {
         return Some(std::borrow::Cow::Borrowed(bytes));
     }
     let mut out = Vec::with_capacity(n + 16);
@@ -132,25 +129,13 @@ pub fn lossy(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     Some(std::borrow::Cow::Owned(out))
 }
 
-/// Whether every name in the table or array at `at` (its length first) is
-/// UTF-8, nested ones too. Only for bytes that [`scan`] found to fit (it
-/// bounds the depth of this recursion).
-fn names_are_utf8(bytes: &[u8], at: usize) -> bool {
-    each_entry(bytes, at, true, |name, kind, value_at| {
+/// Whether every name in the table (`is_table`) or array at `at` (its
+/// length first) is UTF-8, nested ones too. Only for bytes that [`scan`]
+/// found to fit (it bounds the depth of this recursion).
+fn names_are_utf8(bytes: &[u8], at: usize, is_table: bool) -> bool {
+    each_entry(bytes, at, is_table, |name, kind, value_at| {
         name.is_none_or(|n| std::str::from_utf8(n).is_ok())
-            && match kind {
-                b'F' => names_are_utf8(bytes, value_at),
-                b'A' => array_names_are_utf8(bytes, value_at),
-                _ => true,
-            }
-    })
-}
-
-fn array_names_are_utf8(bytes: &[u8], at: usize) -> bool {
-    each_entry(bytes, at, false, |_, kind, value_at| match kind {
-        b'F' => names_are_utf8(bytes, value_at),
-        b'A' => array_names_are_utf8(bytes, value_at),
-        _ => true,
+            && (!matches!(kind, b'F' | b'A') || names_are_utf8(bytes, value_at, kind == b'F'))
     })
 }
 
@@ -169,7 +154,7 @@ fn rewrite(bytes: &[u8], at: usize, is_table: bool, out: &mut Vec<u8>) {
         out.push(kind);
         match kind {
             b'F' | b'A' => rewrite(bytes, value_at, kind == b'F', out),
-            _ => out.extend_from_slice(&bytes[value_at..value_at + value_len(bytes, kind, value_at)]),
+            _ => out.extend_from_slice(&bytes[value_at..value_at + value_len(bytes, kind, value_at).expect("scanned")]),
         }
         true
     });
@@ -194,17 +179,17 @@ fn each_entry(bytes: &[u8], at: usize, is_table: bool, mut each: impl FnMut(Opti
         if !each(name, kind, at + 1) {
             return false;
         }
-        at += 1 + value_len(bytes, kind, at + 1);
+        at += 1 + value_len(bytes, kind, at + 1).expect("scanned");
     }
     true
 }
 
-/// The length of a value of `kind` at `at` (after its kind octet), in a
-/// table [`scan`] found to fit.
-fn value_len(bytes: &[u8], kind: u8, at: usize) -> usize {
+/// The length of a value of `kind` at `at` (after its kind octet); None
+/// if its kind is unknown or its length field is cut off.
+fn value_len(bytes: &[u8], kind: u8, at: usize) -> Option<usize> {
     match kind {
-        b'S' | b'x' | b'F' | b'A' => 4 + read_u32(bytes, at).expect("scanned"),
-        _ => width(kind).expect("scanned"),
+        b'S' | b'x' | b'F' | b'A' => Some(4 + read_u32(bytes, at)?),
+        _ => width(kind),
     }
 }
 

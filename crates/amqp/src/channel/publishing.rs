@@ -168,7 +168,7 @@ impl Channel {
 
     /// Adds this channel's tallied exchange counts to the exchanges, and
     /// shows how many messages it received in confirm mode.
-    pub fn flush_exchange_stats(&self) {
+    pub fn flush_stats(&self) {
         self.publishing.tally.flush();
         self.info.received_confirm.store(self.publish_seq, std::sync::atomic::Ordering::Relaxed);
     }

@@ -155,14 +155,20 @@ impl Conn {
                     let Some(user) = self.cert_login.clone() else {
                         return refuse(self, "no client certificate");
                     };
-                    let tags = self.shared.broker.access().users.get(&user).map(|u| u.tags.clone());
-                    let Some(tags) = tags else {
+                    let impersonator = self
+                        .shared
+                        .broker
+                        .access()
+                        .users
+                        .get(&user)
+                        .map(|u| u.tags.iter().any(|t| t == "impersonator"));
+                    let Some(impersonator) = impersonator else {
                         return refuse(self, &format!("user '{user}' (from the client certificate) does not exist"));
                     };
                     if !is_loopback(self.peer) && self.shared.config.loopback_users().any(|u| u == user) {
                         return refuse(self, &format!("user '{user}' can only connect via localhost"));
                     }
-                    self.impersonator = tags.iter().any(|t| t == "impersonator");
+                    self.impersonator = impersonator;
                     self.user = user;
                     return self.send_tune();
                 }

@@ -478,7 +478,7 @@ async fn serve_as(
                     let now_ms = warren_core::now_ms();
                     for ch in c.channels.values_mut() {
                         ch.expire_consumers(&mut c.out, (&vhost, &mut c.slots), c.cancel_notify, now_ms);
-                        ch.flush_exchange_stats();
+                        ch.flush_stats();
                     }
                 }
                 let killed = c.registered.as_ref().and_then(|i| i.kill_reason.lock().take());
@@ -806,7 +806,7 @@ impl Conn {
             Ok(()) => {
                 if ch.is_closed() {
                     if let Some(ch) = self.channels.remove(&f.channel) {
-                        ch.flush_exchange_stats();
+                        ch.flush_stats();
                         self.channel_gone(&ch.info);
                     }
                     self.count_channels();
@@ -845,7 +845,7 @@ impl Conn {
         if let Some(vhost) = self.vhost.clone() {
             for (_, mut ch) in std::mem::take(&mut self.channels) {
                 ch.release_all(&vhost, &mut self.slots);
-                ch.flush_exchange_stats();
+                ch.flush_stats();
                 self.channel_gone(&ch.info);
             }
         }
